@@ -1,0 +1,32 @@
+# aiosfs: two commands matter. `make run` installs what is missing, mounts at ./mnt, answers a
+# demo prompt through the mount and serves until Ctrl-C. `make test` installs, then runs the tests.
+VENV ?= .venv
+PY := $(VENV)/bin/python
+MOUNT ?= mnt
+CC ?= cc
+PYTEST_ARGS ?=
+
+.PHONY: install run test lint examples bench clean
+
+install:
+	@scripts/install.sh
+
+examples: mount_examples/c/aiosfs_client
+
+mount_examples/c/aiosfs_client: mount_examples/c/aiosfs_client.c
+	$(CC) -O2 -Wall -Wextra -Werror -o $@ $<
+
+run: install examples
+	@scripts/run.sh $(MOUNT)
+
+test: install examples
+	$(PY) -m ruff check kernel aiosfs tests mount_examples
+	$(PY) -m pytest $(PYTEST_ARGS)
+
+lint: install
+	$(PY) -m ruff check kernel aiosfs tests mount_examples
+	$(PY) -m ruff format --check kernel aiosfs tests mount_examples
+
+clean:
+	rm -f mount_examples/c/aiosfs_client
+	rm -rf .pytest_cache .ruff_cache build *.egg-info

@@ -1,0 +1,3 @@
+from aiosfs.cli import main
+
+raise SystemExit(main())

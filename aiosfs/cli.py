@@ -1,0 +1,270 @@
+"""The ``aiosfs`` command: mount, umount, status.
+
+``aiosfs mount`` without ``--foreground`` starts the daemon as a detached process and stays only
+to show its progress (model loading); it exits 0 once the mount is ready, or 1 with the daemon's
+reason. Light commands (umount, status) never import torch.
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+from kernel import __version__
+
+EXIT_USAGE = 2
+
+
+def fail(message: str, code: int = 1) -> int:
+    print(f"aiosfs: {message}", file=sys.stderr)
+    return code
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(
+        prog="aiosfs",
+        description="An LLM agent operating system you mount as a filesystem.",
+    )
+    p.add_argument("--version", action="version", version=f"aiosfs {__version__}")
+    sub = p.add_subparsers(dest="command", required=True)
+
+    m = sub.add_parser("mount", help="start the kernel and mount it at MOUNTPOINT")
+    m.add_argument("mountpoint")
+    m.add_argument("--foreground", "-f", action="store_true", help="serve in this process")
+    m.add_argument("--config", type=Path, help="TOML file with a [kernel] table")
+    m.add_argument("--model", help="default model: smollm2, tiny-random, a folder or .gguf")
+    m.add_argument("--data-dir", type=Path, help="where state and the log live")
+    m.add_argument("--scheduler", help="scheduling policy (fifo)")
+    m.add_argument("--threads", type=int, help="torch threads per model (default: all cores)")
+    m.add_argument("--max-running", type=int, help="sequences decoded together per model")
+    m.add_argument("--allow-other", action="store_true", help="let other users use the mount")
+    m.add_argument("--log-level", default="INFO")
+    m.add_argument("--ready-fd", type=int, help=argparse.SUPPRESS)
+    m.add_argument("--debug-fuse", action="store_true", help=argparse.SUPPRESS)
+
+    u = sub.add_parser("umount", help="unmount cleanly (stops the daemon)")
+    u.add_argument("mountpoint")
+    u.add_argument("--timeout", type=float, default=20.0)
+
+    s = sub.add_parser("status", help="a summary of a mounted kernel")
+    s.add_argument("mountpoint")
+    s.add_argument("--json", action="store_true", help="print sys/status as is")
+    return p
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    try:
+        if args.command == "mount":
+            return cmd_mount(args)
+        if args.command == "umount":
+            return cmd_umount(args)
+        return cmd_status(args)
+    except KeyboardInterrupt:
+        return 130
+
+
+# ---- mount ----------------------------------------------------------------------------------
+
+
+def kernel_config(args: argparse.Namespace) -> Any:
+    from kernel.config import KernelConfig
+
+    overrides = {
+        "model": args.model,
+        "data_dir": args.data_dir,
+        "scheduler": args.scheduler,
+        "threads": args.threads,
+        "max_running": args.max_running,
+    }
+    if args.config:
+        return KernelConfig.from_toml(args.config, **overrides)
+    return KernelConfig().with_overrides(**overrides)
+
+
+def cmd_mount(args: argparse.Namespace) -> int:
+    from aiosfs.mountpoint import MountError, check_mountpoint
+    from kernel.errors import KernelError
+
+    try:
+        mountpoint = check_mountpoint(args.mountpoint)
+        config = kernel_config(args)
+        if config.scheduler not in ("fifo",):
+            raise MountError(f"unknown scheduler {config.scheduler!r}; available: fifo")
+    except (MountError, KernelError) as e:
+        return fail(str(e))
+    if args.foreground:
+        return run_foreground(args, mountpoint, config)
+    return launch_background(args, mountpoint, config)
+
+
+def run_foreground(args: argparse.Namespace, mountpoint: str, config: Any) -> int:
+    from aiosfs.daemon import DaemonOptions, run_daemon, setup_logging
+    from aiosfs.mountpoint import MountError
+
+    log_path = setup_logging(
+        config.data_dir, foreground=args.ready_fd is None, level=args.log_level
+    )
+    opts = DaemonOptions(
+        mountpoint=mountpoint,
+        config=config,
+        allow_other=args.allow_other,
+        ready_fd=args.ready_fd,
+        debug_fuse=args.debug_fuse,
+    )
+    try:
+        return run_daemon(opts)
+    except MountError as e:
+        return fail(str(e))
+    except RuntimeError as e:  # pyfuse3.init failures
+        return fail(f"mount failed: {e} (see {log_path})")
+
+
+def launch_background(args: argparse.Namespace, mountpoint: str, config: Any) -> int:
+    """Start a detached daemon and relay its progress until it is ready."""
+    config.data_dir.mkdir(parents=True, exist_ok=True)
+    log_path = config.data_dir / "aiosfs.log"
+    read_fd, write_fd = os.pipe()
+    cmd = [sys.executable, "-m", "aiosfs", *_daemon_argv(args, mountpoint, write_fd)]
+    with open(os.devnull, "rb") as devnull, open(log_path, "ab") as log_file:
+        proc = subprocess.Popen(
+            cmd,
+            stdin=devnull,
+            stdout=log_file,
+            stderr=log_file,
+            pass_fds=(write_fd,),
+            start_new_session=True,  # Ctrl-C in this terminal must not reach the daemon
+        )
+    os.close(write_fd)
+    ok = False
+    with os.fdopen(read_fd, "r") as progress:
+        for line in progress:
+            line = line.rstrip("\n")
+            if line.startswith("error:"):
+                print(f"aiosfs: {line}", file=sys.stderr)
+                break
+            print(f"aiosfs: {line}", file=sys.stderr)
+            if line.startswith("ready"):
+                ok = True
+                break
+    if ok:
+        print(
+            f"aiosfs: serving {mountpoint} (pid {proc.pid}); stop with: aiosfs umount {mountpoint}"
+        )
+        return 0
+    try:
+        status = proc.wait(timeout=30)
+    except subprocess.TimeoutExpired:
+        proc.terminate()
+        status = proc.wait()
+    return fail(f"daemon exited with status {status}; log: {log_path}")
+
+
+def _daemon_argv(args: argparse.Namespace, mountpoint: str, ready_fd: int) -> list[str]:
+    argv = ["mount", mountpoint, "--foreground", "--ready-fd", str(ready_fd)]
+    for flag, value in (
+        ("--config", args.config),
+        ("--model", args.model),
+        ("--data-dir", args.data_dir),
+        ("--scheduler", args.scheduler),
+        ("--threads", args.threads),
+        ("--max-running", args.max_running),
+        ("--log-level", args.log_level),
+    ):
+        if value is not None:
+            argv += [flag, str(Path(value).resolve()) if isinstance(value, Path) else str(value)]
+    if args.allow_other:
+        argv.append("--allow-other")
+    return argv
+
+
+# ---- umount ---------------------------------------------------------------------------------
+
+
+def read_mount_file(mountpoint: str, name: str) -> str | None:
+    try:
+        with open(os.path.join(mountpoint, "sys", name)) as f:
+            return f.read()
+    except OSError:
+        return None
+
+
+def cmd_umount(args: argparse.Namespace) -> int:
+    from aiosfs.mountpoint import fuse_mounts, is_dead_mount
+
+    mountpoint = os.path.abspath(args.mountpoint)
+    if is_dead_mount(mountpoint):
+        subprocess.run(["fusermount3", "-u", "-z", mountpoint], check=False)
+        print(f"aiosfs: cleared dead mount {mountpoint}")
+        return 0
+    if mountpoint not in fuse_mounts():
+        return fail(f"{mountpoint} is not mounted")
+    pid_text = read_mount_file(mountpoint, "pid")
+    if pid_text and pid_text.strip().isdigit():
+        pid = int(pid_text)
+        with contextlib.suppress(ProcessLookupError):
+            os.kill(pid, signal.SIGTERM)
+        deadline = time.monotonic() + args.timeout
+        while time.monotonic() < deadline and mountpoint in fuse_mounts():
+            time.sleep(0.1)
+        if mountpoint not in fuse_mounts():
+            print(f"aiosfs: unmounted {mountpoint}")
+            return 0
+    result = subprocess.run(["fusermount3", "-u", mountpoint], check=False)
+    if result.returncode != 0:
+        return fail(f"could not unmount {mountpoint} (busy? try: fusermount3 -u -z {mountpoint})")
+    print(f"aiosfs: unmounted {mountpoint}")
+    return 0
+
+
+# ---- status ---------------------------------------------------------------------------------
+
+
+def cmd_status(args: argparse.Namespace) -> int:
+    text = read_mount_file(args.mountpoint, "status")
+    if text is None:
+        return fail(f"{args.mountpoint} is not an aiosfs mount (no sys/status)")
+    if args.json:
+        print(text, end="")
+        return 0
+    st = json.loads(text)
+    print(format_status(st))
+    return 0
+
+
+def format_status(st: dict[str, Any]) -> str:
+    stats = st["stats"]
+    calls = stats["syscalls"]
+    lines = [
+        f"aiosfs {st['version']} at {st.get('mountpoint', '?')} (pid {st.get('pid', '?')}), "
+        f"up {st['uptime_s']:.0f} s, scheduler {st['scheduler']}",
+    ]
+    for name, m in st["models"].items():
+        state = "loaded" if m["loaded"] else m["state"]
+        extra = f", error: {m['error']}" if m.get("error") else ""
+        default = " (default)" if m.get("default") else ""
+        lines.append(
+            f"model {name}{default}: {state}, {m['params'] / 1e6:.0f}M params, "
+            f"{m['tokens_per_s']} tok/s now, {m['tokens_generated']} tokens generated{extra}"
+        )
+    lines.append(
+        f"syscalls: {calls['submitted']} submitted, {calls['done']} done, "
+        f"{calls['failed']} failed, {calls['cancelled']} cancelled, {stats['inflight']} in flight"
+    )
+    lines.append(f"tokens: {stats['tokens_in']} in, {stats['tokens_out']} out")
+    agents = st.get("agents", {})
+    lines.append(f"agents: {len(agents)}")
+    for name, a in agents.items():
+        lines.append(
+            f"  {name:<20} {a['state']:<8} queued {a['queued']}, running {a['running']}, "
+            f"done {a['done']}, failed {a['failed']}"
+        )
+    return "\n".join(lines)

@@ -1,0 +1,165 @@
+"""The mount daemon: kernel + filesystem in one trio run, and a clean unmount however it ends.
+
+Life cycle:
+
+1. check the mount point, build the kernel and the filesystem, ``pyfuse3.init`` (mounts, with
+   ``auto_unmount`` so a killed daemon leaves no dead mount behind);
+2. start the engines (models load in their threads while the mount already answers ``ls``),
+   report progress to the launcher on ``ready_fd`` until every model is loaded;
+3. serve until unmounted, or until SIGINT/SIGTERM/SIGHUP: then fail unfinished syscalls and wake
+   every blocked reader with an error, let those replies go out, and leave the FUSE loop;
+4. ``pyfuse3.close(unmount=True)`` in ``finally``.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import os
+import signal
+import sys
+from dataclasses import dataclass
+from pathlib import Path
+
+import pyfuse3
+import trio
+
+from aiosfs.fs import AiosFS
+from aiosfs.mountpoint import check_mountpoint
+from kernel import Kernel, KernelConfig
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class DaemonOptions:
+    mountpoint: str
+    config: KernelConfig
+    allow_other: bool = False
+    max_tasks: int = 4096  # FUSE worker tasks: every blocked reader holds one
+    ready_fd: int | None = None  # the launcher's pipe: progress lines, then "ready" or "error: ..."
+    debug_fuse: bool = False
+
+
+class Reporter:
+    """Progress to the launcher's pipe (or stderr in the foreground)."""
+
+    def __init__(self, fd: int | None) -> None:
+        self.fd = fd
+
+    def say(self, line: str) -> None:
+        log.info("%s", line)
+        if self.fd is None:
+            print(f"aiosfs: {line}", flush=True, file=sys.stderr)
+            return
+        try:
+            os.write(self.fd, (line.replace("\n", " ") + "\n").encode())
+        except OSError:
+            self.fd = None  # the launcher went away; carry on serving
+
+    def close(self) -> None:
+        if self.fd is not None:
+            with contextlib.suppress(OSError):
+                os.close(self.fd)
+            self.fd = None
+
+
+def setup_logging(data_dir: Path, foreground: bool, level: str = "INFO") -> Path:
+    data_dir.mkdir(parents=True, exist_ok=True)
+    path = data_dir / "aiosfs.log"
+    handlers: list[logging.Handler] = [logging.FileHandler(path)]
+    if foreground:
+        handlers.append(logging.StreamHandler())
+    logging.basicConfig(
+        level=getattr(logging, level.upper(), logging.INFO),
+        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
+        handlers=handlers,
+        force=True,
+    )
+    return path
+
+
+async def _report_loading(kernel: Kernel, reporter: Reporter, failed: trio.Event) -> None:
+    last: dict[str, str] = {}
+    while True:
+        pending = False
+        for name, engine in kernel.engines.items():
+            if engine.progress and last.get(name) != engine.progress:
+                last[name] = engine.progress
+                if engine.state not in ("ready", "failed"):
+                    reporter.say(f"model {name}: {engine.progress}")
+            if engine.state == "failed":
+                reporter.say(f"error: model {name} failed to load: {engine.load_error}")
+                failed.set()
+                return
+            pending = pending or engine.state not in ("ready", "failed")
+        if not pending:
+            info = ", ".join(
+                f"{n} ({e.info()['load_seconds']} s)" for n, e in kernel.engines.items()
+            )
+            reporter.say(f"ready: models loaded: {info}")
+            reporter.close()
+            return
+        await trio.sleep(0.25)
+
+
+async def _serve(opts: DaemonOptions, kernel: Kernel, fs: AiosFS, reporter: Reporter) -> int:
+    status = 0
+    stopping = trio.Event()
+
+    async def stop(reason: str) -> None:
+        if stopping.is_set():
+            return
+        stopping.set()
+        log.info("stopping: %s", reason)
+        await kernel.shutdown()  # fails unfinished syscalls; blocked readers wake with an error
+        await trio.sleep(0.1)  # let their replies go out before the session closes
+        pyfuse3.terminate()
+
+    async def on_signals() -> None:
+        with trio.open_signal_receiver(signal.SIGINT, signal.SIGTERM, signal.SIGHUP) as signals:
+            async for signum in signals:
+                await stop(f"signal {signal.Signals(signum).name}")
+
+    async def on_load_failure(failed: trio.Event) -> None:
+        nonlocal status
+        await failed.wait()
+        status = 1
+        await stop("model failed to load")
+
+    async with trio.open_nursery() as nursery:
+        await kernel.start()
+        failed = trio.Event()
+        nursery.start_soon(fs.interrupts.run)
+        nursery.start_soon(on_signals)
+        nursery.start_soon(on_load_failure, failed)
+        nursery.start_soon(_report_loading, kernel, reporter, failed)
+        await pyfuse3.main(min_tasks=4, max_tasks=opts.max_tasks)
+        # the loop ended: we were told to stop, or someone ran fusermount -u
+        await kernel.shutdown()
+        nursery.cancel_scope.cancel()
+    return status
+
+
+def run_daemon(opts: DaemonOptions) -> int:
+    """Mount and serve until unmounted or signalled; returns the exit status."""
+    reporter = Reporter(opts.ready_fd)
+    mountpoint = check_mountpoint(opts.mountpoint)
+    kernel = Kernel(opts.config)
+    fs = AiosFS(kernel, mountpoint)
+    options = set(pyfuse3.default_options)
+    options |= {"fsname=aiosfs", "subtype=aiosfs", "auto_unmount"}
+    if opts.allow_other:
+        options.add("allow_other")
+    if opts.debug_fuse:
+        options.add("debug")
+    pyfuse3.init(fs, mountpoint, options)
+    reporter.say(f"mounted at {mountpoint} (pid {os.getpid()})")
+    status = 1
+    try:
+        status = trio.run(_serve, opts, kernel, fs, reporter)
+    finally:
+        pyfuse3.close(unmount=True)
+        reporter.close()
+        log.info("unmounted %s", mountpoint)
+    return status

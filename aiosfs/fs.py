@@ -1,0 +1,291 @@
+"""The pyfuse3 Operations: each FUSE request is routed to a node or an open handle.
+
+Every handler is wrapped by ``guarded``: a KernelError becomes its errno, and any other exception
+is logged and answered with EIO. A non-FUSEError escaping a handler would end ``pyfuse3.main``
+and leave a dead mount, so nothing may escape.
+"""
+
+from __future__ import annotations
+
+import errno
+import functools
+import itertools
+import logging
+import os
+from collections.abc import Awaitable, Callable, Sequence
+from typing import Any, ParamSpec, TypeVar
+
+import pyfuse3
+
+from aiosfs.agent_tree import AgentsDir
+from aiosfs.handles import Handle
+from aiosfs.interrupts import InterruptWatcher
+from aiosfs.nodes import Dir, FixedFile, Inodes, Node, StaticDir, fuse_error
+from aiosfs.sys_tree import build_sys
+from kernel import Kernel
+from kernel.errors import KernelError
+
+log = logging.getLogger(__name__)
+
+P = ParamSpec("P")
+R = TypeVar("R")
+
+README = b"""aiosfs: an LLM agent operating system as a filesystem.
+
+  mkdir agents/NAME                 create an agent
+  echo "question" > agents/NAME/syscall
+  cat agents/NAME/out               the answer (blocks until complete)
+  cat agents/NAME/stream            the running answer, token by token
+  ls agents/NAME/results/           every finished answer
+  cat sys/status                    kernel state
+
+The full contract: docs/filesystem.md in the aiosfs source.
+"""
+
+
+def guarded(fn: Callable[P, Awaitable[R]]) -> Callable[P, Awaitable[R]]:
+    """Turn kernel errors into errnos and unexpected exceptions into a logged EIO."""
+
+    @functools.wraps(fn)
+    async def wrapper(*args: P.args, **kwargs: P.kwargs) -> R:
+        try:
+            return await fn(*args, **kwargs)
+        except pyfuse3.FUSEError:
+            raise
+        except KernelError as e:
+            log.debug("%s: %s (errno %d)", fn.__name__, e.message, e.errno)
+            raise pyfuse3.FUSEError(e.errno) from None
+        except Exception:
+            log.exception("unexpected error in %s%r", fn.__name__, args[1:])
+            raise pyfuse3.FUSEError(errno.EIO) from None
+
+    return wrapper
+
+
+def decode_name(name: bytes) -> str:
+    try:
+        return os.fsdecode(name)
+    except UnicodeDecodeError:
+        raise fuse_error(errno.ENOENT) from None
+
+
+class AiosFS(pyfuse3.Operations):
+    """The mounted tree: README, agents/, sys/, mem/, store/."""
+
+    supports_dot_lookup = False
+    enable_writeback_cache = False  # a write must reach us; never cache it in the kernel
+
+    def __init__(self, kernel: Kernel, mountpoint: str = "") -> None:
+        super().__init__()
+        self.kernel = kernel
+        self.mountpoint = mountpoint
+        self.inodes = Inodes()
+        self.interrupts = InterruptWatcher()
+        self.handles: dict[int, Handle] = {}
+        self._fh = itertools.count(1)
+        self._dir_handles: dict[int, list[Node]] = {}
+        self.root = StaticDir(self, "", None)
+        assert self.root.inode == pyfuse3.ROOT_INODE
+        self.root.add(FixedFile(self, "README", self.root, lambda: README, 0.0))
+        self.root.add(AgentsDir(self, "agents", self.root))
+        self.root.add(build_sys(self, self.root))
+        # managed memory and semantic storage arrive with their kernel managers
+        self.root.add(StaticDir(self, "mem", self.root))
+        self.root.add(StaticDir(self, "store", self.root))
+
+    def stats(self) -> dict[str, Any]:
+        return {
+            "open_handles": len(self.handles),
+            "blocked_reads": self.interrupts.blocked,
+            **self.inodes.stats(),
+        }
+
+    def _dir(self, inode: int) -> Dir:
+        node = self.inodes.get(inode)
+        if not isinstance(node, Dir):
+            raise fuse_error(errno.ENOTDIR)
+        return node
+
+    def _handle(self, fh: int) -> Handle:
+        try:
+            return self.handles[fh]
+        except KeyError:
+            raise fuse_error(errno.EBADF) from None
+
+    def _entry(self, node: Node) -> pyfuse3.EntryAttributes:
+        node.lookups += 1
+        return node.attributes()
+
+    # ---- names --------------------------------------------------------------------------------
+
+    @guarded
+    async def lookup(
+        self, parent_inode: int, name: bytes, ctx: pyfuse3.RequestContext
+    ) -> pyfuse3.EntryAttributes:
+        parent = self._dir(parent_inode)
+        text = decode_name(name)
+        if text == ".":
+            return self._entry(parent)
+        if text == "..":
+            return self._entry(parent.parent or parent)
+        return self._entry(parent.lookup(text))
+
+    @guarded
+    async def forget(self, inode_list: Sequence[tuple[int, int]]) -> None:
+        for inode, n in inode_list:
+            self.inodes.forget(inode, n)
+
+    @guarded
+    async def getattr(self, inode: int, ctx: pyfuse3.RequestContext) -> pyfuse3.EntryAttributes:
+        return self.inodes.get(inode).attributes()
+
+    @guarded
+    async def setattr(
+        self,
+        inode: int,
+        attr: pyfuse3.EntryAttributes,
+        fields: pyfuse3.SetattrFields,
+        fh: int | None,
+        ctx: pyfuse3.RequestContext,
+    ) -> pyfuse3.EntryAttributes:
+        node = self.inodes.get(inode)
+        if fields.update_mode or fields.update_uid or fields.update_gid:
+            raise fuse_error(errno.EPERM)
+        if fields.update_size:
+            if node.is_dir:
+                raise fuse_error(errno.EISDIR)
+            if not node.writable:
+                raise fuse_error(errno.EACCES)
+            node.truncate(attr.st_size)
+        return node.attributes()  # atime/mtime updates (touch) are accepted and ignored
+
+    @guarded
+    async def mkdir(
+        self, parent_inode: int, name: bytes, mode: int, ctx: pyfuse3.RequestContext
+    ) -> pyfuse3.EntryAttributes:
+        parent = self._dir(parent_inode)
+        node = await parent.mkdir(decode_name(name), mode, ctx)
+        return self._entry(node)
+
+    @guarded
+    async def rmdir(self, parent_inode: int, name: bytes, ctx: pyfuse3.RequestContext) -> None:
+        parent = self._dir(parent_inode)
+        text = decode_name(name)
+        if not parent.lookup(text).is_dir:
+            raise fuse_error(errno.ENOTDIR)
+        await parent.rmdir(text, ctx)
+
+    @guarded
+    async def unlink(self, parent_inode: int, name: bytes, ctx: pyfuse3.RequestContext) -> None:
+        node = self._dir(parent_inode).lookup(decode_name(name))
+        raise fuse_error(errno.EISDIR if node.is_dir else errno.EACCES)
+
+    @guarded
+    async def create(
+        self, parent_inode: int, name: bytes, mode: int, flags: int, ctx: pyfuse3.RequestContext
+    ) -> tuple[pyfuse3.FileInfo, pyfuse3.EntryAttributes]:
+        parent = self._dir(parent_inode)
+        text = decode_name(name)
+        if text in parent.children():
+            raise fuse_error(errno.EEXIST)
+        raise fuse_error(errno.EACCES)
+
+    @guarded
+    async def rename(self, *args: Any) -> None:
+        raise fuse_error(errno.EACCES)
+
+    @guarded
+    async def link(self, *args: Any) -> pyfuse3.EntryAttributes:
+        raise fuse_error(errno.EACCES)
+
+    @guarded
+    async def symlink(self, *args: Any) -> pyfuse3.EntryAttributes:
+        raise fuse_error(errno.EACCES)
+
+    @guarded
+    async def mknod(self, *args: Any) -> pyfuse3.EntryAttributes:
+        raise fuse_error(errno.EACCES)
+
+    # ---- directories --------------------------------------------------------------------------
+
+    @guarded
+    async def opendir(self, inode: int, ctx: pyfuse3.RequestContext) -> int:
+        directory = self._dir(inode)
+        fh = next(self._fh)
+        self._dir_handles[fh] = sorted(directory.children().values(), key=lambda n: n.name)
+        return fh
+
+    @guarded
+    async def readdir(self, fh: int, start_id: int, token: pyfuse3.ReaddirToken) -> None:
+        entries = self._dir_handles.get(fh, [])
+        for i in range(start_id, len(entries)):
+            node = entries[i]
+            if not pyfuse3.readdir_reply(token, os.fsencode(node.name), node.attributes(), i + 1):
+                return
+            node.lookups += 1
+
+    @guarded
+    async def releasedir(self, fh: int) -> None:
+        self._dir_handles.pop(fh, None)
+
+    # ---- files --------------------------------------------------------------------------------
+
+    @guarded
+    async def open(self, inode: int, flags: int, ctx: pyfuse3.RequestContext) -> pyfuse3.FileInfo:
+        node = self.inodes.get(inode)
+        if node.is_dir:
+            raise fuse_error(errno.EISDIR)
+        handle = await node.open(flags, ctx)
+        fh = next(self._fh)
+        self.handles[fh] = handle
+        self.inodes.open_counts[inode] = self.inodes.open_counts.get(inode, 0) + 1
+        return pyfuse3.FileInfo(
+            fh=fh,
+            direct_io=handle.direct_io,
+            keep_cache=handle.keep_cache,
+            nonseekable=handle.nonseekable,
+        )
+
+    @guarded
+    async def read(self, fh: int, off: int, size: int) -> bytes:
+        return await self._handle(fh).read(off, size)
+
+    @guarded
+    async def write(self, fh: int, off: int, buf: bytes) -> int:
+        return await self._handle(fh).write(off, buf)
+
+    @guarded
+    async def flush(self, fh: int) -> None:
+        await self._handle(fh).flush()
+
+    @guarded
+    async def fsync(self, fh: int, datasync: bool) -> None:
+        await self._handle(fh).flush()
+
+    @guarded
+    async def release(self, fh: int) -> None:
+        handle = self.handles.pop(fh, None)
+        if handle is None:
+            return
+        inode = handle.node.inode
+        self.inodes.open_counts[inode] -= 1
+        if not self.inodes.open_counts[inode]:
+            del self.inodes.open_counts[inode]
+        self.inodes.maybe_drop(handle.node)
+        await handle.release()
+
+    @guarded
+    async def poll(
+        self, inode: int, fh: int, poll_handle: pyfuse3.PollHandle | None, ctx: Any
+    ) -> int:
+        return self._handle(fh).poll(poll_handle)
+
+    @guarded
+    async def statfs(self, ctx: pyfuse3.RequestContext) -> pyfuse3.StatvfsData:
+        s = pyfuse3.StatvfsData()
+        s.f_bsize = s.f_frsize = 4096
+        s.f_blocks = s.f_bfree = s.f_bavail = 0
+        s.f_files = len(self.inodes.nodes)
+        s.f_ffree = s.f_favail = 1 << 20
+        s.f_namemax = 255
+        return s

@@ -1,0 +1,239 @@
+"""The node tree: every path in the mount is a Node with an inode number.
+
+Nodes map filesystem operations onto kernel calls; they hold no kernel state of their own beyond
+what identifies them (an agent name, a result id). Directories list their children on demand, so
+a dynamic directory (``agents/``, ``results/``) always shows what the kernel has now.
+"""
+
+from __future__ import annotations
+
+import errno
+import os
+import stat
+import time
+from collections.abc import Callable
+from typing import TYPE_CHECKING, Any
+
+import pyfuse3
+
+if TYPE_CHECKING:
+    from aiosfs.fs import AiosFS
+    from aiosfs.handles import Handle
+
+STABLE_TIMEOUT = 1.0  # seconds the kernel may cache attributes that do not change
+
+
+def fuse_error(code: int) -> pyfuse3.FUSEError:
+    return pyfuse3.FUSEError(code)
+
+
+class Node:
+    """Base node. Subclasses set ``mode`` (type and permission bits)."""
+
+    mode = stat.S_IFREG | 0o444
+    dynamic = False  # content or size changes: attributes are never cached
+
+    def __init__(self, fs: AiosFS, name: str, parent: Dir | None) -> None:
+        self.fs = fs
+        self.name = name
+        self.parent = parent
+        self.uid = parent.uid if parent else os.getuid()
+        self.gid = parent.gid if parent else os.getgid()
+        self.mtime_ns = time.time_ns()
+        self.lookups = 0
+        self.detached = False
+        self.inode = fs.inodes.add(self)
+
+    @property
+    def is_dir(self) -> bool:
+        return stat.S_ISDIR(self.mode)
+
+    @property
+    def writable(self) -> bool:
+        return bool(self.mode & 0o222)
+
+    def size(self) -> int:
+        return 0
+
+    def times_ns(self) -> int:
+        return self.mtime_ns
+
+    def attributes(self) -> pyfuse3.EntryAttributes:
+        a = pyfuse3.EntryAttributes()
+        a.st_ino = self.inode
+        a.st_mode = self.mode
+        a.st_nlink = 2 if self.is_dir else 1
+        a.st_uid = self.uid
+        a.st_gid = self.gid
+        size = self.size()
+        a.st_size = size
+        a.st_blksize = 4096
+        a.st_blocks = (size + 511) // 512
+        t = self.times_ns()
+        a.st_atime_ns = a.st_mtime_ns = a.st_ctime_ns = t
+        a.generation = 0
+        timeout = 0.0 if self.dynamic else STABLE_TIMEOUT
+        a.entry_timeout = STABLE_TIMEOUT
+        a.attr_timeout = timeout
+        return a
+
+    async def open(self, flags: int, ctx: pyfuse3.RequestContext) -> Handle:
+        raise fuse_error(errno.EISDIR if self.is_dir else errno.EACCES)
+
+    def truncate(self, size: int) -> None:
+        """Called for O_TRUNC and truncate(2). Special files accept and ignore it."""
+
+    def detach(self) -> None:
+        """The path no longer exists; the inode lives on until the kernel forgets it."""
+        self.detached = True
+        self.fs.inodes.maybe_drop(self)
+
+
+class Dir(Node):
+    mode = stat.S_IFDIR | 0o755
+
+    def children(self) -> dict[str, Node]:
+        return {}
+
+    def lookup(self, name: str) -> Node:
+        try:
+            return self.children()[name]
+        except KeyError:
+            raise fuse_error(errno.ENOENT) from None
+
+    async def mkdir(self, name: str, mode: int, ctx: pyfuse3.RequestContext) -> Node:
+        raise fuse_error(errno.EACCES)
+
+    async def rmdir(self, name: str, ctx: pyfuse3.RequestContext) -> None:
+        self.lookup(name)
+        raise fuse_error(errno.EACCES)
+
+    def detach(self) -> None:
+        for child in self.children().values():
+            child.detach()
+        super().detach()
+
+
+class StaticDir(Dir):
+    """A directory whose entries are fixed when it is built."""
+
+    def __init__(self, fs: AiosFS, name: str, parent: Dir | None, mode: int = 0o755) -> None:
+        super().__init__(fs, name, parent)
+        self.mode = stat.S_IFDIR | mode
+        self.entries: dict[str, Node] = {}
+
+    def add(self, node: Node) -> Node:
+        self.entries[node.name] = node
+        return node
+
+    def children(self) -> dict[str, Node]:
+        return self.entries
+
+
+class GeneratedFile(Node):
+    """A small file whose bytes are rendered on open (status, config, sys/...).
+
+    ``apply`` receives what a writer wrote, once per close (flush), and may raise a KernelError
+    to fail that close; ``check`` validates without applying, so that a complete but invalid
+    write fails at write() already (shells ignore errors from close); ``on_truncate`` is called
+    for O_TRUNC / truncate(2).
+    """
+
+    dynamic = True
+
+    def __init__(
+        self,
+        fs: AiosFS,
+        name: str,
+        parent: Dir,
+        render: Callable[[], bytes],
+        apply: Callable[[bytes, bool], None] | None = None,
+        on_truncate: Callable[[], None] | None = None,
+        mode: int = 0o444,
+        check: Callable[[bytes], object] | None = None,
+    ) -> None:
+        super().__init__(fs, name, parent)
+        self.render = render
+        self.apply = apply
+        self.check = check
+        self.on_truncate = on_truncate
+        self.mode = stat.S_IFREG | (mode if apply else mode & 0o555)
+
+    def size(self) -> int:
+        return len(self.render())
+
+    def times_ns(self) -> int:
+        return time.time_ns()
+
+    def truncate(self, size: int) -> None:
+        if size == 0 and self.on_truncate is not None:
+            self.on_truncate()
+
+    async def open(self, flags: int, ctx: pyfuse3.RequestContext) -> Handle:
+        from aiosfs.handles import BytesHandle
+
+        check_access(self, flags)
+        if flags & os.O_TRUNC:
+            self.truncate(0)
+        return BytesHandle(self, flags, ctx.pid, self.render, self.apply, self.check)
+
+
+class FixedFile(Node):
+    """An ordinary read-only file with fixed bytes (a finished result): true size, page-cached,
+    so ``cp``, ``sendfile`` and ``mmap`` work on it."""
+
+    def __init__(
+        self, fs: AiosFS, name: str, parent: Dir, content: Callable[[], bytes], mtime: float
+    ) -> None:
+        super().__init__(fs, name, parent)
+        self.content = content
+        self.mtime_ns = int(mtime * 1e9)
+
+    def size(self) -> int:
+        return len(self.content())
+
+    async def open(self, flags: int, ctx: pyfuse3.RequestContext) -> Handle:
+        from aiosfs.handles import BytesHandle
+
+        check_access(self, flags)
+        return BytesHandle(self, flags, ctx.pid, self.content, None, direct_io=False)
+
+
+def check_access(node: Node, flags: int) -> None:
+    """Refuse writes to read-only files even for root, who bypasses permission bits."""
+    if flags & os.O_ACCMODE != os.O_RDONLY and not node.writable:
+        raise fuse_error(errno.EACCES)
+
+
+class Inodes:
+    """Inode number -> node. Numbers are never reused within a mount."""
+
+    def __init__(self) -> None:
+        self.nodes: dict[int, Node] = {}
+        self._next = pyfuse3.ROOT_INODE
+        self.open_counts: dict[int, int] = {}
+
+    def add(self, node: Node) -> int:
+        inode = self._next
+        self._next += 1
+        self.nodes[inode] = node
+        return inode
+
+    def get(self, inode: int) -> Node:
+        try:
+            return self.nodes[inode]
+        except KeyError:
+            raise fuse_error(errno.ENOENT) from None
+
+    def forget(self, inode: int, n: int) -> None:
+        node = self.nodes.get(inode)
+        if node is not None:
+            node.lookups = max(0, node.lookups - n)
+            self.maybe_drop(node)
+
+    def maybe_drop(self, node: Node) -> None:
+        if node.detached and node.lookups == 0 and not self.open_counts.get(node.inode):
+            self.nodes.pop(node.inode, None)
+
+    def stats(self) -> dict[str, Any]:
+        return {"inodes": len(self.nodes), "next": self._next}

@@ -1,0 +1,127 @@
+"""An agent: its settings, conversation, results, and the queue order in which ``out`` hands
+results over.
+
+Delivery on ``out`` is first-in first-out by syscall number: a reader gets the oldest result
+nobody has received yet, waiting for it to finish even if a younger one finished first. Results
+reserved by a transaction descriptor are skipped while reserved.
+"""
+
+from __future__ import annotations
+
+import time
+from collections import deque
+from typing import Any
+
+import trio
+
+from kernel.agent_config import AgentConfig
+from kernel.conversation import Conversation
+from kernel.notify import ChangeSignal
+from kernel.results import Result, ResultState
+from kernel.syscalls import Syscall
+
+
+class Agent:
+    """One agent's kernel state. Lives on the trio thread."""
+
+    def __init__(self, name: str, uid: int, gid: int, results_keep: int) -> None:
+        self.name = name
+        self.uid = uid
+        self.gid = gid
+        self.created = time.time()
+        self.config = AgentConfig()
+        self.conversation = Conversation()
+        self.results: dict[int, Result] = {}
+        self.results_keep = results_keep
+        self.next_id = 1
+        self._undelivered: dict[int, Result] = {}  # by id, in submission order
+        self.chat_backlog: deque[Result] = deque()  # chat turns waiting for the one before
+        self.chat_active: Result | None = None
+        self.out_lock = trio.Lock()  # fair: out readers are served in arrival order
+        self.removed = False
+        self.tokens_in = 0
+        self.tokens_out = 0
+        self.counts = {s.value: 0 for s in ResultState if s is not ResultState.QUEUED}
+        self.last_error: dict[str, Any] | None = None
+        self.changed = ChangeSignal()
+
+    # ---- results ----------------------------------------------------------------------------
+
+    def new_result(self, syscall: Syscall | None, reserved: bool) -> Result:
+        result = Result(self.next_id, self.name, syscall, reserved)
+        self.next_id += 1
+        self.results[result.id] = result
+        self._undelivered[result.id] = result
+        return result
+
+    def next_undelivered(self) -> Result | None:
+        for result in self._undelivered.values():
+            if not result.reserved:
+                return result
+        return None
+
+    def mark_delivered(self, result: Result) -> None:
+        result.delivered = True
+        result.reserved = False
+        self._undelivered.pop(result.id, None)
+
+    def unreserve(self, result: Result) -> None:
+        """A transaction descriptor closed without reading this result: hand it to ``out``."""
+        if result.reserved and not result.delivered:
+            result.reserved = False
+            self.notify()
+
+    def record_finish(self, result: Result) -> None:
+        self.counts[result.state.value] += 1
+        if result.error is not None:
+            self.last_error = {
+                "result": result.id,
+                "message": result.error,
+                "errno": result.errno,
+                "time": result.finished_at,
+            }
+        self._trim_results()
+
+    def _trim_results(self) -> None:
+        """Keep at most ``results_keep`` finished results (oldest go first)."""
+        finished = [r for r in self.results.values() if r.finished]
+        for old in finished[: max(0, len(finished) - self.results_keep)]:
+            del self.results[old.id]
+            self._undelivered.pop(old.id, None)
+
+    def unfinished(self) -> list[Result]:
+        return [r for r in self.results.values() if not r.finished]
+
+    # ---- change notification ----------------------------------------------------------------
+
+    def notify(self) -> None:
+        """Wake everything waiting for this agent to change (new, started or finished results)."""
+        self.changed.fire()
+
+    # ---- views ------------------------------------------------------------------------------
+
+    def status(self) -> dict[str, Any]:
+        unfinished = self.unfinished()
+        running = sum(1 for r in unfinished if r.state is ResultState.RUNNING)
+        queued = len(unfinished) - running
+        state = (
+            "removed" if self.removed else "running" if running else "queued" if queued else "idle"
+        )
+        return {
+            "name": self.name,
+            "state": state,
+            "uid": self.uid,
+            "created": self.created,
+            "queued": queued,
+            "running": running,
+            "done": self.counts["done"],
+            "failed": self.counts["failed"],
+            "cancelled": self.counts["cancelled"],
+            "undelivered": sum(1 for r in self._undelivered.values() if r.finished),
+            "syscalls": self.next_id - 1,
+            "tokens_in": self.tokens_in,
+            "tokens_out": self.tokens_out,
+            "history_turns": self.conversation.turns,
+            "results_kept": sum(1 for r in self.results.values() if r.finished),
+            "last_error": self.last_error,
+        }

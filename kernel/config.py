@@ -1,0 +1,63 @@
+"""Kernel-wide settings, from defaults, an optional TOML file and command-line overrides."""
+
+from __future__ import annotations
+
+import os
+import tomllib
+from dataclasses import dataclass, field, fields, replace
+from pathlib import Path
+from typing import Any
+
+from kernel.errors import InvalidArgument
+from kernel.llm.models import default_cache_dir
+
+
+def default_data_dir() -> Path:
+    base = os.environ.get("XDG_DATA_HOME") or os.path.expanduser("~/.local/share")
+    return Path(base) / "aiosfs"
+
+
+@dataclass(frozen=True)
+class KernelConfig:
+    """Everything the kernel needs to start. See docs/configuration.md for each key."""
+
+    model: str = "smollm2"  # the default model; agents use it unless their config says otherwise
+    extra_models: tuple[str, ...] = ()  # further models to load, selectable per agent
+    scheduler: str = "fifo"
+    max_running: int = 16  # sequences in the running batch at once, per model
+    threads: int = 0  # torch threads per model; 0 = all cores
+    data_dir: Path = field(default_factory=default_data_dir)
+    cache_dir: Path = field(default_factory=default_cache_dir)
+    max_syscall_bytes: int = 1 << 20  # a bigger syscall write fails with EFBIG
+    max_tokens_limit: int = 4096  # the largest max_tokens a syscall or config may ask for
+    results_keep: int = 1000  # finished results kept per agent under results/
+
+    @classmethod
+    def from_toml(cls, path: Path, **overrides: Any) -> KernelConfig:
+        """Read ``[kernel]`` from a TOML file (keys as in this class), then apply overrides."""
+        try:
+            with open(path, "rb") as f:
+                data = tomllib.load(f)
+        except (OSError, tomllib.TOMLDecodeError) as e:
+            raise InvalidArgument(f"cannot read config {path}: {e}") from None
+        section = data.get("kernel", data)
+        return cls().with_overrides(**section, **overrides)
+
+    def with_overrides(self, **values: Any) -> KernelConfig:
+        known = {f.name: f for f in fields(self)}
+        changes: dict[str, Any] = {}
+        for key, value in values.items():
+            if value is None:
+                continue
+            if key not in known:
+                raise InvalidArgument(f"unknown kernel setting {key!r}; known: {', '.join(known)}")
+            if key in ("data_dir", "cache_dir"):
+                value = Path(value).expanduser()
+            elif key == "extra_models":
+                value = tuple(value)
+            changes[key] = value
+        cfg = replace(self, **changes)
+        for key in ("max_running", "max_syscall_bytes", "max_tokens_limit", "results_keep"):
+            if not isinstance(getattr(cfg, key), int) or getattr(cfg, key) < 1:
+                raise InvalidArgument(f"{key} must be a positive integer")
+        return cfg

