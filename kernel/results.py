@@ -113,6 +113,14 @@ class Result:
         while not self.finished:
             await self.changed.wait()
 
+    def prompt_summary(self, limit: int = 500) -> str | None:
+        """The question asked (the prompt, or the last message), shortened for display."""
+        call = self.syscall
+        if call is None:
+            return None
+        text = call.prompt if call.prompt is not None else call.messages[-1].content
+        return text if len(text) <= limit else text[: limit - 1] + "…"
+
     def meta(self) -> dict[str, Any]:
         """What ``results/N.json`` shows: everything about the syscall except its text."""
         latency = self.finished_at - self.created if self.finished_at else None
@@ -121,6 +129,7 @@ class Result:
             "id": self.id,
             "agent": self.agent,
             "call": self.syscall.call if self.syscall else None,
+            "prompt": self.prompt_summary(),
             "state": self.state.value,
             "finish_reason": self.finish_reason,
             "error": self.error,

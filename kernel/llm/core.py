@@ -65,6 +65,8 @@ class TransformersCore(LLMCore):
 
     def load(self, progress: Progress) -> None:
         torch.set_num_threads(self.threads)
+        if self.model is not None:  # loaded already (a core reused across kernels in tests)
+            return
         self.model, self.tokenizer, self.load_seconds = load_model(
             self.spec, self.cache_dir, progress
         )

@@ -1,0 +1,27 @@
+from __future__ import annotations
+
+from collections.abc import Iterator
+
+import pytest
+
+from tests.mounting import Mount, start_mount, stop_mount
+
+
+@pytest.fixture(scope="module")
+def mount(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Mount]:
+    """One daemon on the tiny random model, shared by the tests of a module."""
+    m = start_mount(tmp_path_factory.mktemp("aiosfs"))
+    try:
+        yield m
+    finally:
+        stop_mount(m)
+
+
+@pytest.fixture
+def fresh_mount(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Mount]:
+    """A daemon of the test's own, for tests that stop or break it."""
+    m = start_mount(tmp_path_factory.mktemp("aiosfs"))
+    try:
+        yield m
+    finally:
+        stop_mount(m)
