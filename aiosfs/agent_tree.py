@@ -15,18 +15,21 @@ from __future__ import annotations
 import errno
 import json
 import stat
-from typing import TYPE_CHECKING, Any
+from collections.abc import Callable
+from typing import TYPE_CHECKING, Any, TypeVar
 
 import pyfuse3
 
 from aiosfs.handles import Handle, OutHandle, StreamHandle, SyscallHandle
 from aiosfs.nodes import Dir, FixedFile, GeneratedFile, Node, check_access, fuse_error
 from kernel.conversation import parse_jsonl
-from kernel.errors import InvalidArgument
+from kernel.errors import InvalidArgument, KernelError
 from kernel.syscalls import decode_text
 
 if TYPE_CHECKING:
     from aiosfs.fs import AiosFS
+
+T = TypeVar("T")
 
 CTL_COMMANDS = ("cancel", "reset")
 CTL_HELP = b"""commands (write one per line):
@@ -92,22 +95,28 @@ class AgentDir(Dir):
                 "config",
                 self,
                 lambda: as_json(kernel.agent(name).config.as_dict()),
-                apply=lambda data, _append: kernel.update_config(name, data),
+                apply=self._recording("config", lambda data, _a: kernel.update_config(name, data)),
                 mode=0o644,
-                check=kernel.check_config,
+                check=self._recording("config", kernel.check_config),
             ),
             GeneratedFile(
                 fs,
                 "history",
                 self,
                 lambda: kernel.agent(name).conversation.to_jsonl(),
-                apply=lambda data, append: self._write_history(data, append),
+                apply=self._recording("history", self._write_history),
                 on_truncate=lambda: kernel.reset_history(name),
                 mode=0o600,
-                check=parse_jsonl,
+                check=self._recording("history", parse_jsonl),
             ),
             GeneratedFile(
-                fs, "ctl", self, lambda: CTL_HELP, apply=self._ctl, mode=0o600, check=parse_ctl
+                fs,
+                "ctl",
+                self,
+                lambda: CTL_HELP,
+                apply=self._recording("ctl", self._ctl),
+                mode=0o600,
+                check=self._recording("ctl", parse_ctl),
             ),
             ResultsDir(fs, "results", self),
         ):
@@ -115,6 +124,20 @@ class AgentDir(Dir):
 
     def children(self) -> dict[str, Node]:
         return self.entries
+
+    def _recording(self, source: str, fn: Callable[..., T]) -> Callable[..., T]:
+        """Wrap a write handler so that its failure is also kept in ``status.last_error``."""
+
+        def wrapped(*args: Any) -> T:
+            try:
+                return fn(*args)
+            except KernelError as e:
+                agent = self.fs.kernel.agents.get(self.name)
+                if agent is not None:
+                    agent.record_error(source, e.message, e.errno)
+                raise
+
+        return wrapped
 
     def _write_history(self, data: bytes, append: bool) -> None:
         kernel = self.fs.kernel

@@ -12,6 +12,7 @@ import functools
 import itertools
 import logging
 import os
+import time
 from collections.abc import Awaitable, Callable, Sequence
 from typing import Any, ParamSpec, TypeVar
 
@@ -86,7 +87,7 @@ class AiosFS(pyfuse3.Operations):
         self._dir_handles: dict[int, list[Node]] = {}
         self.root = StaticDir(self, "", None)
         assert self.root.inode == pyfuse3.ROOT_INODE
-        self.root.add(FixedFile(self, "README", self.root, lambda: README, 0.0))
+        self.root.add(FixedFile(self, "README", self.root, lambda: README, time.time()))
         self.root.add(AgentsDir(self, "agents", self.root))
         self.root.add(build_sys(self, self.root))
         # managed memory and semantic storage arrive with their kernel managers

@@ -74,13 +74,19 @@ class Agent:
     def record_finish(self, result: Result) -> None:
         self.counts[result.state.value] += 1
         if result.error is not None:
-            self.last_error = {
-                "result": result.id,
-                "message": result.error,
-                "errno": result.errno,
-                "time": result.finished_at,
-            }
+            self.record_error("syscall", result.error, result.errno, result.id)
         self._trim_results()
+
+    def record_error(self, source: str, message: str, code: int, result: int | None = None) -> None:
+        """Remember the latest failure, so that a client told only "Invalid argument" by a
+        write or close can read the reason in ``status``."""
+        self.last_error = {
+            "source": source,
+            "result": result,
+            "message": message,
+            "errno": code,
+            "time": time.time(),
+        }
 
     def _trim_results(self) -> None:
         """Keep at most ``results_keep`` finished results (oldest go first)."""

@@ -38,7 +38,8 @@ CREATED=()
 # rmdir of an agent also drops its queued or running syscalls.
 cleanup() {
     local name
-    for name in "${CREATED[@]}"; do
+    # (${a[@]+"${a[@]}"} expands an empty array safely under set -u, even in old bash)
+    for name in ${CREATED[@]+"${CREATED[@]}"}; do
         rmdir "$AGENTS_DIR/$name" 2>/dev/null || echo "travel_planner: could not rmdir $name" >&2
     done
     CREATED=()
@@ -67,9 +68,10 @@ ask() {
 # answer NAME: block until the agent's oldest unread answer is complete, then print it.
 # A syscall that failed (say, a prompt longer than the model's context) still has an answer,
 # whose last line is "error: MESSAGE"; report that and fail, which set -e turns into an exit.
+# (The explicit returns matter: bash turns set -e off inside $(...), where this often runs.)
 answer() {
     local text last
-    text=$(cat "$AGENTS_DIR/$1/out")
+    text=$(cat "$AGENTS_DIR/$1/out") || return 1
     printf '%s\n' "$text"
     last=${text##*$'\n'}
     if [[ $last == "error: "* ]]; then

@@ -303,6 +303,8 @@ def test_invalid_config_is_einval_and_changes_nothing(mount: Mount, bad: str) ->
         f.write(bad)  # no newline: only the close can judge it
     assert e.value.errno == errno.EINVAL
     assert mount.read("agents", name, "config") == before
+    last = mount.json(f"agents/{name}/status")["last_error"]
+    assert last["source"] == "config" and last["errno"] == errno.EINVAL and last["message"]
 
 
 def test_history_truncate_resets_and_write_replaces(mount: Mount) -> None:
