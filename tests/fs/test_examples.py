@@ -6,6 +6,7 @@ import os
 import shutil
 import subprocess
 import sys
+from pathlib import Path
 
 import pytest
 
@@ -52,7 +53,7 @@ def test_python_client(mount: Mount) -> None:
     assert res.stdout.strip()
 
 
-def test_c_client(mount: Mount, tmp_path) -> None:  # noqa: ANN001
+def test_c_client(mount: Mount, tmp_path: Path) -> None:
     binary = EXAMPLES / "c" / "aiosfs_client"
     if not binary.exists():  # `make test` builds it; build it here for a bare pytest run
         if shutil.which("cc") is None:
