@@ -13,7 +13,8 @@ if mountpoint -q "$MNT" 2>/dev/null || ! stat "$MNT" >/dev/null 2>&1; then
     "$AIOSFS" umount "$MNT" || fusermount3 -u -z "$MNT" || true
 fi
 
-"$AIOSFS" mount "$MNT" --data-dir "$DATA"
+# AIOSFS_MODEL picks another model (the tests use tiny-random); default: the embedded SmolLM2.
+"$AIOSFS" mount "$MNT" --data-dir "$DATA" ${AIOSFS_MODEL:+--model "$AIOSFS_MODEL"}
 
 stop() {
     trap - INT TERM
