@@ -9,7 +9,9 @@ from pathlib import Path
 from typing import Any
 
 from kernel.errors import InvalidArgument
+from kernel.llm.engine import EngineConfig
 from kernel.llm.models import default_cache_dir
+from kernel.scheduler import Limits
 
 
 def default_data_dir() -> Path:
@@ -23,8 +25,13 @@ class KernelConfig:
 
     model: str = "smollm2"  # the default model; agents use it unless their config says otherwise
     extra_models: tuple[str, ...] = ()  # further models to load, selectable per agent
-    scheduler: str = "fifo"
+    scheduler: str = "fifo"  # fifo, rr, priority, fair (and the baselines serial, aios)
     max_running: int = 16  # sequences in the running batch at once, per model
+    max_tokens_in_flight: int = 65536  # context tokens summed over the running batch
+    quantum: int = 32  # generated tokens: rr's time slice, fair's hysteresis
+    step_tokens: int = 256  # tokens fed per engine step at most (prefill chunking)
+    prefix_cache_mb: int = 256  # KV of earlier prompts kept for reuse, per model
+    context_mb: int = 512  # RAM for snapshots of preempted sequences; beyond it, disk
     threads: int = 0  # torch threads per model; 0 = all cores
     data_dir: Path = field(default_factory=default_data_dir)
     cache_dir: Path = field(default_factory=default_cache_dir)
@@ -57,7 +64,30 @@ class KernelConfig:
                 value = tuple(value)
             changes[key] = value
         cfg = replace(self, **changes)
-        for key in ("max_running", "max_syscall_bytes", "max_tokens_limit", "results_keep"):
+        positive = (
+            "max_running",
+            "max_tokens_in_flight",
+            "quantum",
+            "step_tokens",
+            "max_syscall_bytes",
+            "max_tokens_limit",
+            "results_keep",
+        )
+        for key in positive:
             if not isinstance(getattr(cfg, key), int) or getattr(cfg, key) < 1:
                 raise InvalidArgument(f"{key} must be a positive integer")
+        for key in ("prefix_cache_mb", "context_mb", "threads"):
+            if not isinstance(getattr(cfg, key), int) or getattr(cfg, key) < 0:
+                raise InvalidArgument(f"{key} must be a non-negative integer")
         return cfg
+
+    def engine_config(self, model: str, policy: str | None = None) -> EngineConfig:
+        """The engine settings for one model."""
+        return EngineConfig(
+            policy=policy or self.scheduler,
+            limits=Limits(self.max_running, self.max_tokens_in_flight, self.quantum),
+            step_tokens=self.step_tokens,
+            prefix_cache_bytes=self.prefix_cache_mb << 20,
+            context_bytes=self.context_mb << 20,
+            swap_dir=self.data_dir / "swap" / model,
+        )

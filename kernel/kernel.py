@@ -50,7 +50,7 @@ from kernel.llm.models import resolve_model
 from kernel.llm.request import GenerationRequest, SamplingParams, Update
 from kernel.names import validate_agent_name
 from kernel.results import Result, ResultState
-from kernel.scheduler import SCHEDULERS, make_scheduler
+from kernel.scheduler import SCHEDULERS
 from kernel.syscalls import LLMCall, Message, SyscallLimits, parse_syscall
 
 log = logging.getLogger(__name__)
@@ -102,8 +102,7 @@ class Kernel:
             core = self._core_factory(name, self.config)
             if core.name in self.engines:
                 continue
-            scheduler = make_scheduler(self.config.scheduler, self.config.max_running)
-            engine = Engine(core, scheduler, self._emit)
+            engine = Engine(core, self.config.engine_config(core.name), self._emit)
             self.engines[core.name] = engine
             if not self.default_model:
                 self.default_model = core.name
@@ -290,6 +289,7 @@ class Kernel:
             if u.started:
                 result.mark_running()
                 result.tokens_in = u.tokens_in
+                result.tokens_cached = u.tokens_cached
                 agent.tokens_in += u.tokens_in
                 self.tokens_in += u.tokens_in
                 touched.add(agent)
@@ -449,9 +449,11 @@ class Kernel:
             raise InvalidArgument(f"unknown scheduler {name!r}; available: {', '.join(SCHEDULERS)}")
 
     def set_scheduler(self, name: str) -> None:
+        """Switch every engine's policy; it takes effect before their next step."""
         self.check_scheduler(name)
-        # With one policy there is nothing to switch; later policies swap engine schedulers here.
         self.config = self.config.with_overrides(scheduler=name)
+        for engine in self.engines.values():
+            engine.set_policy(name)
 
     # ---- kernel-wide views ------------------------------------------------------------------
 

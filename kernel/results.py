@@ -50,6 +50,7 @@ class Result:
         self.first_token: float | None = None
         self.finished_at: float | None = None
         self.tokens_in = 0
+        self.tokens_cached = 0
         self.tokens_out = 0
         # Reserved results belong to the transaction descriptor that submitted them and are
         # skipped by ``out``; releasing the descriptor unreserves what it never read.
@@ -135,6 +136,7 @@ class Result:
             "error": self.error,
             "errno": self.errno or None,
             "tokens_in": self.tokens_in,
+            "tokens_cached": self.tokens_cached,
             "tokens_out": self.tokens_out,
             "bytes": len(self.data),
             "created": self.created,

@@ -1,39 +1,116 @@
-"""Scheduling policies: which sequences run on the next engine step.
+"""Scheduling policies: which sequences make up the running batch for the next engine step.
 
-The engine calls ``schedule()`` before every step and runs exactly the sequences it returns, so a
-policy decides admission (who leaves the waiting queue) and, in later policies, preemption (who
-goes back to it). A policy sees sequences only, never the model, so policies are small and can be
-tested without one.
+The engine calls ``schedule()`` before every step. A policy moves sequences from ``waiting`` into
+``running`` (admission) and, if it is preemptive, back out (preemption: the engine then
+snapshots the sequence's context so it resumes exactly where it stopped). Policies see sequences
+and the service ledger, never the model, so each is a few lines and testable without one.
 
-FIFO: admit in arrival order while fewer than ``max_running`` run; a running sequence runs to
-completion.
+========  =====================================================================================
+fifo      arrival order; a running sequence runs to completion
+rr        round robin: after ``quantum`` generated tokens a sequence yields its place to the
+          next waiting one and goes to the back of the queue
+priority  the agent's ``priority`` (higher first); a waiting sequence preempts a running one of
+          lower priority at once
+fair      keeps agents' shares of the batch and of generated tokens even: an agent with fewer
+          running sequences goes first, then the one that has received least service (a virtual
+          token counter, as in VTC); a chatty agent is preempted in favour of a starved one
+serial    benchmark baseline: strictly one request at a time (FIFO, batch of one)
+aios      benchmark baseline, AIOS-style: requests are collected for a 1 s window, then each is
+          generated separately (one forward pass per request, interleaved, as AIOS runs one
+          backend call per request in its own thread)
+========  =====================================================================================
+
+Limits shared by all policies: ``max_running`` sequences in the batch, and ``max_tokens_in_flight``
+tokens of context summed over the batch (a new sequence waits rather than exceed it).
 """
 
 from __future__ import annotations
 
+import time
 from abc import ABC, abstractmethod
-from collections import deque
+from collections.abc import Iterable
+from dataclasses import dataclass, field
 from typing import Any, ClassVar
 
 from kernel.errors import InvalidArgument
 from kernel.llm.sequence import SeqState, Sequence
 
 
+@dataclass(frozen=True)
+class Limits:
+    max_running: int = 16
+    max_tokens_in_flight: int = 65536
+    quantum: int = 32  # generated tokens: rr's time slice, fair's hysteresis
+
+
+@dataclass
+class AgentService:
+    """What one agent has received from one engine."""
+
+    generated: int = 0
+    prompt: int = 0
+    counter: float = 0.0  # fair's virtual token counter
+    preemptions: int = 0
+
+
+@dataclass
+class ServiceLedger:
+    """Per-agent service, kept by the engine so that it survives switching policies."""
+
+    agents: dict[str, AgentService] = field(default_factory=dict)
+
+    def of(self, agent: str) -> AgentService:
+        return self.agents.setdefault(agent, AgentService())
+
+    def charge(self, agent: str, generated: int = 0, prompt: int = 0) -> None:
+        s = self.of(agent)
+        s.generated += generated
+        s.prompt += prompt
+        s.counter += generated
+
+
+@dataclass
+class Decision:
+    run: list[Sequence]
+    preempted: list[Sequence]
+
+
 class Scheduler(ABC):
-    """Base policy: owns the waiting queue and the running set of one engine."""
+    """Base policy: the waiting queue and the running batch of one engine."""
 
     name: ClassVar[str]
+    preemptive: ClassVar[bool] = False
+    batched: ClassVar[bool] = True  # False: each sequence gets its own forward pass
 
-    def __init__(self, max_running: int = 16) -> None:
-        if max_running < 1:
+    def __init__(self, limits: Limits, ledger: ServiceLedger | None = None) -> None:
+        if limits.max_running < 1:
             raise InvalidArgument("max_running must be at least 1")
-        self.max_running = max_running
-        self.waiting: deque[Sequence] = deque()
+        self.limits = limits
+        self.ledger = ledger or ServiceLedger()
+        self.waiting: list[Sequence] = []
         self.running: list[Sequence] = []
+        self._enqueued = 0
+
+    # ---- bookkeeping shared by all policies ---------------------------------------------------
+
+    @property
+    def max_running(self) -> int:
+        return self.limits.max_running
 
     def add(self, seq: Sequence) -> None:
+        self._enqueue(seq)
+
+    def _enqueue(self, seq: Sequence) -> None:
         seq.state = SeqState.WAITING
+        self._enqueued += 1
+        seq.enqueued = self._enqueued
         self.waiting.append(seq)
+
+    def adopt(self, waiting: Iterable[Sequence], running: Iterable[Sequence]) -> None:
+        """Take over another policy's queues (live switching)."""
+        for seq in sorted(waiting, key=lambda s: s.enqueued):
+            self._enqueue(seq)
+        self.running = list(running)
 
     def remove(self, request_id: int) -> Sequence | None:
         """Take a sequence out wherever it is (cancellation); None if it is not here."""
@@ -52,20 +129,88 @@ class Scheduler(ABC):
     def has_work(self) -> bool:
         return bool(self.waiting or self.running)
 
+    def wake_after(self) -> float | None:
+        """Seconds until the policy wants a step even with nothing new (time-based policies)."""
+        return None
+
+    def tokens_in_flight(self) -> int:
+        return sum(s.num_tokens for s in self.running)
+
+    def can_admit(self, seq: Sequence) -> bool:
+        if len(self.running) >= self.max_running:
+            return False
+        if not self.running:
+            return True  # one sequence always runs, however long
+        return self.tokens_in_flight() + seq.num_tokens <= self.limits.max_tokens_in_flight
+
+    def _admit(self, seq: Sequence) -> None:
+        self.waiting.remove(seq)
+        seq.state = SeqState.RUNNING
+        seq.slice_tokens = 0
+        self.running.append(seq)
+
+    def _preempt(self, seq: Sequence, out: list[Sequence]) -> None:
+        self.running.remove(seq)
+        seq.preemptions += 1
+        self.ledger.of(seq.agent).preemptions += 1
+        self._enqueue(seq)
+        out.append(seq)
+
+    def order(self) -> list[Sequence]:
+        """Waiting sequences in the order this policy would admit them."""
+        return sorted(self.waiting, key=lambda s: s.arrival)
+
+    def _admit_in_order(self) -> None:
+        for seq in self.order():
+            if not self.can_admit(seq):
+                break
+            self._admit(seq)
+
     @abstractmethod
-    def schedule(self) -> list[Sequence]:
-        """Return the sequences to run this step (all of them RUNNING)."""
+    def schedule(self) -> Decision:
+        """Admit and preempt; return the batch for this step and who was preempted."""
+
+    # ---- views --------------------------------------------------------------------------------
 
     def snapshot(self) -> dict[str, Any]:
-        """Queue state for ``sys/``: safe to call on the engine thread and hand to another."""
-        per_agent: dict[str, dict[str, int]] = {}
-        for key, queue in (("waiting", self.waiting), ("running", self.running)):
-            for seq in queue:
-                per_agent.setdefault(seq.agent, {"waiting": 0, "running": 0})[key] += 1
+        """Queue state for ``sys/`` (a plain dict, safe to hand to another thread)."""
+        per_agent: dict[str, dict[str, Any]] = {}
+
+        def entry(agent: str) -> dict[str, Any]:
+            if agent not in per_agent:
+                s = self.ledger.of(agent)
+                per_agent[agent] = {
+                    "waiting": 0,
+                    "running": 0,
+                    "position": None,
+                    "service_tokens": s.generated,
+                    "prompt_tokens": s.prompt,
+                    "preemptions": s.preemptions,
+                }
+            return per_agent[agent]
+
+        for pos, seq in enumerate(self.order()):
+            e = entry(seq.agent)
+            e["waiting"] += 1
+            if e["position"] is None:
+                e["position"] = pos
+        for seq in self.running:
+            entry(seq.agent)["running"] += 1
         return {
             "policy": self.name,
-            "max_running": self.max_running,
-            "running": [s.id for s in self.running],
+            "max_running": self.limits.max_running,
+            "max_tokens_in_flight": self.limits.max_tokens_in_flight,
+            "quantum": self.limits.quantum,
+            "tokens_in_flight": self.tokens_in_flight(),
+            "running": [
+                {
+                    "id": s.id,
+                    "agent": s.agent,
+                    "tokens": s.num_tokens,
+                    "generated": len(s.output_ids),
+                }
+                for s in self.running
+            ],
             "waiting": len(self.waiting),
             "per_agent": per_agent,
         }
@@ -76,22 +221,180 @@ class FIFOScheduler(Scheduler):
 
     name = "fifo"
 
-    def schedule(self) -> list[Sequence]:
-        while self.waiting and len(self.running) < self.max_running:
-            seq = self.waiting.popleft()
-            seq.state = SeqState.RUNNING
-            self.running.append(seq)
-        return list(self.running)
+    def schedule(self) -> Decision:
+        self._admit_in_order()
+        return Decision(list(self.running), [])
 
 
-SCHEDULERS: dict[str, type[Scheduler]] = {"fifo": FIFOScheduler}
+class SerialScheduler(FIFOScheduler):
+    """Baseline: strictly one request at a time."""
+
+    name = "serial"
+
+    def __init__(self, limits: Limits, ledger: ServiceLedger | None = None) -> None:
+        super().__init__(Limits(1, limits.max_tokens_in_flight, limits.quantum), ledger)
 
 
-def make_scheduler(name: str, max_running: int = 16) -> Scheduler:
+class RoundRobinScheduler(Scheduler):
+    """Time slices measured in generated tokens; the queue is served in turn."""
+
+    name = "rr"
+    preemptive = True
+
+    def order(self) -> list[Sequence]:
+        return sorted(self.waiting, key=lambda s: s.enqueued)
+
+    def schedule(self) -> Decision:
+        preempted: list[Sequence] = []
+        self._admit_in_order()
+        expired = sorted(
+            (s for s in self.running if s.slice_tokens >= self.limits.quantum),
+            key=lambda s: s.slice_tokens,
+            reverse=True,
+        )
+        for seq in expired:
+            queue = [s for s in self.order() if s not in preempted]
+            if not queue:
+                break
+            self._preempt(seq, preempted)
+            if self.can_admit(queue[0]):
+                self._admit(queue[0])
+        self._admit_in_order()
+        return Decision(list(self.running), preempted)
+
+
+class PriorityScheduler(Scheduler):
+    """Higher agent priority first; a higher-priority arrival preempts at once."""
+
+    name = "priority"
+    preemptive = True
+
+    def order(self) -> list[Sequence]:
+        return sorted(self.waiting, key=lambda s: (-s.priority, s.arrival))
+
+    def schedule(self) -> Decision:
+        preempted: list[Sequence] = []
+        self._admit_in_order()
+        while self.waiting and self.running:
+            best = self.order()[0]
+            victim = min(self.running, key=lambda s: (s.priority, -s.arrival))
+            if best.priority <= victim.priority or best in preempted:
+                break
+            self._preempt(victim, preempted)
+            if not self.can_admit(best):
+                break
+            self._admit(best)
+        return Decision(list(self.running), preempted)
+
+
+class FairScheduler(Scheduler):
+    """Even shares between agents: of batch places first, then of generated tokens."""
+
+    name = "fair"
+    preemptive = True
+
+    def __init__(self, limits: Limits, ledger: ServiceLedger | None = None) -> None:
+        super().__init__(limits, ledger)
+        self._known_active: set[str] = set()
+
+    def _running_counts(self) -> dict[str, int]:
+        counts: dict[str, int] = {}
+        for s in self.running:
+            counts[s.agent] = counts.get(s.agent, 0) + 1
+        return counts
+
+    def _lift_newcomers(self) -> None:
+        """An agent that was idle starts at the least counter among active agents (VTC): it
+        cannot bank credit while idle and then monopolise the batch."""
+        active = {s.agent for s in self.running} | {s.agent for s in self.waiting}
+        staying = active & self._known_active
+        if staying:
+            floor = min(self.ledger.of(a).counter for a in staying)
+            for agent in active - staying:
+                svc = self.ledger.of(agent)
+                svc.counter = max(svc.counter, floor)
+        self._known_active = active
+
+    def _key(self, seq: Sequence, counts: dict[str, int]) -> tuple[int, float, int]:
+        return (counts.get(seq.agent, 0), self.ledger.of(seq.agent).counter, seq.arrival)
+
+    def order(self) -> list[Sequence]:
+        counts = self._running_counts()
+        return sorted(self.waiting, key=lambda s: self._key(s, counts))
+
+    def schedule(self) -> Decision:
+        self._lift_newcomers()
+        preempted: list[Sequence] = []
+        while self.waiting:
+            counts = self._running_counts()
+            best = min(self.waiting, key=lambda s: self._key(s, counts))
+            if best in preempted:
+                break
+            if self.can_admit(best):
+                self._admit(best)
+                continue
+            if not self.running:
+                break
+            victim = max(self.running, key=lambda s: self._key(s, counts))
+            mine, theirs = counts.get(best.agent, 0), counts[victim.agent]
+            gap = self.ledger.of(victim.agent).counter - self.ledger.of(best.agent).counter
+            overdue = theirs == mine + 1 and gap > self.limits.quantum
+            if theirs >= mine + 2 or (overdue and victim.slice_tokens >= self.limits.quantum):
+                self._preempt(victim, preempted)
+                if self.can_admit(best):
+                    self._admit(best)
+                    continue
+            break
+        return Decision(list(self.running), preempted)
+
+
+class AIOSScheduler(Scheduler):
+    """Baseline after AIOS's kernel: a 1 s collection window, then every collected request is
+    generated on its own (no batching across requests)."""
+
+    name = "aios"
+    batched = False
+    window = 1.0
+
+    def __init__(self, limits: Limits, ledger: ServiceLedger | None = None) -> None:
+        super().__init__(limits, ledger)
+        self._next_tick = time.monotonic() + self.window
+
+    def wake_after(self) -> float | None:
+        if self.waiting:
+            return max(0.0, self._next_tick - time.monotonic())
+        return None
+
+    def schedule(self) -> Decision:
+        now = time.monotonic()
+        if now >= self._next_tick:
+            while self._next_tick <= now:
+                self._next_tick += self.window
+            for seq in self.order():
+                self._admit(seq)
+        return Decision(list(self.running), [])
+
+
+SCHEDULERS: dict[str, type[Scheduler]] = {
+    cls.name: cls
+    for cls in (
+        FIFOScheduler,
+        RoundRobinScheduler,
+        PriorityScheduler,
+        FairScheduler,
+        SerialScheduler,
+        AIOSScheduler,
+    )
+}
+
+
+def make_scheduler(
+    name: str, limits: Limits | None = None, ledger: ServiceLedger | None = None
+) -> Scheduler:
     try:
         cls = SCHEDULERS[name]
     except KeyError:
         raise InvalidArgument(
             f"unknown scheduler {name!r}; available: {', '.join(SCHEDULERS)}"
         ) from None
-    return cls(max_running=max_running)
+    return cls(limits or Limits(), ledger)

@@ -1,10 +1,9 @@
-"""LLM cores: a loaded model that turns sequences into next-token logits.
+"""LLM cores: a loaded model that turns the sequences of one engine step into next-token logits.
 
-A core knows tensors and caches, not agents or policies. The engine asks it for one forward step
-over the sequences the scheduler picked and samples from the logits it returns. This first core
-runs each sequence on its own KV cache (``DynamicCache``), one sequence after another within a
-step; batching several sequences into one forward pass replaces ``forward`` without touching the
-engine or the scheduler.
+A core knows tensors and caches, not agents or policies. The engine hands it, for each sequence in
+the step, how many of the sequence's unfed tokens to feed (a prefill chunk, or the one token
+sampled last); the core runs them all through the model in one packed forward pass (see
+``packed.py``) and returns one row of logits per sequence, for the last token it fed.
 """
 
 from __future__ import annotations
@@ -16,7 +15,9 @@ from typing import Any
 
 import torch
 
+from kernel.llm.kv import KVShape, SeqKV
 from kernel.llm.models import ModelSpec, Progress, load_model
+from kernel.llm.packed import ATTN_IMPLEMENTATION, NO_MASK, StepPlan
 from kernel.llm.sequence import Sequence
 
 
@@ -26,6 +27,7 @@ class LLMCore(ABC):
     name: str
     max_context: int
     eos_ids: frozenset[int]
+    kv_shape: KVShape
 
     @abstractmethod
     def load(self, progress: Progress) -> None: ...
@@ -37,12 +39,9 @@ class LLMCore(ABC):
     def decode(self, ids: list[int]) -> str: ...
 
     @abstractmethod
-    def forward(self, seqs: list[Sequence]) -> torch.Tensor:
-        """Feed each sequence its unseen tokens; return last-position logits, shape [B, vocab]."""
-
-    @abstractmethod
-    def release(self, seq: Sequence) -> None:
-        """Free whatever the core holds for a finished or cancelled sequence."""
+    def forward(self, feeds: list[tuple[Sequence, int]]) -> torch.Tensor:
+        """Feed each sequence its next ``n`` unfed tokens in one pass; return the logits after
+        the last fed token of each, shape ``[len(feeds), vocab]``."""
 
     @abstractmethod
     def info(self) -> dict[str, Any]: ...
@@ -86,6 +85,13 @@ class TransformersCore(LLMCore):
             eos.add(self.tokenizer.eos_token_id)
         self.eos_ids = frozenset(eos)
         self.params = sum(p.numel() for p in self.model.parameters())
+        heads = cfg.num_attention_heads
+        self.kv_shape = KVShape(
+            layers=cfg.num_hidden_layers,
+            kv_heads=getattr(cfg, "num_key_value_heads", None) or heads,
+            head_dim=getattr(cfg, "head_dim", None) or cfg.hidden_size // heads,
+        )
+        self.model.set_attn_implementation(ATTN_IMPLEMENTATION)
 
     def encode_chat(self, messages: list[dict[str, str]]) -> list[int]:
         if self.tokenizer.chat_template:
@@ -101,20 +107,28 @@ class TransformersCore(LLMCore):
         return self.tokenizer.decode(ids, skip_special_tokens=True)
 
     @torch.inference_mode()
-    def forward(self, seqs: list[Sequence]) -> torch.Tensor:
-        from transformers import DynamicCache
-
-        rows = []
-        for seq in seqs:
+    def forward(self, feeds: list[tuple[Sequence, int]]) -> torch.Tensor:
+        ids: list[int] = []
+        positions: list[int] = []
+        last: list[int] = []
+        for seq, n in feeds:
             if seq.kv is None:
-                seq.kv = DynamicCache(config=self.model.config)
-            ids = torch.tensor([seq.next_input_ids()], dtype=torch.long)
-            out = self.model(input_ids=ids, cache=seq.kv, use_cache=True)
-            rows.append(out.logits[0, -1])
-        return torch.stack(rows)
-
-    def release(self, seq: Sequence) -> None:
-        seq.kv = None
+                seq.kv = SeqKV(self.kv_shape, seq.num_tokens + 64)
+            start = seq.kv.length
+            ids += seq.tokens(start, start + n)
+            positions += range(start, start + n)
+            last.append(len(ids) - 1)
+        plan = StepPlan.build([(seq.kv, n) for seq, n in feeds if seq.kv is not None])
+        out = self.model(
+            input_ids=torch.tensor([ids], dtype=torch.long),
+            position_ids=torch.tensor([positions], dtype=torch.long),
+            attention_mask=NO_MASK,
+            use_cache=False,
+            logits_to_keep=torch.tensor(last, dtype=torch.long),
+            aiosfs_plan=plan,
+        )
+        plan.commit()
+        return out.logits[0]
 
     def info(self) -> dict[str, Any]:
         return {

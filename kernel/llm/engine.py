@@ -1,12 +1,23 @@
-"""The engine: one thread per loaded model that runs the generation step loop.
+"""The engine: one thread per loaded model running the continuous-batching step loop.
 
-Each iteration takes new requests and cancellations from the inbox, asks the scheduler which
-sequences run, runs one forward step on the core, samples one token per sequence, and sends the
-step's updates to the kernel in one batch. Model work therefore never runs on the trio thread, and
-the trio thread never waits for the model: it only appends to the inbox.
+Each iteration:
 
-Failures are contained: a request that cannot be prepared (prompt too long) fails alone; an
-exception inside a step fails the sequences of that step and the engine carries on.
+1. takes new requests, cancellations and policy switches from the inbox (the only place the
+   trio thread and the engine thread meet, under one lock);
+2. asks the scheduler for the batch; sequences it preempted are snapshotted by the context
+   manager, sequences it resumes are restored;
+3. decides what each sequence in the batch feeds this step: one token for a decoding sequence,
+   a chunk of its prompt (within ``step_tokens``) for one still prefilling;
+4. runs one packed forward pass over all of them, samples one token for each sequence whose feed
+   reached its end, detokenises, checks stop conditions;
+5. sends the step's updates to the kernel in one batch.
+
+New requests therefore join between any two steps and finished ones leave at once. A new request
+first looks in the prefix cache: the KV of a prefix computed before (the agent's previous turn, a
+shared system prompt) is copied instead of recomputed.
+
+Failures are contained: a request that cannot be prepared fails alone; an exception in a step
+fails that step's sequences and the engine carries on.
 """
 
 from __future__ import annotations
@@ -17,17 +28,32 @@ import time
 import traceback
 from collections import deque
 from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
+from kernel.llm.context import ContextManager
 from kernel.llm.core import LLMCore
+from kernel.llm.kv import SeqKV
+from kernel.llm.prefix_cache import PrefixCache
 from kernel.llm.request import GenerationRequest, Update
 from kernel.llm.sampling import sample
 from kernel.llm.sequence import Sequence
-from kernel.scheduler import Scheduler
+from kernel.scheduler import Limits, Scheduler, ServiceLedger, make_scheduler
 
 log = logging.getLogger(__name__)
 
 Emit = Callable[[list[Update]], None]
+
+
+@dataclass(frozen=True)
+class EngineConfig:
+    policy: str = "fifo"
+    limits: Limits = field(default_factory=Limits)
+    step_tokens: int = 256  # tokens fed per step at most (bounds a step's time during prefill)
+    prefix_cache_bytes: int = 256 << 20
+    context_bytes: int = 512 << 20  # RAM for snapshots of preempted sequences
+    swap_dir: Path | None = None  # where snapshots over that budget go
 
 
 class TokenRate:
@@ -51,28 +77,36 @@ class TokenRate:
 
 
 class Engine:
-    """Runs one core under one scheduler on a dedicated thread."""
+    """Runs one core under one scheduling policy on a dedicated thread."""
 
-    def __init__(self, core: LLMCore, scheduler: Scheduler, emit: Emit) -> None:
+    def __init__(self, core: LLMCore, config: EngineConfig, emit: Emit) -> None:
         self.core = core
-        self.scheduler = scheduler
+        self.config = config
         self.emit = emit
+        self.ledger = ServiceLedger()
+        self.scheduler: Scheduler = make_scheduler(config.policy, config.limits, self.ledger)
+        self.prefix = PrefixCache(config.prefix_cache_bytes)
+        self.ctx: ContextManager | None = None  # needs the model's KV shape: made after loading
         self.state = "new"  # new -> loading -> ready | failed; stopped
         self.progress = ""
         self.load_error: str | None = None
         self._cv = threading.Condition()
         self._inbox: list[GenerationRequest] = []
         self._cancels: set[int] = set()
+        self._policy: str | None = None
         self._stopping = False
         self._thread: threading.Thread | None = None
         self.loaded = threading.Event()
-        # statistics; written on the engine thread, read anywhere (plain values, atomic swaps)
+        # statistics: written on the engine thread, read anywhere (plain values, atomic swaps)
         self.steps = 0
         self.tokens_generated = 0
         self.prompt_tokens = 0
         self.busy_seconds = 0.0
+        self.batch_total = 0  # sum of batch sizes over steps, for the mean
+        self.prefill_rate: float | None = None  # tokens/s of prefill-heavy steps (EMA)
         self.rate = TokenRate()
-        self.queue_snapshot: dict[str, Any] = scheduler.snapshot()
+        self.queue_snapshot: dict[str, Any] = self.scheduler.snapshot()
+        self.context_snapshot: dict[str, Any] = {}
 
     # ---- called from the trio thread --------------------------------------------------------
 
@@ -92,12 +126,22 @@ class Engine:
             self._cancels.update(request_ids)
             self._cv.notify()
 
+    def set_policy(self, name: str) -> None:
+        """Switch policy before the next step (validate the name first: make_scheduler)."""
+        with self._cv:
+            self._policy = name
+            self._cv.notify()
+
     def stop(self, timeout: float = 10.0) -> None:
         with self._cv:
             self._stopping = True
             self._cv.notify()
         if self._thread is not None:
             self._thread.join(timeout)
+
+    @property
+    def policy(self) -> str:
+        return self._policy or self.scheduler.name
 
     def info(self) -> dict[str, Any]:
         return {
@@ -106,10 +150,13 @@ class Engine:
             "loaded": self.state == "ready",
             "progress": self.progress,
             "error": self.load_error,
+            "policy": self.scheduler.name,
             "steps": self.steps,
+            "mean_batch": round(self.batch_total / self.steps, 2) if self.steps else 0.0,
             "tokens_generated": self.tokens_generated,
             "prompt_tokens": self.prompt_tokens,
             "tokens_per_s": round(self.rate.rate(), 2),
+            "prefill_tokens_per_s": round(self.prefill_rate, 1) if self.prefill_rate else None,
             "busy_seconds": round(self.busy_seconds, 2),
         }
 
@@ -119,10 +166,13 @@ class Engine:
         self.progress = text
         log.info("model %s: %s", self.core.name, text)
 
-    def _run(self) -> None:
+    def _load(self) -> None:
         self.state = "loading"
         try:
             self.core.load(self._set_progress)
+            self.ctx = ContextManager(
+                self.core.kv_shape, self.config.context_bytes, self.config.swap_dir
+            )
         except Exception as e:
             self.load_error = f"{type(e).__name__}: {e}"
             self.state = "failed"
@@ -131,34 +181,63 @@ class Engine:
             self.state = "ready"
             self._set_progress("ready")
         self.loaded.set()
+
+    def _run(self) -> None:
+        self._load()
+        idle = True
         while True:
             with self._cv:
-                while not (self._stopping or self._inbox or self._cancels) and not (
-                    self.state == "ready" and self.scheduler.has_work()
-                ):
-                    self._cv.wait()
+                while not (self._stopping or self._inbox or self._cancels or self._policy):
+                    runnable = self.state == "ready" and self.scheduler.has_work()
+                    if runnable and not idle:
+                        break
+                    timeout = self.scheduler.wake_after() if runnable else None
+                    if not self._cv.wait(timeout) and timeout is not None:
+                        break  # a time-based policy's moment has come
                 if self._stopping:
                     break
                 inbox, self._inbox = self._inbox, []
                 cancels, self._cancels = self._cancels, set()
+                policy, self._policy = self._policy, None
             updates: list[Update] = []
             self._apply_cancels(cancels)
+            if policy is not None:
+                self._switch_policy(policy)
             for request in inbox:
-                if request.request_id in cancels:
-                    continue
-                self._admit(request, updates)
+                if request.request_id not in cancels:
+                    self._admit(request, updates)
+            idle = True
             if self.state == "ready" and self.scheduler.has_work():
-                self._step(updates)
-            self.queue_snapshot = self.scheduler.snapshot()
+                idle = not self._step(updates)
+            self._publish()
             if updates:
                 self.emit(updates)
         self.state = "stopped"
+
+    def _publish(self) -> None:
+        snap = self.scheduler.snapshot()
+        snap["batched"] = self.scheduler.batched
+        self.queue_snapshot = snap
+        ctx = self.ctx.stats(self.prefill_rate) if self.ctx else {}
+        self.context_snapshot = {"contexts": ctx, "prefix_cache": self.prefix.stats()}
+
+    def _switch_policy(self, name: str) -> None:
+        old = self.scheduler
+        new = make_scheduler(name, self.config.limits, self.ledger)
+        new.adopt(old.waiting, old.running)
+        self.scheduler = new
+        log.info("model %s: scheduler %s -> %s", self.core.name, old.name, name)
+
+    def _drop(self, seq: Sequence) -> None:
+        if self.ctx is not None:
+            self.ctx.discard(seq)
+        seq.kv = None
 
     def _apply_cancels(self, cancels: set[int]) -> None:
         for rid in cancels:
             seq = self.scheduler.remove(rid)
             if seq is not None:
-                self.core.release(seq)
+                self._drop(seq)
 
     def _admit(self, request: GenerationRequest, updates: list[Update]) -> None:
         if self.state == "failed":
@@ -181,7 +260,8 @@ class Engine:
         return f"model {self.core.name} failed to load: {self.load_error}"
 
     def _prepare(self, request: GenerationRequest) -> Sequence:
-        """Tokenize, dropping the oldest history turns until prompt plus answer fit the context."""
+        """Tokenize (dropping the oldest history turns until prompt plus answer fit the
+        context), then start from the longest cached prefix."""
         system = [] if request.system is None else [{"role": "system", "content": request.system}]
         history = list(request.history)
         max_tokens = request.sampling.max_tokens
@@ -196,46 +276,102 @@ class Engine:
                 f"prompt is {len(ids)} tokens; model {self.core.name} has a context of "
                 f"{self.core.max_context}"
             )
-        return Sequence(request, ids, min(max_tokens, room))
+        seq = Sequence(request, ids, min(max_tokens, room))
+        entry, n = self.prefix.match(ids)
+        n = min(n, len(ids) - 1)  # the last prompt token is always fed: it yields the logits
+        if entry is not None and n >= self.prefix.min_tokens:
+            seq.kv = SeqKV.from_tensor(
+                self.core.kv_shape, entry.kv[:, :, :, :n], capacity=len(ids) + 64
+            )
+            seq.cached_tokens = n
+            self.prefix.record_reuse(n)
+        return seq
 
-    def _step(self, updates: list[Update]) -> None:
-        if self.state != "ready" and self.scheduler.has_work():
-            return
-        batch = self.scheduler.schedule()
-        if not batch:
-            return
+    def _feeds(self, batch: list[Sequence]) -> list[tuple[Sequence, int]]:
+        """How many tokens each sequence feeds this step: decoding ones 1, prefilling ones a
+        chunk from what is left of ``step_tokens``."""
+        budget = self.config.step_tokens
+        feeds = [(s, 1) for s in batch if s.unfed == 1]
+        budget -= len(feeds)
+        for seq in batch:
+            if seq.unfed > 1:
+                n = min(seq.unfed, budget if feeds else self.config.step_tokens)
+                if n <= 0:
+                    continue
+                feeds.append((seq, n))
+                budget -= n
+        return feeds
+
+    def _step(self, updates: list[Update]) -> bool:
+        """Run one step; False if there was nothing to run."""
+        assert self.ctx is not None
+        decision = self.scheduler.schedule()
+        for seq in decision.preempted:
+            self.ctx.save(seq)
+        batch = decision.run
+        for seq in batch:
+            if seq.snapshot is not None:
+                self.ctx.restore(seq)
+        feeds = self._feeds(batch)
+        if not feeds:
+            return False
         started = time.monotonic()
-        new_prompt_tokens = sum(len(s.prompt_ids) for s in batch if not s.output_ids)
+        fed_tokens = sum(n for _, n in feeds)
         try:
-            logits = self.core.forward(batch)
-            tokens = [
-                sample(logits[i], seq.params, seq.output_ids, seq.generator)
-                for i, seq in enumerate(batch)
-            ]
+            if self.scheduler.batched:
+                logits = self.core.forward(feeds)
+                rows = [logits[i] for i in range(len(feeds))]
+            else:  # one forward pass per sequence (the AIOS baseline)
+                rows = [self.core.forward([feed])[0] for feed in feeds]
         except Exception as e:
-            log.exception("engine step failed; failing its %d sequences", len(batch))
-            for seq in batch:
+            log.exception("engine step failed; failing its %d sequences", len(feeds))
+            for seq, _ in feeds:
                 self.scheduler.finish(seq)
-                self.core.release(seq)
+                self._drop(seq)
                 updates.append(Update(seq.id, finished="error", error=f"engine error: {e}"))
-            return
-        self.busy_seconds += time.monotonic() - started
+            return True
+        elapsed = time.monotonic() - started
+        self.busy_seconds += elapsed
         self.steps += 1
-        self.prompt_tokens += new_prompt_tokens
-        self.tokens_generated += len(batch)
-        self.rate.add(len(batch))
-        for seq, token in zip(batch, tokens, strict=True):
+        self.batch_total += len(feeds)
+        if fed_tokens >= 32:
+            rate = fed_tokens / max(elapsed, 1e-6)
+            self.prefill_rate = (
+                rate if self.prefill_rate is None else 0.8 * self.prefill_rate + 0.2 * rate
+            )
+        generated = 0
+        for (seq, n), row in zip(feeds, rows, strict=True):
+            prompt_fed = max(0, min(seq.fed, len(seq.prompt_ids)) - max(0, seq.fed - n))
+            self.prompt_tokens += prompt_fed
+            self.ledger.charge(seq.agent, prompt=prompt_fed)
+            if seq.unfed:
+                continue  # a prefill chunk that did not reach the end of the prompt yet
+            token = sample(row, seq.params, seq.output_ids, seq.generator)
             text = seq.append_token(token, self.core.eos_ids, self.core)
+            generated += 1
+            seq.slice_tokens += 1
+            self.ledger.charge(seq.agent, generated=1)
             update = Update(seq.id, text=text, tokens_out=1)
             if not seq.started_reported:
                 seq.started_reported = True
                 update.started = True
                 update.tokens_in = len(seq.prompt_ids)
+                update.tokens_cached = seq.cached_tokens
             if seq.finish_reason is not None:
                 update.finished = seq.finish_reason
-                self.scheduler.finish(seq)
-                self.core.release(seq)
+                self._finish(seq)
             updates.append(update)
+        self.tokens_generated += generated
+        self.rate.add(generated)
+        return True
+
+    def _finish(self, seq: Sequence) -> None:
+        self.scheduler.finish(seq)
+        kv = seq.kv
+        if kv is not None and kv.length:
+            # what the model has read (prompt and answer) may start the next prompt
+            self.prefix.insert(seq.tokens(0, kv.length), kv.compact())
+        seq.kv = None
 
 
 class PromptTooLong(Exception):

@@ -39,6 +39,7 @@ class Update:
     text: str = ""
     started: bool = False
     tokens_in: int = 0
+    tokens_cached: int = 0  # of tokens_in, how many came from the prefix cache
     tokens_out: int = 0
     finished: str | None = None  # "stop", "length", or "error"
     error: str | None = None

@@ -9,10 +9,12 @@ prefix of the final answer.
 from __future__ import annotations
 
 import enum
+import itertools
 from typing import Any, Protocol
 
 import torch
 
+from kernel.llm.kv import SeqKV
 from kernel.llm.request import GenerationRequest, SamplingParams
 
 
@@ -24,6 +26,9 @@ class SeqState(enum.Enum):
     WAITING = "waiting"
     RUNNING = "running"
     FINISHED = "finished"
+
+
+_arrivals = itertools.count(1)
 
 
 class Sequence:
@@ -38,7 +43,14 @@ class Sequence:
         self.max_tokens = max_tokens
         self.output_ids: list[int] = []
         self.state = SeqState.WAITING
-        self.kv: Any = None  # owned by the core
+        self.arrival = next(_arrivals)  # global order of submission
+        self.enqueued = 0  # order of (re)entering the waiting queue
+        self.priority = request.priority
+        self.slice_tokens = 0  # generated since last admitted to the batch
+        self.preemptions = 0
+        self.cached_tokens = 0  # prompt tokens whose KV came from the prefix cache
+        self.kv: SeqKV | None = None  # keys and values of the tokens fed so far
+        self.snapshot: Any = None  # set by the context manager while preempted
         self.generator: torch.Generator | None = None
         if self.params.temperature > 0:
             self.generator = torch.Generator()
@@ -55,9 +67,32 @@ class Sequence:
     def num_tokens(self) -> int:
         return len(self.prompt_ids) + len(self.output_ids)
 
-    def next_input_ids(self) -> list[int]:
-        """Tokens the model has not seen yet: the prompt at first, then the last sampled token."""
-        return self.prompt_ids if not self.output_ids else self.output_ids[-1:]
+    @property
+    def generated(self) -> int:
+        return len(self.output_ids)
+
+    @property
+    def fed(self) -> int:
+        """Tokens whose keys and values are computed (the model has read them)."""
+        return self.kv.length if self.kv is not None else 0
+
+    @property
+    def unfed(self) -> int:
+        """Tokens still to feed: the (rest of the) prompt at first, then the last sampled one."""
+        return self.num_tokens - self.fed
+
+    @property
+    def prefilling(self) -> bool:
+        return self.fed < len(self.prompt_ids)
+
+    def tokens(self, start: int, end: int) -> list[int]:
+        """Token ids ``start:end`` of prompt + output, without building the whole list."""
+        p = len(self.prompt_ids)
+        if end <= p:
+            return self.prompt_ids[start:end]
+        if start >= p:
+            return self.output_ids[start - p : end - p]
+        return self.prompt_ids[start:] + self.output_ids[: end - p]
 
     def append_token(self, token: int, eos_ids: frozenset[int], tok: Detokenizer) -> str:
         """Add a sampled token; return the newly released text. Sets ``finish_reason`` when done."""

@@ -1,0 +1,172 @@
+"""The context manager: saving a preempted sequence's generation state and restoring it exactly.
+
+A snapshot holds what the model computed — a tight copy of the sequence's KV — plus its sampler
+RNG state; the tokens generated so far and the text already released stay on the Sequence. So a
+resumed sequence continues with the same keys and values and the same random stream, and its
+output is what it would have been without the interruption.
+
+Snapshots live in RAM up to ``budget_bytes``; past it, the oldest are spilled to files in
+``swap_dir`` and read back on restore. If a spill fails (a full disk), the KV is dropped instead
+and the sequence recomputes it when it resumes: slower, never lost. The statistics compare what
+snapshots cost with the recompute time they save.
+"""
+
+from __future__ import annotations
+
+import logging
+import shutil
+import time
+from collections import OrderedDict
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+from kernel.llm.kv import KVShape, SeqKV
+from kernel.llm.sequence import Sequence
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class Snapshot:
+    length: int
+    kv: torch.Tensor | None  # in RAM; None when spilled or dropped
+    path: Path | None = None  # spilled to disk
+    rng_state: torch.Tensor | None = None
+
+    @property
+    def nbytes(self) -> int:
+        return 0 if self.kv is None else self.kv.numel() * self.kv.element_size()
+
+
+class ContextManager:
+    """Snapshots of preempted sequences, under a RAM budget with spill to disk."""
+
+    def __init__(self, shape: KVShape, budget_bytes: int, swap_dir: Path | None) -> None:
+        self.shape = shape
+        self.budget = budget_bytes
+        self.swap_dir = swap_dir
+        if swap_dir is not None:
+            shutil.rmtree(swap_dir, ignore_errors=True)  # stale files of an earlier run
+        self.saved: OrderedDict[int, Sequence] = OrderedDict()  # oldest snapshot first
+        self.ram_bytes = 0
+        self.disk_bytes = 0
+        self.counts = {"snapshots": 0, "restores": 0, "spills": 0, "drops": 0}
+        self.seconds = {"snapshot": 0.0, "restore": 0.0, "spill": 0.0}
+        self.tokens_restored = 0
+
+    def save(self, seq: Sequence) -> None:
+        """Snapshot a sequence leaving the batch and free its working KV."""
+        start = time.perf_counter()
+        kv = seq.kv
+        snap = Snapshot(
+            length=kv.length if kv else 0,
+            kv=kv.compact() if kv and kv.length else None,
+            rng_state=seq.generator.get_state() if seq.generator is not None else None,
+        )
+        seq.kv = None
+        seq.snapshot = snap
+        self.saved[seq.id] = seq
+        self.ram_bytes += snap.nbytes
+        self.counts["snapshots"] += 1
+        self.seconds["snapshot"] += time.perf_counter() - start
+        self._enforce_budget()
+
+    def restore(self, seq: Sequence) -> None:
+        """Give a resuming sequence its KV and RNG state back."""
+        snap = seq.snapshot
+        if snap is None:
+            return
+        start = time.perf_counter()
+        data = snap.kv
+        if data is None and snap.path is not None:
+            data = self._read(snap)
+        self._forget(seq.id, snap)
+        if data is not None:
+            seq.kv = SeqKV.from_tensor(self.shape, data, capacity=snap.length + 64)
+            self.tokens_restored += snap.length
+        else:  # dropped: the engine recomputes it from the tokens
+            seq.kv = None
+        if snap.rng_state is not None and seq.generator is not None:
+            seq.generator.set_state(snap.rng_state)
+        seq.snapshot = None
+        self.counts["restores"] += 1
+        self.seconds["restore"] += time.perf_counter() - start
+
+    def discard(self, seq: Sequence) -> None:
+        """Drop a snapshot whose sequence was cancelled."""
+        snap = seq.snapshot
+        if snap is not None:
+            self._forget(seq.id, snap)
+            seq.snapshot = None
+
+    def _forget(self, seq_id: int, snap: Snapshot) -> None:
+        self.saved.pop(seq_id, None)
+        self.ram_bytes -= snap.nbytes
+        if snap.path is not None:
+            self.disk_bytes -= snap.length * self.shape.bytes_per_token
+            snap.path.unlink(missing_ok=True)
+
+    def _enforce_budget(self) -> None:
+        for seq_id, seq in list(self.saved.items()):
+            if self.ram_bytes <= self.budget:
+                break
+            snap = seq.snapshot
+            if snap is not None and snap.kv is not None:
+                self._spill(seq_id, snap)
+
+    def _spill(self, seq_id: int, snap: Snapshot) -> None:
+        assert snap.kv is not None
+        start = time.perf_counter()
+        nbytes = snap.nbytes
+        try:
+            if self.swap_dir is None:
+                raise OSError("no swap directory configured")
+            self.swap_dir.mkdir(parents=True, exist_ok=True)
+            path = self.swap_dir / f"{seq_id}.kv"
+            snap.kv.numpy().tofile(path)
+            snap.path = path
+            self.disk_bytes += nbytes
+            self.counts["spills"] += 1
+        except OSError as e:
+            log.warning("cannot spill context %d (%s); it will be recomputed on resume", seq_id, e)
+            self.counts["drops"] += 1
+        snap.kv = None
+        self.ram_bytes -= nbytes
+        self.seconds["spill"] += time.perf_counter() - start
+
+    def _read(self, snap: Snapshot) -> torch.Tensor | None:
+        assert snap.path is not None
+        try:
+            flat = np.fromfile(snap.path, dtype=np.float32)
+        except OSError as e:
+            log.warning("cannot read spilled context %s (%s); recomputing", snap.path, e)
+            return None
+        s = self.shape
+        return torch.from_numpy(flat).view(s.layers, 2, s.kv_heads, snap.length, s.head_dim)
+
+    def stats(self, prefill_tokens_per_s: float | None = None) -> dict[str, Any]:
+        def avg_ms(kind: str, count: str) -> float | None:
+            n = self.counts[count]
+            return round(1000 * self.seconds[kind] / n, 3) if n else None
+
+        recompute = None
+        if prefill_tokens_per_s:
+            recompute = round(self.tokens_restored / prefill_tokens_per_s, 3)
+        return {
+            "saved": len(self.saved),
+            "ram_bytes": self.ram_bytes,
+            "disk_bytes": self.disk_bytes,
+            "budget_bytes": self.budget,
+            **self.counts,
+            "snapshot_ms_avg": avg_ms("snapshot", "snapshots"),
+            "restore_ms_avg": avg_ms("restore", "restores"),
+            "spill_ms_avg": avg_ms("spill", "spills"),
+            "snapshot_seconds": round(self.seconds["snapshot"], 4),
+            "restore_seconds": round(self.seconds["restore"], 4),
+            "tokens_restored": self.tokens_restored,
+            "recompute_seconds_saved_est": recompute,
+        }
