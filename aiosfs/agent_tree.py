@@ -89,7 +89,7 @@ class AgentDir(Dir):
             AgentFile(fs, "syscall", self, SyscallHandle, 0o600),
             AgentFile(fs, "out", self, OutHandle, 0o400),
             AgentFile(fs, "stream", self, StreamHandle, 0o400),
-            GeneratedFile(fs, "status", self, lambda: as_json(kernel.agent(name).status())),
+            GeneratedFile(fs, "status", self, lambda: as_json(kernel.agent_status(name))),
             GeneratedFile(
                 fs,
                 "config",

@@ -53,6 +53,7 @@ def build_sys(fs: AiosFS, parent: Dir) -> StaticDir:
         "pid": lambda: line(str(os.getpid())),
         "models": lambda: as_json(kernel.models_info()),
         "queue": lambda: as_json(kernel.queue_info()),
+        "context": lambda: as_json(kernel.context_info()),
         "stats": lambda: as_json(stats()),
         "status": lambda: as_json(status()),
     }

@@ -6,12 +6,14 @@ import os
 import tomllib
 from dataclasses import dataclass, field, fields, replace
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from kernel.errors import InvalidArgument
-from kernel.llm.engine import EngineConfig
 from kernel.llm.models import default_cache_dir
-from kernel.scheduler import Limits
+from kernel.policies import POLICIES
+
+if TYPE_CHECKING:
+    from kernel.llm.engine import EngineConfig
 
 
 def default_data_dir() -> Path:
@@ -76,6 +78,10 @@ class KernelConfig:
         for key in positive:
             if not isinstance(getattr(cfg, key), int) or getattr(cfg, key) < 1:
                 raise InvalidArgument(f"{key} must be a positive integer")
+        if cfg.scheduler not in POLICIES:
+            raise InvalidArgument(
+                f"unknown scheduler {cfg.scheduler!r}; available: {', '.join(POLICIES)}"
+            )
         for key in ("prefix_cache_mb", "context_mb", "threads"):
             if not isinstance(getattr(cfg, key), int) or getattr(cfg, key) < 0:
                 raise InvalidArgument(f"{key} must be a non-negative integer")
@@ -83,6 +89,9 @@ class KernelConfig:
 
     def engine_config(self, model: str, policy: str | None = None) -> EngineConfig:
         """The engine settings for one model."""
+        from kernel.llm.engine import EngineConfig
+        from kernel.scheduler import Limits
+
         return EngineConfig(
             policy=policy or self.scheduler,
             limits=Limits(self.max_running, self.max_tokens_in_flight, self.quantum),

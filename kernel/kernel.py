@@ -466,7 +466,36 @@ class Kernel:
     def queue_info(self) -> dict[str, Any]:
         return {name: engine.queue_snapshot for name, engine in self.engines.items()}
 
+    def context_info(self) -> dict[str, Any]:
+        return {name: engine.context_snapshot for name, engine in self.engines.items()}
+
+    def agent_status(self, name: str) -> dict[str, Any]:
+        """An agent's status plus where it stands with its model's scheduler."""
+        agent = self.agent(name)
+        status = agent.status()
+        model = agent.config.model or self.default_model
+        engine = self.engines.get(model)
+        if engine is not None:
+            queue = engine.queue_snapshot
+            mine = queue.get("per_agent", {}).get(name, {})
+            service = queue.get("service", {})
+            got = service.get(name, {})
+            total = sum(s["generated"] for s in service.values())
+            status["scheduling"] = {
+                "model": model,
+                "policy": queue.get("policy"),
+                "position": mine.get("position"),
+                "waiting": mine.get("waiting", 0),
+                "running": mine.get("running", 0),
+                "service_tokens": got.get("generated", 0),
+                "prompt_tokens": got.get("prompt", 0),
+                "preemptions": got.get("preemptions", 0),
+                "share": round(got.get("generated", 0) / total, 4) if total else None,
+            }
+        return status
+
     def stats(self) -> dict[str, Any]:
+        contexts = [e.context_snapshot.get("contexts", {}) for e in self.engines.values()]
         return {
             "syscalls": dict(self.counts),
             "inflight": len(self._inflight),
@@ -474,6 +503,8 @@ class Kernel:
             "tokens_in": self.tokens_in,
             "tokens_out": self.tokens_out,
             "tokens_per_s": round(sum(e.rate.rate() for e in self.engines.values()), 2),
+            "preemptions": sum(c.get("snapshots", 0) for c in contexts),
+            "snapshot_bytes": sum(c.get("ram_bytes", 0) + c.get("disk_bytes", 0) for c in contexts),
         }
 
     def status(self) -> dict[str, Any]:
@@ -481,9 +512,11 @@ class Kernel:
             "version": __version__,
             "uptime_s": round(time.time() - self.started_at, 1),
             "scheduler": self.config.scheduler,
+            "schedulers": list(SCHEDULERS),
             "default_model": self.default_model,
             "models": self.models_info(),
             "queue": self.queue_info(),
             "stats": self.stats(),
-            "agents": {name: a.status() for name, a in self.agents.items()},
+            "context": self.context_info(),
+            "agents": {name: self.agent_status(name) for name in self.agents},
         }

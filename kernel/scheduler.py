@@ -213,6 +213,14 @@ class Scheduler(ABC):
             ],
             "waiting": len(self.waiting),
             "per_agent": per_agent,
+            "service": {
+                agent: {
+                    "generated": svc.generated,
+                    "prompt": svc.prompt,
+                    "preemptions": svc.preemptions,
+                }
+                for agent, svc in list(self.ledger.agents.items())
+            },
         }
 
 

@@ -20,7 +20,9 @@ def tiny_core() -> LLMCore:
 
 
 def make_kernel(core: LLMCore, **config: object) -> Kernel:
-    return Kernel(KernelConfig(model="tiny-random").with_overrides(**config), lambda _n, _c: core)
+    """A kernel on an already loaded core (``model`` defaults to tiny-random)."""
+    settings = {"model": "tiny-random", **config}
+    return Kernel(KernelConfig().with_overrides(**settings), lambda _n, _c: core)
 
 
 @pytest.fixture

@@ -106,7 +106,7 @@ class Engine:
         self.prefill_rate: float | None = None  # tokens/s of prefill-heavy steps (EMA)
         self.rate = TokenRate()
         self.queue_snapshot: dict[str, Any] = self.scheduler.snapshot()
-        self.context_snapshot: dict[str, Any] = {}
+        self.context_snapshot: dict[str, Any] = {"contexts": {}, "prefix_cache": {}}
 
     # ---- called from the trio thread --------------------------------------------------------
 
@@ -184,6 +184,7 @@ class Engine:
 
     def _run(self) -> None:
         self._load()
+        self._publish()
         idle = True
         while True:
             with self._cv:

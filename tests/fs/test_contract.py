@@ -344,6 +344,7 @@ def test_ctl_cancel_and_reset(mount: Mount) -> None:
 
 def test_sys_files(mount: Mount) -> None:
     assert sorted(os.listdir(mount.p("sys"))) == [
+        "context",
         "models",
         "pid",
         "queue",
@@ -423,3 +424,46 @@ def test_proper_errnos(mount: Mount) -> None:
     assert oserror(open, mount.p("agents")) == errno.EISDIR
     # the mount still works after all that
     assert mount.sh(f"echo ok > agents/{name}/syscall; cat agents/{name}/out").stdout
+
+
+# ---- scheduling through the mount ----------------------------------------------------------------
+
+
+def test_scheduler_policies_switch_live_and_show_in_sys(mount: Mount) -> None:
+    try:
+        for policy in ("rr", "priority", "fair", "serial", "aios", "fifo"):
+            mount.sh(f"echo {policy} > sys/scheduler")
+            assert mount.read("sys", "scheduler") == f"{policy}\n"
+            eventually(
+                lambda p=policy: mount.json("sys/queue")["tiny-random"]["policy"] == p,
+                what=f"engine switching to {policy}",
+            )
+    finally:
+        mount.sh("echo fifo > sys/scheduler")
+    queue = mount.json("sys/queue")["tiny-random"]
+    assert {"running", "waiting", "per_agent", "max_running", "tokens_in_flight"} <= set(queue)
+    context = mount.json("sys/context")["tiny-random"]
+    assert {"snapshots", "ram_bytes", "disk_bytes"} <= set(context["contexts"])
+    assert {"hits", "tokens_reused"} <= set(context["prefix_cache"])
+    assert {"preemptions", "snapshot_bytes"} <= set(mount.json("sys/stats"))
+
+
+def test_status_shows_the_agents_place_and_service(mount: Mount) -> None:
+    name = mount.agent(max_tokens=3)
+    mount.sh(f"echo hi > agents/{name}/syscall; cat agents/{name}/out > /dev/null")
+    eventually(
+        lambda: mount.json(f"agents/{name}/status")["scheduling"]["service_tokens"] == 3,
+        what="service accounted",
+    )
+    sched = mount.json(f"agents/{name}/status")["scheduling"]
+    assert sched["model"] == "tiny-random" and sched["policy"] == "fifo"
+    assert sched["position"] is None and sched["prompt_tokens"] > 0
+
+
+def test_second_chat_turn_reuses_the_first_turns_kv(mount: Mount) -> None:
+    name = mount.agent(max_tokens=5)
+    mount.sh(f"echo 'first turn' > agents/{name}/syscall; cat agents/{name}/out > /dev/null")
+    mount.sh(f"echo 'second turn' > agents/{name}/syscall; cat agents/{name}/out > /dev/null")
+    first = mount.json(f"agents/{name}/results/1.json")
+    second = mount.json(f"agents/{name}/results/2.json")
+    assert second["tokens_cached"] >= first["tokens_in"]

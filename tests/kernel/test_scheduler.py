@@ -8,8 +8,10 @@ import pytest
 
 from kernel.errors import InvalidArgument
 from kernel.llm.request import GenerationRequest, SamplingParams
-from kernel.llm.sequence import Sequence, SeqState
+from kernel.llm.sequence import SeqState, Sequence
+from kernel.policies import POLICIES
 from kernel.scheduler import (
+    SCHEDULERS,
     AIOSScheduler,
     FairScheduler,
     FIFOScheduler,
@@ -23,8 +25,13 @@ from kernel.scheduler import (
 
 
 def mk(rid: int, agent: str = "a", priority: int = 0, prompt: int = 1, tokens: int = 4) -> Sequence:
-    req = GenerationRequest(rid, agent, ({"role": "user", "content": "x"},),
-                            SamplingParams(max_tokens=tokens), priority=priority)
+    req = GenerationRequest(
+        rid,
+        agent,
+        ({"role": "user", "content": "x"},),
+        SamplingParams(max_tokens=tokens),
+        priority=priority,
+    )
     return Sequence(req, [1] * prompt, tokens)
 
 
@@ -172,6 +179,10 @@ def test_switching_policy_keeps_every_sequence() -> None:
     new = make_scheduler("rr", Limits(max_running=1), old.ledger)
     new.adopt(old.waiting, old.running)
     assert new.running == [seqs[0]] and [q.id for q in new.order()] == [1, 2]
+
+
+def test_the_light_policy_list_matches_the_implementations() -> None:
+    assert list(SCHEDULERS) == list(POLICIES)
 
 
 def test_unknown_policy() -> None:
