@@ -55,6 +55,15 @@ def build_parser() -> argparse.ArgumentParser:
     u.add_argument("mountpoint")
     u.add_argument("--timeout", type=float, default=20.0)
 
+    b = sub.add_parser(
+        "bench",
+        help="benchmark: many agents through a real mount against the baselines",
+        description="Mounts a daemon of its own; see docs/benchmarks.md for what it measures.",
+    )
+    from aiosfs.bench import add_arguments
+
+    add_arguments(b)
+
     s = sub.add_parser("status", help="a summary of a mounted kernel")
     s.add_argument("mountpoint")
     s.add_argument("--json", action="store_true", help="print sys/status as is")
@@ -68,6 +77,10 @@ def main(argv: list[str] | None = None) -> int:
             return cmd_mount(args)
         if args.command == "umount":
             return cmd_umount(args)
+        if args.command == "bench":
+            from aiosfs.bench import main as bench_main
+
+            return bench_main(args)
         return cmd_status(args)
     except KeyboardInterrupt:
         return 130

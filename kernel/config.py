@@ -28,7 +28,7 @@ class KernelConfig:
     model: str = "smollm2"  # the default model; agents use it unless their config says otherwise
     extra_models: tuple[str, ...] = ()  # further models to load, selectable per agent
     scheduler: str = "fifo"  # fifo, rr, priority, fair (and the baselines serial, aios)
-    max_running: int = 16  # sequences in the running batch at once, per model
+    max_running: int = 32  # sequences in the running batch at once, per model
     max_tokens_in_flight: int = 65536  # context tokens summed over the running batch
     quantum: int = 32  # generated tokens: rr's time slice, fair's hysteresis
     step_tokens: int = 256  # tokens fed per engine step at most (prefill chunking)

@@ -13,11 +13,13 @@ priority  the agent's ``priority`` (higher first); a waiting sequence preempts a
           lower priority at once
 fair      keeps agents' shares of the batch and of generated tokens even: an agent with fewer
           running sequences goes first, then the one that has received least service (a virtual
-          token counter, as in VTC); a chatty agent is preempted in favour of a starved one
-serial    benchmark baseline: strictly one request at a time (FIFO, batch of one)
+          token counter, as in VTC); no agent holds more than its share of the batch while
+          others are active; a chatty agent is preempted in favour of a starved one
+serial    benchmark baseline: strictly one request at a time (FIFO, batch of one, no prefix
+          reuse)
 aios      benchmark baseline, AIOS-style: requests are collected for a 1 s window, then each is
           generated separately (one forward pass per request, interleaved, as AIOS runs one
-          backend call per request in its own thread)
+          backend call per request in its own thread; no prefix reuse)
 ========  =====================================================================================
 
 Limits shared by all policies: ``max_running`` sequences in the batch, and ``max_tokens_in_flight``
@@ -38,7 +40,7 @@ from kernel.llm.sequence import SeqState, Sequence
 
 @dataclass(frozen=True)
 class Limits:
-    max_running: int = 16
+    max_running: int = 32
     max_tokens_in_flight: int = 65536
     quantum: int = 32  # generated tokens: rr's time slice, fair's hysteresis
 
@@ -81,6 +83,7 @@ class Scheduler(ABC):
     name: ClassVar[str]
     preemptive: ClassVar[bool] = False
     batched: ClassVar[bool] = True  # False: each sequence gets its own forward pass
+    reuse_prefixes: ClassVar[bool] = True  # False: never start from the prefix cache
 
     def __init__(self, limits: Limits, ledger: ServiceLedger | None = None) -> None:
         if limits.max_running < 1:
@@ -235,9 +238,10 @@ class FIFOScheduler(Scheduler):
 
 
 class SerialScheduler(FIFOScheduler):
-    """Baseline: strictly one request at a time."""
+    """Baseline: strictly one request at a time, every prompt computed in full."""
 
     name = "serial"
+    reuse_prefixes = False
 
     def __init__(self, limits: Limits, ledger: ServiceLedger | None = None) -> None:
         super().__init__(Limits(1, limits.max_tokens_in_flight, limits.quantum), ledger)
@@ -296,7 +300,12 @@ class PriorityScheduler(Scheduler):
 
 
 class FairScheduler(Scheduler):
-    """Even shares between agents: of batch places first, then of generated tokens."""
+    """Even shares between agents: of batch places first, then of generated tokens.
+
+    An agent may hold at most ``max_running / active agents`` places (at least one) while
+    others are active, even if places stay free: an agent with many requests would otherwise
+    take every place the others leave, and with it most of the generated tokens. Alone, an
+    agent may use the whole batch."""
 
     name = "fair"
     preemptive = True
@@ -332,11 +341,13 @@ class FairScheduler(Scheduler):
 
     def schedule(self) -> Decision:
         self._lift_newcomers()
+        active = {s.agent for s in self.running} | {s.agent for s in self.waiting}
+        cap = max(1, self.max_running // max(1, len(active)))
         preempted: list[Sequence] = []
         while self.waiting:
             counts = self._running_counts()
             best = min(self.waiting, key=lambda s: self._key(s, counts))
-            if best in preempted:
+            if best in preempted or counts.get(best.agent, 0) >= cap:
                 break
             if self.can_admit(best):
                 self._admit(best)
@@ -362,6 +373,7 @@ class AIOSScheduler(Scheduler):
 
     name = "aios"
     batched = False
+    reuse_prefixes = False
     window = 1.0
 
     def __init__(self, limits: Limits, ledger: ServiceLedger | None = None) -> None:

@@ -278,6 +278,8 @@ class Engine:
                 f"{self.core.max_context}"
             )
         seq = Sequence(request, ids, min(max_tokens, room))
+        if not self.scheduler.reuse_prefixes:
+            return seq
         entry, n = self.prefix.match(ids)
         n = min(n, len(ids) - 1)  # the last prompt token is always fed: it yields the logits
         if entry is not None and n >= self.prefix.min_tokens:

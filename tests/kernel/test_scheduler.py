@@ -188,3 +188,22 @@ def test_the_light_policy_list_matches_the_implementations() -> None:
 def test_unknown_policy() -> None:
     with pytest.raises(InvalidArgument, match="unknown scheduler 'lottery'; available: fifo, rr"):
         make_scheduler("lottery")
+
+
+def test_fair_caps_a_flooder_at_its_share_of_the_batch() -> None:
+    s = FairScheduler(Limits(max_running=8))
+    for i in range(20):
+        s.add(mk(100 + i, "flood", tokens=50))
+    for i in range(3):
+        s.add(mk(i, f"m{i}", tokens=50))
+    s.schedule()
+    agents = [q.agent for q in s.running]
+    assert agents.count("flood") == 2 and len(agents) == 5  # 8 // 4 active agents = 2 each
+    for _ in range(60):
+        step(s)  # the modest ones finish; the flooder alone may use the whole batch
+    assert [q.agent for q in s.running].count("flood") == 8
+
+
+def test_baselines_do_not_reuse_prefixes() -> None:
+    assert not SerialScheduler.reuse_prefixes and not AIOSScheduler.reuse_prefixes
+    assert FIFOScheduler.reuse_prefixes and FairScheduler.reuse_prefixes
