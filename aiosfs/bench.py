@@ -590,6 +590,32 @@ def run_bench(args: argparse.Namespace) -> dict[str, Any]:
             file=sys.stderr,
             flush=True,
         )
+    if not args.skip_contexts:
+        res = subprocess.run(
+            [
+                sys.executable,
+                "-m",
+                "kernel.microbench",
+                "--model",
+                args.model,
+                "--threads",
+                str(args.threads),
+                "--contexts",
+                args.context_lengths,
+            ],
+            capture_output=True,
+            text=True,
+            check=True,
+        )
+        results["contexts"] = json.loads(res.stdout.strip().splitlines()[-1])
+        for row in results["contexts"]["lengths"]:
+            print(
+                f"bench: context {row['tokens']} tokens: recompute {row['recompute_ms']} ms, "
+                f"snapshot {row['snapshot_ms']} ms, restore {row['restore_ram_ms']} ms "
+                f"(disk: spill {row['spill_ms']} ms, restore {row['restore_disk_ms']} ms)",
+                file=sys.stderr,
+                flush=True,
+            )
     results["finished"] = time.strftime("%Y-%m-%d %H:%M:%S")
     results["machine"]["load_avg_at_end"] = os.getloadavg()
     (out / "results.json").write_text(json.dumps(results, indent=2, default=str))
@@ -622,6 +648,12 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--skip-scaling", action="store_true")
     p.add_argument("--skip-fairness", action="store_true")
     p.add_argument("--skip-overhead", action="store_true")
+    p.add_argument("--skip-contexts", action="store_true")
+    p.add_argument(
+        "--context-lengths",
+        default="128,512,2048",
+        help="context lengths for the preemption-cost measurement",
+    )
 
 
 def print_summary(results: dict[str, Any]) -> None:
@@ -649,6 +681,14 @@ def print_summary(results: dict[str, Any]) -> None:
             "fairness (Jain's index, flooder + 15 modest): "
             + ", ".join(f"{c} {v['jain']:.3f}" for c, v in fair.items())
         )
+    ctx = results.get("contexts")
+    if ctx:
+        print("preemption cost (ms): tokens, recompute, snapshot, restore, spill, restore-disk")
+        for r in ctx["lengths"]:
+            print(
+                f"  {r['tokens']:>6} {r['recompute_ms']:>10} {r['snapshot_ms']:>9} "
+                f"{r['restore_ram_ms']:>8} {r['spill_ms']:>7} {r['restore_disk_ms']:>8}"
+            )
     o = results.get("overhead")
     if o:
         print(

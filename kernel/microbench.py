@@ -1,18 +1,25 @@
-"""The kernel side of the FUSE-overhead benchmark: the same trivial syscall, called directly.
+"""Kernel-side measurements for ``aiosfs bench``.
 
-``aiosfs bench`` starts this as a subprocess and alternates blocks of calls through the mount
-with blocks of calls here, on the same model, so both see the same machine at the same time.
+``serve``: the kernel side of the FUSE-overhead benchmark — the same trivial syscall, called
+directly. ``aiosfs bench`` alternates blocks of calls through the mount with blocks of calls here,
+on the same model, so both see the same machine at the same time. Protocol: read a number N from
+stdin, make N calls, print one JSON line with their latencies in seconds; repeat until stdin
+closes. The first line printed is ``ready``.
 
-Protocol: read a number N from stdin, make N calls, print one JSON line with their latencies in
-seconds; repeat until stdin closes. The first line printed is ``ready``.
+``--contexts``: what preemption costs. For each context length, the time to recompute the
+context (chunked prefill, as the engine does), to snapshot it, to restore it from RAM, to spill it
+to disk and to restore it from disk. Prints one JSON object.
 """
 
 from __future__ import annotations
 
 import argparse
 import json
+import statistics
 import sys
+import tempfile
 import time
+from pathlib import Path
 
 import trio
 
@@ -42,12 +49,75 @@ async def serve(model: str, threads: int) -> None:
     await kernel.shutdown()
 
 
+def contexts(model: str, threads: int, lengths: list[int], reps: int) -> dict[str, object]:
+    import torch
+
+    from kernel.llm.context import ContextManager
+    from kernel.llm.core import TransformersCore
+    from kernel.llm.models import default_cache_dir, resolve_model
+    from kernel.llm.request import GenerationRequest
+    from kernel.llm.sequence import Sequence
+
+    core = TransformersCore(resolve_model(model), default_cache_dir(), threads)
+    core.load(lambda _msg: None)
+    step = 256
+    out: dict[str, object] = {"model": model, "bytes_per_token": core.kv_shape.bytes_per_token}
+    rows = []
+    with tempfile.TemporaryDirectory() as tmp:
+        for n in lengths:
+            times: dict[str, list[float]] = {
+                k: [] for k in ("recompute", "snapshot", "restore_ram", "spill", "restore_disk")
+            }
+            for rep in range(reps):
+                g = torch.Generator().manual_seed(rep)
+                ids = torch.randint(100, 40000, (n,), generator=g).tolist()
+                seq = Sequence(
+                    GenerationRequest(rep, "m", ({"role": "user", "content": ""},)), ids, 1
+                )
+                t = time.perf_counter()
+                while seq.unfed > 0:
+                    core.forward([(seq, min(step, seq.unfed))])
+                times["recompute"].append(time.perf_counter() - t)
+                ram = ContextManager(core.kv_shape, 1 << 40, None)
+                t = time.perf_counter()
+                ram.save(seq)
+                times["snapshot"].append(time.perf_counter() - t)
+                t = time.perf_counter()
+                ram.restore(seq)
+                times["restore_ram"].append(time.perf_counter() - t)
+                disk = ContextManager(core.kv_shape, 0, Path(tmp) / f"swap{n}-{rep}")
+                t = time.perf_counter()
+                disk.save(seq)  # snapshot and spill at once: the budget is 0
+                times["spill"].append(time.perf_counter() - t)
+                t = time.perf_counter()
+                disk.restore(seq)
+                times["restore_disk"].append(time.perf_counter() - t)
+            rows.append(
+                {
+                    "tokens": n,
+                    "kv_mb": round(n * core.kv_shape.bytes_per_token / 2**20, 2),
+                    **{f"{k}_ms": round(1000 * statistics.median(v), 2) for k, v in times.items()},
+                }
+            )
+    out["lengths"] = rows
+    return out
+
+
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__)
     p.add_argument("--model", default="tiny-random")
     p.add_argument("--threads", type=int, default=0)
+    p.add_argument(
+        "--contexts",
+        type=lambda s: [int(x) for x in s.split(",")],
+        help="measure preemption costs at these context lengths",
+    )
+    p.add_argument("--reps", type=int, default=3)
     args = p.parse_args()
-    trio.run(serve, args.model, args.threads)
+    if args.contexts:
+        print(json.dumps(contexts(args.model, args.threads, args.contexts, args.reps)))
+    else:
+        trio.run(serve, args.model, args.threads)
 
 
 if __name__ == "__main__":

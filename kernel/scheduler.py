@@ -364,7 +364,18 @@ class FairScheduler(Scheduler):
                     self._admit(best)
                     continue
             break
+        self._enforce_share(cap, len(active), preempted)
         return Decision(list(self.running), preempted)
+
+    def _enforce_share(self, cap: int, active: int, preempted: list[Sequence]) -> None:
+        """An agent admitted while it was alone gives back what exceeds its share once others
+        are active, even with places free: its share of tokens is what must stay even."""
+        if active < 2:
+            return
+        for agent, n in self._running_counts().items():
+            mine = sorted((s for s in self.running if s.agent == agent), key=lambda s: s.num_tokens)
+            for seq in mine[: max(0, n - cap)]:  # the shortest contexts are the cheapest to save
+                self._preempt(seq, preempted)
 
 
 class AIOSScheduler(Scheduler):

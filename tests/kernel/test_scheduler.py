@@ -207,3 +207,16 @@ def test_fair_caps_a_flooder_at_its_share_of_the_batch() -> None:
 def test_baselines_do_not_reuse_prefixes() -> None:
     assert not SerialScheduler.reuse_prefixes and not AIOSScheduler.reuse_prefixes
     assert FIFOScheduler.reuse_prefixes and FairScheduler.reuse_prefixes
+
+
+def test_fair_takes_back_what_a_lone_agent_took_once_others_arrive() -> None:
+    s = FairScheduler(Limits(max_running=8))
+    for i in range(10):
+        s.add(mk(100 + i, "flood", tokens=50))
+    step(s)
+    assert len(s.running) == 8  # alone, the flooder may fill the batch
+    s.add(mk(1, "modest", tokens=50))
+    decision = s.schedule()
+    agents = [q.agent for q in decision.run]
+    assert agents.count("flood") == 4 and agents.count("modest") == 1  # 8 // 2 active agents
+    assert len(decision.preempted) == 4

@@ -1,0 +1,58 @@
+"""`aiosfs bench` runs end to end (tiny model, tiny workload) and writes its results.
+
+Only the shape of the results is checked: timings belong to the benchmark, not to tests.
+"""
+
+from __future__ import annotations
+
+import json
+import shlex
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from aiosfs.bench import jain, percentile
+from tests.mounting import ROOT, require_fuse
+
+pytestmark = pytest.mark.mount
+
+
+def test_jain_and_percentile() -> None:
+    assert jain([3, 3, 3]) == 1.0
+    assert jain([1, 0, 0, 0]) == 0.25
+    assert jain([]) is None and jain([0, 0]) is None
+    assert percentile([1, 2, 3, 4, 5], 0.5) == 3
+    assert percentile([1.0, 2.0], 0.99) == pytest.approx(1.99)
+    assert percentile([], 0.5) is None
+
+
+@pytest.mark.timeout(300)
+def test_bench_runs_and_writes_results(tmp_path: Path) -> None:
+    require_fuse()
+    out = tmp_path / "results"
+    args = shlex.split(
+        "bench --model tiny-random --agents 1,2 --reps 1 --turns 1 --max-tokens 4 --flood 4 "
+        "--overhead-blocks 2 --context-lengths 64,128"
+    )
+    res = subprocess.run(
+        [sys.executable, "-m", "aiosfs", *args, "--out", str(out)],
+        capture_output=True,
+        text=True,
+        timeout=280,
+        cwd=ROOT,
+    )
+    assert res.returncode == 0, res.stderr[-3000:]
+    results = json.loads((out / "results.json").read_text())
+    scaling = results["scaling"]["summary"]
+    assert set(scaling) == {"1", "2"}
+    for config in ("fifo", "serial", "aios"):
+        assert scaling["2"][config]["tokens_per_s"] > 0
+    assert all(r["errors"] == 0 for r in results["scaling"]["runs"])
+    assert set(results["fairness"]["summary"]) == {"fifo", "fair"}
+    assert results["overhead"]["calls_each"] == 100
+    assert [r["tokens"] for r in results["contexts"]["lengths"]] == [64, 128]
+    assert [r["tokens"] for r in results["contexts"]["lengths"]] == [64, 128]
+    assert (out / "bench.png").stat().st_size > 10_000
+    assert "speed-up vs serial" in res.stdout
