@@ -70,6 +70,10 @@ def jain(xs: list[float]) -> float | None:
     return sum(xs) ** 2 / (len(xs) * sum(x * x for x in xs))
 
 
+def fmt(x: float | None, digits: int = 3) -> str:
+    return "n/a" if x is None else f"{x:.{digits}f}"
+
+
 def median(xs: list[float | None]) -> float | None:
     vals = [x for x in xs if x is not None]
     return statistics.median(vals) if vals else None
@@ -283,7 +287,8 @@ def run_scaling(
 
 def service_in_window(run: Run, agents: list[str], window_end: float) -> list[float]:
     """Tokens each agent received between the run's start and ``window_end``."""
-    before = [s for s in run.samples if s[0] <= window_end]
+    # the last sample inside the window (or the first one, for a very short window)
+    before = [s for s in run.samples if s[0] <= window_end] or run.samples[:1]
     last = before[-1][1] if before else {}
     return [float(last.get(a, 0)) for a in agents]
 
@@ -480,7 +485,9 @@ def plot(results: dict[str, Any], path: Path) -> None:
     axes[2].set_visible(bool(fair))
     if fair:
         names = list(fair)
-        axes[2].bar(names, [fair[c]["jain"] for c in names], color=["#c66", "#6a6"][: len(names)])
+        axes[2].bar(
+            names, [fair[c]["jain"] or 0 for c in names], color=["#c66", "#6a6"][: len(names)]
+        )
         axes[2].axhline(0.9, color="k", ls="--", lw=1)
         axes[2].set(
             ylim=(0, 1.05), ylabel="Jain's index", title="Fairness: 1 flooder + 15 modest agents"
@@ -562,7 +569,7 @@ def run_bench(args: argparse.Namespace) -> dict[str, Any]:
                     r = run_fairness(m, config, 15, args.turns, args.flood, args.max_tokens, run_id)
                     fair_runs[config].append(r)
                     print(
-                        f"bench: fairness rep {rep} {config:4s} jain {r['jain']:.3f} "
+                        f"bench: fairness rep {rep} {config:4s} jain {fmt(r['jain'])} "
                         f"(flooder {r['flooder_tokens']:.0f} tokens, modest median "
                         f"{r['modest_tokens_median']:.0f})",
                         file=sys.stderr,
@@ -679,7 +686,7 @@ def print_summary(results: dict[str, Any]) -> None:
     if fair:
         print(
             "fairness (Jain's index, flooder + 15 modest): "
-            + ", ".join(f"{c} {v['jain']:.3f}" for c, v in fair.items())
+            + ", ".join(f"{c} {fmt(v['jain'])}" for c, v in fair.items())
         )
     ctx = results.get("contexts")
     if ctx:
