@@ -23,7 +23,7 @@ test: install examples
 	$(PY) -m ruff check kernel aiosfs tests mount_examples
 	$(PY) -m pytest $(PYTEST_ARGS)
 
-# The benchmark mounts its own daemon (about 25 minutes on 2 cores); BENCH_ARGS to adjust it.
+# The benchmark mounts its own daemon (about 35 minutes on 2 cores); BENCH_ARGS to adjust it.
 BENCH_ARGS ?=
 bench: install
 	$(VENV)/bin/aiosfs bench --out bench-results $(BENCH_ARGS)
