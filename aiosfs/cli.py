@@ -46,6 +46,11 @@ def build_parser() -> argparse.ArgumentParser:
     m.add_argument("--scheduler", help=f"scheduling policy: {', '.join(POLICIES)} (default fifo)")
     m.add_argument("--threads", type=int, help="torch threads per model (default: all cores)")
     m.add_argument("--max-running", type=int, help="sequences decoded together per model")
+    m.add_argument(
+        "--embedder",
+        choices=("minilm", "hashing"),
+        help="store/ search: all-MiniLM-L6-v2 (default) or model-free word hashing",
+    )
     m.add_argument("--allow-other", action="store_true", help="let other users use the mount")
     m.add_argument("--log-level", default="INFO")
     m.add_argument("--ready-fd", type=int, help=argparse.SUPPRESS)
@@ -98,6 +103,7 @@ def kernel_config(args: argparse.Namespace) -> Any:
         "scheduler": args.scheduler,
         "threads": args.threads,
         "max_running": args.max_running,
+        "store_embedder": args.embedder,
     }
     if args.config:
         return KernelConfig.from_toml(args.config, **overrides)
@@ -189,6 +195,7 @@ def _daemon_argv(args: argparse.Namespace, mountpoint: str, ready_fd: int) -> li
         ("--scheduler", args.scheduler),
         ("--threads", args.threads),
         ("--max-running", args.max_running),
+        ("--embedder", args.embedder),
         ("--log-level", args.log_level),
     ):
         if value is not None:

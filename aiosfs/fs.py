@@ -21,7 +21,9 @@ import pyfuse3
 from aiosfs.agent_tree import AgentsDir
 from aiosfs.handles import Handle
 from aiosfs.interrupts import InterruptWatcher
-from aiosfs.nodes import Dir, FixedFile, Inodes, Node, StaticDir, fuse_error
+from aiosfs.mem_tree import MemRoot
+from aiosfs.nodes import Dir, FixedFile, Inodes, Node, StaticDir, Symlink, fuse_error
+from aiosfs.store_tree import StoreDir
 from aiosfs.sys_tree import build_sys
 from kernel import Kernel
 from kernel.errors import KernelError
@@ -38,6 +40,8 @@ README = b"""aiosfs: an LLM agent operating system as a filesystem.
   cat agents/NAME/out               the answer (blocks until complete)
   cat agents/NAME/stream            the running answer, token by token
   ls agents/NAME/results/           every finished answer
+  mem/NAME/                         the agent's memory: ordinary files, kept across mounts
+  store/                            documents for everyone; ls store/.search/QUERY/ finds them
   cat sys/status                    kernel state
 
 The full contract: docs/filesystem.md in the aiosfs source.
@@ -90,9 +94,9 @@ class AiosFS(pyfuse3.Operations):
         self.root.add(FixedFile(self, "README", self.root, lambda: README, time.time()))
         self.root.add(AgentsDir(self, "agents", self.root))
         self.root.add(build_sys(self, self.root))
-        # managed memory and semantic storage arrive with their kernel managers
-        self.root.add(StaticDir(self, "mem", self.root))
-        self.root.add(StaticDir(self, "store", self.root))
+        self.path_nodes: dict[tuple[Any, ...], Node] = {}  # mem/ and store/ nodes by path
+        self.root.add(MemRoot(self, "mem", self.root))
+        self.root.add(StoreDir(self, "store", self.root, ""))
 
     def stats(self) -> dict[str, Any]:
         return {
@@ -129,7 +133,7 @@ class AiosFS(pyfuse3.Operations):
             return self._entry(parent)
         if text == "..":
             return self._entry(parent.parent or parent)
-        return self._entry(parent.lookup(text))
+        return self._entry(await parent.find(text))
 
     @guarded
     async def forget(self, inode_list: Sequence[tuple[int, int]]) -> None:
@@ -157,7 +161,11 @@ class AiosFS(pyfuse3.Operations):
                 raise fuse_error(errno.EISDIR)
             if not node.writable:
                 raise fuse_error(errno.EACCES)
-            node.truncate(attr.st_size)
+            handle = self.handles.get(fh) if fh is not None else None
+            if handle is not None:
+                await handle.truncate(attr.st_size)
+            else:
+                await node.atruncate(attr.st_size)
         return node.attributes()  # atime/mtime updates (touch) are accepted and ignored
 
     @guarded
@@ -172,28 +180,44 @@ class AiosFS(pyfuse3.Operations):
     async def rmdir(self, parent_inode: int, name: bytes, ctx: pyfuse3.RequestContext) -> None:
         parent = self._dir(parent_inode)
         text = decode_name(name)
-        if not parent.lookup(text).is_dir:
+        if not (await parent.find(text)).is_dir:
             raise fuse_error(errno.ENOTDIR)
         await parent.rmdir(text, ctx)
 
     @guarded
     async def unlink(self, parent_inode: int, name: bytes, ctx: pyfuse3.RequestContext) -> None:
-        node = self._dir(parent_inode).lookup(decode_name(name))
-        raise fuse_error(errno.EISDIR if node.is_dir else errno.EACCES)
+        await self._dir(parent_inode).unlink(decode_name(name), ctx)
 
     @guarded
     async def create(
         self, parent_inode: int, name: bytes, mode: int, flags: int, ctx: pyfuse3.RequestContext
     ) -> tuple[pyfuse3.FileInfo, pyfuse3.EntryAttributes]:
         parent = self._dir(parent_inode)
-        text = decode_name(name)
-        if text in parent.children():
-            raise fuse_error(errno.EEXIST)
-        raise fuse_error(errno.EACCES)
+        node, handle = await parent.create(decode_name(name), mode, flags, ctx)
+        return self._register(node, handle), self._entry(node)
 
     @guarded
-    async def rename(self, *args: Any) -> None:
-        raise fuse_error(errno.EACCES)
+    async def rename(
+        self,
+        parent_inode_old: int,
+        name_old: bytes,
+        parent_inode_new: int,
+        name_new: bytes,
+        flags: int,
+        ctx: pyfuse3.RequestContext,
+    ) -> None:
+        old_parent = self._dir(parent_inode_old)
+        new_parent = self._dir(parent_inode_new)
+        await old_parent.rename_from(
+            decode_name(name_old), new_parent, decode_name(name_new), flags, ctx
+        )
+
+    @guarded
+    async def readlink(self, inode: int, ctx: pyfuse3.RequestContext) -> bytes:
+        node = self.inodes.get(inode)
+        if not isinstance(node, Symlink):
+            raise fuse_error(errno.EINVAL)
+        return os.fsencode(node.target)
 
     @guarded
     async def link(self, *args: Any) -> pyfuse3.EntryAttributes:
@@ -213,7 +237,7 @@ class AiosFS(pyfuse3.Operations):
     async def opendir(self, inode: int, ctx: pyfuse3.RequestContext) -> int:
         directory = self._dir(inode)
         fh = next(self._fh)
-        self._dir_handles[fh] = sorted(directory.children().values(), key=lambda n: n.name)
+        self._dir_handles[fh] = sorted(await directory.list(), key=lambda n: n.name)
         return fh
 
     @guarded
@@ -236,10 +260,12 @@ class AiosFS(pyfuse3.Operations):
         node = self.inodes.get(inode)
         if node.is_dir:
             raise fuse_error(errno.EISDIR)
-        handle = await node.open(flags, ctx)
+        return self._register(node, await node.open(flags, ctx))
+
+    def _register(self, node: Node, handle: Handle) -> pyfuse3.FileInfo:
         fh = next(self._fh)
         self.handles[fh] = handle
-        self.inodes.open_counts[inode] = self.inodes.open_counts.get(inode, 0) + 1
+        self.inodes.open_counts[node.inode] = self.inodes.open_counts.get(node.inode, 0) + 1
         return pyfuse3.FileInfo(
             fh=fh,
             direct_io=handle.direct_io,
@@ -261,7 +287,7 @@ class AiosFS(pyfuse3.Operations):
 
     @guarded
     async def fsync(self, fh: int, datasync: bool) -> None:
-        await self._handle(fh).flush()
+        await self._handle(fh).fsync()
 
     @guarded
     async def release(self, fh: int) -> None:

@@ -61,6 +61,13 @@ class Handle:
     async def flush(self) -> None:
         pass
 
+    async def fsync(self) -> None:
+        await self.flush()
+
+    async def truncate(self, size: int) -> None:
+        """ftruncate(2) on this descriptor; special files accept and ignore it."""
+        self.node.truncate(size)
+
     async def release(self) -> None:
         pass
 

@@ -83,6 +83,10 @@ class Node:
     def truncate(self, size: int) -> None:
         """Called for O_TRUNC and truncate(2). Special files accept and ignore it."""
 
+    async def atruncate(self, size: int) -> None:
+        """truncate(2) by path; files backed by storage override this."""
+        self.truncate(size)
+
     def detach(self) -> None:
         """The path no longer exists; the inode lives on until the kernel forgets it."""
         self.detached = True
@@ -90,6 +94,10 @@ class Node:
 
 
 class Dir(Node):
+    """A directory. The synchronous ``children``/``lookup`` serve fixed and in-memory trees;
+    trees backed by I/O (search results) override the async ``list``/``find`` instead. The
+    namespace operations are refused unless a subclass allows them."""
+
     mode = stat.S_IFDIR | 0o755
 
     def children(self) -> dict[str, Node]:
@@ -101,11 +109,35 @@ class Dir(Node):
         except KeyError:
             raise fuse_error(errno.ENOENT) from None
 
+    async def list(self) -> list[Node]:
+        """What readdir shows (magic entries such as ``.search`` may be left out)."""
+        return list(self.children().values())
+
+    async def find(self, name: str) -> Node:
+        """What lookup finds (magic entries included)."""
+        return self.lookup(name)
+
     async def mkdir(self, name: str, mode: int, ctx: pyfuse3.RequestContext) -> Node:
         raise fuse_error(errno.EACCES)
 
     async def rmdir(self, name: str, ctx: pyfuse3.RequestContext) -> None:
-        self.lookup(name)
+        await self.find(name)
+        raise fuse_error(errno.EACCES)
+
+    async def create(
+        self, name: str, mode: int, flags: int, ctx: pyfuse3.RequestContext
+    ) -> tuple[Node, Handle]:
+        if name in self.children():
+            raise fuse_error(errno.EEXIST)
+        raise fuse_error(errno.EACCES)
+
+    async def unlink(self, name: str, ctx: pyfuse3.RequestContext) -> None:
+        node = await self.find(name)
+        raise fuse_error(errno.EISDIR if node.is_dir else errno.EACCES)
+
+    async def rename_from(
+        self, name: str, new_parent: Dir, new_name: str, flags: int, ctx: pyfuse3.RequestContext
+    ) -> None:
         raise fuse_error(errno.EACCES)
 
     def detach(self) -> None:
@@ -203,6 +235,19 @@ def check_access(node: Node, flags: int) -> None:
     """Refuse writes to read-only files even for root, who bypasses permission bits."""
     if flags & os.O_ACCMODE != os.O_RDONLY and not node.writable:
         raise fuse_error(errno.EACCES)
+
+
+class Symlink(Node):
+    """A symbolic link (search results point at the files they found)."""
+
+    mode = stat.S_IFLNK | 0o777
+
+    def __init__(self, fs: AiosFS, name: str, parent: Dir, target: str) -> None:
+        super().__init__(fs, name, parent)
+        self.target = target
+
+    def size(self) -> int:
+        return len(self.target.encode())
 
 
 class Inodes:

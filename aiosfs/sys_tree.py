@@ -54,6 +54,8 @@ def build_sys(fs: AiosFS, parent: Dir) -> StaticDir:
         "models": lambda: as_json(kernel.models_info()),
         "queue": lambda: as_json(kernel.queue_info()),
         "context": lambda: as_json(kernel.context_info()),
+        "mem": lambda: as_json(kernel.memory.info()),
+        "store": lambda: as_json(kernel.storage.info()),
         "stats": lambda: as_json(stats()),
         "status": lambda: as_json(status()),
     }

@@ -35,6 +35,13 @@ class KernelConfig:
     prefix_cache_mb: int = 256  # KV of earlier prompts kept for reuse, per model
     context_mb: int = 512  # RAM for snapshots of preempted sequences; beyond it, disk
     threads: int = 0  # torch threads per model; 0 = all cores
+    mem_agent_mb: int = 16  # RAM for one agent's memory blocks; beyond it, K-LRU eviction
+    mem_total_mb: int = 128  # RAM for all agents' memory blocks
+    mem_k: int = 2  # the K of K-LRU
+    store_versions: int = 20  # earlier versions kept per file in /store
+    store_max_file_mb: int = 64  # a bigger file in /store fails with EFBIG
+    store_embedder: str = "minilm"  # "minilm" (all-MiniLM-L6-v2) or "hashing" (no model)
+    store_index: bool = True  # run the background indexer
     data_dir: Path = field(default_factory=default_data_dir)
     cache_dir: Path = field(default_factory=default_cache_dir)
     max_syscall_bytes: int = 1 << 20  # a bigger syscall write fails with EFBIG
@@ -82,6 +89,11 @@ class KernelConfig:
             raise InvalidArgument(
                 f"unknown scheduler {cfg.scheduler!r}; available: {', '.join(POLICIES)}"
             )
+        if cfg.store_embedder not in ("minilm", "hashing"):
+            raise InvalidArgument("store_embedder must be minilm or hashing")
+        for key in ("mem_agent_mb", "mem_total_mb", "mem_k", "store_versions", "store_max_file_mb"):
+            if not isinstance(getattr(cfg, key), int) or getattr(cfg, key) < 1:
+                raise InvalidArgument(f"{key} must be a positive integer")
         for key in ("prefix_cache_mb", "context_mb", "threads"):
             if not isinstance(getattr(cfg, key), int) or getattr(cfg, key) < 0:
                 raise InvalidArgument(f"{key} must be a non-negative integer")

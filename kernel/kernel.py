@@ -23,7 +23,7 @@ import errno
 import itertools
 import logging
 import time
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from typing import Any
 
@@ -48,10 +48,13 @@ from kernel.llm.core import LLMCore, TransformersCore
 from kernel.llm.engine import Engine
 from kernel.llm.models import resolve_model
 from kernel.llm.request import GenerationRequest, SamplingParams, Update
+from kernel.memory import MemoryManager
 from kernel.names import validate_agent_name
 from kernel.results import Result, ResultState
 from kernel.scheduler import SCHEDULERS
-from kernel.syscalls import LLMCall, Message, SyscallLimits, parse_syscall
+from kernel.services import Services
+from kernel.storage import StorageManager
+from kernel.syscalls import LLMCall, Message, SyscallLimits, ToolCall, parse_syscall
 
 log = logging.getLogger(__name__)
 
@@ -86,6 +89,7 @@ class Kernel:
         self._request_ids = itertools.count(1)
         self._inflight: dict[int, Inflight] = {}  # by request id
         self._trio_token: trio.lowlevel.TrioToken | None = None
+        self.services: Services | None = None  # memory and storage, made by start()
         self.started_at = time.time()
         self.stopping = False
         self.counts = {"submitted": 0, "done": 0, "failed": 0, "cancelled": 0, "invalid": 0}
@@ -107,6 +111,30 @@ class Kernel:
             if not self.default_model:
                 self.default_model = core.name
             engine.start()
+        cfg = self.config
+        memory = MemoryManager(
+            cfg.data_dir / "mem", cfg.mem_agent_mb << 20, cfg.mem_total_mb << 20, cfg.mem_k
+        )
+        storage = await trio.to_thread.run_sync(
+            lambda: StorageManager(
+                cfg.data_dir / "store.db",
+                cfg.store_versions,
+                cfg.store_max_file_mb << 20,
+                cfg.store_embedder,
+                cfg.store_index,
+            )
+        )
+        self.services = Services(memory, storage)
+
+    @property
+    def memory(self) -> MemoryManager:
+        assert self.services is not None, "the kernel is not started"
+        return self.services.memory
+
+    @property
+    def storage(self) -> StorageManager:
+        assert self.services is not None, "the kernel is not started"
+        return self.services.storage
 
     async def wait_loaded(self) -> None:
         """Wait until every engine finished loading (successfully or not)."""
@@ -124,6 +152,9 @@ class Kernel:
             agent.notify()
         engines = list(self.engines.values())
         await trio.to_thread.run_sync(lambda: [e.stop() for e in engines])
+        if self.services is not None:
+            await self.services.mem(self.services.memory.flush_all)
+            await self.services.store(self.services.storage.close)
 
     def _check_running(self) -> None:
         if self.stopping:
@@ -138,6 +169,8 @@ class Kernel:
             raise AlreadyExists(f"agent {name!r} exists")
         agent = Agent(name, uid, gid, self.config.results_keep)
         self.agents[name] = agent
+        if self.services is not None:
+            self.memory.ensure_agent(name)  # mem/NAME appears with the agent
         log.info("agent %s created by uid %d", name, uid)
         return agent
 
@@ -179,15 +212,57 @@ class Kernel:
             e.result = result  # type: ignore[attr-defined]
             raise
         call = result.syscall
-        if isinstance(call, LLMCall) and call.chat:
-            if agent.chat_active is None:
-                self._start_llm(agent, result)
-            else:
-                agent.chat_backlog.append(result)
+        if isinstance(call, ToolCall):
+            self._spawn(agent, result, self._run_tool)
+        elif call.chat and agent.chat_active is not None:
+            agent.chat_backlog.append(result)
         else:
-            self._start_llm(agent, result)
+            self._dispatch(agent, result)
         agent.notify()
         return result
+
+    def _dispatch(self, agent: Agent, result: Result) -> None:
+        """Start an llm call: at once, or after fetching the context its fields ask for."""
+        call = result.syscall
+        assert isinstance(call, LLMCall)
+        if call.chat:
+            agent.chat_active = result  # the next turn waits for this one, context and all
+        if call.memory or call.retrieve is not None:
+            self._spawn(agent, result, self._gather_then_start)
+        else:
+            self._start_llm(agent, result)
+
+    def _spawn(
+        self, agent: Agent, result: Result, fn: Callable[[Agent, Result], Awaitable[None]]
+    ) -> None:
+        """Run an async step of a syscall; its failure fails the syscall, never the kernel."""
+
+        async def guarded() -> None:
+            try:
+                await fn(agent, result)
+            except KernelError as e:
+                self._finish(agent, result, ResultState.FAILED, e.message, e.errno)
+            except Exception as e:
+                log.exception("syscall %s/%d failed", agent.name, result.id)
+                self._finish(agent, result, ResultState.FAILED, f"internal error: {e}", errno.EIO)
+            agent.notify()
+
+        trio.lowlevel.spawn_system_task(guarded)
+
+    async def _run_tool(self, agent: Agent, result: Result) -> None:
+        assert self.services is not None and isinstance(result.syscall, ToolCall)
+        result.mark_running()
+        text = await self.services.run(agent.name, result.syscall)
+        if not result.finished:
+            result.append(text)
+            self._finish(agent, result, ResultState.DONE, reason="done")
+
+    async def _gather_then_start(self, agent: Agent, result: Result) -> None:
+        assert self.services is not None and isinstance(result.syscall, LLMCall)
+        context, sources = await self.services.context(agent.name, result.syscall)
+        result.sources = sources
+        if not result.finished and not self.stopping:  # not cancelled meanwhile
+            self._start_llm(agent, result, context)
 
     def check_syscall(self, data: bytes) -> None:
         """Validate without submitting (raises InvalidArgument / TooLarge)."""
@@ -208,7 +283,8 @@ class Kernel:
         agent.notify()
         return result
 
-    def _start_llm(self, agent: Agent, result: Result) -> None:
+    def _start_llm(self, agent: Agent, result: Result, context: str = "") -> None:
+        """Hand an llm call to its model's engine; ``context`` goes in front of the prompt."""
         call = result.syscall
         assert isinstance(call, LLMCall)
         cfg = agent.config
@@ -233,11 +309,19 @@ class Kernel:
         )
         if call.messages is not None:
             messages = tuple(m.as_dict() for m in call.messages)
+            if context:  # in front of the last user message
+                last = len(messages) - 1 - [m["role"] for m in messages][::-1].index("user")
+                messages = (
+                    *messages[:last],
+                    {"role": "user", "content": f"{context}\n\n{messages[last]['content']}"},
+                    *messages[last + 1 :],
+                )
             history: tuple[dict[str, str], ...] = ()
             system = None
         else:
             assert call.prompt is not None
-            messages = (Message("user", call.prompt).as_dict(),)
+            prompt = f"{context}\n\nQuestion: {call.prompt}" if context else call.prompt
+            messages = (Message("user", prompt).as_dict(),)
             history = tuple(m.as_dict() for m in agent.conversation.messages) if call.chat else ()
             system = call.system if call.system is not None else cfg.system
         request = GenerationRequest(
@@ -249,8 +333,6 @@ class Kernel:
             system=system,
             priority=cfg.priority,
         )
-        if call.chat:
-            agent.chat_active = result
         self._inflight[request.request_id] = Inflight(
             agent, result, engine, agent.conversation.epoch
         )
@@ -338,7 +420,7 @@ class Kernel:
             while agent.chat_backlog and agent.chat_active is None and not self.stopping:
                 nxt = agent.chat_backlog.popleft()
                 if not nxt.finished:
-                    self._start_llm(agent, nxt)
+                    self._dispatch(agent, nxt)
 
     def cancel(self, name: str, reason: str = "cancelled") -> int:
         """Cancel every queued and running syscall of an agent; returns how many."""
@@ -518,5 +600,7 @@ class Kernel:
             "queue": self.queue_info(),
             "stats": self.stats(),
             "context": self.context_info(),
+            "mem": self.memory.info() if self.services else None,
+            "store": self.storage.info() if self.services else None,
             "agents": {name: self.agent_status(name) for name in self.agents},
         }

@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import enum
 import errno
+import json
 import time
 from typing import Any
 
@@ -56,6 +57,7 @@ class Result:
         # skipped by ``out``; releasing the descriptor unreserves what it never read.
         self.reserved = reserved
         self.delivered = False
+        self.sources: list[str] = []  # memory files and store passages put in the prompt
         self.changed = ChangeSignal()
 
     # ---- state changes (trio thread only) ---------------------------------------------------
@@ -119,7 +121,10 @@ class Result:
         call = self.syscall
         if call is None:
             return None
-        text = call.prompt if call.prompt is not None else call.messages[-1].content
+        if not hasattr(call, "prompt"):  # a memory or storage call: show its fields
+            text = json.dumps(call.args, ensure_ascii=False)
+        else:
+            text = call.prompt if call.prompt is not None else call.messages[-1].content
         return text if len(text) <= limit else text[: limit - 1] + "…"
 
     def meta(self) -> dict[str, Any]:
@@ -145,4 +150,5 @@ class Result:
             "time_to_first_token_s": None if ttft is None else round(ttft, 4),
             "latency_s": None if latency is None else round(latency, 4),
             "delivered": self.delivered,
+            "sources": self.sources,
         }

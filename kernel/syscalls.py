@@ -55,11 +55,32 @@ class LLMCall:
     repetition_penalty: float | None = None
     stop: tuple[str, ...] = ()
     seed: int | None = None
+    memory: tuple[str, ...] = ()  # the agent's memory files to put in front of the prompt
+    retrieve: Retrieve | None = None  # passages from /store to put in front of the prompt
 
     call = "llm"
 
 
-Syscall = LLMCall  # a Union once memory, storage and tool calls exist
+@dataclass(frozen=True)
+class Retrieve:
+    """Retrieval-augmented chat: the ``k`` passages of ``/store`` (below ``path``) closest to
+    ``query`` (default: the prompt) go in front of the prompt."""
+
+    query: str | None = None
+    k: int = 3
+    path: str = ""
+
+
+@dataclass(frozen=True)
+class ToolCall:
+    """A memory or storage syscall: ``call`` names the operation, ``args`` its checked fields.
+    The answer is text: file contents, ``ok …`` lines, or JSON lines for lists and hits."""
+
+    call: str
+    args: dict[str, Any]
+
+
+Syscall = LLMCall | ToolCall
 
 
 @dataclass(frozen=True)
@@ -211,6 +232,8 @@ def _parse_llm(obj: dict[str, Any], limits: SyscallLimits) -> LLMCall:
         "system": lambda v: _string("system", v),
         "stop": _stop,
         "seed": lambda v: _int("seed", v, 0, 2**63 - 1),
+        "memory": _memory_paths,
+        "retrieve": _retrieve,
         **sampling_fields(limits),
     }
     fields: dict[str, Any] = {}
@@ -225,6 +248,12 @@ def _parse_llm(obj: dict[str, Any], limits: SyscallLimits) -> LLMCall:
             fields[key] = checkers[key](value)
     if ("prompt" in fields) == ("messages" in fields):
         raise InvalidArgument('call "llm" needs exactly one of "prompt" or "messages"')
+    if (
+        fields.get("retrieve") is not None
+        and "messages" in fields
+        and fields["retrieve"].query is None
+    ):
+        raise InvalidArgument('"retrieve" with "messages" needs its own "query"')
     if fields.get("chat") and "messages" in fields:
         raise InvalidArgument('"chat": true takes a "prompt" (one turn), not "messages"')
     if "system" in fields and "messages" in fields:
@@ -234,4 +263,99 @@ def _parse_llm(obj: dict[str, Any], limits: SyscallLimits) -> LLMCall:
     return LLMCall(**fields)
 
 
-CALLS: dict[str, Callable[[dict[str, Any], SyscallLimits], Syscall]] = {"llm": _parse_llm}
+def _path(field: str, value: Any, allow_root: bool = False) -> str:
+    path = _string(field, value).strip("/")
+    if not path and not allow_root:
+        raise InvalidArgument(f'field "{field}" must name a file')
+    if "\0" in path or any(p in (".", "..") for p in path.split("/")):
+        raise InvalidArgument(f'field "{field}" may not contain NUL, "." or ".." components')
+    return path
+
+
+def _memory_paths(value: Any) -> tuple[str, ...]:
+    if isinstance(value, str):
+        value = [value]
+    if not isinstance(value, list) or not value or len(value) > 32:
+        raise _fail_type("memory", "a file name or a list of up to 32", value)
+    return tuple(_path(f"memory[{i}]", v) for i, v in enumerate(value))
+
+
+def _retrieve(value: Any) -> Retrieve:
+    if value is True:
+        return Retrieve()
+    if isinstance(value, int) and not isinstance(value, bool):
+        return Retrieve(k=_int("retrieve", value, 1, 20))
+    if not isinstance(value, dict):
+        raise _fail_type("retrieve", "true, a number of passages or {query, k, path}", value)
+    unknown = set(value) - {"query", "k", "path"}
+    if unknown:
+        raise InvalidArgument(
+            f'unknown field "retrieve.{sorted(unknown)[0]}"; known: query, k, path'
+        )
+    return Retrieve(
+        query=_string("retrieve.query", value["query"]) if value.get("query") is not None else None,
+        k=_int("retrieve.k", value.get("k", 3), 1, 20),
+        path=_path("retrieve.path", value.get("path", ""), allow_root=True),
+    )
+
+
+def _text(field: str) -> Callable[[Any], str]:
+    return lambda v: _string(field, v)
+
+
+# Memory and storage calls: field -> (checker, required). All answer with text.
+TOOL_CALLS: dict[str, dict[str, tuple[Callable[[Any], Any], bool]]] = {
+    "mem_read": {"path": (lambda v: _path("path", v), True)},
+    "mem_write": {
+        "path": (lambda v: _path("path", v), True),
+        "content": (_text("content"), True),
+        "append": (lambda v: _bool("append", v), False),
+    },
+    "mem_list": {"path": (lambda v: _path("path", v, allow_root=True), False)},
+    "mem_delete": {"path": (lambda v: _path("path", v), True)},
+    "store_read": {"path": (lambda v: _path("path", v), True)},
+    "store_write": {
+        "path": (lambda v: _path("path", v), True),
+        "content": (_text("content"), True),
+    },
+    "store_search": {
+        "query": (_text("query"), True),
+        "k": (lambda v: _int("k", v, 1, 100), False),
+        "path": (lambda v: _path("path", v, allow_root=True), False),
+    },
+    "store_grep": {
+        "word": (_text("word"), True),
+        "k": (lambda v: _int("k", v, 1, 100), False),
+        "path": (lambda v: _path("path", v, allow_root=True), False),
+    },
+    "store_versions": {"path": (lambda v: _path("path", v), True)},
+    "store_rollback": {
+        "path": (lambda v: _path("path", v), True),
+        "version": (lambda v: _int("version", v, 1, 2**62), True),
+    },
+}
+
+
+def _parse_tool(obj: dict[str, Any], limits: SyscallLimits) -> ToolCall:
+    call = obj["call"]
+    spec = TOOL_CALLS[call]
+    args: dict[str, Any] = {}
+    for key, value in obj.items():
+        if key == "call":
+            continue
+        if key not in spec:
+            raise InvalidArgument(
+                f'unknown field "{key}" for call "{call}"; known: {", ".join(spec)}'
+            )
+        if value is not None:
+            args[key] = spec[key][0](value)
+    missing = [k for k, (_, required) in spec.items() if required and k not in args]
+    if missing:
+        raise InvalidArgument(f'call "{call}" needs "{missing[0]}"')
+    return ToolCall(call, args)
+
+
+CALLS: dict[str, Callable[[dict[str, Any], SyscallLimits], Syscall]] = {
+    "llm": _parse_llm,
+    **{name: _parse_tool for name in TOOL_CALLS},
+}

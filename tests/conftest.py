@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import tempfile
 from collections.abc import AsyncIterator
 
 import pytest
@@ -20,8 +21,14 @@ def tiny_core() -> LLMCore:
 
 
 def make_kernel(core: LLMCore, **config: object) -> Kernel:
-    """A kernel on an already loaded core (``model`` defaults to tiny-random)."""
-    settings = {"model": "tiny-random", **config}
+    """A kernel on an already loaded core (``model`` defaults to tiny-random), with its data
+    (memory, store) in a fresh temporary directory and the model-free hashing embedder."""
+    settings = {
+        "model": "tiny-random",
+        "data_dir": tempfile.mkdtemp(prefix="aiosfs-test-"),
+        "store_embedder": "hashing",
+        **config,
+    }
     return Kernel(KernelConfig().with_overrides(**settings), lambda _n, _c: core)
 
 

@@ -76,10 +76,9 @@ async def test_contexts_spilled_to_disk_resume_exactly(tiny_core: LLMCore, tmp_p
 async def test_contexts_that_cannot_be_spilled_are_recomputed(
     tiny_core: LLMCore, tmp_path: Path
 ) -> None:
-    blocked = tmp_path / "not-a-dir"
-    blocked.write_text("a file where the swap directory should be")
+    (tmp_path / "swap").write_text("a file where the swap directory should be")
     out, info = await run(
-        tiny_core, scheduler="rr", max_running=4, quantum=3, context_mb=0, data_dir=blocked
+        tiny_core, scheduler="rr", max_running=4, quantum=3, context_mb=0, data_dir=tmp_path
     )
     assert info["contexts"]["drops"] > 0
     assert all(b.endswith(b"\n") and b"error" not in b for b in out)

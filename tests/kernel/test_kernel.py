@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+from pathlib import Path
 
 import pytest
 import trio
@@ -289,8 +290,9 @@ class BrokenCore:
         return {"name": self.name}
 
 
-async def test_a_model_that_fails_to_load_fails_its_requests() -> None:
-    k = Kernel(KernelConfig(model="broken"), lambda _n, _c: BrokenCore())
+async def test_a_model_that_fails_to_load_fails_its_requests(tmp_path: Path) -> None:
+    config = KernelConfig(model="broken", data_dir=tmp_path, store_embedder="hashing")
+    k = Kernel(config, lambda _n, _c: BrokenCore())
     await k.start()
     await k.wait_loaded()
     assert k.models_info()["broken"]["state"] == "failed"

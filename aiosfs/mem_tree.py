@@ -1,0 +1,222 @@
+"""``mem/``: every agent's managed memory as an ordinary directory tree.
+
+    mem/AGENT/              appears with the agent (and stays after it is removed)
+    mem/AGENT/any/path      files and directories: create, write at offsets, append, read,
+                            truncate, rename, unlink, mkdir, rmdir, ls -l
+
+Reads and writes go to the kernel's memory manager, which keeps blocks in RAM within budgets
+(K-LRU eviction to disk) and saves a file when its writer closes or fsyncs it. Content calls run
+on the manager's worker thread; metadata (stat, listing) is read directly from the data dir.
+"""
+
+from __future__ import annotations
+
+import errno
+import os
+import stat
+import time
+from collections.abc import Callable
+from typing import TYPE_CHECKING, Any, TypeVar
+
+import pyfuse3
+
+from aiosfs.handles import Handle
+from aiosfs.nodes import Dir, Node, check_access, fuse_error
+from kernel.memory import TMP_SUFFIX, MemoryManager, check_name
+
+if TYPE_CHECKING:
+    from aiosfs.fs import AiosFS
+
+
+T = TypeVar("T")
+
+
+def join(rel: str, name: str) -> str:
+    return f"{rel}/{name}" if rel else name
+
+
+class MemNode:
+    """What mem files and directories share: their agent and path, and a way to the manager."""
+
+    fs: AiosFS
+    agent: str
+    rel: str
+
+    @property
+    def memory(self) -> MemoryManager:
+        return self.fs.kernel.memory
+
+    async def call(self, fn: Callable[..., T], *args: Any) -> T:
+        """Run a memory-manager call on its worker thread."""
+        return await self.fs.kernel.services.mem(fn, *args)
+
+
+def node_for(fs: AiosFS, parent: Dir, agent: str, rel: str, name: str) -> Node:
+    """The (cached) node for ``mem/agent/rel``, a file or a directory as the disk says."""
+    key = ("mem", agent, rel)
+    node = fs.path_nodes.get(key)
+    is_dir = fs.kernel.memory.is_dir(agent, rel)
+    if node is not None and not node.detached and node.is_dir == is_dir:
+        return node
+    node = MemDir(fs, name, parent, agent, rel) if is_dir else MemFile(fs, name, parent, agent, rel)
+    fs.path_nodes[key] = node
+    return node
+
+
+class MemRoot(Dir):
+    """``mem/``: one directory per agent that has (or had) memory."""
+
+    dynamic = True
+
+    def children(self) -> dict[str, Node]:
+        return {a: node_for(self.fs, self, a, "", a) for a in self.fs.kernel.memory.agents()}
+
+    async def mkdir(self, name: str, mode: int, ctx: pyfuse3.RequestContext) -> Node:
+        memory = self.fs.kernel.memory
+        if name in memory.agents():
+            raise fuse_error(errno.EEXIST)
+        memory.ensure_agent(name)
+        return node_for(self.fs, self, name, "", name)
+
+    async def rmdir(self, name: str, ctx: pyfuse3.RequestContext) -> None:
+        """``rm -r mem/NAME`` ends here, once the tree below is gone."""
+        node = self.lookup(name)
+        assert isinstance(node, MemDir)
+        await node.call(node.memory.rmdir, name, "")
+        node.detach()
+
+
+class MemDir(MemNode, Dir):
+    dynamic = True
+
+    def __init__(self, fs: AiosFS, name: str, parent: Dir, agent: str, rel: str) -> None:
+        Dir.__init__(self, fs, name, parent)
+        self.agent, self.rel = agent, rel
+        owner = fs.kernel.agents.get(agent)
+        if owner is not None:  # the agent's owner owns its memory
+            self.uid, self.gid = owner.uid, owner.gid
+        self.mode = stat.S_IFDIR | 0o755
+
+    def times_ns(self) -> int:
+        st = self.memory.stat(self.agent, self.rel)
+        return st.st_mtime_ns if st else time.time_ns()
+
+    def children(self) -> dict[str, Node]:
+        return {
+            name: node_for(self.fs, self, self.agent, join(self.rel, name), name)
+            for name in self.memory.listdir(self.agent, self.rel)
+        }
+
+    def lookup(self, name: str) -> Node:
+        if name.endswith(TMP_SUFFIX) or self.memory.stat(self.agent, join(self.rel, name)) is None:
+            raise fuse_error(errno.ENOENT)
+        return node_for(self.fs, self, self.agent, join(self.rel, name), name)
+
+    async def mkdir(self, name: str, mode: int, ctx: pyfuse3.RequestContext) -> Node:
+        check_name(name)
+        await self.call(self.memory.mkdir, self.agent, join(self.rel, name))
+        return self.lookup(name)
+
+    async def rmdir(self, name: str, ctx: pyfuse3.RequestContext) -> None:
+        node = self.lookup(name)
+        await self.call(self.memory.rmdir, self.agent, join(self.rel, name))
+        node.detach()
+
+    async def create(
+        self, name: str, mode: int, flags: int, ctx: pyfuse3.RequestContext
+    ) -> tuple[Node, Handle]:
+        check_name(name)
+        await self.call(self.memory.create, self.agent, join(self.rel, name))
+        node = self.lookup(name)
+        return node, await node.open(flags, ctx)
+
+    async def unlink(self, name: str, ctx: pyfuse3.RequestContext) -> None:
+        node = self.lookup(name)
+        if node.is_dir:
+            raise fuse_error(errno.EISDIR)
+        await self.call(self.memory.unlink, self.agent, join(self.rel, name))
+        node.detach()
+
+    async def rename_from(
+        self, name: str, new_parent: Dir, new_name: str, flags: int, ctx: pyfuse3.RequestContext
+    ) -> None:
+        if not isinstance(new_parent, MemDir):
+            raise fuse_error(errno.EXDEV)  # memory files move only within mem/
+        if flags:
+            raise fuse_error(errno.EINVAL)  # RENAME_NOREPLACE / RENAME_EXCHANGE: not supported
+        check_name(new_name)
+        node = self.lookup(name)
+        old_rel, new_rel = join(self.rel, name), join(new_parent.rel, new_name)
+        await self.call(self.memory.rename, self.agent, old_rel, new_parent.agent, new_rel)
+        # The kernel keeps the same inode under the new name: move the nodes, don't drop them.
+        replaced = self.fs.path_nodes.pop(("mem", new_parent.agent, new_rel), None)
+        if replaced is not None and replaced is not node:
+            replaced.detach()
+        below = [
+            k
+            for k in self.fs.path_nodes
+            if k[0] == "mem"
+            and k[1] == self.agent
+            and (k[2] == old_rel or k[2].startswith(old_rel + "/"))
+        ]
+        for key in below:
+            moved = self.fs.path_nodes.pop(key)
+            assert isinstance(moved, MemDir | MemFile)
+            moved.agent, moved.rel = new_parent.agent, new_rel + key[2][len(old_rel) :]
+            self.fs.path_nodes[("mem", moved.agent, moved.rel)] = moved
+        node.name, node.parent = new_name, new_parent
+
+
+class MemFile(MemNode, Node):
+    dynamic = True
+
+    def __init__(self, fs: AiosFS, name: str, parent: Dir, agent: str, rel: str) -> None:
+        Node.__init__(self, fs, name, parent)
+        self.agent, self.rel = agent, rel
+        self.mode = stat.S_IFREG | 0o644
+
+    def size(self) -> int:
+        st = self.memory.stat(self.agent, self.rel)
+        return self.memory.size(self.agent, self.rel, st) if st else 0
+
+    def times_ns(self) -> int:
+        st = self.memory.stat(self.agent, self.rel)
+        return st.st_mtime_ns if st else time.time_ns()
+
+    async def open(self, flags: int, ctx: pyfuse3.RequestContext) -> Handle:
+        check_access(self, flags)
+        if flags & os.O_TRUNC:
+            await self.atruncate(0)
+        return MemHandle(self, flags, ctx.pid)
+
+    async def atruncate(self, size: int) -> None:
+        await self.call(self.memory.truncate, self.agent, self.rel, size)
+
+
+class MemHandle(Handle):
+    """An open memory file: reads and writes at offsets; close (flush) saves it."""
+
+    direct_io = False  # an ordinary file: the page cache, mmap and sendfile work
+    keep_cache = False  # but never keep stale pages across opens
+
+    def __init__(self, node: MemFile, flags: int, pid: int) -> None:
+        super().__init__(node, flags, pid)
+        self.file = node
+
+    async def read(self, off: int, size: int) -> bytes:
+        f = self.file
+        return await f.call(f.memory.read, f.agent, f.rel, off, size)
+
+    async def write(self, off: int, buf: bytes) -> int:
+        if not self.writable:
+            raise fuse_error(errno.EBADF)
+        f = self.file
+        return await f.call(f.memory.write, f.agent, f.rel, off, buf)
+
+    async def truncate(self, size: int) -> None:
+        await self.file.atruncate(size)
+
+    async def flush(self) -> None:
+        if self.writable:
+            f = self.file
+            await f.call(f.memory.flush, f.agent, f.rel)

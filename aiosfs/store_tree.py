@@ -1,0 +1,439 @@
+"""``store/``: a persistent tree for everyone's documents, searchable by meaning.
+
+    store/any/path                ordinary files and directories (saved when the writer closes)
+    store/DIR/.search/QUERY/      the best matches for QUERY below DIR, ranked: links to the
+                                  files, named RANK-NAME; .summary has scores and passages
+    store/DIR/.grep/WORD/         files containing WORD below DIR, ranked, likewise
+    store/.versions/PATH/         the kept earlier versions of PATH: N (content), mtime = when
+
+``.search``, ``.grep`` and ``.versions`` are found by name but not listed, so ``find``, ``cp -r``
+and ``du`` never walk into them. Every call into the storage manager runs on its worker threads.
+"""
+
+from __future__ import annotations
+
+import errno
+import os
+import stat
+import time
+from collections.abc import Callable
+from typing import TYPE_CHECKING, Any, TypeVar
+
+import pyfuse3
+
+from aiosfs.handles import Handle
+from aiosfs.nodes import Dir, GeneratedFile, Node, Symlink, check_access, fuse_error
+from kernel.memory import check_name
+from kernel.storage import Hit, StorageManager, normalize
+
+if TYPE_CHECKING:
+    from aiosfs.fs import AiosFS
+
+T = TypeVar("T")
+MAGIC = (".search", ".grep", ".versions")
+SEARCH_RESULTS = 10
+RESULT_TTL = 2.0  # seconds a directory of search results is reused (ls -l looks up each entry)
+
+
+def join(path: str, name: str) -> str:
+    return f"{path}/{name}" if path else name
+
+
+class StoreNode:
+    fs: AiosFS
+
+    @property
+    def storage(self) -> StorageManager:
+        return self.fs.kernel.storage
+
+    async def call(self, fn: Callable[..., T], *args: Any) -> T:
+        """Run a storage call on a worker thread."""
+        return await self.fs.kernel.services.store(fn, *args)
+
+
+def node_for(fs: AiosFS, parent: Dir, path: str, name: str) -> Node:
+    entry = fs.kernel.storage.entry(path)
+    if entry is None:
+        raise fuse_error(errno.ENOENT)
+    key = ("store", path)
+    node = fs.path_nodes.get(key)
+    if node is not None and not node.detached and node.is_dir == (entry.kind == "dir"):
+        return node
+    node = (
+        StoreDir(fs, name, parent, path)
+        if entry.kind == "dir"
+        else StoreFile(fs, name, parent, path)
+    )
+    fs.path_nodes[key] = node
+    return node
+
+
+def forget_below(fs: AiosFS, path: str) -> None:
+    """Detach cached nodes at and below ``path`` (after a rename or removal)."""
+    for key in [
+        k
+        for k in fs.path_nodes
+        if k[0] == "store" and (k[1] == path or k[1].startswith(path + "/"))
+    ]:
+        fs.path_nodes.pop(key).detach()
+
+
+class StoreDir(StoreNode, Dir):
+    dynamic = True
+
+    def __init__(self, fs: AiosFS, name: str, parent: Dir | None, path: str) -> None:
+        Dir.__init__(self, fs, name, parent)
+        self.path = path
+        self.mode = stat.S_IFDIR | 0o777  # a shared tree, like /tmp without the sticky bit
+
+    def times_ns(self) -> int:
+        entry = self.storage.entry(self.path)
+        return int(entry.mtime * 1e9) if entry else time.time_ns()
+
+    def children(self) -> dict[str, Node]:
+        return {
+            name: node_for(self.fs, self, join(self.path, name), name)
+            for name in self.storage.listdir(self.path)
+        }
+
+    def lookup(self, name: str) -> Node:
+        if name in (".search", ".grep") or (name == ".versions" and not self.path):
+            key = ("magic", self.path, name)
+            node = self.fs.path_nodes.get(key)
+            if node is None or node.detached:
+                if name == ".versions":
+                    node = VersionsDir(self.fs, name, self, "")
+                else:
+                    node = QueryRoot(self.fs, name, self, self.path, name[1:])
+                self.fs.path_nodes[key] = node
+            return node
+        return node_for(self.fs, self, join(self.path, name), name)
+
+    async def find(self, name: str) -> Node:
+        return self.lookup(name)
+
+    def _child_path(self, name: str) -> str:
+        check_name(name)
+        return normalize(join(self.path, name))  # refuses reserved names such as .search
+
+    async def mkdir(self, name: str, mode: int, ctx: pyfuse3.RequestContext) -> Node:
+        await self.call(self.storage.mkdir, self._child_path(name))
+        return self.lookup(name)
+
+    async def rmdir(self, name: str, ctx: pyfuse3.RequestContext) -> None:
+        path = self._child_path(name)
+        await self.call(self.storage.rmdir, path)
+        forget_below(self.fs, path)
+
+    async def create(
+        self, name: str, mode: int, flags: int, ctx: pyfuse3.RequestContext
+    ) -> tuple[Node, Handle]:
+        await self.call(self.storage.create, self._child_path(name))
+        node = self.lookup(name)
+        return node, await node.open(flags, ctx)
+
+    async def unlink(self, name: str, ctx: pyfuse3.RequestContext) -> None:
+        path = self._child_path(name)
+        await self.call(self.storage.unlink, path)
+        forget_below(self.fs, path)
+
+    async def rename_from(
+        self, name: str, new_parent: Dir, new_name: str, flags: int, ctx: pyfuse3.RequestContext
+    ) -> None:
+        if not isinstance(new_parent, StoreDir):
+            raise fuse_error(errno.EXDEV)
+        if flags:
+            raise fuse_error(errno.EINVAL)  # RENAME_NOREPLACE / RENAME_EXCHANGE: not supported
+        old, new = self._child_path(name), new_parent._child_path(new_name)
+        node = self.lookup(name)
+        await self.call(self.storage.rename, old, new)
+        # The kernel keeps the same inode under the new name: move the nodes, don't drop them.
+        replaced = self.fs.path_nodes.get(("store", new))
+        if replaced is not None and replaced is not node:
+            forget_below(self.fs, new)
+        below = [
+            k
+            for k in self.fs.path_nodes
+            if k[0] == "store" and (k[1] == old or k[1].startswith(old + "/"))
+        ]
+        for key in below:
+            moved = self.fs.path_nodes.pop(key)
+            assert isinstance(moved, StoreDir | StoreFile)
+            moved.path = new + key[1][len(old) :]
+            self.fs.path_nodes[("store", moved.path)] = moved
+        node.name, node.parent = new_name, new_parent
+
+
+class StoreFile(StoreNode, Node):
+    dynamic = True
+
+    def __init__(self, fs: AiosFS, name: str, parent: Dir, path: str) -> None:
+        Node.__init__(self, fs, name, parent)
+        self.path = path
+        self.mode = stat.S_IFREG | 0o666
+        self.writers: set[StoreHandle] = set()
+
+    def size(self) -> int:
+        dirty = [len(h.buf) for h in self.writers if h.dirty]
+        if dirty:
+            return max(dirty)  # the writer's own view until it closes
+        entry = self.storage.entry(self.path)
+        return entry.size if entry else 0
+
+    def times_ns(self) -> int:
+        entry = self.storage.entry(self.path)
+        return int(entry.mtime * 1e9) if entry else time.time_ns()
+
+    async def open(self, flags: int, ctx: pyfuse3.RequestContext) -> Handle:
+        check_access(self, flags)
+        truncate = bool(flags & os.O_TRUNC)
+        content = b"" if truncate else await self.call(self.storage.read, self.path)
+        handle = StoreHandle(self, flags, ctx.pid, content, dirty=truncate)
+        if handle.writable:
+            self.writers.add(handle)
+        return handle
+
+    async def atruncate(self, size: int) -> None:
+        content = await self.call(self.storage.read, self.path)
+        content = content[:size] + b"\0" * max(0, size - len(content))
+        await self.call(self.storage.write, self.path, content, False)
+
+
+class StoreHandle(Handle):
+    """An open store file: a private copy of its content; close commits it as one version."""
+
+    direct_io = False
+    keep_cache = False
+
+    def __init__(self, node: StoreFile, flags: int, pid: int, content: bytes, dirty: bool) -> None:
+        super().__init__(node, flags, pid)
+        self.file = node
+        self.buf = bytearray(content)
+        # dirty: differs from what is stored; written: by write() since the last commit. A close
+        # commits what was written; a truncation alone (": > f") is committed at the last close,
+        # because shells close a duplicate of the descriptor between open(O_TRUNC) and write.
+        self.dirty = dirty and self.writable
+        self.written = False
+
+    async def read(self, off: int, size: int) -> bytes:
+        return bytes(self.buf[off : off + size])
+
+    async def write(self, off: int, data: bytes) -> int:
+        if not self.writable:
+            raise fuse_error(errno.EBADF)
+        limit = self.file.storage.max_file_bytes
+        if off + len(data) > limit:
+            raise fuse_error(errno.EFBIG)
+        if off > len(self.buf):
+            self.buf.extend(b"\0" * (off - len(self.buf)))
+        self.buf[off : off + len(data)] = data
+        self.dirty = self.written = True
+        return len(data)
+
+    async def truncate(self, size: int) -> None:
+        if not self.writable:
+            await self.file.atruncate(size)
+            return
+        del self.buf[size:]
+        self.buf.extend(b"\0" * max(0, size - len(self.buf)))
+        self.dirty = self.written = True  # ftruncate is an explicit change: commit at close
+
+    async def _commit(self) -> None:
+        await self.file.call(self.file.storage.write, self.file.path, bytes(self.buf), False)
+        self.dirty = self.written = False
+
+    async def flush(self) -> None:
+        if self.written:
+            await self._commit()
+
+    async def fsync(self) -> None:
+        if self.dirty:
+            await self._commit()
+        await self.file.call(self.file.storage.sync)
+
+    async def release(self) -> None:
+        try:
+            if self.dirty:
+                await self._commit()
+        finally:
+            self.file.writers.discard(self)
+
+
+# ---- search and grep --------------------------------------------------------------------------
+
+
+class QueryRoot(StoreNode, Dir):
+    """``DIR/.search/`` or ``DIR/.grep/``: any name below it is a query."""
+
+    def __init__(self, fs: AiosFS, name: str, parent: Dir, under: str, kind: str) -> None:
+        Dir.__init__(self, fs, name, parent)
+        self.under, self.kind = under, kind
+        self.mode = stat.S_IFDIR | 0o555
+
+    def children(self) -> dict[str, Node]:
+        return {}  # queries are looked up, not listed
+
+    def lookup(self, name: str) -> Node:
+        key = ("query", self.under, self.kind, name)
+        node = self.fs.path_nodes.get(key)
+        if isinstance(node, Results) and not node.detached:
+            return node
+        node = Results(self.fs, name, self, self.under, self.kind, name)
+        self.fs.path_nodes[key] = node
+        return node
+
+    async def find(self, name: str) -> Node:
+        return self.lookup(name)
+
+
+class Results(StoreNode, Dir):
+    """The ranked matches of one query: ``RANK-NAME`` links and ``.summary``."""
+
+    dynamic = True
+
+    def __init__(self, fs: AiosFS, name: str, parent: Dir, under: str, kind: str, query: str):
+        Dir.__init__(self, fs, name, parent)
+        self.under, self.kind, self.query = under, kind, query
+        self.mode = stat.S_IFDIR | 0o555
+        self.hits: list[Hit] = []
+        self.fetched = 0.0
+        self.entries: dict[str, Node] = {}
+
+    async def _refresh(self) -> None:
+        if time.monotonic() - self.fetched < RESULT_TTL:
+            return
+        s = self.storage
+        fn = s.search if self.kind == "search" else s.grep
+        self.hits = await self.call(fn, self.query, SEARCH_RESULTS, self.under)
+        self.fetched = time.monotonic()
+        for node in self.entries.values():
+            node.detach()
+        self.entries = {}
+        for rank, hit in enumerate(self.hits, 1):
+            rel = hit.path[len(self.under) + 1 :] if self.under else hit.path
+            link = f"{rank}-{hit.path.rsplit('/', 1)[-1]}"
+            self.entries[link] = Symlink(self.fs, link, self, "../../" + rel)
+        self.entries[".summary"] = GeneratedFile(self.fs, ".summary", self, self.summary)
+
+    def summary(self) -> bytes:
+        what = "meaning" if self.kind == "search" else "word"
+        lines = [f"{self.kind} for {self.query!r} (by {what}) in store/{self.under}"]
+        if not self.hits:
+            pending = self.storage.pending()
+            lines.append(
+                "no matches" + (f" yet ({pending} files waiting to be indexed)" if pending else "")
+            )
+        for rank, hit in enumerate(self.hits, 1):
+            passage = " ".join(hit.passage.split())
+            if len(passage) > 300:
+                passage = passage[:299] + "…"
+            lines.append(f"{rank}. {hit.path}  (score {hit.score:.3f})\n   {passage}")
+        return ("\n".join(lines) + "\n").encode()
+
+    def children(self) -> dict[str, Node]:
+        return self.entries
+
+    async def list(self) -> list[Node]:
+        await self._refresh()
+        return list(self.entries.values())
+
+    async def find(self, name: str) -> Node:
+        if name not in self.entries:
+            await self._refresh()
+        return self.lookup(name)
+
+
+# ---- versions ---------------------------------------------------------------------------------
+
+
+class VersionsDir(StoreNode, Dir):
+    """``.versions/PREFIX/``: the paths below PREFIX that have earlier versions."""
+
+    dynamic = True
+
+    def __init__(self, fs: AiosFS, name: str, parent: Dir, prefix: str) -> None:
+        Dir.__init__(self, fs, name, parent)
+        self.prefix = prefix
+        self.mode = stat.S_IFDIR | 0o555
+
+    async def _names(self) -> dict[str, bool]:
+        """Immediate names below the prefix -> True if that name itself has versions."""
+        paths = await self.call(self.storage.versioned_paths, self.prefix)
+        names: dict[str, bool] = {}
+        for p in paths:
+            rest = p[len(self.prefix) + 1 :] if self.prefix else p
+            head, _, tail = rest.partition("/")
+            names[head] = names.get(head, False) or not tail
+        return names
+
+    async def list(self) -> list[Node]:
+        return [await self.find(n) for n in await self._names()]
+
+    async def find(self, name: str) -> Node:
+        names = await self._names()
+        if name not in names:
+            raise fuse_error(errno.ENOENT)
+        path = join(self.prefix, name)
+        key = ("versions", path, names[name])
+        node = self.fs.path_nodes.get(key)
+        if node is None or node.detached:
+            node = (
+                VersionList(self.fs, name, self, path)
+                if names[name]
+                else VersionsDir(self.fs, name, self, path)
+            )
+            self.fs.path_nodes[key] = node
+        return node
+
+
+class VersionList(StoreNode, Dir):
+    """``.versions/PATH/``: one read-only file per kept version, named by its number."""
+
+    dynamic = True
+
+    def __init__(self, fs: AiosFS, name: str, parent: Dir, path: str) -> None:
+        Dir.__init__(self, fs, name, parent)
+        self.path = path
+        self.mode = stat.S_IFDIR | 0o555
+        self.entries: dict[str, VersionFile] = {}
+
+    async def list(self) -> list[Node]:
+        rows = await self.call(self.storage.versions, self.path)
+        current = {str(v) for v, _, _ in rows}
+        for name in [n for n in self.entries if n not in current]:
+            self.entries.pop(name).detach()
+        for version, mtime, size in rows:
+            if str(version) not in self.entries:
+                self.entries[str(version)] = VersionFile(
+                    self.fs, str(version), self, self.path, version, mtime, size
+                )
+        return list(self.entries.values())
+
+    async def find(self, name: str) -> Node:
+        if name not in self.entries:
+            await self.list()
+        try:
+            return self.entries[name]
+        except KeyError:
+            raise fuse_error(errno.ENOENT) from None
+
+
+class VersionFile(StoreNode, Node):
+    mode = stat.S_IFREG | 0o444
+
+    def __init__(
+        self, fs: AiosFS, name: str, parent: Dir, path: str, version: int, mtime: float, size: int
+    ) -> None:
+        Node.__init__(self, fs, name, parent)
+        self.path, self.version, self._size = path, version, size
+        self.mtime_ns = int(mtime * 1e9)
+
+    def size(self) -> int:
+        return self._size
+
+    async def open(self, flags: int, ctx: pyfuse3.RequestContext) -> Handle:
+        from aiosfs.handles import BytesHandle
+
+        check_access(self, flags)
+        content = await self.call(self.storage.version_content, self.path, self.version)
+        return BytesHandle(self, flags, ctx.pid, lambda: content, None, direct_io=False)

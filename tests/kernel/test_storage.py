@@ -1,0 +1,117 @@
+"""The storage manager: transactions, versions, index and search (model-free embedder)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from kernel.errors import AlreadyExists, InvalidArgument, NotFound, TooLarge
+from kernel.memory import IsADirectory, NameTooLong, NotEmpty
+from kernel.storage import StorageManager, chunk_text
+
+
+def sm(tmp_path: Path, **kw: object) -> StorageManager:
+    return StorageManager(tmp_path / "store.db", embedder="hashing", **kw)  # type: ignore[arg-type]
+
+
+def test_files_directories_and_errors(tmp_path: Path) -> None:
+    s = sm(tmp_path)
+    s.mkdir("docs")
+    s.write("docs/a.txt", b"alpha")
+    assert s.read("docs/a.txt") == b"alpha"
+    assert s.listdir("") == ["docs"] and s.listdir("docs") == ["a.txt"]
+    assert s.entry("docs/a.txt").size == 5
+    with pytest.raises(AlreadyExists):
+        s.mkdir("docs")
+    with pytest.raises(NotEmpty):
+        s.rmdir("docs")
+    with pytest.raises(IsADirectory):
+        s.write("docs", b"x")
+    with pytest.raises(NotFound):
+        s.write("nodir/x", b"x")
+    for bad in ("../x", "docs/../../x", "a\0b", "docs/.search"):
+        with pytest.raises(InvalidArgument):
+            s.write(bad, b"x")
+    with pytest.raises(NameTooLong):
+        s.write("n" * 300, b"x")
+    s.close()
+
+
+def test_size_limit_leaves_the_old_content(tmp_path: Path) -> None:
+    s = sm(tmp_path, max_file_bytes=10)
+    s.write("f", b"small")
+    with pytest.raises(TooLarge):
+        s.write("f", b"x" * 11)
+    assert s.read("f") == b"small"
+    s.close()
+
+
+def test_versions_rollback_and_bound(tmp_path: Path) -> None:
+    s = sm(tmp_path, versions_keep=3)
+    for i in range(1, 7):
+        s.write("note", f"v{i}".encode())
+    kept = s.versions("note")
+    assert [v for v, _, _ in kept] == [3, 4, 5]  # the newest 3 earlier versions
+    assert s.version_content("note", 4) == b"v4"
+    entry = s.rollback("note", 4)
+    assert s.read("note") == b"v4" and entry.version == 7
+    assert s.version_content("note", 6) == b"v6"  # rolling back lost nothing
+    s.unlink("note")
+    assert "note" in s.versioned_paths("")  # a deleted file can be restored
+    s.write("note", s.version_content("note", 7))
+    assert s.read("note") == b"v4"
+    s.close()
+
+
+def test_rename_moves_a_directory_with_its_history(tmp_path: Path) -> None:
+    s = sm(tmp_path)
+    s.mkdir("d")
+    s.write("d/f", b"1")
+    s.write("d/f", b"2")
+    s.rename("d", "e")
+    assert s.read("e/f") == b"2" and s.versions("e/f")[0][0] == 1
+    with pytest.raises(NotFound):
+        s.read("d/f")
+    s.close()
+
+
+def test_index_search_grep_and_no_stale_passages(tmp_path: Path) -> None:
+    s = sm(tmp_path)
+    s.mkdir("kb")
+    s.write("kb/paris.txt", b"Paris is the capital of France.")
+    s.write("kb/tokyo.txt", b"Tokyo is the capital of Japan and a huge city.")
+    s.write("other.txt", b"Bananas are yellow.")
+    assert s.wait_indexed(30)
+    hits = s.search("capital of Japan", k=2)
+    assert hits[0].path == "kb/tokyo.txt" and "Japan" in hits[0].passage
+    assert [h.path for h in s.search("bananas", under="kb")] == []  # narrowed to a subtree
+    assert [h.path for h in s.grep("yellow")] == ["other.txt"]
+    s.unlink("other.txt")
+    assert s.grep("yellow") == [] and all(h.path != "other.txt" for h in s.search("bananas"))
+    s.write("kb/paris.txt", b"Paris has the Louvre.")
+    assert s.wait_indexed(30)
+    assert s.grep("France") == []  # the old passage went with the old version
+    s.close()
+
+
+def test_everything_is_found_again_after_reopening(tmp_path: Path) -> None:
+    s = sm(tmp_path)
+    s.mkdir("d")
+    s.write("d/x", b"first words")
+    s.write("d/x", b"second words")
+    assert s.wait_indexed(30)
+    s.close()
+    again = sm(tmp_path)
+    assert again.read("d/x") == b"second words"
+    assert again.version_content("d/x", 1) == b"first words"
+    assert [h.path for h in again.grep("second")] == ["d/x"]
+    assert again.search("second words")[0].path == "d/x"
+    again.close()
+
+
+def test_chunks_cover_long_text_with_overlap() -> None:
+    text = " ".join(f"word{i}" for i in range(1000))
+    chunks = chunk_text(text)
+    assert len(chunks) > 5 and all(len(t) <= 800 for _, t in chunks)
+    assert chunks[-1][1].endswith("word999")
