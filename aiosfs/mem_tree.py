@@ -101,6 +101,19 @@ class MemDir(MemNode, Dir):
         st = self.memory.stat(self.agent, self.rel)
         return st.st_mtime_ns if st else time.time_ns()
 
+    def detach(self) -> None:
+        """Gone from disk already: detach the cached nodes below by path, not by listing."""
+        prefix = self.rel + "/" if self.rel else ""
+        below = [
+            k
+            for k in self.fs.path_nodes
+            if k[0] == "mem" and k[1] == self.agent and k[2] != self.rel and k[2].startswith(prefix)
+        ]
+        for key in below:
+            Node.detach(self.fs.path_nodes.pop(key))
+        self.fs.path_nodes.pop(("mem", self.agent, self.rel), None)
+        Node.detach(self)
+
     def children(self) -> dict[str, Node]:
         return {
             name: node_for(self.fs, self, self.agent, join(self.rel, name), name)
@@ -185,8 +198,8 @@ class MemFile(MemNode, Node):
 
     async def open(self, flags: int, ctx: pyfuse3.RequestContext) -> Handle:
         check_access(self, flags)
-        if flags & os.O_TRUNC:
-            await self.atruncate(0)
+        if flags & os.O_TRUNC:  # saved with what is written, at close
+            await self.call(self.memory.truncate, self.agent, self.rel, 0, False)
         return MemHandle(self, flags, ctx.pid)
 
     async def atruncate(self, size: int) -> None:

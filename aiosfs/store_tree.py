@@ -32,7 +32,6 @@ if TYPE_CHECKING:
 T = TypeVar("T")
 MAGIC = (".search", ".grep", ".versions")
 SEARCH_RESULTS = 10
-RESULT_TTL = 2.0  # seconds a directory of search results is reused (ls -l looks up each entry)
 
 
 def join(path: str, name: str) -> str:
@@ -69,13 +68,14 @@ def node_for(fs: AiosFS, parent: Dir, path: str, name: str) -> Node:
 
 
 def forget_below(fs: AiosFS, path: str) -> None:
-    """Detach cached nodes at and below ``path`` (after a rename or removal)."""
+    """Detach cached nodes at and below ``path`` (after a removal), by path: the storage no
+    longer has them to list."""
     for key in [
         k
         for k in fs.path_nodes
         if k[0] == "store" and (k[1] == path or k[1].startswith(path + "/"))
     ]:
-        fs.path_nodes.pop(key).detach()
+        Node.detach(fs.path_nodes.pop(key))
 
 
 class StoreDir(StoreNode, Dir):
@@ -214,6 +214,7 @@ class StoreHandle(Handle):
         # because shells close a duplicate of the descriptor between open(O_TRUNC) and write.
         self.dirty = dirty and self.writable
         self.written = False
+        self.failed = 0  # errno of a write that failed: nothing of this descriptor is committed
 
     async def read(self, off: int, size: int) -> bytes:
         return bytes(self.buf[off : off + size])
@@ -221,8 +222,15 @@ class StoreHandle(Handle):
     async def write(self, off: int, data: bytes) -> int:
         if not self.writable:
             raise fuse_error(errno.EBADF)
+        if self.failed:
+            raise fuse_error(self.failed)
         limit = self.file.storage.max_file_bytes
         if off + len(data) > limit:
+            # Refuse the whole file, not just this chunk: committing the part below the limit
+            # at close would replace the old content with a truncated new one.
+            self.failed = errno.EFBIG
+            self.buf = bytearray()
+            self.dirty = self.written = False
             raise fuse_error(errno.EFBIG)
         if off > len(self.buf):
             self.buf.extend(b"\0" * (off - len(self.buf)))
@@ -243,17 +251,21 @@ class StoreHandle(Handle):
         self.dirty = self.written = False
 
     async def flush(self) -> None:
+        if self.failed:
+            raise fuse_error(self.failed)  # the close fails too; the stored file is unchanged
         if self.written:
             await self._commit()
 
     async def fsync(self) -> None:
+        if self.failed:
+            raise fuse_error(self.failed)
         if self.dirty:
             await self._commit()
         await self.file.call(self.file.storage.sync)
 
     async def release(self) -> None:
         try:
-            if self.dirty:
+            if self.dirty and not self.failed:
                 await self._commit()
         finally:
             self.file.writers.discard(self)
@@ -296,16 +308,18 @@ class Results(StoreNode, Dir):
         self.under, self.kind, self.query = under, kind, query
         self.mode = stat.S_IFDIR | 0o555
         self.hits: list[Hit] = []
-        self.fetched = 0.0
+        self.generation = -1  # of the store when the hits were fetched
         self.entries: dict[str, Node] = {}
 
     async def _refresh(self) -> None:
-        if time.monotonic() - self.fetched < RESULT_TTL:
-            return
+        """Fetch the hits again if anything that could change them happened since."""
         s = self.storage
+        if s.generation == self.generation:
+            return
+        generation = s.generation
         fn = s.search if self.kind == "search" else s.grep
         self.hits = await self.call(fn, self.query, SEARCH_RESULTS, self.under)
-        self.fetched = time.monotonic()
+        self.generation = generation
         for node in self.entries.values():
             node.detach()
         self.entries = {}

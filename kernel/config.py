@@ -57,7 +57,8 @@ class KernelConfig:
         except (OSError, tomllib.TOMLDecodeError) as e:
             raise InvalidArgument(f"cannot read config {path}: {e}") from None
         section = data.get("kernel", data)
-        return cls().with_overrides(**section, **overrides)
+        given = {k: v for k, v in overrides.items() if v is not None}  # flags win
+        return cls().with_overrides(**{**section, **given})
 
     def with_overrides(self, **values: Any) -> KernelConfig:
         known = {f.name: f for f in fields(self)}

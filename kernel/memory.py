@@ -295,7 +295,9 @@ class MemoryManager:
         self._enforce(agent, keep=(agent, path))
         return len(data)
 
-    def truncate(self, agent: str, path: str, size: int) -> None:
+    def truncate(self, agent: str, path: str, size: int, save: bool = True) -> None:
+        """Resize a block. ``save=False`` (O_TRUNC at open) leaves the disk copy alone until the
+        writer closes, so a crash in between keeps the last closed content."""
         block = self._block(agent, path)
         assert block.data is not None
         before = len(block.data)
@@ -305,7 +307,8 @@ class MemoryManager:
             block.data.extend(b"\0" * (size - before))
         block.dirty = True
         self._account(agent, size - before)
-        self.flush(agent, path)
+        if save:
+            self.flush(agent, path)
 
     def flush(self, agent: str, path: str) -> None:
         """Write a dirty block to disk (atomically: temp file, fsync, rename)."""

@@ -25,7 +25,9 @@ from __future__ import annotations
 
 import errno
 import logging
+import os
 import re
+import shutil
 import sqlite3
 import threading
 import time
@@ -225,6 +227,12 @@ class StorageManager:
         self._vec_paths: list[str] = []
         self._vecs = np.zeros((0, self.embedder.dim), dtype=np.float32)
         self._vec_dirty = True
+        self.generation = 0  # bumped whenever search results may change
+        # Ballast: space set aside on the store's disk, released when a delete finds the disk
+        # full (SQLite needs room even to delete), so removing files can always free space.
+        self.ballast = db_path.parent / "store.reserve"
+        self.ballast_bytes = 1 << 20
+        self._restore_ballast()
         self.indexed_chunks = 0
         self.index_seconds = 0.0
         self._stop = threading.Event()
@@ -240,6 +248,10 @@ class StorageManager:
         db = sqlite3.connect(self.db_path, check_same_thread=False, isolation_level=None)
         db.execute("PRAGMA journal_mode=WAL")
         db.execute("PRAGMA synchronous=NORMAL")  # WAL + NORMAL: commits survive a process crash
+        # Checkpoint often and keep the WAL file small, so that on a full disk the WAL is short
+        # and a delete fits in it; space freed by deletes is reused by the next writes.
+        db.execute("PRAGMA wal_autocheckpoint=256")
+        db.execute("PRAGMA journal_size_limit=4194304")
         db.execute("PRAGMA busy_timeout=10000")
         return db
 
@@ -249,8 +261,36 @@ class StorageManager:
         if self._indexer is not None:
             self._indexer.join(30)
         with self._lock:
-            self.db.execute("PRAGMA wal_checkpoint(TRUNCATE)")
+            try:
+                self.db.execute("PRAGMA wal_checkpoint(TRUNCATE)")
+            except sqlite3.Error as e:  # e.g. a full disk: the WAL stays, nothing is lost
+                log.warning("store checkpoint at close failed: %s", e)
             self.db.close()
+
+    def _restore_ballast(self) -> None:
+        if self.ballast.exists():
+            return
+        try:
+            if shutil.disk_usage(self.ballast.parent).free < 3 * self.ballast_bytes:
+                return  # not while space is short: try again after a later change
+            with open(self.ballast, "wb") as f:
+                f.write(b"\0" * self.ballast_bytes)
+                f.flush()
+                os.fsync(f.fileno())
+        except OSError:
+            self.ballast.unlink(missing_ok=True)
+
+    def _freeing(self, what: str, fn: Callable[[sqlite3.Connection], Any]) -> Any:
+        """A transaction that frees space (delete, rmdir): if the disk is too full even for it,
+        release the ballast and try once more."""
+        try:
+            return self._tx(what, fn)
+        except NoSpace:
+            if not self.ballast.exists():
+                raise
+            log.warning("disk full: releasing the store's ballast to %s", what)
+            self.ballast.unlink(missing_ok=True)
+            return self._tx(what, fn)
 
     # ---- the tree (in memory) ---------------------------------------------------------------
 
@@ -338,7 +378,7 @@ class StorageManager:
             raise NotADirectory(f"{path} is not a directory")
         if self._children.get(path):
             raise NotEmpty(f"{path} is not empty")
-        self._tx(
+        self._freeing(
             f"rmdir {path}", lambda db: db.execute("DELETE FROM files WHERE path = ?", (path,))
         )
         self._remove(path)
@@ -371,15 +411,26 @@ class StorageManager:
         if entry.kind == "dir":
             raise IsADirectory(f"{path} is a directory")
 
-        def tx(db: sqlite3.Connection) -> None:
-            self._keep_version(db, path)
+        def tx(db: sqlite3.Connection, keep: bool = True) -> None:
+            if keep:
+                self._keep_version(db, path)
             db.execute("DELETE FROM files WHERE path = ?", (path,))
             db.execute("DELETE FROM chunks WHERE path = ?", (path,))
             db.execute("DELETE FROM pending WHERE path = ?", (path,))
 
-        self._tx(f"unlink {path}", tx)
+        try:
+            self._tx(f"unlink {path}", tx)
+        except NoSpace:
+            # Keeping the last version needs room the disk does not have. Removing files must
+            # always work (it is how a full disk is fixed), so remove it without the copy.
+            log.warning("disk full: %s removed without keeping its last version", path)
+            self._freeing(f"unlink {path}", lambda db: tx(db, keep=False))
         self._remove(path)
+        self._changed()
+
+    def _changed(self) -> None:
         self._vec_dirty = True
+        self.generation += 1
 
     def rename(self, old: str, new: str) -> None:
         """Rename a file or a whole directory (replacing a file at ``new``), atomically."""
@@ -424,7 +475,7 @@ class StorageManager:
             self._remove(p)
         for p in sorted(moved, key=len):
             self._add(new + p[len(old) :], entries[p])
-        self._vec_dirty = True
+        self._changed()
 
     # ---- content ----------------------------------------------------------------------------
 
@@ -485,6 +536,7 @@ class StorageManager:
             )
 
         self._tx(f"write {path}", tx)
+        self._restore_ballast()
         for d in reversed(missing):
             self._add(d, Entry("dir", 0, now, 0))
         new = Entry("file", len(content), now, version)
@@ -606,7 +658,7 @@ class StorageManager:
             raise
         self.indexed_chunks += len(texts)
         self.index_seconds += time.perf_counter() - start
-        self._vec_dirty = True
+        self._changed()
 
     def _vectors(self) -> tuple[list[int], list[str], np.ndarray]:
         with self._vec_lock:

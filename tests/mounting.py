@@ -98,11 +98,27 @@ class Mount:
             return "(no log)"
 
 
+def write_config(tmp: Path, **settings: object) -> str:
+    """A --config TOML file with these [kernel] settings; returns its path."""
+    lines = ["[kernel]"]
+    for key, value in settings.items():
+        if isinstance(value, bool):
+            lines.append(f"{key} = {str(value).lower()}")
+        elif isinstance(value, str):
+            lines.append(f'{key} = "{value}"')
+        else:
+            lines.append(f"{key} = {value}")
+    path = tmp / "aiosfs.toml"
+    path.write_text("\n".join(lines) + "\n")
+    return str(path)
+
+
 def start_mount(
     tmp: Path, model: str = "tiny-random", *extra: str, ready_timeout: float = 180
 ) -> Mount:
     require_fuse()
     mp, data = tmp / "mnt", tmp / "data"
+    eventually(lambda: not os.path.ismount(mp), what="the previous mount to go")
     mp.mkdir(parents=True, exist_ok=True)
     data.mkdir(parents=True, exist_ok=True)
     log = tmp / "daemon.out"

@@ -56,3 +56,12 @@ def test_invalid_updates(data: bytes, message: str) -> None:
 def test_one_bad_line_rejects_the_whole_update() -> None:
     with pytest.raises(InvalidArgument):
         parse_config_update(b"max_tokens=5\nbogus=1\n")
+
+
+def test_kernel_config_file_and_flags_combine(tmp_path) -> None:
+    from kernel.config import KernelConfig
+
+    path = tmp_path / "k.toml"
+    path.write_text('[kernel]\nmax_running = 8\nscheduler = "rr"\n')
+    cfg = KernelConfig.from_toml(path, scheduler="fair", max_running=None)
+    assert cfg.max_running == 8 and cfg.scheduler == "fair"  # flags win, unset flags do not

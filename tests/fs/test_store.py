@@ -1,0 +1,259 @@
+"""store/: a persistent, versioned, searchable tree, through a real mount.
+
+These use the model-free hashing embedder (instant, shares-words similarity); semantic search
+with all-MiniLM-L6-v2 is tested in tests/e2e/test_semantic_search.py.
+"""
+
+from __future__ import annotations
+
+import errno
+import json
+import os
+import shutil
+import subprocess
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from tests.mounting import Mount, eventually, start_mount, stop_mount, write_config
+
+pytestmark = pytest.mark.mount
+
+
+@pytest.fixture(scope="module")
+def store_mount(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Mount]:
+    tmp = tmp_path_factory.mktemp("store")
+    cfg = write_config(tmp, store_embedder="hashing", store_versions=3, store_max_file_mb=1)
+    m = start_mount(tmp, "tiny-random", "--config", cfg)
+    try:
+        yield m
+    finally:
+        stop_mount(m)
+
+
+def indexed(m: Mount) -> None:
+    eventually(lambda: m.json("sys/store")["pending_index"] == 0, what="indexing")
+
+
+def ls(m: Mount, rel: str) -> list[str]:
+    """What ls shows (no dot-files such as .summary)."""
+    return sorted(n for n in os.listdir(m.p(rel)) if not n.startswith("."))
+
+
+def oserror(fn, *args) -> int:
+    with pytest.raises(OSError) as e:
+        fn(*args)
+    return e.value.errno
+
+
+def test_ordinary_file_operations(store_mount: Mount, tmp_path: Path) -> None:
+    m = store_mount
+    src = tmp_path / "big.bin"
+    src.write_bytes(os.urandom(300_000))
+    out = m.sh(f"""
+        mkdir -p store/ops/a/b
+        cp {src} store/ops/big.bin
+        cmp {src} store/ops/big.bin && echo same
+        echo one > store/ops/a/b/f.txt
+        echo two >> store/ops/a/b/f.txt
+        printf 'ZZ' | dd of=store/ops/a/b/f.txt bs=1 seek=1 conv=notrunc status=none
+        cat store/ops/a/b/f.txt
+        mv store/ops/a store/ops/moved
+        cat store/ops/moved/b/f.txt
+        truncate -s 2 store/ops/moved/b/f.txt; cat store/ops/moved/b/f.txt; echo
+        ls -l store/ops/big.bin | awk '{{print $5}}'
+        rm -r store/ops/moved
+        ls store/ops
+    """).stdout.splitlines()
+    assert out == ["same", "oZZ", "two", "oZZ", "two", "oZ", "300000", "big.bin"]
+    with open(m.p("store/ops/py.bin"), "w+b") as f:
+        f.write(b"0123456789")
+        f.seek(4)
+        f.write(b"xy")
+        os.ftruncate(f.fileno(), 8)
+    assert m.read_bytes("store/ops/py.bin") == b"0123xy67"
+
+
+def test_versions_and_rollback_by_copying(store_mount: Mount) -> None:
+    m = store_mount
+    m.sh("mkdir -p store/v")
+    for i in range(1, 6):
+        m.write("store/v/note.txt", f"version {i}\n")
+    names = sorted(os.listdir(m.p("store/.versions/v/note.txt")), key=int)
+    assert len(names) == 3  # the configured bound
+    contents = [m.read("store/.versions/v/note.txt", n) for n in names]
+    assert contents == ["version 2\n", "version 3\n", "version 4\n"]
+    st = os.stat(m.p("store/.versions/v/note.txt", names[-1]))
+    assert st.st_size == 10 and st.st_mtime > 0  # ls -l shows sizes and times
+    m.sh(f"cp store/.versions/v/note.txt/{names[0]} store/v/note.txt")  # rollback
+    assert m.read("store/v/note.txt") == "version 2\n"
+    assert "version 5\n" in [
+        m.read("store/.versions/v/note.txt", n)
+        for n in os.listdir(m.p("store/.versions/v/note.txt"))
+    ]
+    m.sh("rm store/v/note.txt")
+    assert "note.txt" in os.listdir(m.p("store/.versions/v"))  # a deleted file stays restorable
+    assert oserror(open, m.p("store/.versions/v/note.txt", names[0]), "w") == errno.EACCES
+
+
+def test_search_and_grep_as_directories(store_mount: Mount) -> None:
+    m = store_mount
+    m.sh("""
+        mkdir -p store/kb/travel store/kb/food
+        echo 'The hotel near the JFK airport has a free shuttle bus.' > store/kb/travel/hotel.txt
+        echo 'Flights from SFO to New York leave every hour.' > store/kb/travel/flights.txt
+        echo 'A good croissant needs cold butter.' > store/kb/food/bakery.txt
+    """)
+    indexed(m)
+    listing = ls(m, "store/.search/hotel near the airport")
+    assert listing[0] == "1-hotel.txt"
+    assert ".summary" in os.listdir(m.p("store/.search/hotel near the airport"))  # ls -a
+    link = m.p("store/.search/hotel near the airport/1-hotel.txt")
+    assert os.readlink(link) == "../../kb/travel/hotel.txt"
+    assert m.read("store/.search/hotel near the airport/1-hotel.txt").startswith("The hotel")
+    summary = m.read("store/.search/hotel near the airport/.summary")
+    assert "1. kb/travel/hotel.txt  (score " in summary and "free shuttle" in summary
+    # narrowed to a subtree: links are relative to it
+    food = ls(m, "store/kb/food/.search/croissant butter")
+    assert food == ["1-bakery.txt"]
+    assert os.readlink(m.p("store/kb/food/.search/croissant butter/1-bakery.txt")) == (
+        "../../bakery.txt"
+    )
+    assert "bakery.txt" not in " ".join(ls(m, "store/kb/travel/.search/croissant"))
+    # keyword search
+    assert ls(m, "store/.grep/shuttle") == ["1-hotel.txt"]
+    assert ls(m, "store/.grep/zeppelin") == []
+    assert "no matches" in m.read("store/.grep/zeppelin/.summary")
+    # magic directories are found, not listed: find and du do not walk into them
+    assert ".search" not in os.listdir(m.p("store")) and ".versions" not in os.listdir(m.p("store"))
+
+
+def test_a_changed_or_deleted_file_leaves_no_stale_results(store_mount: Mount) -> None:
+    m = store_mount
+    m.write("store/stale.txt", "zebras and giraffes")
+    indexed(m)
+    assert ls(m, "store/.grep/zebras") == ["1-stale.txt"]
+    m.write("store/stale.txt", "only penguins now")
+    indexed(m)
+    assert ls(m, "store/.grep/zebras") == []
+    m.sh("rm store/stale.txt")
+    indexed(m)
+    assert ls(m, "store/.grep/penguins") == []
+
+
+def test_bad_names_and_limits_keep_existing_data(store_mount: Mount) -> None:
+    m = store_mount
+    m.write("store/safe.txt", "precious")
+    assert oserror(m.write, f"store/{'n' * 256}", "x") == errno.ENAMETOOLONG
+    assert oserror(os.mkdir, m.p("store/x.aiosfs-tmp")) == errno.EINVAL
+    assert oserror(m.write, "store/.search/x", "x") == errno.EISDIR  # a query is a directory
+    assert oserror(os.mkdir, m.p("store/.search/x/y")) == errno.EACCES  # results are read-only
+    assert oserror(os.mkdir, m.p("store/.versions")) == errno.EEXIST
+    with pytest.raises(OSError) as e, open(m.p("store/safe.txt"), "wb") as f:
+        f.write(b"x" * ((1 << 20) + 1))  # over store_max_file_mb = 1
+    assert e.value.errno == errno.EFBIG
+    assert m.read("store/safe.txt") == "precious"
+    assert oserror(os.rename, m.p("store/safe.txt"), m.p("mem/elsewhere")) == errno.EXDEV
+    # the kernel resolves ".." itself: it can never name a path outside the mount
+    assert m.read("store/../store/safe.txt") == "precious"
+
+
+def test_storage_syscalls_and_retrieval(store_mount: Mount) -> None:
+    m = store_mount
+    name = m.agent(max_tokens=2)
+    calls = [
+        {
+            "call": "store_write",
+            "path": "rag/paris.txt",
+            "content": "Paris is the capital of France.",
+        },
+        {"call": "store_write", "path": "rag/paris.txt", "content": "Paris is in France."},
+        {"call": "store_read", "path": "rag/paris.txt"},
+        {"call": "store_versions", "path": "rag/paris.txt"},
+        {"call": "store_rollback", "path": "rag/paris.txt", "version": 1},
+    ]
+    answers = []
+    for call in calls:
+        m.write(f"agents/{name}/syscall", json.dumps(call))
+        answers.append(m.read("agents", name, "out"))
+    assert answers[0] == "ok: rag/paris.txt version 1, 31 bytes\n"
+    assert answers[2] == "Paris is in France.\n"
+    assert json.loads(answers[3])["version"] == 1
+    assert answers[4] == "ok: rag/paris.txt restored from version 1 as version 3\n"
+    assert m.read("store/rag/paris.txt") == "Paris is the capital of France."
+    indexed(m)
+    m.write(
+        f"agents/{name}/syscall", json.dumps({"call": "store_search", "query": "capital France"})
+    )
+    hit = json.loads(m.read("agents", name, "out").splitlines()[0])
+    assert hit["path"] == "rag/paris.txt" and "capital" in hit["passage"]
+    m.write(
+        f"agents/{name}/syscall",
+        json.dumps(
+            {"call": "llm", "prompt": "What is the capital of France?", "retrieve": {"k": 1}}
+        ),
+    )
+    m.read("agents", name, "out")
+    last = m.json(f"agents/{name}/status")["syscalls"]
+    assert m.json(f"agents/{name}/results/{last}.json")["sources"] == ["store/rag/paris.txt"]
+
+
+def test_everything_is_found_again_after_remount(tmp_path: Path) -> None:
+    cfg = write_config(tmp_path, store_embedder="hashing")
+    m = start_mount(tmp_path, "tiny-random", "--config", cfg)
+    try:
+        m.sh(
+            "mkdir -p store/keep && echo 'alpha beta' > store/keep/f && echo 'gamma' > store/keep/f"
+        )
+        m.sh("mkdir agents/k && echo memo > mem/k/m")
+        indexed(m)
+    finally:
+        stop_mount(m)
+    m = start_mount(tmp_path, "tiny-random", "--config", cfg)
+    try:
+        assert m.read("store/keep/f") == "gamma\n"
+        assert [
+            m.read("store/.versions/keep/f", n) for n in os.listdir(m.p("store/.versions/keep/f"))
+        ] == ["alpha beta\n"]
+        assert m.json("sys/store")["pending_index"] == 0  # the index survived too
+        assert ls(m, "store/.grep/gamma") == ["1-f"]
+        assert m.read("mem/k/m") == "memo\n"
+    finally:
+        stop_mount(m)
+
+
+@pytest.mark.skipif(os.getuid() != 0 or not shutil.which("mount"), reason="needs root for tmpfs")
+def test_a_full_disk_is_enospc_and_loses_nothing(tmp_path: Path) -> None:
+    data = tmp_path / "data"
+    data.mkdir()
+    if (
+        subprocess.run(
+            ["mount", "-t", "tmpfs", "-o", "size=6m", "tmpfs", str(data)], capture_output=True
+        ).returncode
+        != 0
+    ):
+        pytest.skip("cannot mount a tmpfs here")
+    try:
+        cfg = write_config(tmp_path, store_embedder="hashing", store_index=False)
+        m = start_mount(tmp_path, "tiny-random", "--config", cfg)
+        try:
+            m.write("store/first.txt", "must survive")
+            codes = set()
+            for i in range(40):  # 40 x 300 KB against 6 MB
+                try:
+                    m.write(f"store/fill{i}", os.urandom(300_000))
+                except OSError as e:
+                    codes.add(e.errno)
+                    break
+            assert codes == {errno.ENOSPC}
+            assert m.read("store/first.txt") == "must survive"
+            for name in os.listdir(m.p("store")):  # deleting works on a full disk
+                if name.startswith("fill"):
+                    os.unlink(m.p("store", name))
+            m.write("store/after.txt", os.urandom(200_000))  # and frees room for new writes
+            assert m.read("store/first.txt") == "must survive"
+        finally:
+            stop_mount(m)
+    finally:
+        subprocess.run(["umount", "-l", str(data)], capture_output=True)
