@@ -26,6 +26,7 @@ import contextlib
 import json
 import os
 import platform
+import random
 import shutil
 import signal
 import statistics
@@ -34,6 +35,7 @@ import sys
 import tempfile
 import threading
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -432,6 +434,173 @@ def run_overhead(workdir: Path, blocks: int, per_block: int, threads: int) -> di
         m.stop()
 
 
+# ---- memory and storage -------------------------------------------------------------------------
+
+WORDS = [
+    "hotel",
+    "flight",
+    "airport",
+    "train",
+    "museum",
+    "river",
+    "coffee",
+    "bakery",
+    "garden",
+    "market",
+    "bridge",
+    "castle",
+    "ticket",
+    "beach",
+    "mountain",
+    "harbour",
+    "concert",
+    "library",
+    "bicycle",
+    "festival",
+    "lighthouse",
+    "vineyard",
+    "island",
+]
+
+
+def doc(i: int) -> bytes:
+    """A small text file (about 1 KB) of varied words, different for each i."""
+    rng = random.Random(i)
+    sentences = [
+        " ".join(rng.choice(WORDS) for _ in range(12)).capitalize() + "." for _ in range(14)
+    ]
+    return f"Document {i}. ".encode() + " ".join(sentences).encode() + b"\n"
+
+
+def timed_ops(n: int, fn: Callable[[int], object]) -> list[float]:
+    out = []
+    for i in range(n):
+        t = time.perf_counter()
+        fn(i)
+        out.append(time.perf_counter() - t)
+    return out
+
+
+def run_storage(args: argparse.Namespace, workdir: Path) -> dict[str, Any]:
+    """Ingest, search latency at two sizes, memory ops through the mount, eviction costs."""
+    cfg = workdir / "storage.toml"
+    cfg.write_text("[kernel]\nmem_agent_mb = 1\nmem_total_mb = 64\n")
+    m = BenchMount(
+        "tiny-random", ["--config", str(cfg), "--embedder", args.embedder], workdir, label="storage"
+    )
+    out: dict[str, Any] = {"embedder": args.embedder}
+    try:
+        os.mkdir(m.p("store/bench"))
+
+        def ingest(first: int, count: int) -> dict[str, Any]:
+            data = [doc(i) for i in range(first, first + count)]
+            t = time.perf_counter()
+            for i, content in enumerate(data, first):
+                m.write(f"store/bench/doc{i:05d}.txt", content)
+            written = time.perf_counter() - t
+            while m.json("sys/store")["pending_index"]:
+                time.sleep(0.1)
+            indexed = time.perf_counter() - t
+            size = sum(len(d) for d in data)
+            return {
+                "files": count,
+                "bytes": size,
+                "write_s": round(written, 2),
+                "files_per_s": round(count / written, 1),
+                "mb_per_s": round(size / written / 2**20, 2),
+                "indexed_s": round(indexed, 2),
+                "indexed_files_per_s": round(count / indexed, 1),
+            }
+
+        def search_latency(tag: str) -> dict[str, Any]:
+            rng = random.Random(tag)
+            queries = [
+                f"{rng.choice(WORDS)} near the {rng.choice(WORDS)} {tag}{q}"
+                for q in range(args.search_queries)
+            ]
+            lat = timed_ops(len(queries), lambda q: os.listdir(m.p(f"store/.search/{queries[q]}")))
+            return {
+                "queries": len(lat),
+                "p50_ms": round(1000 * percentile(lat, 0.5), 1),
+                "p99_ms": round(1000 * percentile(lat, 0.99), 1),
+            }
+
+        first = args.ingest
+        out[f"ingest_{first}"] = ingest(0, first)
+        out[f"search_at_{first}"] = search_latency("a")
+        print(
+            f"bench: store ingest {out[f'ingest_{first}']}, search at {first} files "
+            f"{out[f'search_at_{first}']}",
+            file=sys.stderr,
+            flush=True,
+        )
+        if args.search_large > first:
+            out["ingest_to_large"] = ingest(first, args.search_large - first)
+            out[f"search_at_{args.search_large}"] = search_latency("b")
+            print(
+                f"bench: search at {args.search_large}: {out[f'search_at_{args.search_large}']}",
+                file=sys.stderr,
+                flush=True,
+            )
+        # memory blocks through the mount (write-and-close, then read), 4 KiB each
+        os.mkdir(m.p("agents/membench"))
+        block = b"m" * 4096
+        n = args.mem_ops
+        w = timed_ops(n, lambda i: m.write(f"mem/membench/b{i}", block))
+        r = timed_ops(n, lambda i: m.read(f"mem/membench/b{i}"))
+        out["memory_mount"] = {
+            "ops": n,
+            "writes_per_s": round(n / sum(w), 1),
+            "reads_per_s": round(n / sum(r), 1),
+        }
+        # eviction and reload under the 1 MiB budget: 100 KB blocks
+        big = b"e" * 100_000
+        for i in range(40):
+            m.write(f"mem/membench/e{i}", big)
+        for i in range(40):
+            m.read(f"mem/membench/e{i}")
+        info = m.json("sys/mem")
+        agent = info["agents"]["membench"]
+        out["memory_mount"]["evictions"] = agent["evictions"]
+        out["memory_mount"]["misses"] = agent["misses"]
+        out["memory_mount"]["evict_plus_reload_seconds"] = (
+            info["evict_seconds"] + info["load_seconds"]
+        )
+    finally:
+        m.stop()
+    res = subprocess.run(
+        [sys.executable, "-m", "kernel.microbench", "--memory", str(args.mem_ops)],
+        capture_output=True,
+        text=True,
+        check=True,
+    )
+    out["memory_direct"] = json.loads(res.stdout.strip().splitlines()[-1])
+    res = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "kernel.microbench",
+            "--memory",
+            "40",
+            "--block",
+            "100000",
+            "--budget",
+            str(1 << 20),
+        ],
+        capture_output=True,
+        text=True,
+        check=True,
+    )
+    out["eviction_direct"] = json.loads(res.stdout.strip().splitlines()[-1])
+    print(
+        f"bench: memory through the mount {out['memory_mount']}; direct "
+        f"{out['memory_direct']}; eviction {out['eviction_direct']}",
+        file=sys.stderr,
+        flush=True,
+    )
+    return out
+
+
 # ---- driver -------------------------------------------------------------------------------------
 
 
@@ -497,16 +666,8 @@ def plot(results: dict[str, Any], path: Path) -> None:
     fig.savefig(path, dpi=110)
 
 
-def run_bench(args: argparse.Namespace) -> dict[str, Any]:
-    out = Path(args.out)
-    out.mkdir(parents=True, exist_ok=True)
-    workdir = Path(tempfile.mkdtemp(prefix="aiosfs-bench-"))
-    results: dict[str, Any] = {
-        "model": args.model,
-        "machine": machine(),
-        "settings": {k: v for k, v in vars(args).items() if k != "func"},
-        "started": time.strftime("%Y-%m-%d %H:%M:%S"),
-    }
+def run_llm(args: argparse.Namespace, workdir: Path, results: dict[str, Any]) -> None:
+    """The scaling and fairness measurements, on a mount of the model under test."""
     extra = ["--threads", str(args.threads)] if args.threads else []
     m = BenchMount(args.model, extra, workdir)
     run_id = 0
@@ -588,6 +749,22 @@ def run_bench(args: argparse.Namespace) -> dict[str, Any]:
         }
     finally:
         m.stop()
+
+
+def run_bench(args: argparse.Namespace) -> dict[str, Any]:
+    out = Path(args.out)
+    out.mkdir(parents=True, exist_ok=True)
+    workdir = Path(tempfile.mkdtemp(prefix="aiosfs-bench-"))
+    results: dict[str, Any] = {
+        "model": args.model,
+        "machine": machine(),
+        "settings": {k: v for k, v in vars(args).items() if k != "func"},
+        "started": time.strftime("%Y-%m-%d %H:%M:%S"),
+    }
+    if args.only_storage:
+        args.skip_scaling = args.skip_fairness = args.skip_overhead = args.skip_contexts = True
+    if not (args.skip_scaling and args.skip_fairness):
+        run_llm(args, workdir, results)
     if not args.skip_overhead:
         results["overhead"] = run_overhead(workdir, args.overhead_blocks, 50, args.threads)
         o = results["overhead"]
@@ -597,6 +774,8 @@ def run_bench(args: argparse.Namespace) -> dict[str, Any]:
             file=sys.stderr,
             flush=True,
         )
+    if not args.skip_storage:
+        results["storage"] = run_storage(args, workdir)
     if not args.skip_contexts:
         res = subprocess.run(
             [
@@ -656,6 +835,20 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--skip-fairness", action="store_true")
     p.add_argument("--skip-overhead", action="store_true")
     p.add_argument("--skip-contexts", action="store_true")
+    p.add_argument("--skip-storage", action="store_true")
+    p.add_argument(
+        "--only-storage", action="store_true", help="only the memory and storage measurements"
+    )
+    p.add_argument("--embedder", default="minilm", choices=("minilm", "hashing"))
+    p.add_argument("--ingest", type=int, default=1000, help="small text files to write first")
+    p.add_argument("--search-queries", type=int, default=50)
+    p.add_argument(
+        "--search-large",
+        type=int,
+        default=10_000,
+        help="files in the store for the second search-latency measurement",
+    )
+    p.add_argument("--mem-ops", type=int, default=500)
     p.add_argument(
         "--context-lengths",
         default="128,512,2048",

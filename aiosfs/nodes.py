@@ -31,7 +31,7 @@ class Node:
     """Base node. Subclasses set ``mode`` (type and permission bits)."""
 
     mode = stat.S_IFREG | 0o444
-    dynamic = False  # content or size changes: attributes are never cached
+    dynamic = False  # a file whose content or size changes: its attributes are never cached
 
     def __init__(self, fs: AiosFS, name: str, parent: Dir | None) -> None:
         self.fs = fs
@@ -72,7 +72,11 @@ class Node:
         t = self.times_ns()
         a.st_atime_ns = a.st_mtime_ns = a.st_ctime_ns = t
         a.generation = 0
-        timeout = 0.0 if self.dynamic else STABLE_TIMEOUT
+        # A file whose size or content changes must be re-read each time. A directory's
+        # attributes may be cached: its listing never is, and with default_permissions the kernel
+        # checks every directory on a path, so uncached directory attributes would cost a
+        # request per path component on every access.
+        timeout = 0.0 if self.dynamic and not self.is_dir else STABLE_TIMEOUT
         a.entry_timeout = STABLE_TIMEOUT
         a.attr_timeout = timeout
         return a

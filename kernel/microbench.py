@@ -6,6 +6,8 @@ on the same model, so both see the same machine at the same time. Protocol: read
 stdin, make N calls, print one JSON line with their latencies in seconds; repeat until stdin
 closes. The first line printed is ``ready``.
 
+``--memory OPS``: memory-manager writes and reads made directly, and eviction/reload costs.
+
 ``--contexts``: what preemption costs. For each context length, the time to recompute the
 context (chunked prefill, as the engine does), to snapshot it, to restore it from RAM, to spill it
 to disk and to restore it from disk. Prints one JSON object.
@@ -103,6 +105,37 @@ def contexts(model: str, threads: int, lengths: list[int], reps: int) -> dict[st
     return out
 
 
+def memory_ops(ops: int, size: int, budget: int) -> dict[str, object]:
+    """Memory-manager calls made directly (no FUSE): the same write-then-read per block as the
+    mount benchmark, and what eviction and reload cost under a small budget."""
+    from kernel.memory import MemoryManager
+
+    with tempfile.TemporaryDirectory() as tmp:
+        mem = MemoryManager(Path(tmp), budget, budget)
+        mem.ensure_agent("bench")
+        data = b"m" * size
+        start = time.perf_counter()
+        for i in range(ops):
+            mem.write_file("bench", f"b{i}", data)
+        write_s = time.perf_counter() - start
+        start = time.perf_counter()
+        for i in range(ops):
+            mem.read_all("bench", f"b{i}")
+        read_s = time.perf_counter() - start
+        st = mem.stats["bench"]
+        return {
+            "ops": ops,
+            "block_bytes": size,
+            "budget_bytes": budget,
+            "writes_per_s": round(ops / write_s, 1),
+            "reads_per_s": round(ops / read_s, 1),
+            "evictions": st.evictions,
+            "reloads": st.loads,
+            "evict_ms_avg": round(1000 * mem.evict_seconds / max(st.evictions, 1), 3),
+            "reload_ms_avg": round(1000 * mem.load_seconds / max(st.loads, 1), 3),
+        }
+
+
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__)
     p.add_argument("--model", default="tiny-random")
@@ -113,8 +146,13 @@ def main() -> None:
         help="measure preemption costs at these context lengths",
     )
     p.add_argument("--reps", type=int, default=3)
+    p.add_argument("--memory", type=int, metavar="OPS", help="measure OPS memory-block writes")
+    p.add_argument("--block", type=int, default=4096)
+    p.add_argument("--budget", type=int, default=1 << 20)
     args = p.parse_args()
-    if args.contexts:
+    if args.memory:
+        print(json.dumps(memory_ops(args.memory, args.block, args.budget)))
+    elif args.contexts:
         print(json.dumps(contexts(args.model, args.threads, args.contexts, args.reps)))
     else:
         trio.run(serve, args.model, args.threads)

@@ -34,7 +34,8 @@ def test_bench_runs_and_writes_results(tmp_path: Path) -> None:
     out = tmp_path / "results"
     args = shlex.split(
         "bench --model tiny-random --agents 1,2 --reps 1 --turns 1 --max-tokens 4 --flood 4 "
-        "--overhead-blocks 2 --context-lengths 64,128"
+        "--overhead-blocks 2 --context-lengths 64,128 --embedder hashing --ingest 100 "
+        "--search-large 150 --search-queries 5 --mem-ops 20"
     )
     res = subprocess.run(
         [sys.executable, "-m", "aiosfs", *args, "--out", str(out)],
@@ -53,6 +54,12 @@ def test_bench_runs_and_writes_results(tmp_path: Path) -> None:
     assert set(results["fairness"]["summary"]) == {"fifo", "fair"}
     assert results["overhead"]["calls_each"] == 100
     assert [r["tokens"] for r in results["contexts"]["lengths"]] == [64, 128]
+    storage = results["storage"]
+    assert storage["ingest_100"]["files"] == 100 and storage["search_at_150"]["queries"] == 5
+    assert storage["memory_mount"]["ops"] == storage["memory_direct"]["ops"] == 20
     assert [r["tokens"] for r in results["contexts"]["lengths"]] == [64, 128]
+    storage = results["storage"]
+    assert storage["ingest_100"]["files"] == 100 and storage["search_at_150"]["queries"] == 5
+    assert storage["memory_mount"]["ops"] == storage["memory_direct"]["ops"] == 20
     assert (out / "bench.png").stat().st_size > 10_000
     assert "speed-up vs serial" in res.stdout
