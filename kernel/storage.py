@@ -10,10 +10,12 @@ Versions. Every committed change of a file keeps the previous content as a versi
 file is deleted, so a removed file can be restored), unless that content was empty; the newest
 ``versions_keep`` are kept.
 
-Index. Writes never wait for it: a changed file is queued, and an indexer thread chunks it,
-embeds the chunks (all-MiniLM-L6-v2 by default) and fills a full-text index. A file is
-searchable once indexed; ``pending()`` says how many wait. Deleting or changing a file removes
-its old chunks in the same transaction, so no stale passage is ever returned.
+Index. Writes never wait for it: a changed file is queued, and an indexer thread first splits
+it into passages (which fills the full-text index at once, so keyword search finds it within
+moments), then embeds the passages (all-MiniLM-L6-v2 by default) a batch at a time. A file is
+found by meaning once all its passages are embedded; ``pending()`` says how many files wait.
+Deleting or changing a file removes its old passages in the same transaction, so no stale
+passage is ever returned.
 
 Threads. The file tree's metadata (kind, size, mtime, version) lives in memory, so ``stat`` and
 ``listdir`` never touch the database; content and changes go through one connection guarded by a
@@ -58,6 +60,7 @@ CREATE TABLE IF NOT EXISTS chunks (
     id INTEGER PRIMARY KEY, path TEXT NOT NULL, version INTEGER NOT NULL, start INTEGER NOT NULL,
     text TEXT NOT NULL, embedding BLOB);
 CREATE INDEX IF NOT EXISTS chunks_path ON chunks(path);
+CREATE INDEX IF NOT EXISTS chunks_unembedded ON chunks(id) WHERE embedding IS NULL;
 CREATE TABLE IF NOT EXISTS pending (path TEXT PRIMARY KEY, version INTEGER NOT NULL);
 CREATE VIRTUAL TABLE IF NOT EXISTS chunks_fts USING fts5(
     text, content='chunks', content_rowid='id');
@@ -236,13 +239,22 @@ class StorageManager:
         self.indexed_chunks = 0
         self.index_seconds = 0.0
         self._stop = threading.Event()
-        self._wake = threading.Event()
-        self._indexer: threading.Thread | None = None
+        self._wake = threading.Event()  # a file is waiting to be split into passages
+        self._embed_wake = threading.Event()  # passages are waiting for their embeddings
+        self._indexers: list[threading.Thread] = []
         if index:
-            self._indexer = threading.Thread(
-                target=self._index_loop, name="store-index", daemon=True
-            )
-            self._indexer.start()
+            # The chunker pauses a little after each round so that files arriving in a burst
+            # are split in a few transactions, not one each (every one takes the write lock
+            # that the writers of files need too).
+            for name, step, wake, pause in (
+                ("store-chunk", self._chunk_pending, self._wake, 0.1),
+                ("store-embed", self._embed_chunks, self._embed_wake, 0.0),
+            ):
+                thread = threading.Thread(
+                    target=self._index_loop, args=(step, wake, pause), name=name, daemon=True
+                )
+                thread.start()
+                self._indexers.append(thread)
 
     def _connect(self) -> sqlite3.Connection:
         db = sqlite3.connect(self.db_path, check_same_thread=False, isolation_level=None)
@@ -258,8 +270,9 @@ class StorageManager:
     def close(self) -> None:
         self._stop.set()
         self._wake.set()
-        if self._indexer is not None:
-            self._indexer.join(30)
+        self._embed_wake.set()
+        for thread in self._indexers:
+            thread.join(30)
         with self._lock:
             try:
                 self.db.execute("PRAGMA wal_checkpoint(TRUNCATE)")
@@ -526,6 +539,7 @@ class StorageManager:
                 )
             if entry is not None:
                 self._keep_version(db, path)
+                db.execute("DELETE FROM chunks WHERE path = ?", (path,))  # no stale passages
             db.execute(
                 "INSERT OR REPLACE INTO files (path, kind, size, mtime, version, content) "
                 "VALUES (?, 'file', ?, ?, ?, ?)",
@@ -599,66 +613,119 @@ class StorageManager:
             time.sleep(0.05)
         return True
 
-    def _index_loop(self) -> None:
+    def _index_loop(
+        self, step: Callable[[sqlite3.Connection], bool], wake: threading.Event, pause: float
+    ) -> None:
+        """Index in two phases, each on a thread of its own, so keyword search never waits for
+        the embedding model: one thread splits every waiting file into passages (cheap; `.grep`
+        finds them at once), the other embeds passages a batch at a time (slow on a CPU;
+        `.search` finds a file once all its passages are embedded, and only then does it leave
+        `pending`). ``step`` does one round and says whether there was work; ``pause``
+        seconds pass between rounds that had work."""
         db = self._connect()
         while not self._stop.is_set():
             try:
-                batch = db.execute("SELECT path, version FROM pending LIMIT 32").fetchall()
-                if not batch:
-                    self._wake.wait(1.0)
-                    self._wake.clear()
-                    continue
-                self._index(db, batch)
+                wake.clear()  # before looking, so that a wake-up during the step is not lost
+                if not step(db):
+                    wake.wait(1.0)
+                elif pause:
+                    self._stop.wait(pause)
             except Exception:
                 log.exception("indexing failed; retrying in a second")
                 time.sleep(1.0)
         db.close()
 
-    def _index(self, db: sqlite3.Connection, batch: list[tuple[str, int]]) -> None:
+    def _chunk_pending(self, db: sqlite3.Connection, limit: int = 256) -> bool:
+        """Replace the passages of up to ``limit`` waiting files with their current text,
+        embeddings still to come. Returns whether there was anything to do."""
         start = time.perf_counter()
-        work: list[tuple[str, int, list[tuple[int, str]]]] = []
-        for path, version in batch:
-            row = db.execute(
-                "SELECT content, version FROM files WHERE path = ?", (path,)
-            ).fetchone()
-            if row is None or row[1] != version:
-                work.append((path, version, []))  # deleted or changed again: just dequeue
-                continue
-            content = bytes(row[0] or b"")
-            text = "" if b"\0" in content[:4096] else content.decode("utf-8", errors="replace")
-            work.append((path, version, chunk_text(text)))
-        texts = [t for _, _, chunks in work for _, t in chunks]
-        vectors = self.embedder.embed(texts) if texts else np.zeros((0, self.embedder.dim))
-        i = 0
         db.execute("BEGIN IMMEDIATE")
         try:
-            for path, version, chunks in work:
-                current = db.execute("SELECT version FROM files WHERE path = ?", (path,)).fetchone()
-                if current is not None and current[0] == version:
+            rows = db.execute(
+                "SELECT p.path, p.version, f.version, f.content FROM pending p "
+                "LEFT JOIN files f ON f.path = p.path "
+                "WHERE NOT EXISTS (SELECT 1 FROM chunks c "
+                "                  WHERE c.path = p.path AND c.version = p.version) "
+                "LIMIT ?",
+                (limit,),
+            ).fetchall()
+            for path, version, current, content in rows:
+                chunks: list[tuple[int, str]] = []
+                if current == version:
+                    data = bytes(content or b"")
+                    binary = b"\0" in data[:4096]
+                    chunks = [] if binary else chunk_text(data.decode("utf-8", errors="replace"))
                     db.execute("DELETE FROM chunks WHERE path = ?", (path,))
-                    for start_pos, text in chunks:
-                        db.execute(
-                            "INSERT INTO chunks (path, version, start, text, embedding) "
-                            "VALUES (?, ?, ?, ?, ?)",
-                            (
-                                path,
-                                version,
-                                start_pos,
-                                text,
-                                vectors[i].astype(np.float32).tobytes(),
-                            ),
-                        )
-                        i += 1
-                else:
-                    i += len(chunks)
-                db.execute("DELETE FROM pending WHERE path = ? AND version = ?", (path, version))
+                    db.executemany(
+                        "INSERT INTO chunks (path, version, start, text) VALUES (?, ?, ?, ?)",
+                        [(path, version, pos, text) for pos, text in chunks],
+                    )
+                if not chunks:  # nothing to embed (empty, binary, deleted or changed again)
+                    db.execute(
+                        "DELETE FROM pending WHERE path = ? AND version = ?", (path, version)
+                    )
             db.execute("COMMIT")
         except BaseException:
             db.execute("ROLLBACK")
             raise
-        self.indexed_chunks += len(texts)
+        if rows:
+            self.index_seconds += time.perf_counter() - start
+            self._changed()
+            self._embed_wake.set()
+        return bool(rows)
+
+    def _embed_chunks(self, db: sqlite3.Connection, limit: int = 128) -> bool:
+        """Embed up to ``limit`` passages that have none yet; a file whose passages are all
+        embedded leaves `pending`. Returns whether there was anything to do. A round of many
+        passages is faster per passage: the model sorts them by length and pads less."""
+        start = time.perf_counter()
+        rows = db.execute(
+            "SELECT id, text FROM chunks WHERE embedding IS NULL LIMIT ?", (limit,)
+        ).fetchall()
+        if not rows:
+            # Files whose passages are all embedded but which still wait (a rename moved them
+            # while their last batch was being embedded) are done: let them go.
+            if db.execute("SELECT 1 FROM pending LIMIT 1").fetchone() is None:
+                return False
+            db.execute(
+                "DELETE FROM pending WHERE EXISTS (SELECT 1 FROM chunks c WHERE c.path = "
+                "pending.path AND c.version = pending.version) AND NOT EXISTS (SELECT 1 FROM "
+                "chunks c WHERE c.path = pending.path AND c.version = pending.version AND "
+                "c.embedding IS NULL)"
+            )
+            return False
+        vectors = self.embedder.embed([text for _, text in rows])
+        ids = [cid for cid, _ in rows]
+        db.execute("BEGIN IMMEDIATE")
+        try:
+            # Only where the text is still the one embedded: while the model ran, the passage
+            # may have been deleted and its id reused by another passage.
+            db.executemany(
+                "UPDATE chunks SET embedding = ? WHERE id = ? AND text = ?",
+                [
+                    (vectors[i].astype(np.float32).tobytes(), cid, text)
+                    for i, (cid, text) in enumerate(rows)
+                ],
+            )
+            # where those passages are now: a file may have been renamed meanwhile
+            marks = ",".join("?" * len(ids))
+            done = db.execute(
+                f"SELECT DISTINCT path, version FROM chunks WHERE id IN ({marks})", ids
+            ).fetchall()
+            for path, version in done:
+                db.execute(
+                    "DELETE FROM pending WHERE path = ? AND version = ? AND NOT EXISTS "
+                    "(SELECT 1 FROM chunks WHERE path = ? AND version = ? AND embedding IS NULL)",
+                    (path, version, path, version),
+                )
+            db.execute("COMMIT")
+        except BaseException:
+            db.execute("ROLLBACK")
+            raise
+        self.indexed_chunks += len(rows)
         self.index_seconds += time.perf_counter() - start
         self._changed()
+        return True
 
     def _vectors(self) -> tuple[list[int], list[str], np.ndarray]:
         with self._vec_lock:
@@ -741,6 +808,9 @@ class StorageManager:
         with self._lock:
             versions = self.db.execute("SELECT count(*) FROM versions").fetchone()[0]
             chunks = self.db.execute("SELECT count(*) FROM chunks").fetchone()[0]
+            unembedded = self.db.execute(
+                "SELECT count(*) FROM chunks WHERE embedding IS NULL"
+            ).fetchone()[0]
         return {
             "files": files,
             "directories": sum(1 for e in self.tree.values() if e.kind == "dir") - 1,
@@ -749,6 +819,7 @@ class StorageManager:
             "versions_per_file": self.versions_keep,
             "pending_index": self.pending(),
             "chunks": chunks,
+            "chunks_to_embed": unembedded,
             "embedder": self.embedder_name,
             "index_seconds": round(self.index_seconds, 2),
             "database": str(self.db_path),

@@ -2,13 +2,17 @@
 
 from __future__ import annotations
 
+import threading
+import time
+from collections.abc import Callable
 from pathlib import Path
 
+import numpy as np
 import pytest
 
 from kernel.errors import AlreadyExists, InvalidArgument, NotFound, TooLarge
 from kernel.memory import IsADirectory, NameTooLong, NotEmpty
-from kernel.storage import StorageManager, chunk_text
+from kernel.storage import HashingEmbedder, StorageManager, chunk_text
 
 
 def sm(tmp_path: Path, **kw: object) -> StorageManager:
@@ -93,6 +97,49 @@ def test_index_search_grep_and_no_stale_passages(tmp_path: Path) -> None:
     assert s.wait_indexed(30)
     assert s.grep("France") == []  # the old passage went with the old version
     s.close()
+
+
+class GatedEmbedder(HashingEmbedder):
+    """Embeds only once the gate opens: an embedding model that is busy for as long as a test
+    needs."""
+
+    def __init__(self) -> None:
+        self.gate = threading.Event()
+
+    def embed(self, texts: list[str]) -> np.ndarray:
+        assert self.gate.wait(30), "the test never opened the gate"
+        return super().embed(texts)
+
+
+def soon(check: Callable[[], bool], timeout: float = 10.0) -> bool:
+    deadline = time.monotonic() + timeout
+    while not check():
+        if time.monotonic() > deadline:
+            return False
+        time.sleep(0.02)
+    return True
+
+
+def test_keyword_search_does_not_wait_for_embedding(tmp_path: Path) -> None:
+    s = sm(tmp_path)
+    gated = GatedEmbedder()
+    s.embedder = gated
+    try:
+        s.write("a.txt", b"Walruses sleep on the ice.")
+        assert soon(lambda: [h.path for h in s.grep("walruses")] == ["a.txt"])
+        assert s.pending() == 1 and s.info()["chunks_to_embed"] == 1
+        assert s.search("walruses on ice") == []  # not embedded yet: not found by meaning
+        s.write("a.txt", b"Penguins swim fast.")  # changed while waiting
+        assert s.grep("walruses") == []  # the old passage left with the old content
+        assert soon(lambda: [h.path for h in s.grep("penguins")] == ["a.txt"])
+        s.rename("a.txt", "b.txt")  # moved while its passage waits for the model
+        gated.gate.set()
+        assert s.wait_indexed(10)
+        assert [h.path for h in s.search("penguins swim")] == ["b.txt"]
+        assert s.info()["chunks_to_embed"] == 0
+    finally:
+        gated.gate.set()
+        s.close()
 
 
 def test_everything_is_found_again_after_reopening(tmp_path: Path) -> None:
