@@ -44,6 +44,36 @@ class TooLarge(KernelError):
     errno = _errno.EFBIG
 
 
+class NotEmpty(KernelError):
+    """rmdir of a directory in mem/ or store/ that still has entries."""
+
+    errno = _errno.ENOTEMPTY
+
+
+class IsADirectory(KernelError):
+    """A file operation on a directory of mem/ or store/."""
+
+    errno = _errno.EISDIR
+
+
+class NotADirectory(KernelError):
+    """A directory operation on a file, or a path that goes through a file."""
+
+    errno = _errno.ENOTDIR
+
+
+class NameTooLong(KernelError):
+    """A path component over 255 bytes, or a path over 4096."""
+
+    errno = _errno.ENAMETOOLONG
+
+
+class NoSpace(KernelError):
+    """The disk under the data dir is full; nothing already written was changed."""
+
+    errno = _errno.ENOSPC
+
+
 class WouldBlock(KernelError):
     """Nothing is ready and the caller asked not to wait (O_NONBLOCK)."""
 

@@ -27,30 +27,20 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from kernel.errors import AlreadyExists, InvalidArgument, KernelError, NotFound
+from kernel.errors import (
+    AlreadyExists,
+    InvalidArgument,
+    IsADirectory,
+    KernelError,
+    NameTooLong,
+    NoSpace,
+    NotADirectory,
+    NotEmpty,
+    NotFound,
+)
 from kernel.names import validate_agent_name
 
 NAME_MAX = 255
-
-
-class NotEmpty(KernelError):
-    errno = errno.ENOTEMPTY
-
-
-class IsADirectory(KernelError):
-    errno = errno.EISDIR
-
-
-class NotADirectory(KernelError):
-    errno = errno.ENOTDIR
-
-
-class NameTooLong(KernelError):
-    errno = errno.ENAMETOOLONG
-
-
-class NoSpace(KernelError):
-    errno = errno.ENOSPC
 
 
 TMP_SUFFIX = ".aiosfs-tmp"  # a block being saved; never a user's name

@@ -40,8 +40,19 @@ from typing import Any, Protocol
 
 import numpy as np
 
-from kernel.errors import AlreadyExists, InvalidArgument, KernelError, NotFound, TooLarge
-from kernel.memory import IsADirectory, NameTooLong, NoSpace, NotADirectory, NotEmpty, check_name
+from kernel.errors import (
+    AlreadyExists,
+    InvalidArgument,
+    IsADirectory,
+    KernelError,
+    NameTooLong,
+    NoSpace,
+    NotADirectory,
+    NotEmpty,
+    NotFound,
+    TooLarge,
+)
+from kernel.memory import check_name
 
 log = logging.getLogger(__name__)
 
@@ -368,19 +379,7 @@ class StorageManager:
     # ---- namespace --------------------------------------------------------------------------
 
     def mkdir(self, path: str) -> None:
-        path = normalize(path)
-        if path in self.tree:
-            raise AlreadyExists(f"{path} exists")
-        self._need_dir(parent_of(path))
-        now = time.time()
-        self._tx(
-            f"mkdir {path}",
-            lambda db: db.execute(
-                "INSERT INTO files (path, kind, size, mtime, version) VALUES (?, 'dir', 0, ?, 0)",
-                (path, now),
-            ),
-        )
-        self._add(path, Entry("dir", 0, now, 0))
+        self._new(path, Entry("dir", 0, time.time(), 0), "mkdir")
 
     def rmdir(self, path: str) -> None:
         path = normalize(path)
@@ -398,20 +397,23 @@ class StorageManager:
 
     def create(self, path: str) -> Entry:
         """An empty file (version 1)."""
+        return self._new(path, Entry("file", 0, time.time(), 1), "create")
+
+    def _new(self, path: str, entry: Entry, what: str) -> Entry:
+        """Add a new empty file or directory at ``path``, whose parent must exist."""
         path = normalize(path)
         if path in self.tree:
             raise AlreadyExists(f"{path} exists")
         self._need_dir(parent_of(path))
-        now = time.time()
+        content = b"" if entry.kind == "file" else None
         self._tx(
-            f"create {path}",
+            f"{what} {path}",
             lambda db: db.execute(
                 "INSERT INTO files (path, kind, size, mtime, version, content) "
-                "VALUES (?, 'file', 0, ?, 1, x'')",
-                (path, now),
+                "VALUES (?, ?, 0, ?, ?, ?)",
+                (path, entry.kind, entry.mtime, entry.version, content),
             ),
         )
-        entry = Entry("file", 0, now, 1)
         self._add(path, entry)
         return entry
 

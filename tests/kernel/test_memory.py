@@ -7,8 +7,8 @@ from pathlib import Path
 
 import pytest
 
-from kernel.errors import AlreadyExists, InvalidArgument, NotFound
-from kernel.memory import MemoryManager, NameTooLong, NotEmpty
+from kernel.errors import AlreadyExists, InvalidArgument, NameTooLong, NotEmpty, NotFound
+from kernel.memory import MemoryManager
 
 
 def mm(tmp_path: Path, agent_budget: int = 1 << 20, global_budget: int = 1 << 30) -> MemoryManager:

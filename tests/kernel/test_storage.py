@@ -10,8 +10,15 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from kernel.errors import AlreadyExists, InvalidArgument, NotFound, TooLarge
-from kernel.memory import IsADirectory, NameTooLong, NotEmpty
+from kernel.errors import (
+    AlreadyExists,
+    InvalidArgument,
+    IsADirectory,
+    NameTooLong,
+    NotEmpty,
+    NotFound,
+    TooLarge,
+)
 from kernel.storage import HashingEmbedder, StorageManager, chunk_text
 
 
