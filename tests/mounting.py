@@ -7,6 +7,7 @@ so a hung test never leaves a mount or a process behind.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import shutil
@@ -14,7 +15,7 @@ import signal
 import subprocess
 import sys
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -156,6 +157,16 @@ def start_mount(
             raise AssertionError(f"mount not ready after {ready_timeout} s:\n{mount.log_tail()}")
         time.sleep(0.1)
     return mount
+
+
+@contextlib.contextmanager
+def mounted(tmp: Path, model: str = "tiny-random", *extra: str, **kw: float) -> Iterator[Mount]:
+    """``start_mount`` for a ``with`` block: the mount is stopped however the block ends."""
+    mount = start_mount(tmp, model, *extra, **kw)
+    try:
+        yield mount
+    finally:
+        stop_mount(mount)
 
 
 def stop_mount(mount: Mount) -> None:

@@ -6,7 +6,7 @@ from collections.abc import Iterator
 
 import pytest
 
-from tests.mounting import Mount, start_mount, stop_mount
+from tests.mounting import Mount, mounted
 
 pytestmark = [pytest.mark.mount, pytest.mark.model, pytest.mark.timeout(600)]
 
@@ -14,11 +14,8 @@ pytestmark = [pytest.mark.mount, pytest.mark.model, pytest.mark.timeout(600)]
 @pytest.fixture(scope="module")
 def smol(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Mount]:
     # the first load on a machine converts the GGUF once (~30 s); later loads take seconds
-    m = start_mount(tmp_path_factory.mktemp("smol"), "smollm2", ready_timeout=400)
-    try:
+    with mounted(tmp_path_factory.mktemp("smol"), "smollm2", ready_timeout=400) as m:
         yield m
-    finally:
-        stop_mount(m)
 
 
 def test_capital_of_france_through_the_mount(smol: Mount) -> None:

@@ -8,7 +8,7 @@ from collections.abc import Iterator
 
 import pytest
 
-from tests.mounting import Mount, eventually, start_mount, stop_mount
+from tests.mounting import Mount, eventually, mounted
 
 pytestmark = [pytest.mark.mount, pytest.mark.model, pytest.mark.timeout(600)]
 
@@ -23,8 +23,7 @@ DOCS = {
 
 @pytest.fixture(scope="module")
 def minilm(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Mount]:
-    m = start_mount(tmp_path_factory.mktemp("minilm"), "tiny-random", "--embedder", "minilm")
-    try:
+    with mounted(tmp_path_factory.mktemp("minilm"), "tiny-random", "--embedder", "minilm") as m:
         for path, text in DOCS.items():
             os.makedirs(m.p("store", os.path.dirname(path)), exist_ok=True)
             m.write(f"store/{path}", text + "\n")
@@ -34,8 +33,6 @@ def minilm(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Mount]:
             what="embedding the documents",
         )
         yield m
-    finally:
-        stop_mount(m)
 
 
 @pytest.mark.parametrize(

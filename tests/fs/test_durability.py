@@ -14,7 +14,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.mounting import Mount, eventually, start_mount, stop_mount, write_config
+from tests.mounting import Mount, eventually, mounted, write_config
 
 pytestmark = [pytest.mark.mount, pytest.mark.timeout(600)]
 
@@ -60,8 +60,7 @@ def test_closed_files_survive_kill_9_in_a_loop(tmp_path: Path) -> None:
     maybe: dict[str, tuple[str, str]] = {}
     rounds = 6
     for rnd in range(rounds):
-        m = start_mount(tmp_path, "tiny-random", "--config", cfg)
-        try:
+        with mounted(tmp_path, "tiny-random", "--config", cfg) as m:
             os.makedirs(m.p("store/d"), exist_ok=True)
             os.makedirs(m.p("mem/dur"), exist_ok=True)
             check(m, committed, maybe)
@@ -87,11 +86,8 @@ def test_closed_files_survive_kill_9_in_a_loop(tmp_path: Path) -> None:
                     committed[path] = begun.pop(path)
             maybe.update(begun)
             assert len(committed) > 0
-        finally:
-            stop_mount(m)
 
-    m = start_mount(tmp_path, "tiny-random", "--config", cfg)
-    try:
+    with mounted(tmp_path, "tiny-random", "--config", cfg) as m:
         check(m, committed, maybe)
         for path, (got, token) in maybe.items():
             if digest(m.read_bytes(path)) == got:
@@ -109,8 +105,6 @@ def test_closed_files_survive_kill_9_in_a_loop(tmp_path: Path) -> None:
             token = committed[path][1]
             hits = [n for n in os.listdir(m.p(f"store/.grep/{token}")) if not n.startswith(".")]
             assert hits == [f"1-{path.rsplit('/', 1)[1]}"], f"index lost {path}"
-    finally:
-        stop_mount(m)
     db = sqlite3.connect(tmp_path / "data" / "store.db")
     assert db.execute("PRAGMA integrity_check").fetchone()[0] == "ok"
     db.close()

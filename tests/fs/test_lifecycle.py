@@ -12,7 +12,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.mounting import ROOT, Mount, eventually, require_fuse, start_mount, stop_mount
+from tests.mounting import ROOT, Mount, eventually, mounted, require_fuse
 
 pytestmark = pytest.mark.mount
 
@@ -25,7 +25,7 @@ def cli(*args: str, timeout: float = 120) -> subprocess.CompletedProcess[str]:
     )
 
 
-def mounted(path: Path) -> bool:
+def in_mount_table(path: Path) -> bool:
     with open("/proc/self/mounts") as f:
         return any(line.split()[1] == str(path) for line in f)
 
@@ -39,14 +39,14 @@ def test_sigterm_wakes_blocked_readers_and_unmounts(fresh_mount: Mount) -> None:
     assert cat.wait(timeout=10) == 1
     assert b"Input/output error" in cat.stderr.read()
     assert m.proc.wait(timeout=20) == 0
-    assert not mounted(m.path)
+    assert not in_mount_table(m.path)
 
 
 def test_kill_9_leaves_no_dead_mount(fresh_mount: Mount) -> None:
     m = fresh_mount
     m.proc.kill()
     m.proc.wait(timeout=10)
-    eventually(lambda: not mounted(m.path), what="auto_unmount after kill -9")
+    eventually(lambda: not in_mount_table(m.path), what="auto_unmount after kill -9")
     os.stat(m.path)  # an ordinary empty directory again, not ENOTCONN
     assert os.listdir(m.path) == []
 
@@ -118,7 +118,7 @@ def test_background_mount_status_and_umount(tmp_path: Path) -> None:
         assert "model tiny-random" in res.stderr or "ready" in res.stderr
         assert "ready: models loaded: tiny-random" in res.stderr
         assert f"aiosfs umount {mp}" in res.stdout
-        assert mounted(mp)
+        assert in_mount_table(mp)
         pid = int((mp / "sys" / "pid").read_text())
         status = cli("status", str(mp))
         assert status.returncode == 0
@@ -126,7 +126,7 @@ def test_background_mount_status_and_umount(tmp_path: Path) -> None:
         assert "scheduler fifo" in status.stdout
         res = cli("umount", str(mp))
         assert res.returncode == 0 and "unmounted" in res.stdout
-        assert not mounted(mp)
+        assert not in_mount_table(mp)
         eventually(lambda: not Path(f"/proc/{pid}").exists(), what="daemon exit")
         assert "unmounted" in (data / "aiosfs.log").read_text()
     finally:
@@ -142,8 +142,7 @@ def test_umount_and_status_of_something_not_mounted(tmp_path: Path) -> None:
     os.getuid() != 0 or not shutil.which("setpriv"), reason="needs root and setpriv"
 )
 def test_agent_directories_belong_to_their_creator(tmp_path: Path) -> None:
-    m = start_mount(tmp_path, "tiny-random", "--allow-other")
-    try:
+    with mounted(tmp_path, "tiny-random", "--allow-other") as m:
         os.chmod(tmp_path, 0o755)
 
         def as_user(uid: int, script: str) -> subprocess.CompletedProcess[str]:
@@ -178,5 +177,3 @@ def test_agent_directories_belong_to_their_creator(tmp_path: Path) -> None:
         other = as_user(1001, "rmdir agents/users-agent")
         assert other.returncode != 0 and "not permitted" in other.stderr
         os.rmdir(m.p("agents", "users-agent"))  # root may
-    finally:
-        stop_mount(m)

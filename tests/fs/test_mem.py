@@ -10,7 +10,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.mounting import Mount, eventually, start_mount, stop_mount, write_config
+from tests.mounting import Mount, eventually, mounted, write_config
 
 pytestmark = pytest.mark.mount
 
@@ -19,11 +19,8 @@ pytestmark = pytest.mark.mount
 def mem_mount(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Mount]:
     tmp = tmp_path_factory.mktemp("mem")
     cfg = write_config(tmp, mem_agent_mb=1, mem_total_mb=64, store_embedder="hashing")
-    m = start_mount(tmp, "tiny-random", "--config", cfg)
-    try:
+    with mounted(tmp, "tiny-random", "--config", cfg) as m:
         yield m
-    finally:
-        stop_mount(m)
 
 
 def test_memory_appears_with_each_agent(mem_mount: Mount) -> None:
@@ -146,18 +143,12 @@ def test_llm_calls_read_memory_and_tool_calls_work(mem_mount: Mount) -> None:
 
 def test_memory_survives_unmount_and_remount(tmp_path: Path) -> None:
     cfg = write_config(tmp_path, store_embedder="hashing")
-    m = start_mount(tmp_path, "tiny-random", "--config", cfg)
-    try:
+    with mounted(tmp_path, "tiny-random", "--config", cfg) as m:
         m.sh("mkdir agents/keeper && mkdir mem/keeper/sub && echo remembered > mem/keeper/sub/x")
         with open(m.p("mem", "keeper", "unclosed"), "w") as f:  # closed by the with
             f.write("saved at close")
-    finally:
-        stop_mount(m)
-    m = start_mount(tmp_path, "tiny-random", "--config", cfg)
-    try:
+    with mounted(tmp_path, "tiny-random", "--config", cfg) as m:
         assert "agents" in os.listdir(m.path) and os.listdir(m.p("agents")) == []
         assert m.read("mem", "keeper", "sub", "x") == "remembered\n"
         assert m.read("mem", "keeper", "unclosed") == "saved at close"
         eventually(lambda: "keeper" in m.json("sys/mem")["agents"], what="sys/mem listing")
-    finally:
-        stop_mount(m)

@@ -16,7 +16,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.mounting import Mount, eventually, start_mount, stop_mount, write_config
+from tests.mounting import Mount, eventually, mounted, write_config
 
 pytestmark = pytest.mark.mount
 
@@ -25,11 +25,8 @@ pytestmark = pytest.mark.mount
 def store_mount(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Mount]:
     tmp = tmp_path_factory.mktemp("store")
     cfg = write_config(tmp, store_embedder="hashing", store_versions=3, store_max_file_mb=1)
-    m = start_mount(tmp, "tiny-random", "--config", cfg)
-    try:
+    with mounted(tmp, "tiny-random", "--config", cfg) as m:
         yield m
-    finally:
-        stop_mount(m)
 
 
 def indexed(m: Mount) -> None:
@@ -201,17 +198,13 @@ def test_storage_syscalls_and_retrieval(store_mount: Mount) -> None:
 
 def test_everything_is_found_again_after_remount(tmp_path: Path) -> None:
     cfg = write_config(tmp_path, store_embedder="hashing")
-    m = start_mount(tmp_path, "tiny-random", "--config", cfg)
-    try:
+    with mounted(tmp_path, "tiny-random", "--config", cfg) as m:
         m.sh(
             "mkdir -p store/keep && echo 'alpha beta' > store/keep/f && echo 'gamma' > store/keep/f"
         )
         m.sh("mkdir agents/k && echo memo > mem/k/m")
         indexed(m)
-    finally:
-        stop_mount(m)
-    m = start_mount(tmp_path, "tiny-random", "--config", cfg)
-    try:
+    with mounted(tmp_path, "tiny-random", "--config", cfg) as m:
         assert m.read("store/keep/f") == "gamma\n"
         assert [
             m.read("store/.versions/keep/f", n) for n in os.listdir(m.p("store/.versions/keep/f"))
@@ -219,8 +212,6 @@ def test_everything_is_found_again_after_remount(tmp_path: Path) -> None:
         assert m.json("sys/store")["pending_index"] == 0  # the index survived too
         assert ls(m, "store/.grep/gamma") == ["1-f"]
         assert m.read("mem/k/m") == "memo\n"
-    finally:
-        stop_mount(m)
 
 
 @pytest.mark.skipif(os.getuid() != 0 or not shutil.which("mount"), reason="needs root for tmpfs")
@@ -236,8 +227,7 @@ def test_a_full_disk_is_enospc_and_loses_nothing(tmp_path: Path) -> None:
         pytest.skip("cannot mount a tmpfs here")
     try:
         cfg = write_config(tmp_path, store_embedder="hashing", store_index=False)
-        m = start_mount(tmp_path, "tiny-random", "--config", cfg)
-        try:
+        with mounted(tmp_path, "tiny-random", "--config", cfg) as m:
             m.write("store/first.txt", "must survive")
             codes = set()
             for i in range(40):  # 40 x 300 KB against 6 MB
@@ -253,7 +243,5 @@ def test_a_full_disk_is_enospc_and_loses_nothing(tmp_path: Path) -> None:
                     os.unlink(m.p("store", name))
             m.write("store/after.txt", os.urandom(200_000))  # and frees room for new writes
             assert m.read("store/first.txt") == "must survive"
-        finally:
-            stop_mount(m)
     finally:
         subprocess.run(["umount", "-l", str(data)], capture_output=True)
