@@ -6,7 +6,7 @@ MOUNT ?= mnt
 CC ?= cc
 PYTEST_ARGS ?=
 
-.PHONY: install run test lint examples bench clean
+.PHONY: install run test lint static examples bench clean
 
 install:
 	@scripts/install.sh
@@ -19,8 +19,14 @@ mount_examples/c/aiosfs_client: mount_examples/c/aiosfs_client.c
 run: install examples
 	@scripts/run.sh $(MOUNT)
 
-test: install examples
+# The static checks: ruff, the import contracts of the module map (pyproject.toml's
+# [tool.importlinter]) and mypy over kernel/ and aiosfs/.
+static: install
 	$(PY) -m ruff check kernel aiosfs tests mount_examples
+	$(VENV)/bin/lint-imports
+	$(VENV)/bin/mypy
+
+test: static examples
 	$(PY) -m pytest $(PYTEST_ARGS)
 
 # The benchmark mounts its own daemon (about 35 minutes on 2 cores); BENCH_ARGS to adjust it.
@@ -28,8 +34,7 @@ BENCH_ARGS ?=
 bench: install
 	$(VENV)/bin/aiosfs bench --out bench-results $(BENCH_ARGS)
 
-lint: install
-	$(PY) -m ruff check kernel aiosfs tests mount_examples
+lint: static
 	$(PY) -m ruff format --check kernel aiosfs tests mount_examples
 
 clean:

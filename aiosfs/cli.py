@@ -19,7 +19,7 @@ from pathlib import Path
 from typing import Any
 
 from kernel import __version__
-from kernel.policies import POLICIES
+from kernel.llm.scheduler import POLICIES
 
 EXIT_USAGE = 2
 

@@ -8,7 +8,10 @@ Life cycle:
    report progress to the launcher on ``ready_fd`` until every model is loaded;
 3. serve until unmounted, or until SIGINT/SIGTERM/SIGHUP: then fail unfinished syscalls and wake
    every blocked reader with an error, let those replies go out, and leave the FUSE loop;
-4. ``pyfuse3.close(unmount=True)`` in ``finally``.
+4. unwind: every part registered its teardown on an exit stack as it was built (the reporter's
+   pipe, the mount, the nursery, the kernel), so they are undone in reverse order however the
+   run ends — the kernel's shutdown (engines, memory, the store and its indexer) included when
+   ``pyfuse3.main`` raises.
 """
 
 from __future__ import annotations
@@ -127,39 +130,53 @@ async def _serve(opts: DaemonOptions, kernel: Kernel, fs: AiosFS, reporter: Repo
         status = 1
         await stop("model failed to load")
 
-    async with trio.open_nursery() as nursery:
+    async def shut_down_kernel() -> None:
+        # However the loop ends (unmounted, signalled, or pyfuse3.main raising), the kernel
+        # stops its engines and closes memory, the store and its indexer.
+        with trio.CancelScope(shield=True):
+            await kernel.shutdown()
+
+    async with contextlib.AsyncExitStack() as stack:
+        nursery = await stack.enter_async_context(trio.open_nursery())
+        stack.callback(nursery.cancel_scope.cancel)  # runs before the nursery is awaited
+        stack.push_async_callback(shut_down_kernel)  # also undoes a start that failed midway
         await kernel.start()
         failed = trio.Event()
         nursery.start_soon(fs.interrupts.run)
         nursery.start_soon(on_signals)
         nursery.start_soon(on_load_failure, failed)
         nursery.start_soon(_report_loading, kernel, reporter, failed)
+        # Returns when we were told to stop, or when someone ran fusermount -u.
         await pyfuse3.main(min_tasks=4, max_tasks=opts.max_tasks)
-        # the loop ended: we were told to stop, or someone ran fusermount -u
-        await kernel.shutdown()
-        nursery.cancel_scope.cancel()
     return status
 
 
+def _unmount(mountpoint: str) -> None:
+    pyfuse3.close(unmount=True)
+    log.info("unmounted %s", mountpoint)
+
+
 def run_daemon(opts: DaemonOptions) -> int:
-    """Mount and serve until unmounted or signalled; returns the exit status."""
-    reporter = Reporter(opts.ready_fd)
-    mountpoint = check_mountpoint(opts.mountpoint)
-    kernel = Kernel(opts.config)
-    fs = AiosFS(kernel, mountpoint)
-    options = set(pyfuse3.default_options)
-    options |= {"fsname=aiosfs", "subtype=aiosfs", "auto_unmount"}
-    if opts.allow_other:
-        options.add("allow_other")
-    if opts.debug_fuse:
-        options.add("debug")
-    pyfuse3.init(fs, mountpoint, options)
-    reporter.say(f"mounted at {mountpoint} (pid {os.getpid()})")
+    """Mount and serve until unmounted or signalled; returns the exit status.
+
+    Each resource registers its teardown the moment it exists, so whatever fails later (the
+    mount, the kernel's start, the FUSE loop) undoes exactly what was built, in reverse order.
+    """
     status = 1
-    try:
+    with contextlib.ExitStack() as stack:
+        reporter = Reporter(opts.ready_fd)
+        stack.callback(reporter.close)
+        mountpoint = check_mountpoint(opts.mountpoint)
+        kernel = Kernel(opts.config)
+        fs = AiosFS(kernel, mountpoint)
+        options = set(pyfuse3.default_options)
+        options |= {"fsname=aiosfs", "subtype=aiosfs", "auto_unmount"}
+        if opts.allow_other:
+            options.add("allow_other")
+        if opts.debug_fuse:
+            options.add("debug")
+        pyfuse3.init(fs, mountpoint, options)
+        stack.callback(_unmount, mountpoint)
+        reporter.say(f"mounted at {mountpoint} (pid {os.getpid()})")
         status = trio.run(_serve, opts, kernel, fs, reporter)
-    finally:
-        pyfuse3.close(unmount=True)
-        reporter.close()
-        log.info("unmounted %s", mountpoint)
     return status

@@ -3,6 +3,10 @@
 Every handler is wrapped by ``guarded``: a KernelError becomes its errno, and any other exception
 is logged and answered with EIO. A non-FUSEError escaping a handler would end ``pyfuse3.main``
 and leave a dead mount, so nothing may escape.
+
+This is the only module that imports the trees: it builds the root (README, agents/, sys/,
+mem/, store/) and gives each tree the kernel facade; the trees' nodes get the inode table and
+the interrupt watcher through ``VfsEnv``.
 """
 
 from __future__ import annotations
@@ -13,18 +17,27 @@ import itertools
 import logging
 import os
 import time
-from collections.abc import Awaitable, Callable, Sequence
+from collections.abc import Callable, Coroutine, Sequence
 from typing import Any, ParamSpec, TypeVar
 
 import pyfuse3
 
-from aiosfs.agent_tree import AgentsDir
-from aiosfs.handles import Handle
-from aiosfs.interrupts import InterruptWatcher
-from aiosfs.mem_tree import MemRoot
-from aiosfs.nodes import Dir, FixedFile, Inodes, Node, StaticDir, Symlink, fuse_error
-from aiosfs.store_tree import StoreDir
-from aiosfs.sys_tree import build_sys
+from aiosfs.trees.agents import AgentsDir
+from aiosfs.trees.mem import MemRoot
+from aiosfs.trees.store import StoreDir
+from aiosfs.trees.sys import build_sys
+from aiosfs.vfs import (
+    Dir,
+    FixedFile,
+    Handle,
+    InodeTable,
+    InterruptWatcher,
+    Node,
+    StaticDir,
+    Symlink,
+    VfsEnv,
+    fuse_error,
+)
 from kernel import Kernel
 from kernel.errors import KernelError
 
@@ -48,7 +61,7 @@ The full contract: docs/filesystem.md in the aiosfs source.
 """
 
 
-def guarded(fn: Callable[P, Awaitable[R]]) -> Callable[P, Awaitable[R]]:
+def guarded(fn: Callable[P, Coroutine[Any, Any, R]]) -> Callable[P, Coroutine[Any, Any, R]]:
     """Turn kernel errors into errnos and unexpected exceptions into a logged EIO."""
 
     @functools.wraps(fn)
@@ -84,19 +97,19 @@ class AiosFS(pyfuse3.Operations):
         super().__init__()
         self.kernel = kernel
         self.mountpoint = mountpoint
-        self.inodes = Inodes()
+        self.inodes = InodeTable()
         self.interrupts = InterruptWatcher()
         self.handles: dict[int, Handle] = {}
         self._fh = itertools.count(1)
         self._dir_handles: dict[int, list[Node]] = {}
-        self.root = StaticDir(self, "", None)
-        assert self.root.inode == pyfuse3.ROOT_INODE
-        self.root.add(FixedFile(self, "README", self.root, lambda: README, time.time()))
-        self.root.add(AgentsDir(self, "agents", self.root))
-        self.root.add(build_sys(self, self.root))
-        self.path_nodes: dict[tuple[Any, ...], Node] = {}  # mem/ and store/ nodes by path
-        self.root.add(MemRoot(self, "mem", self.root))
-        self.root.add(StoreDir(self, "store", self.root, ""))
+        env = VfsEnv(self.inodes, self.interrupts, max_write=kernel.limits.max_bytes)
+        self.root = root = StaticDir("", None, env=env)
+        assert root.inode == pyfuse3.ROOT_INODE
+        root.add(FixedFile("README", root, lambda: README, time.time()))
+        root.add(AgentsDir("agents", root, kernel))
+        root.add(build_sys(root, kernel, self.stats, mountpoint))
+        root.add(MemRoot("mem", root, kernel))
+        root.add(StoreDir.root("store", root, kernel))
 
     def stats(self) -> dict[str, Any]:
         return {
@@ -118,7 +131,7 @@ class AiosFS(pyfuse3.Operations):
             raise fuse_error(errno.EBADF) from None
 
     def _entry(self, node: Node) -> pyfuse3.EntryAttributes:
-        node.lookups += 1
+        self.inodes.looked_up(node)
         return node.attributes()
 
     # ---- names --------------------------------------------------------------------------------
@@ -220,15 +233,21 @@ class AiosFS(pyfuse3.Operations):
         return os.fsencode(node.target)
 
     @guarded
-    async def link(self, *args: Any) -> pyfuse3.EntryAttributes:
+    async def link(
+        self, inode: int, new_parent_inode: int, new_name: bytes, ctx: pyfuse3.RequestContext
+    ) -> pyfuse3.EntryAttributes:
         raise fuse_error(errno.EACCES)
 
     @guarded
-    async def symlink(self, *args: Any) -> pyfuse3.EntryAttributes:
+    async def symlink(
+        self, parent_inode: int, name: bytes, target: bytes, ctx: pyfuse3.RequestContext
+    ) -> pyfuse3.EntryAttributes:
         raise fuse_error(errno.EACCES)
 
     @guarded
-    async def mknod(self, *args: Any) -> pyfuse3.EntryAttributes:
+    async def mknod(
+        self, parent_inode: int, name: bytes, mode: int, rdev: int, ctx: pyfuse3.RequestContext
+    ) -> pyfuse3.EntryAttributes:
         raise fuse_error(errno.EACCES)
 
     # ---- directories --------------------------------------------------------------------------
@@ -247,7 +266,7 @@ class AiosFS(pyfuse3.Operations):
             node = entries[i]
             if not pyfuse3.readdir_reply(token, os.fsencode(node.name), node.attributes(), i + 1):
                 return
-            node.lookups += 1
+            self.inodes.looked_up(node)
 
     @guarded
     async def releasedir(self, fh: int) -> None:
@@ -265,7 +284,7 @@ class AiosFS(pyfuse3.Operations):
     def _register(self, node: Node, handle: Handle) -> pyfuse3.FileInfo:
         fh = next(self._fh)
         self.handles[fh] = handle
-        self.inodes.open_counts[node.inode] = self.inodes.open_counts.get(node.inode, 0) + 1
+        self.inodes.opened(node)
         return pyfuse3.FileInfo(
             fh=fh,
             direct_io=handle.direct_io,
@@ -294,11 +313,7 @@ class AiosFS(pyfuse3.Operations):
         handle = self.handles.pop(fh, None)
         if handle is None:
             return
-        inode = handle.node.inode
-        self.inodes.open_counts[inode] -= 1
-        if not self.inodes.open_counts[inode]:
-            del self.inodes.open_counts[inode]
-        self.inodes.maybe_drop(handle.node)
+        self.inodes.closed(handle.node)
         await handle.release()
 
     @guarded
@@ -312,7 +327,7 @@ class AiosFS(pyfuse3.Operations):
         s = pyfuse3.StatvfsData()
         s.f_bsize = s.f_frsize = 4096
         s.f_blocks = s.f_bfree = s.f_bavail = 0
-        s.f_files = len(self.inodes.nodes)
+        s.f_files = len(self.inodes)
         s.f_ffree = s.f_favail = 1 << 20
         s.f_namemax = 255
         return s

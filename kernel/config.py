@@ -6,14 +6,11 @@ import os
 import tomllib
 from dataclasses import dataclass, field, fields, replace
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 from kernel.errors import InvalidArgument
 from kernel.llm.models import default_cache_dir
-from kernel.policies import POLICIES
-
-if TYPE_CHECKING:
-    from kernel.llm.engine import EngineConfig
+from kernel.llm.scheduler import POLICIES
 
 
 def default_data_dir() -> Path:
@@ -23,7 +20,7 @@ def default_data_dir() -> Path:
 
 @dataclass(frozen=True)
 class KernelConfig:
-    """Everything the kernel needs to start. See docs/configuration.md for each key."""
+    """Everything the kernel needs to start. README.md ("The command line") lists each key."""
 
     model: str = "smollm2"  # the default model; agents use it unless their config says otherwise
     extra_models: tuple[str, ...] = ()  # further models to load, selectable per agent
@@ -99,17 +96,3 @@ class KernelConfig:
             if not isinstance(getattr(cfg, key), int) or getattr(cfg, key) < 0:
                 raise InvalidArgument(f"{key} must be a non-negative integer")
         return cfg
-
-    def engine_config(self, model: str, policy: str | None = None) -> EngineConfig:
-        """The engine settings for one model."""
-        from kernel.llm.engine import EngineConfig
-        from kernel.scheduler import Limits
-
-        return EngineConfig(
-            policy=policy or self.scheduler,
-            limits=Limits(self.max_running, self.max_tokens_in_flight, self.quantum),
-            step_tokens=self.step_tokens,
-            prefix_cache_bytes=self.prefix_cache_mb << 20,
-            context_bytes=self.context_mb << 20,
-            swap_dir=self.data_dir / "swap" / model,
-        )

@@ -8,6 +8,10 @@ person who made the mistake: say what was wrong and what would be right.
 from __future__ import annotations
 
 import errno as _errno
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    from kernel.results import Result
 
 
 class KernelError(Exception):
@@ -18,6 +22,8 @@ class KernelError(Exception):
     def __init__(self, message: str) -> None:
         super().__init__(message)
         self.message = message
+        # the failed result a rejected submission still recorded (so ``out`` is answered)
+        self.result: Result | None = None
 
 
 class InvalidArgument(KernelError):

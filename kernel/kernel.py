@@ -45,16 +45,17 @@ from kernel.errors import (
     WouldBlock,
 )
 from kernel.llm.core import LLMCore, TransformersCore
-from kernel.llm.engine import Engine
+from kernel.llm.engine import Engine, EngineConfig
 from kernel.llm.models import resolve_model
-from kernel.llm.request import GenerationRequest, SamplingParams, Update
+from kernel.llm.request import Update
+from kernel.llm.scheduler import SCHEDULERS, Limits
 from kernel.memory import MemoryManager
 from kernel.names import validate_agent_name
 from kernel.results import Result, ResultState
-from kernel.scheduler import SCHEDULERS
-from kernel.services import Services
-from kernel.storage import StorageManager
-from kernel.syscalls import LLMCall, Message, SyscallLimits, ToolCall, parse_syscall
+from kernel.store import StorageManager
+from kernel.syscalls import CallEnv, LLMCall, SyscallLimits, ToolCall, builtin_table
+from kernel.syscalls.prompt import build_request, gather_context
+from kernel.workers import Workers
 
 log = logging.getLogger(__name__)
 
@@ -70,6 +71,18 @@ class Inflight:
     result: Result
     engine: Engine
     epoch: int
+
+
+def engine_config(config: KernelConfig, model: str) -> EngineConfig:
+    """The engine settings for one model, from the kernel's."""
+    return EngineConfig(
+        policy=config.scheduler,
+        limits=Limits(config.max_running, config.max_tokens_in_flight, config.quantum),
+        step_tokens=config.step_tokens,
+        prefix_cache_bytes=config.prefix_cache_mb << 20,
+        swap_ram_bytes=config.context_mb << 20,
+        swap_dir=config.data_dir / "swap" / model,
+    )
 
 
 def transformers_core(name: str, config: KernelConfig) -> LLMCore:
@@ -89,7 +102,14 @@ class Kernel:
         self._request_ids = itertools.count(1)
         self._inflight: dict[int, Inflight] = {}  # by request id
         self._trio_token: trio.lowlevel.TrioToken | None = None
-        self.services: Services | None = None  # memory and storage, made by start()
+        # call name -> row; each kernel has its own, so that the rows it adds stay its own
+        self.syscalls = builtin_table()
+        # the threads that blocking memory and storage calls run on (the filesystem's too)
+        self.workers = Workers()
+        # what start() built, undone in reverse order by shutdown()
+        self._teardown = contextlib.AsyncExitStack()
+        # the managers as syscall handlers see them; made by start()
+        self._env: CallEnv | None = None
         self.started_at = time.time()
         self.stopping = False
         self.counts = {"submitted": 0, "done": 0, "failed": 0, "cancelled": 0, "invalid": 0}
@@ -99,22 +119,29 @@ class Kernel:
     # ---- life cycle -------------------------------------------------------------------------
 
     async def start(self) -> None:
-        """Create one engine per model and start loading them (in their threads; no waiting)."""
+        """Create one engine per model and start loading them (in their threads; no waiting),
+        then the memory and storage managers.
+
+        Each part registers its teardown the moment it exists, so ``shutdown`` undoes exactly
+        what was built, in reverse order, even after a start that failed midway.
+        """
         self._trio_token = trio.lowlevel.current_trio_token()
         names = [self.config.model, *self.config.extra_models]
         for name in names:
             core = self._core_factory(name, self.config)
             if core.name in self.engines:
                 continue
-            engine = Engine(core, self.config.engine_config(core.name), self._emit)
+            engine = Engine(core, engine_config(self.config, core.name), self._emit)
             self.engines[core.name] = engine
             if not self.default_model:
                 self.default_model = core.name
             engine.start()
+            self._teardown.push_async_callback(self._stop_engine, engine)
         cfg = self.config
         memory = MemoryManager(
             cfg.data_dir / "mem", cfg.mem_agent_mb << 20, cfg.mem_total_mb << 20, cfg.mem_k
         )
+        self._teardown.push_async_callback(self.workers.mem, memory.flush_all)
         storage = await trio.to_thread.run_sync(
             lambda: StorageManager(
                 cfg.data_dir / "store.db",
@@ -124,17 +151,22 @@ class Kernel:
                 cfg.store_index,
             )
         )
-        self.services = Services(memory, storage)
+        self._teardown.push_async_callback(self.workers.store, storage.close)
+        self._env = CallEnv(memory, storage, self.workers)
+
+    @staticmethod
+    async def _stop_engine(engine: Engine) -> None:
+        await trio.to_thread.run_sync(engine.stop)  # joins the engine's thread: off trio's
 
     @property
     def memory(self) -> MemoryManager:
-        assert self.services is not None, "the kernel is not started"
-        return self.services.memory
+        assert self._env is not None, "the kernel is not started"
+        return self._env.memory
 
     @property
     def storage(self) -> StorageManager:
-        assert self.services is not None, "the kernel is not started"
-        return self.services.storage
+        assert self._env is not None, "the kernel is not started"
+        return self._env.storage
 
     async def wait_loaded(self) -> None:
         """Wait until every engine finished loading (successfully or not)."""
@@ -142,7 +174,8 @@ class Kernel:
             await trio.to_thread.run_sync(engine.loaded.wait)
 
     async def shutdown(self) -> None:
-        """Fail everything unfinished, wake every waiter with ShuttingDown, stop the engines."""
+        """Fail everything unfinished, wake every waiter with ShuttingDown, then undo what
+        ``start`` built: close the store and its indexer, save memory, stop the engines."""
         if self.stopping:
             return
         self.stopping = True
@@ -150,11 +183,7 @@ class Kernel:
             for result in agent.unfinished():
                 self._finish(agent, result, ResultState.FAILED, "kernel shutting down", errno.EIO)
             agent.notify()
-        engines = list(self.engines.values())
-        await trio.to_thread.run_sync(lambda: [e.stop() for e in engines])
-        if self.services is not None:
-            await self.services.mem(self.services.memory.flush_all)
-            await self.services.store(self.services.storage.close)
+        await self._teardown.aclose()
 
     def _check_running(self) -> None:
         if self.stopping:
@@ -169,7 +198,7 @@ class Kernel:
             raise AlreadyExists(f"agent {name!r} exists")
         agent = Agent(name, uid, gid, self.config.results_keep)
         self.agents[name] = agent
-        if self.services is not None:
+        if self._env is not None:
             self.memory.ensure_agent(name)  # mem/NAME appears with the agent
         log.info("agent %s created by uid %d", name, uid)
         return agent
@@ -204,15 +233,15 @@ class Kernel:
                 raise TooLarge(
                     f"syscall of {len(data)} bytes is over the {self.limits.max_bytes}-byte limit"
                 )
-            result.syscall = parse_syscall(data, self.limits)
+            result.syscall = self.syscalls.parse(data, self.limits)
         except KernelError as e:
             self.counts["invalid"] += 1
             self._finish(agent, result, ResultState.FAILED, e.message, e.errno)
             agent.notify()
-            e.result = result  # type: ignore[attr-defined]
+            e.result = result
             raise
         call = result.syscall
-        if isinstance(call, ToolCall):
+        if isinstance(call, ToolCall):  # a row of the syscall table
             self._spawn(agent, result, self._run_tool)
         elif call.chat and agent.chat_active is not None:
             agent.chat_backlog.append(result)
@@ -250,16 +279,17 @@ class Kernel:
         trio.lowlevel.spawn_system_task(guarded)
 
     async def _run_tool(self, agent: Agent, result: Result) -> None:
-        assert self.services is not None and isinstance(result.syscall, ToolCall)
+        """Answer a table call with its row's handler; its text is the whole result."""
+        assert self._env is not None and isinstance(result.syscall, ToolCall)
         result.mark_running()
-        text = await self.services.run(agent.name, result.syscall)
+        text = await self.syscalls.run(self._env, agent.name, result.syscall)
         if not result.finished:
             result.append(text)
             self._finish(agent, result, ResultState.DONE, reason="done")
 
     async def _gather_then_start(self, agent: Agent, result: Result) -> None:
-        assert self.services is not None and isinstance(result.syscall, LLMCall)
-        context, sources = await self.services.context(agent.name, result.syscall)
+        assert self._env is not None and isinstance(result.syscall, LLMCall)
+        context, sources = await gather_context(self._env, agent.name, result.syscall)
         result.sources = sources
         if not result.finished and not self.stopping:  # not cancelled meanwhile
             self._start_llm(agent, result, context)
@@ -270,7 +300,7 @@ class Kernel:
             raise TooLarge(
                 f"syscall of {len(data)} bytes is over the {self.limits.max_bytes}-byte limit"
             )
-        parse_syscall(data, self.limits)
+        self.syscalls.parse(data, self.limits)
 
     def fail_submission(self, name: str, message: str, code: int, reserved: bool = False) -> Result:
         """Record a syscall that never got to be parsed (e.g. an over-size write), as an error
@@ -295,43 +325,13 @@ class Kernel:
                 agent, result, ResultState.FAILED, f"model {model!r} is not loaded", errno.ENOENT
             )
             return
-        sampling = SamplingParams(
-            max_tokens=call.max_tokens or cfg.max_tokens,
-            temperature=cfg.temperature if call.temperature is None else call.temperature,
-            top_p=cfg.top_p if call.top_p is None else call.top_p,
-            repetition_penalty=(
-                cfg.repetition_penalty
-                if call.repetition_penalty is None
-                else call.repetition_penalty
-            ),
-            stop=call.stop,
-            seed=call.seed,
-        )
-        if call.messages is not None:
-            messages = tuple(m.as_dict() for m in call.messages)
-            if context:  # in front of the last user message
-                last = len(messages) - 1 - [m["role"] for m in messages][::-1].index("user")
-                messages = (
-                    *messages[:last],
-                    {"role": "user", "content": f"{context}\n\n{messages[last]['content']}"},
-                    *messages[last + 1 :],
-                )
-            history: tuple[dict[str, str], ...] = ()
-            system = None
-        else:
-            assert call.prompt is not None
-            prompt = f"{context}\n\nQuestion: {call.prompt}" if context else call.prompt
-            messages = (Message("user", prompt).as_dict(),)
-            history = tuple(m.as_dict() for m in agent.conversation.messages) if call.chat else ()
-            system = call.system if call.system is not None else cfg.system
-        request = GenerationRequest(
-            request_id=next(self._request_ids),
-            agent=agent.name,
-            messages=messages,
-            sampling=sampling,
-            history=history,
-            system=system,
-            priority=cfg.priority,
+        request = build_request(
+            next(self._request_ids),
+            agent.name,
+            call,
+            cfg,
+            agent.conversation.messages,
+            context,
         )
         self._inflight[request.request_id] = Inflight(
             agent, result, engine, agent.conversation.epoch
@@ -546,10 +546,10 @@ class Kernel:
         }
 
     def queue_info(self) -> dict[str, Any]:
-        return {name: engine.queue_snapshot for name, engine in self.engines.items()}
+        return {name: engine.queue_info for name, engine in self.engines.items()}
 
     def context_info(self) -> dict[str, Any]:
-        return {name: engine.context_snapshot for name, engine in self.engines.items()}
+        return {name: engine.kv_info for name, engine in self.engines.items()}
 
     def agent_status(self, name: str) -> dict[str, Any]:
         """An agent's status plus where it stands with its model's scheduler."""
@@ -558,7 +558,7 @@ class Kernel:
         model = agent.config.model or self.default_model
         engine = self.engines.get(model)
         if engine is not None:
-            queue = engine.queue_snapshot
+            queue = engine.queue_info
             mine = queue.get("per_agent", {}).get(name, {})
             service = queue.get("service", {})
             got = service.get(name, {})
@@ -577,7 +577,7 @@ class Kernel:
         return status
 
     def stats(self) -> dict[str, Any]:
-        contexts = [e.context_snapshot.get("contexts", {}) for e in self.engines.values()]
+        contexts = [e.kv_info.get("contexts", {}) for e in self.engines.values()]
         return {
             "syscalls": dict(self.counts),
             "inflight": len(self._inflight),
@@ -600,7 +600,7 @@ class Kernel:
             "queue": self.queue_info(),
             "stats": self.stats(),
             "context": self.context_info(),
-            "mem": self.memory.info() if self.services else None,
-            "store": self.storage.info() if self.services else None,
+            "mem": self.memory.info() if self._env else None,
+            "store": self.storage.info() if self._env else None,
             "agents": {name: self.agent_status(name) for name in self.agents},
         }

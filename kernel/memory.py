@@ -10,56 +10,49 @@ Uses within ``correlation`` seconds of each other count as one (a ``cat`` readin
 one use). A dirty block is written out before it is evicted. Reading an evicted block loads it
 back.
 
-Paths are relative to the agent's directory, ``/``-separated, already split and checked by the
-caller (see ``check_name``). All methods run on the caller's thread; the filesystem calls them
-from its trio thread, where file I/O on small blocks costs microseconds.
+Paths are relative to the agent's directory, ``/``-separated; each component is checked with
+``kernel.names.check_name`` (the one owner of name rules).
+
+Threads: one documented way in. Every public method takes the manager's lock (a re-entrant
+``threading.RLock``, so public methods may call each other), which makes the manager safe to call
+from any thread: syscalls run it on a worker thread, while the filesystem asks for metadata
+(``is_dir``, ``stat``, ``size``, ``listdir``, ``agents``, ``ensure_agent``, ``info``) straight
+from its trio thread, because those cost microseconds and a thread hop would cost more. Such a
+caller may wait for the call that holds the lock to finish: milliseconds where that call saves
+blocks (each save ends in an fsync). Private helpers (``_block``, ``_enforce``, ...) assume the
+lock is held.
+The attributes ``blocks``, ``stats`` and ``resident`` are for inspection where nothing else runs
+(tests, benchmarks); read them through ``info()`` otherwise.
 """
 
 from __future__ import annotations
 
 import contextlib
 import errno
+import functools
 import os
 import shutil
+import threading
 import time
 from collections import deque
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, Concatenate, ParamSpec, TypeVar
 
 from kernel.errors import (
     AlreadyExists,
-    InvalidArgument,
     IsADirectory,
     KernelError,
-    NameTooLong,
     NoSpace,
     NotADirectory,
     NotEmpty,
     NotFound,
 )
-from kernel.names import validate_agent_name
+from kernel.names import TMP_SUFFIX, split_path, validate_agent_name
 
-NAME_MAX = 255
-
-
-TMP_SUFFIX = ".aiosfs-tmp"  # a block being saved; never a user's name
-
-
-def check_name(name: str) -> str:
-    """A single path component a user may create."""
-    if name in ("", ".", "..") or name.endswith(TMP_SUFFIX):
-        raise InvalidArgument(f"invalid name {name!r}")
-    if "/" in name or "\0" in name:
-        raise InvalidArgument(f"a name may not contain '/' or NUL: {name!r}")
-    if len(name.encode()) > NAME_MAX:
-        raise NameTooLong(f"name longer than {NAME_MAX} bytes")
-    return name
-
-
-def split_path(path: str) -> list[str]:
-    """Components of a relative path, each checked; '' is the root."""
-    return [check_name(p) for p in path.split("/") if p] if path else []
+P = ParamSpec("P")
+R = TypeVar("R")
 
 
 def os_error(e: OSError, what: str) -> KernelError:
@@ -69,13 +62,27 @@ def os_error(e: OSError, what: str) -> KernelError:
     return err
 
 
+def _serialized(
+    method: Callable[Concatenate[MemoryManager, P], R],
+) -> Callable[Concatenate[MemoryManager, P], R]:
+    """Run a public method of the manager holding its lock: the one way into its state."""
+
+    @functools.wraps(method)
+    def locked(manager: MemoryManager, /, *args: P.args, **kwargs: P.kwargs) -> R:
+        with manager._lock:
+            return method(manager, *args, **kwargs)
+
+    return locked
+
+
 @dataclass
 class Block:
     """One memory file. ``data`` is None while evicted (the disk copy is the truth)."""
 
     data: bytearray | None
     dirty: bool = False
-    uses: deque[float] = field(default_factory=deque)
+    uses: deque[float] = field(default_factory=deque)  # the last K uncorrelated uses
+    last_ref: float = 0.0  # the last reference of any kind, correlated ones included
 
     @property
     def resident(self) -> int:
@@ -91,7 +98,7 @@ class AgentMemStats:
 
 
 class MemoryManager:
-    """Per-agent memory trees with K-LRU eviction from RAM to disk."""
+    """Per-agent memory trees with K-LRU eviction from RAM to disk; safe from any thread."""
 
     def __init__(
         self,
@@ -114,16 +121,20 @@ class MemoryManager:
         self.resident: dict[str, int] = {}
         self.evict_seconds = 0.0
         self.load_seconds = 0.0
+        self._lock = threading.RLock()  # held by every public method; see the module docstring
 
     # ---- paths ------------------------------------------------------------------------------
 
+    @_serialized
     def agents(self) -> list[str]:
         return sorted(p.name for p in self.root.iterdir() if p.is_dir())
 
+    @_serialized
     def ensure_agent(self, agent: str) -> None:
         validate_agent_name(agent)
         (self.root / agent).mkdir(exist_ok=True)
 
+    @_serialized
     def remove_agent(self, agent: str) -> None:
         """``rm -r mem/AGENT`` done in one step (also used when the tree is removed)."""
         validate_agent_name(agent)
@@ -131,6 +142,7 @@ class MemoryManager:
             self._drop(key)
         shutil.rmtree(self.root / agent, ignore_errors=True)
 
+    @_serialized
     def is_dir(self, agent: str, path: str) -> bool:
         return self._disk(agent, path).is_dir()
 
@@ -141,6 +153,7 @@ class MemoryManager:
 
     # ---- metadata ---------------------------------------------------------------------------
 
+    @_serialized
     def stat(self, agent: str, path: str) -> os.stat_result | None:
         """The backing file's stat (size corrected for unflushed writes), or None."""
         try:
@@ -151,12 +164,14 @@ class MemoryManager:
             raise os_error(e, path) from None
         return st
 
+    @_serialized
     def size(self, agent: str, path: str, st: os.stat_result) -> int:
         block = self.blocks.get((agent, path))
         if block is not None and block.data is not None and block.dirty:
             return len(block.data)
         return st.st_size
 
+    @_serialized
     def listdir(self, agent: str, path: str) -> list[str]:
         try:
             names = os.listdir(self._disk(agent, path))
@@ -168,6 +183,7 @@ class MemoryManager:
 
     # ---- namespace operations ---------------------------------------------------------------
 
+    @_serialized
     def create(self, agent: str, path: str) -> None:
         disk = self._disk(agent, path)
         try:
@@ -180,6 +196,7 @@ class MemoryManager:
         self.blocks[(agent, path)] = Block(bytearray())
         self._touch(agent, path)
 
+    @_serialized
     def mkdir(self, agent: str, path: str) -> None:
         try:
             os.mkdir(self._disk(agent, path))
@@ -188,6 +205,7 @@ class MemoryManager:
         except OSError as e:
             raise os_error(e, path) from None
 
+    @_serialized
     def unlink(self, agent: str, path: str) -> None:
         disk = self._disk(agent, path)
         if disk.is_dir():
@@ -200,6 +218,7 @@ class MemoryManager:
             raise os_error(e, path) from None
         self._drop((agent, path))
 
+    @_serialized
     def rmdir(self, agent: str, path: str) -> None:
         try:
             os.rmdir(self._disk(agent, path))
@@ -208,6 +227,7 @@ class MemoryManager:
                 raise NotEmpty(f"{path} is not empty") from None
             raise os_error(e, path) from None
 
+    @_serialized
     def rename(self, agent: str, old: str, new_agent: str, new: str) -> None:
         src, dst = self._disk(agent, old), self._disk(new_agent, new)
         if (agent, old) in self.blocks:
@@ -263,16 +283,19 @@ class MemoryManager:
         self._enforce(agent, keep=key)
         return block
 
+    @_serialized
     def read(self, agent: str, path: str, offset: int, size: int) -> bytes:
         block = self._block(agent, path)
         assert block.data is not None
         return bytes(block.data[offset : offset + size])
 
+    @_serialized
     def read_all(self, agent: str, path: str) -> bytes:
         block = self._block(agent, path)
         assert block.data is not None
         return bytes(block.data)
 
+    @_serialized
     def write(self, agent: str, path: str, offset: int, data: bytes) -> int:
         block = self._block(agent, path)
         assert block.data is not None
@@ -285,6 +308,7 @@ class MemoryManager:
         self._enforce(agent, keep=(agent, path))
         return len(data)
 
+    @_serialized
     def truncate(self, agent: str, path: str, size: int, save: bool = True) -> None:
         """Resize a block. ``save=False`` (O_TRUNC at open) leaves the disk copy alone until the
         writer closes, so a crash in between keeps the last closed content."""
@@ -300,6 +324,7 @@ class MemoryManager:
         if save:
             self.flush(agent, path)
 
+    @_serialized
     def flush(self, agent: str, path: str) -> None:
         """Write a dirty block to disk (atomically: temp file, fsync, rename)."""
         block = self.blocks.get((agent, path))
@@ -322,6 +347,7 @@ class MemoryManager:
 
     # ---- whole-file helpers for syscalls ------------------------------------------------------
 
+    @_serialized
     def write_file(self, agent: str, path: str, data: bytes, append: bool = False) -> int:
         """Create or replace (or extend) a memory file and save it; returns its size."""
         if (agent, path) not in self.blocks and self.stat(agent, path) is None:
@@ -334,6 +360,7 @@ class MemoryManager:
         self.flush(agent, path)
         return len(self._block(agent, path).data or b"")
 
+    @_serialized
     def list_entries(self, agent: str, path: str) -> list[dict[str, Any]]:
         out = []
         for name in self.listdir(agent, path):
@@ -352,6 +379,7 @@ class MemoryManager:
             )
         return out
 
+    @_serialized
     def delete(self, agent: str, path: str) -> None:
         """Remove a file, or an empty directory."""
         if os.path.isdir(self._disk(agent, path)):
@@ -359,6 +387,7 @@ class MemoryManager:
         else:
             self.unlink(agent, path)
 
+    @_serialized
     def flush_all(self) -> None:
         for agent, path in list(self.blocks):
             with contextlib.suppress(KernelError):
@@ -369,7 +398,11 @@ class MemoryManager:
     def _touch(self, agent: str, path: str) -> None:
         block = self.blocks[(agent, path)]
         now = time.monotonic()
-        if block.uses and now - block.uses[-1] < self.correlation:
+        # Correlated with the previous reference, however long the burst has lasted: one call
+        # that touches a block several times (create, write, save with fsync) is one use.
+        correlated = bool(block.uses) and now - block.last_ref < self.correlation
+        block.last_ref = now
+        if correlated:
             return  # the same use, still going on
         block.uses.append(now)
         while len(block.uses) > self.k:
@@ -425,6 +458,7 @@ class MemoryManager:
 
     # ---- views ------------------------------------------------------------------------------
 
+    @_serialized
     def info(self) -> dict[str, Any]:
         agents: dict[str, Any] = {}
         for agent in self.agents():

@@ -9,8 +9,8 @@ closes. The first line printed is ``ready``.
 ``--memory OPS``: memory-manager writes and reads made directly, and eviction/reload costs.
 
 ``--contexts``: what preemption costs. For each context length, the time to recompute the
-context (chunked prefill, as the engine does), to snapshot it, to restore it from RAM, to spill it
-to disk and to restore it from disk. Prints one JSON object.
+sequence's KV (chunked prefill, as the engine does), to snapshot it, to restore it from RAM, to
+spill it to disk and to restore it from disk. Prints one JSON object.
 """
 
 from __future__ import annotations
@@ -51,14 +51,15 @@ async def serve(model: str, threads: int) -> None:
     await kernel.shutdown()
 
 
-def contexts(model: str, threads: int, lengths: list[int], reps: int) -> dict[str, object]:
+def preemption_costs(model: str, threads: int, lengths: list[int], reps: int) -> dict[str, object]:
+    """What swapping a sequence out and back in costs, against recomputing its KV."""
     import torch
 
-    from kernel.llm.context import ContextManager
     from kernel.llm.core import TransformersCore
     from kernel.llm.models import default_cache_dir, resolve_model
     from kernel.llm.request import GenerationRequest
     from kernel.llm.sequence import Sequence
+    from kernel.llm.swap import SwapManager
 
     core = TransformersCore(resolve_model(model), default_cache_dir(), threads)
     core.load(lambda _msg: None)
@@ -80,14 +81,14 @@ def contexts(model: str, threads: int, lengths: list[int], reps: int) -> dict[st
                 while seq.unfed > 0:
                     core.forward([(seq, min(step, seq.unfed))])
                 times["recompute"].append(time.perf_counter() - t)
-                ram = ContextManager(core.kv_shape, 1 << 40, None)
+                ram = SwapManager(core.kv_shape, 1 << 40, None)
                 t = time.perf_counter()
                 ram.save(seq)
                 times["snapshot"].append(time.perf_counter() - t)
                 t = time.perf_counter()
                 ram.restore(seq)
                 times["restore_ram"].append(time.perf_counter() - t)
-                disk = ContextManager(core.kv_shape, 0, Path(tmp) / f"swap{n}-{rep}")
+                disk = SwapManager(core.kv_shape, 0, Path(tmp) / f"swap{n}-{rep}")
                 t = time.perf_counter()
                 disk.save(seq)  # snapshot and spill at once: the budget is 0
                 times["spill"].append(time.perf_counter() - t)
@@ -153,7 +154,7 @@ def main() -> None:
     if args.memory:
         print(json.dumps(memory_ops(args.memory, args.block, args.budget)))
     elif args.contexts:
-        print(json.dumps(contexts(args.model, args.threads, args.contexts, args.reps)))
+        print(json.dumps(preemption_costs(args.model, args.threads, args.contexts, args.reps)))
     else:
         trio.run(serve, args.model, args.threads)
 

@@ -1,12 +1,30 @@
-"""Validation of the names users choose (agents today; memory and store paths later)."""
+"""Validation of every name a user chooses: agent names, and the paths of memory and the store.
+
+One module owns these rules so that the kernel's managers and the filesystem refuse the same
+names with the same message and errno, whichever way a name arrives (a syscall, ``mkdir`` on the
+mount, a rename). Only checks live here; what a valid path means (a file on disk, a row in the
+store's database) belongs to the manager that stores it. Imports nothing heavy (no torch, no
+numpy), so the filesystem may check names on its trio thread for free.
+"""
 
 from __future__ import annotations
 
 import re
 
-from kernel.errors import InvalidArgument
+from kernel.errors import InvalidArgument, NameTooLong
 
 AGENT_NAME_RE = re.compile(r"[A-Za-z0-9._-]{1,64}")
+
+NAME_MAX = 255  # bytes in one path component, as in POSIX filesystems
+PATH_MAX = 4096  # bytes in a whole store path
+
+# The memory manager saves a block as ``.NAME`` + TMP_SUFFIX and renames it into place; a user
+# name with this suffix could collide with (or be overwritten by) such a temporary file.
+TMP_SUFFIX = ".aiosfs-tmp"
+
+# Names the store tree answers with generated views (search, keyword search, kept versions);
+# a file of one of these names could never be reached, so none may be created.
+STORE_RESERVED = (".search", ".grep", ".versions")
 
 
 def validate_agent_name(name: str) -> str:
@@ -22,3 +40,43 @@ def validate_agent_name(name: str) -> str:
             f"invalid agent name {name!r}: use 1-64 characters from A-Z a-z 0-9 . _ -"
         )
     return name
+
+
+def check_name(name: str) -> str:
+    """Return ``name`` if a user may create a file or directory of that name (one component of a
+    memory or store path), else raise InvalidArgument (or NameTooLong past NAME_MAX bytes)."""
+    if name in ("", ".", "..") or name.endswith(TMP_SUFFIX):
+        raise InvalidArgument(f"invalid name {name!r}")
+    if "/" in name or "\0" in name:
+        raise InvalidArgument(f"a name may not contain '/' or NUL: {name!r}")
+    if len(name.encode()) > NAME_MAX:
+        raise NameTooLong(f"name longer than {NAME_MAX} bytes")
+    return name
+
+
+def split_path(path: str) -> list[str]:
+    """Components of a relative memory path, each checked with ``check_name``; '' is the root.
+    Empty components (``a//b``, a trailing ``/``) are skipped."""
+    return [check_name(p) for p in path.split("/") if p] if path else []
+
+
+def split_store_path(path: str) -> list[str]:
+    """Components of a store path, each checked; leading, trailing and doubled slashes are
+    ignored and [] is the root.
+
+    Stricter than ``split_path``: the whole path is bounded by PATH_MAX, and the reserved names
+    of STORE_RESERVED are refused. The checks run in this order, so that each bad path gets the
+    message that names its first problem.
+    """
+    if "\0" in path:
+        raise InvalidArgument("a path may not contain NUL")
+    if len(path.encode()) > PATH_MAX:
+        raise NameTooLong(f"path longer than {PATH_MAX} bytes")
+    parts = [p for p in path.strip("/").split("/") if p]
+    for p in parts:
+        if p in (".", ".."):
+            raise InvalidArgument(f"path {path!r} may not contain '.' or '..'")
+        check_name(p)
+        if p in STORE_RESERVED:
+            raise InvalidArgument(f"{p!r} is reserved for search and versions")
+    return parts

@@ -20,7 +20,7 @@ import time
 from typing import Any
 
 from kernel.notify import ChangeSignal
-from kernel.syscalls import Syscall
+from kernel.syscalls import Syscall, ToolCall
 
 
 class ResultState(enum.StrEnum):
@@ -121,10 +121,13 @@ class Result:
         call = self.syscall
         if call is None:
             return None
-        if not hasattr(call, "prompt"):  # a memory or storage call: show its fields
+        if isinstance(call, ToolCall):  # a memory or storage call: show its fields
             text = json.dumps(call.args, ensure_ascii=False)
+        elif call.prompt is not None:
+            text = call.prompt
         else:
-            text = call.prompt if call.prompt is not None else call.messages[-1].content
+            assert call.messages is not None  # validation guarantees a prompt or messages
+            text = call.messages[-1].content
         return text if len(text) <= limit else text[: limit - 1] + "…"
 
     def meta(self) -> dict[str, Any]:

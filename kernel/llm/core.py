@@ -104,21 +104,26 @@ class TransformersCore(LLMCore):
         return list(self.tokenizer(text)["input_ids"])
 
     def decode(self, ids: list[int]) -> str:
-        return self.tokenizer.decode(ids, skip_special_tokens=True)
+        text: str = self.tokenizer.decode(ids, skip_special_tokens=True)
+        return text
 
     @torch.inference_mode()
     def forward(self, feeds: list[tuple[Sequence, int]]) -> torch.Tensor:
         ids: list[int] = []
         positions: list[int] = []
         last: list[int] = []
+        segments: list[tuple[SeqKV, int]] = []
         for seq, n in feeds:
-            if seq.kv is None:
-                seq.kv = SeqKV(self.kv_shape, seq.num_tokens + 64)
-            start = seq.kv.length
+            kv = seq.kv
+            if kv is None:
+                kv = seq.kv = SeqKV(self.kv_shape, seq.num_tokens + 64)
+            assert isinstance(kv, SeqKV)  # the Sequence sees only its length; it is ours
+            start = kv.length
             ids += seq.tokens(start, start + n)
             positions += range(start, start + n)
             last.append(len(ids) - 1)
-        plan = StepPlan.build([(seq.kv, n) for seq, n in feeds if seq.kv is not None])
+            segments.append((kv, n))
+        plan = StepPlan.build(segments)
         out = self.model(
             input_ids=torch.tensor([ids], dtype=torch.long),
             position_ids=torch.tensor([positions], dtype=torch.long),
@@ -128,7 +133,8 @@ class TransformersCore(LLMCore):
             aiosfs_plan=plan,
         )
         plan.commit()
-        return out.logits[0]
+        logits: torch.Tensor = out.logits[0]
+        return logits
 
     def info(self) -> dict[str, Any]:
         return {

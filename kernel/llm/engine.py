@@ -4,8 +4,8 @@ Each iteration:
 
 1. takes new requests, cancellations and policy switches from the inbox (the only place the
    trio thread and the engine thread meet, under one lock);
-2. asks the scheduler for the batch; sequences it preempted are snapshotted by the context
-   manager, sequences it resumes are restored;
+2. asks the scheduler for the batch; the swap manager swaps out the sequences it preempted and
+   swaps back in those it resumes;
 3. decides what each sequence in the batch feeds this step: one token for a decoding sequence,
    a chunk of its prompt (within ``step_tokens``) for one still prefilling;
 4. runs one packed forward pass over all of them, samples one token for each sequence whose feed
@@ -30,16 +30,19 @@ from collections import deque
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-from kernel.llm.context import ContextManager
 from kernel.llm.core import LLMCore
 from kernel.llm.kv import SeqKV
 from kernel.llm.prefix_cache import PrefixCache
 from kernel.llm.request import GenerationRequest, Update
-from kernel.llm.sampling import sample
+from kernel.llm.sampling import new_rng, sample
+from kernel.llm.scheduler import Limits, Scheduler, ServiceLedger, make_scheduler
 from kernel.llm.sequence import Sequence
-from kernel.scheduler import Limits, Scheduler, ServiceLedger, make_scheduler
+from kernel.llm.swap import SwapManager
+
+if TYPE_CHECKING:
+    from torch import Tensor
 
 log = logging.getLogger(__name__)
 
@@ -52,7 +55,7 @@ class EngineConfig:
     limits: Limits = field(default_factory=Limits)
     step_tokens: int = 256  # tokens fed per step at most (bounds a step's time during prefill)
     prefix_cache_bytes: int = 256 << 20
-    context_bytes: int = 512 << 20  # RAM for snapshots of preempted sequences
+    swap_ram_bytes: int = 512 << 20  # RAM for snapshots of preempted sequences
     swap_dir: Path | None = None  # where snapshots over that budget go
 
 
@@ -86,7 +89,7 @@ class Engine:
         self.ledger = ServiceLedger()
         self.scheduler: Scheduler = make_scheduler(config.policy, config.limits, self.ledger)
         self.prefix = PrefixCache(config.prefix_cache_bytes)
-        self.ctx: ContextManager | None = None  # needs the model's KV shape: made after loading
+        self.swap: SwapManager | None = None  # needs the model's KV shape: made after loading
         self.state = "new"  # new -> loading -> ready | failed; stopped
         self.progress = ""
         self.load_error: str | None = None
@@ -105,8 +108,10 @@ class Engine:
         self.batch_total = 0  # sum of batch sizes over steps, for the mean
         self.prefill_rate: float | None = None  # tokens/s of prefill-heavy steps (EMA)
         self.rate = TokenRate()
-        self.queue_snapshot: dict[str, Any] = self.scheduler.snapshot()
-        self.context_snapshot: dict[str, Any] = {"contexts": {}, "prefix_cache": {}}
+        # what ``sys/`` shows, republished after every step: the queues, and where the KV of
+        # sequences outside the batch is kept (swapped-out snapshots and the prefix cache)
+        self.queue_info: dict[str, Any] = self.scheduler.info()
+        self.kv_info: dict[str, Any] = {"contexts": {}, "prefix_cache": {}}
 
     # ---- called from the trio thread --------------------------------------------------------
 
@@ -170,8 +175,8 @@ class Engine:
         self.state = "loading"
         try:
             self.core.load(self._set_progress)
-            self.ctx = ContextManager(
-                self.core.kv_shape, self.config.context_bytes, self.config.swap_dir
+            self.swap = SwapManager(
+                self.core.kv_shape, self.config.swap_ram_bytes, self.config.swap_dir
             )
         except Exception as e:
             self.load_error = f"{type(e).__name__}: {e}"
@@ -216,11 +221,11 @@ class Engine:
         self.state = "stopped"
 
     def _publish(self) -> None:
-        snap = self.scheduler.snapshot()
-        snap["batched"] = self.scheduler.batched
-        self.queue_snapshot = snap
-        ctx = self.ctx.stats(self.prefill_rate) if self.ctx else {}
-        self.context_snapshot = {"contexts": ctx, "prefix_cache": self.prefix.stats()}
+        queue = self.scheduler.info()
+        queue["batched"] = self.scheduler.batched
+        self.queue_info = queue
+        swapped = self.swap.stats(self.prefill_rate) if self.swap else {}
+        self.kv_info = {"contexts": swapped, "prefix_cache": self.prefix.stats()}
 
     def _switch_policy(self, name: str) -> None:
         old = self.scheduler
@@ -230,8 +235,8 @@ class Engine:
         log.info("model %s: scheduler %s -> %s", self.core.name, old.name, name)
 
     def _drop(self, seq: Sequence) -> None:
-        if self.ctx is not None:
-            self.ctx.discard(seq)
+        if self.swap is not None:
+            self.swap.discard(seq)
         seq.kv = None
 
     def _apply_cancels(self, cancels: set[int]) -> None:
@@ -278,14 +283,13 @@ class Engine:
                 f"{self.core.max_context}"
             )
         seq = Sequence(request, ids, min(max_tokens, room))
+        seq.rng = new_rng(request.sampling)
         if not self.scheduler.reuse_prefixes:
             return seq
         entry, n = self.prefix.match(ids)
         n = min(n, len(ids) - 1)  # the last prompt token is always fed: it yields the logits
         if entry is not None and n >= self.prefix.min_tokens:
-            seq.kv = SeqKV.from_tensor(
-                self.core.kv_shape, entry.kv[:, :, :, :n], capacity=len(ids) + 64
-            )
+            seq.kv = entry.working_copy(self.core.kv_shape, n, capacity=len(ids) + 64)
             seq.cached_tokens = n
             self.prefix.record_reuse(n)
         return seq
@@ -306,18 +310,31 @@ class Engine:
         return feeds
 
     def _step(self, updates: list[Update]) -> bool:
-        """Run one step; False if there was nothing to run."""
-        assert self.ctx is not None
-        decision = self.scheduler.schedule()
-        for seq in decision.preempted:
-            self.ctx.save(seq)
-        batch = decision.run
-        for seq in batch:
-            if seq.snapshot is not None:
-                self.ctx.restore(seq)
-        feeds = self._feeds(batch)
+        """Run one step: schedule, one forward pass, postprocess. False if nothing was fed."""
+        feeds = self._schedule()
         if not feeds:
             return False
+        rows = self._forward(feeds, updates)
+        if rows is not None:
+            self._postprocess(feeds, rows, updates)
+        return True
+
+    def _schedule(self) -> list[tuple[Sequence, int]]:
+        """Ask the policy for the batch, swap its preempted sequences out and its resumed ones
+        in, and decide what each feeds."""
+        assert self.swap is not None
+        decision = self.scheduler.schedule()
+        for seq in decision.preempted:
+            self.swap.save(seq)
+        for seq in decision.run:
+            if seq.snapshot is not None:
+                self.swap.restore(seq)
+        return self._feeds(decision.run)
+
+    def _forward(
+        self, feeds: list[tuple[Sequence, int]], updates: list[Update]
+    ) -> list[Tensor] | None:
+        """The logits row of each feed; None if the pass failed, which fails its sequences."""
         started = time.monotonic()
         fed_tokens = sum(n for _, n in feeds)
         try:
@@ -332,7 +349,7 @@ class Engine:
                 self.scheduler.finish(seq)
                 self._drop(seq)
                 updates.append(Update(seq.id, finished="error", error=f"engine error: {e}"))
-            return True
+            return None
         elapsed = time.monotonic() - started
         self.busy_seconds += elapsed
         self.steps += 1
@@ -342,6 +359,13 @@ class Engine:
             self.prefill_rate = (
                 rate if self.prefill_rate is None else 0.8 * self.prefill_rate + 0.2 * rate
             )
+        return rows
+
+    def _postprocess(
+        self, feeds: list[tuple[Sequence, int]], rows: list[Tensor], updates: list[Update]
+    ) -> None:
+        """Charge what was fed, sample a token for each sequence whose feed reached its end,
+        and report the text it released; finished sequences leave the batch."""
         generated = 0
         for (seq, n), row in zip(feeds, rows, strict=True):
             prompt_fed = max(0, min(seq.fed, len(seq.prompt_ids)) - max(0, seq.fed - n))
@@ -349,7 +373,7 @@ class Engine:
             self.ledger.charge(seq.agent, prompt=prompt_fed)
             if seq.unfed:
                 continue  # a prefill chunk that did not reach the end of the prompt yet
-            token = sample(row, seq.params, seq.output_ids, seq.generator)
+            token = sample(row, seq.params, seq.output_ids, seq.rng)
             text = seq.append_token(token, self.core.eos_ids, self.core)
             generated += 1
             seq.slice_tokens += 1
@@ -366,11 +390,11 @@ class Engine:
             updates.append(update)
         self.tokens_generated += generated
         self.rate.add(generated)
-        return True
 
     def _finish(self, seq: Sequence) -> None:
         self.scheduler.finish(seq)
         kv = seq.kv
+        assert kv is None or isinstance(kv, SeqKV)
         if kv is not None and kv.length:
             # what the model has read (prompt and answer) may start the next prompt
             self.prefix.insert(seq.tokens(0, kv.length), kv.compact())

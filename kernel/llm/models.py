@@ -83,7 +83,7 @@ def smollm2_gguf_path() -> Path:
     return path
 
 
-def _atomic_save(target: Path, save: Callable[[Path], None]) -> None:
+def _atomic_save(target: Path, save: Callable[[Path], object]) -> None:
     """Write a folder under a temporary name and rename it, so a crash never leaves half a cache."""
     target.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(prefix=target.name + ".", dir=target.parent))
@@ -113,7 +113,7 @@ def _load_gguf(path: Path, progress: Progress) -> tuple[Any, Any]:
     config = gguf_model.config
     if hasattr(config, "quantization_config"):
         del config.quantization_config
-    model = AutoModelForCausalLM.from_config(config, dtype=torch.float32)
+    model = AutoModelForCausalLM.from_config(config, dtype=torch.float32)  # type: ignore[no-untyped-call]
     model.load_state_dict(gguf_model.state_dict())
     model.generation_config = gguf_model.generation_config
     return model, tok
@@ -170,7 +170,7 @@ def tiny_random_model(tokenizer: Any) -> Any:
     )
     with torch.random.fork_rng():
         torch.manual_seed(TINY_RANDOM_SEED)
-        model = LlamaForCausalLM(config)
+        model: Any = LlamaForCausalLM(config)
     return model.float()
 
 

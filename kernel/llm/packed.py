@@ -12,7 +12,7 @@ into a batch tensor, and a sequence can join or leave between any two steps.
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, cast
 
 import torch
 import torch.nn.functional as F
@@ -74,7 +74,7 @@ def packed_attention(
 ) -> tuple[torch.Tensor, None]:
     """Attention for a packed row. query/key/value: ``[1, heads, tokens, dim]``."""
     assert aiosfs_plan is not None, "packed attention needs aiosfs_plan"
-    layer = module.layer_idx
+    layer = cast(int, module.layer_idx)  # set on every attention module by transformers
     outs = []
     for s in aiosfs_plan.segments:
         end = s.start + s.length

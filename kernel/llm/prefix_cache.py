@@ -15,6 +15,8 @@ from typing import Any
 
 import torch
 
+from kernel.llm.kv import KVShape, SeqKV
+
 
 @dataclass
 class PrefixEntry:
@@ -24,6 +26,11 @@ class PrefixEntry:
     @property
     def nbytes(self) -> int:
         return self.kv.numel() * self.kv.element_size()
+
+    def working_copy(self, shape: KVShape, n: int, capacity: int) -> SeqKV:
+        """A new sequence's own KV, starting with a copy of this entry's first ``n`` tokens (the
+        entry stays as it is for the next prompt that shares them)."""
+        return SeqKV.from_tensor(shape, self.kv[:, :, :, :n], capacity=capacity)
 
 
 def common_prefix(a: torch.Tensor, b: torch.Tensor) -> int:
@@ -53,7 +60,7 @@ class PrefixCache:
             self.misses += 1
             return None, 0
         query = torch.tensor(ids, dtype=torch.long)
-        best, best_n, best_key = None, 0, None
+        best, best_n, best_key = None, 0, 0
         for key, entry in self.entries.items():
             n = common_prefix(entry.ids, query)
             if n > best_n:

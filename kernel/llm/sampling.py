@@ -2,7 +2,8 @@
 
 Greedy decoding is a plain argmax so that a request's output is the same whether it ran alone
 or in a batch. Sampling draws from the sequence's own torch.Generator, seeded from the request,
-so a seeded request is reproducible regardless of what else is running.
+so a seeded request is reproducible regardless of what else is running. The generator is made
+here (``new_rng``) rather than by the Sequence, which stays free of torch.
 """
 
 from __future__ import annotations
@@ -10,6 +11,17 @@ from __future__ import annotations
 import torch
 
 from kernel.llm.request import SamplingParams
+from kernel.llm.sequence import RandomStream
+
+
+def new_rng(params: SamplingParams) -> torch.Generator | None:
+    """A sequence's own random stream, seeded from the request (or at random when it gives no
+    seed); None for greedy decoding, which draws nothing."""
+    if params.temperature > 0:
+        rng = torch.Generator()
+        rng.manual_seed(params.seed if params.seed is not None else torch.seed())
+        return rng
+    return None
 
 
 def apply_repetition_penalty(logits: torch.Tensor, seen: list[int], penalty: float) -> None:
@@ -29,9 +41,9 @@ def sample(
     logits: torch.Tensor,
     params: SamplingParams,
     seen: list[int],
-    generator: torch.Generator | None,
+    rng: RandomStream | None,
 ) -> int:
-    """Pick one token id from a 1-D float32 logits row."""
+    """Pick one token id from a 1-D float32 logits row; ``rng`` is the one ``new_rng`` made."""
     logits = logits.float().clone()
     apply_repetition_penalty(logits, seen, params.repetition_penalty)
     if params.temperature == 0.0:
@@ -44,4 +56,5 @@ def sample(
         cut = cumulative - sorted_probs >= params.top_p
         sorted_probs[cut] = 0.0
         probs = torch.zeros_like(probs).scatter_(0, order, sorted_probs)
-    return int(torch.multinomial(probs, 1, generator=generator))
+    assert rng is None or isinstance(rng, torch.Generator)
+    return int(torch.multinomial(probs, 1, generator=rng))

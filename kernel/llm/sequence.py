@@ -1,4 +1,11 @@
-"""A request being generated: its tokens, its cache, and the text it has released so far.
+"""A request being generated, as bookkeeping: its tokens, its place in the queues, and the text it
+has released so far.
+
+This module imports no torch, so the scheduler (which only moves sequences between queues) and
+everything that imports it stays light. The tensors a sequence needs while it runs belong to the
+engine side and hang off it as handles typed by what bookkeeping needs of them: its KV cache
+(``kv.SeqKV``, of which only the length is read here), its sampler's random stream (made by
+``sampling.py``) and, while it is swapped out, its snapshot (made by ``swap.py``).
 
 Text is released incrementally but never wrongly: a partial UTF-8 character (a byte-level token
 that ends mid-character decodes to U+FFFD) is held until complete, and the tail that could still
@@ -12,14 +19,27 @@ import enum
 import itertools
 from typing import Any, Protocol
 
-import torch
-
-from kernel.llm.kv import SeqKV
 from kernel.llm.request import GenerationRequest, SamplingParams
 
 
 class Detokenizer(Protocol):
     def decode(self, ids: list[int]) -> str: ...
+
+
+class KVCache(Protocol):
+    """A sequence's keys and values, as bookkeeping sees them: how many tokens they cover."""
+
+    @property
+    def length(self) -> int: ...
+
+
+class RandomStream(Protocol):
+    """A sequence's own sampling RNG, as bookkeeping sees it: a state that can be saved and put
+    back, so that a swapped-out sequence resumes drawing the numbers it would have drawn."""
+
+    def get_state(self) -> Any: ...
+
+    def set_state(self, new_state: Any, /) -> object: ...
 
 
 class SeqState(enum.Enum):
@@ -49,13 +69,9 @@ class Sequence:
         self.slice_tokens = 0  # generated since last admitted to the batch
         self.preemptions = 0
         self.cached_tokens = 0  # prompt tokens whose KV came from the prefix cache
-        self.kv: SeqKV | None = None  # keys and values of the tokens fed so far
-        self.snapshot: Any = None  # set by the context manager while preempted
-        self.generator: torch.Generator | None = None
-        if self.params.temperature > 0:
-            self.generator = torch.Generator()
-            seed = self.params.seed if self.params.seed is not None else torch.seed()
-            self.generator.manual_seed(seed)
+        self.kv: KVCache | None = None  # keys and values of the tokens fed so far
+        self.rng: RandomStream | None = None  # set by the engine when sampling is random
+        self.snapshot: object | None = None  # set by the swap manager while swapped out
         self.text = ""  # decoded output, stop string excluded once found
         self._emitted = 0  # characters of ``text`` already released
         self._prefix_offset = 0

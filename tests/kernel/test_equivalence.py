@@ -44,7 +44,7 @@ async def run(
     try:
         out = await answers(k, one_at_a_time)
         engine = k.engines[core.name]
-        return out, {**engine.info(), **engine.context_snapshot}
+        return out, {**engine.info(), **engine.kv_info}
     finally:
         await k.shutdown()
 

@@ -1,4 +1,4 @@
-"""The prefix cache and the context manager on small hand-made tensors."""
+"""The prefix cache and the swap manager on small hand-made tensors."""
 
 from __future__ import annotations
 
@@ -6,11 +6,12 @@ from pathlib import Path
 
 import torch
 
-from kernel.llm.context import ContextManager
 from kernel.llm.kv import KVShape, SeqKV
 from kernel.llm.prefix_cache import PrefixCache
 from kernel.llm.request import GenerationRequest, SamplingParams
+from kernel.llm.sampling import new_rng
 from kernel.llm.sequence import Sequence
+from kernel.llm.swap import SwapManager
 
 SHAPE = KVShape(layers=2, kv_heads=1, head_dim=4)
 
@@ -58,18 +59,20 @@ def seq(rid: int, temperature: float = 0.0) -> Sequence:
         ({"role": "user", "content": "x"},),
         SamplingParams(temperature=temperature, seed=5),
     )
-    return Sequence(req, [1, 2, 3], 10)
+    s = Sequence(req, [1, 2, 3], 10)
+    s.rng = new_rng(req.sampling)  # as the engine does: a Sequence holds no torch of its own
+    return s
 
 
 def test_snapshots_spill_past_the_budget_and_restore_exactly(tmp_path: Path) -> None:
     per = SHAPE.bytes_per_token
-    ctx = ContextManager(SHAPE, budget_bytes=12 * per, swap_dir=tmp_path / "swap")
+    ctx = SwapManager(SHAPE, budget_bytes=12 * per, swap_dir=tmp_path / "swap")
     seqs = [seq(i, temperature=1.0) for i in range(3)]
     originals = []
     for i, s in enumerate(seqs):
         s.kv = SeqKV.from_tensor(SHAPE, kv_of(8, i))
         originals.append(s.kv.compact())
-        s.generator.manual_seed(100 + i)
+        s.rng.manual_seed(100 + i)
         ctx.save(s)
         assert s.kv is None and s.snapshot is not None
     # 3 x 8 tokens do not fit in 12: the oldest went to disk
@@ -77,17 +80,17 @@ def test_snapshots_spill_past_the_budget_and_restore_exactly(tmp_path: Path) -> 
     assert ctx.disk_bytes == 16 * per and len(list((tmp_path / "swap").iterdir())) == 2
     states = [torch.Generator().manual_seed(100 + i).get_state() for i in range(3)]
     for s in seqs:
-        s.generator.manual_seed(999)  # whatever happened meanwhile is undone by the restore
+        s.rng.manual_seed(999)  # whatever happened meanwhile is undone by the restore
     for i, s in enumerate(seqs):
         ctx.restore(s)
         assert torch.equal(s.kv.valid(), originals[i])
-        assert torch.equal(s.generator.get_state(), states[i])
+        assert torch.equal(s.rng.get_state(), states[i])
     assert ctx.ram_bytes == 0 and ctx.disk_bytes == 0 and not ctx.saved
     assert not list((tmp_path / "swap").iterdir())
 
 
 def test_discard_forgets_a_cancelled_snapshot(tmp_path: Path) -> None:
-    ctx = ContextManager(SHAPE, budget_bytes=0, swap_dir=tmp_path)
+    ctx = SwapManager(SHAPE, budget_bytes=0, swap_dir=tmp_path)
     s = seq(1)
     s.kv = SeqKV.from_tensor(SHAPE, kv_of(4))
     ctx.save(s)

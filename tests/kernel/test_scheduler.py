@@ -2,15 +2,16 @@
 
 from __future__ import annotations
 
+import subprocess
+import sys
 import time
 
 import pytest
 
 from kernel.errors import InvalidArgument
 from kernel.llm.request import GenerationRequest, SamplingParams
-from kernel.llm.sequence import SeqState, Sequence
-from kernel.policies import POLICIES
-from kernel.scheduler import (
+from kernel.llm.scheduler import (
+    POLICIES,
     SCHEDULERS,
     AIOSScheduler,
     FairScheduler,
@@ -22,6 +23,7 @@ from kernel.scheduler import (
     SerialScheduler,
     make_scheduler,
 )
+from kernel.llm.sequence import SeqState, Sequence
 
 
 def mk(rid: int, agent: str = "a", priority: int = 0, prompt: int = 1, tokens: int = 4) -> Sequence:
@@ -57,7 +59,7 @@ def test_fifo_admits_in_arrival_order_up_to_the_limit() -> None:
     assert all(q.state is SeqState.RUNNING for q in seqs[:2])
     s.finish(seqs[0])
     assert [q.id for q in s.schedule().run] == [1, 2]
-    snap = s.snapshot()
+    snap = s.info()
     assert snap["waiting"] == 2 and [r["id"] for r in snap["running"]] == [1, 2]
     assert snap["per_agent"]["a"]["waiting"] == 1 and snap["per_agent"]["a"]["position"] == 1
     assert snap["per_agent"]["b"]["running"] == 1 and snap["per_agent"]["b"]["position"] == 0
@@ -183,6 +185,11 @@ def test_switching_policy_keeps_every_sequence() -> None:
 
 def test_the_light_policy_list_matches_the_implementations() -> None:
     assert list(SCHEDULERS) == list(POLICIES)
+    assert {name: cls.description for name, cls in SCHEDULERS.items()} == POLICIES
+    assert all(cls.name == name and cls.description for name, cls in SCHEDULERS.items())
+    # light: the CLI and the config check names against it before torch is loaded
+    light = "import sys, kernel.llm.scheduler, kernel.config; assert 'torch' not in sys.modules"
+    subprocess.run([sys.executable, "-c", light], check=True)
 
 
 def test_unknown_policy() -> None:

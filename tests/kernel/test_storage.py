@@ -19,7 +19,7 @@ from kernel.errors import (
     NotFound,
     TooLarge,
 )
-from kernel.storage import HashingEmbedder, StorageManager, chunk_text
+from kernel.store import HashingEmbedder, StorageManager, chunk_text
 
 
 def sm(tmp_path: Path, **kw: object) -> StorageManager:

@@ -16,75 +16,56 @@ import errno
 import os
 import stat
 import time
-from collections.abc import Callable
-from typing import TYPE_CHECKING, Any, TypeVar
+from typing import TypeVar
 
 import pyfuse3
 
-from aiosfs.handles import Handle
-from aiosfs.nodes import Dir, GeneratedFile, Node, Symlink, check_access, fuse_error
-from kernel.memory import check_name
-from kernel.storage import Hit, StorageManager, normalize
-
-if TYPE_CHECKING:
-    from aiosfs.fs import AiosFS
+from aiosfs.trees.search import QueryRoot, StoreCalls
+from aiosfs.vfs import BytesHandle, Dir, Handle, Node, PathCache, check_access, fuse_error
+from kernel import Kernel
+from kernel.names import check_name
+from kernel.store import normalize
 
 T = TypeVar("T")
-MAGIC = (".search", ".grep", ".versions")
-SEARCH_RESULTS = 10
+StorePaths = PathCache["StoreDir | StoreFile"]
 
 
 def join(path: str, name: str) -> str:
     return f"{path}/{name}" if path else name
 
 
-class StoreNode:
-    fs: AiosFS
+class StoreNode(StoreCalls):
+    """What store files and directories share: their path cache."""
 
-    @property
-    def storage(self) -> StorageManager:
-        return self.fs.kernel.storage
+    paths: StorePaths
+    path: str
 
-    async def call(self, fn: Callable[..., T], *args: Any) -> T:
-        """Run a storage call on a worker thread."""
-        return await self.fs.kernel.services.store(fn, *args)
-
-
-def node_for(fs: AiosFS, parent: Dir, path: str, name: str) -> Node:
-    entry = fs.kernel.storage.entry(path)
-    if entry is None:
-        raise fuse_error(errno.ENOENT)
-    key = ("store", path)
-    node = fs.path_nodes.get(key)
-    if node is not None and not node.detached and node.is_dir == (entry.kind == "dir"):
-        return node
-    node = (
-        StoreDir(fs, name, parent, path)
-        if entry.kind == "dir"
-        else StoreFile(fs, name, parent, path)
-    )
-    fs.path_nodes[key] = node
-    return node
-
-
-def forget_below(fs: AiosFS, path: str) -> None:
-    """Detach cached nodes at and below ``path`` (after a removal), by path: the storage no
-    longer has them to list."""
-    for key in [
-        k
-        for k in fs.path_nodes
-        if k[0] == "store" and (k[1] == path or k[1].startswith(path + "/"))
-    ]:
-        Node.detach(fs.path_nodes.pop(key))
+    def node_for(self, parent: Dir, path: str, name: str) -> StoreDir | StoreFile:
+        """The (cached) node for ``store/path``, as the storage says it is now."""
+        entry = self.storage.entry(path)
+        if entry is None:
+            raise fuse_error(errno.ENOENT)
+        cls = StoreDir if entry.kind == "dir" else StoreFile
+        return self.paths.node(
+            path, cls is StoreDir, lambda: cls(name, parent, self.kernel, self.paths, path)
+        )
 
 
 class StoreDir(StoreNode, Dir):
     dynamic = True
 
-    def __init__(self, fs: AiosFS, name: str, parent: Dir | None, path: str) -> None:
-        Dir.__init__(self, fs, name, parent)
-        self.path = path
+    def __init__(
+        self, name: str, parent: Dir, kernel: Kernel, paths: StorePaths, path: str
+    ) -> None:
+        Dir.__init__(self, name, parent)
+        self.kernel, self.paths, self.path = kernel, paths, path
         self.mode = stat.S_IFDIR | 0o777  # a shared tree, like /tmp without the sticky bit
+        self.magic: dict[tuple[str, str], Node] = {}  # (path when made, name) -> node
+
+    @classmethod
+    def root(cls, name: str, parent: Dir, kernel: Kernel) -> StoreDir:
+        """``store/`` itself, with a new path cache for the tree below it."""
+        return cls(name, parent, kernel, PathCache(), "")
 
     def times_ns(self) -> int:
         entry = self.storage.entry(self.path)
@@ -92,22 +73,23 @@ class StoreDir(StoreNode, Dir):
 
     def children(self) -> dict[str, Node]:
         return {
-            name: node_for(self.fs, self, join(self.path, name), name)
+            name: self.node_for(self, join(self.path, name), name)
             for name in self.storage.listdir(self.path)
         }
 
     def lookup(self, name: str) -> Node:
         if name in (".search", ".grep") or (name == ".versions" and not self.path):
-            key = ("magic", self.path, name)
-            node = self.fs.path_nodes.get(key)
+            # Keyed by the path too: after this directory moves, queries search the new path.
+            key = (self.path, name)
+            node = self.magic.get(key)
             if node is None or node.detached:
                 if name == ".versions":
-                    node = VersionsDir(self.fs, name, self, "")
+                    node = VersionsDir(name, self, self.kernel, "")
                 else:
-                    node = QueryRoot(self.fs, name, self, self.path, name[1:])
-                self.fs.path_nodes[key] = node
+                    node = QueryRoot(name, self, self.kernel, self.path, name[1:])
+                self.magic[key] = node
             return node
-        return node_for(self.fs, self, join(self.path, name), name)
+        return self.node_for(self, join(self.path, name), name)
 
     async def find(self, name: str) -> Node:
         return self.lookup(name)
@@ -123,7 +105,7 @@ class StoreDir(StoreNode, Dir):
     async def rmdir(self, name: str, ctx: pyfuse3.RequestContext) -> None:
         path = self._child_path(name)
         await self.call(self.storage.rmdir, path)
-        forget_below(self.fs, path)
+        self.paths.forget(path)
 
     async def create(
         self, name: str, mode: int, flags: int, ctx: pyfuse3.RequestContext
@@ -135,7 +117,7 @@ class StoreDir(StoreNode, Dir):
     async def unlink(self, name: str, ctx: pyfuse3.RequestContext) -> None:
         path = self._child_path(name)
         await self.call(self.storage.unlink, path)
-        forget_below(self.fs, path)
+        self.paths.forget(path)
 
     async def rename_from(
         self, name: str, new_parent: Dir, new_name: str, flags: int, ctx: pyfuse3.RequestContext
@@ -148,28 +130,18 @@ class StoreDir(StoreNode, Dir):
         node = self.lookup(name)
         await self.call(self.storage.rename, old, new)
         # The kernel keeps the same inode under the new name: move the nodes, don't drop them.
-        replaced = self.fs.path_nodes.get(("store", new))
-        if replaced is not None and replaced is not node:
-            forget_below(self.fs, new)
-        below = [
-            k
-            for k in self.fs.path_nodes
-            if k[0] == "store" and (k[1] == old or k[1].startswith(old + "/"))
-        ]
-        for key in below:
-            moved = self.fs.path_nodes.pop(key)
-            assert isinstance(moved, StoreDir | StoreFile)
-            moved.path = new + key[1][len(old) :]
-            self.fs.path_nodes[("store", moved.path)] = moved
+        self.paths.move(old, new)
         node.name, node.parent = new_name, new_parent
 
 
 class StoreFile(StoreNode, Node):
     dynamic = True
 
-    def __init__(self, fs: AiosFS, name: str, parent: Dir, path: str) -> None:
-        Node.__init__(self, fs, name, parent)
-        self.path = path
+    def __init__(
+        self, name: str, parent: Dir, kernel: Kernel, paths: StorePaths, path: str
+    ) -> None:
+        Node.__init__(self, name, parent)
+        self.kernel, self.paths, self.path = kernel, paths, path
         self.mode = stat.S_IFREG | 0o666
         self.writers: set[StoreHandle] = set()
 
@@ -271,104 +243,20 @@ class StoreHandle(Handle):
             self.file.writers.discard(self)
 
 
-# ---- search and grep --------------------------------------------------------------------------
-
-
-class QueryRoot(StoreNode, Dir):
-    """``DIR/.search/`` or ``DIR/.grep/``: any name below it is a query."""
-
-    def __init__(self, fs: AiosFS, name: str, parent: Dir, under: str, kind: str) -> None:
-        Dir.__init__(self, fs, name, parent)
-        self.under, self.kind = under, kind
-        self.mode = stat.S_IFDIR | 0o555
-
-    def children(self) -> dict[str, Node]:
-        return {}  # queries are looked up, not listed
-
-    def lookup(self, name: str) -> Node:
-        key = ("query", self.under, self.kind, name)
-        node = self.fs.path_nodes.get(key)
-        if isinstance(node, Results) and not node.detached:
-            return node
-        node = Results(self.fs, name, self, self.under, self.kind, name)
-        self.fs.path_nodes[key] = node
-        return node
-
-    async def find(self, name: str) -> Node:
-        return self.lookup(name)
-
-
-class Results(StoreNode, Dir):
-    """The ranked matches of one query: ``RANK-NAME`` links and ``.summary``."""
-
-    dynamic = True
-
-    def __init__(self, fs: AiosFS, name: str, parent: Dir, under: str, kind: str, query: str):
-        Dir.__init__(self, fs, name, parent)
-        self.under, self.kind, self.query = under, kind, query
-        self.mode = stat.S_IFDIR | 0o555
-        self.hits: list[Hit] = []
-        self.generation = -1  # of the store when the hits were fetched
-        self.entries: dict[str, Node] = {}
-
-    async def _refresh(self) -> None:
-        """Fetch the hits again if anything that could change them happened since."""
-        s = self.storage
-        if s.generation == self.generation:
-            return
-        generation = s.generation
-        fn = s.search if self.kind == "search" else s.grep
-        self.hits = await self.call(fn, self.query, SEARCH_RESULTS, self.under)
-        self.generation = generation
-        for node in self.entries.values():
-            node.detach()
-        self.entries = {}
-        for rank, hit in enumerate(self.hits, 1):
-            rel = hit.path[len(self.under) + 1 :] if self.under else hit.path
-            link = f"{rank}-{hit.path.rsplit('/', 1)[-1]}"
-            self.entries[link] = Symlink(self.fs, link, self, "../../" + rel)
-        self.entries[".summary"] = GeneratedFile(self.fs, ".summary", self, self.summary)
-
-    def summary(self) -> bytes:
-        what = "meaning" if self.kind == "search" else "word"
-        lines = [f"{self.kind} for {self.query!r} (by {what}) in store/{self.under}"]
-        if not self.hits:
-            pending = self.storage.pending()
-            lines.append(
-                "no matches" + (f" yet ({pending} files waiting to be indexed)" if pending else "")
-            )
-        for rank, hit in enumerate(self.hits, 1):
-            passage = " ".join(hit.passage.split())
-            if len(passage) > 300:
-                passage = passage[:299] + "…"
-            lines.append(f"{rank}. {hit.path}  (score {hit.score:.3f})\n   {passage}")
-        return ("\n".join(lines) + "\n").encode()
-
-    def children(self) -> dict[str, Node]:
-        return self.entries
-
-    async def list(self) -> list[Node]:
-        await self._refresh()
-        return list(self.entries.values())
-
-    async def find(self, name: str) -> Node:
-        if name not in self.entries:
-            await self._refresh()
-        return self.lookup(name)
-
-
 # ---- versions ---------------------------------------------------------------------------------
 
 
-class VersionsDir(StoreNode, Dir):
+class VersionsDir(StoreCalls, Dir):
     """``.versions/PREFIX/``: the paths below PREFIX that have earlier versions."""
 
     dynamic = True
 
-    def __init__(self, fs: AiosFS, name: str, parent: Dir, prefix: str) -> None:
-        Dir.__init__(self, fs, name, parent)
+    def __init__(self, name: str, parent: Dir, kernel: Kernel, prefix: str) -> None:
+        Dir.__init__(self, name, parent)
+        self.kernel = kernel
         self.prefix = prefix
         self.mode = stat.S_IFDIR | 0o555
+        self.cache: dict[tuple[str, bool], Node] = {}  # (name, has versions) -> node
 
     async def _names(self) -> dict[str, bool]:
         """Immediate names below the prefix -> True if that name itself has versions."""
@@ -388,25 +276,26 @@ class VersionsDir(StoreNode, Dir):
         if name not in names:
             raise fuse_error(errno.ENOENT)
         path = join(self.prefix, name)
-        key = ("versions", path, names[name])
-        node = self.fs.path_nodes.get(key)
+        key = (name, names[name])
+        node = self.cache.get(key)
         if node is None or node.detached:
             node = (
-                VersionList(self.fs, name, self, path)
+                VersionList(name, self, self.kernel, path)
                 if names[name]
-                else VersionsDir(self.fs, name, self, path)
+                else VersionsDir(name, self, self.kernel, path)
             )
-            self.fs.path_nodes[key] = node
+            self.cache[key] = node
         return node
 
 
-class VersionList(StoreNode, Dir):
+class VersionList(StoreCalls, Dir):
     """``.versions/PATH/``: one read-only file per kept version, named by its number."""
 
     dynamic = True
 
-    def __init__(self, fs: AiosFS, name: str, parent: Dir, path: str) -> None:
-        Dir.__init__(self, fs, name, parent)
+    def __init__(self, name: str, parent: Dir, kernel: Kernel, path: str) -> None:
+        Dir.__init__(self, name, parent)
+        self.kernel = kernel
         self.path = path
         self.mode = stat.S_IFDIR | 0o555
         self.entries: dict[str, VersionFile] = {}
@@ -419,7 +308,7 @@ class VersionList(StoreNode, Dir):
         for version, mtime, size in rows:
             if str(version) not in self.entries:
                 self.entries[str(version)] = VersionFile(
-                    self.fs, str(version), self, self.path, version, mtime, size
+                    str(version), self, self.kernel, self.path, version, mtime, size
                 )
         return list(self.entries.values())
 
@@ -432,13 +321,21 @@ class VersionList(StoreNode, Dir):
             raise fuse_error(errno.ENOENT) from None
 
 
-class VersionFile(StoreNode, Node):
+class VersionFile(StoreCalls, Node):
     mode = stat.S_IFREG | 0o444
 
     def __init__(
-        self, fs: AiosFS, name: str, parent: Dir, path: str, version: int, mtime: float, size: int
+        self,
+        name: str,
+        parent: Dir,
+        kernel: Kernel,
+        path: str,
+        version: int,
+        mtime: float,
+        size: int,
     ) -> None:
-        Node.__init__(self, fs, name, parent)
+        Node.__init__(self, name, parent)
+        self.kernel = kernel
         self.path, self.version, self._size = path, version, size
         self.mtime_ns = int(mtime * 1e9)
 
@@ -446,8 +343,6 @@ class VersionFile(StoreNode, Node):
         return self._size
 
     async def open(self, flags: int, ctx: pyfuse3.RequestContext) -> Handle:
-        from aiosfs.handles import BytesHandle
-
         check_access(self, flags)
         content = await self.call(self.storage.version_content, self.path, self.version)
         return BytesHandle(self, flags, ctx.pid, lambda: content, None, direct_io=False)

@@ -16,19 +16,17 @@ import os
 import stat
 import time
 from collections.abc import Callable
-from typing import TYPE_CHECKING, Any, TypeVar
+from typing import Any, TypeVar
 
 import pyfuse3
 
-from aiosfs.handles import Handle
-from aiosfs.nodes import Dir, Node, check_access, fuse_error
-from kernel.memory import TMP_SUFFIX, MemoryManager, check_name
-
-if TYPE_CHECKING:
-    from aiosfs.fs import AiosFS
-
+from aiosfs.vfs import Dir, Handle, Node, PathCache, check_access, fuse_error
+from kernel import Kernel
+from kernel.memory import MemoryManager
+from kernel.names import TMP_SUFFIX, check_name
 
 T = TypeVar("T")
+MemPaths = PathCache["MemDir | MemFile"]
 
 
 def join(rel: str, name: str) -> str:
@@ -36,63 +34,73 @@ def join(rel: str, name: str) -> str:
 
 
 class MemNode:
-    """What mem files and directories share: their agent and path, and a way to the manager."""
+    """What mem files and directories share: their path (``AGENT/rel``) and the kernel."""
 
-    fs: AiosFS
-    agent: str
-    rel: str
+    kernel: Kernel
+    paths: MemPaths
+    path: str
+
+    @property
+    def agent(self) -> str:
+        return self.path.partition("/")[0]
+
+    @property
+    def rel(self) -> str:
+        return self.path.partition("/")[2]
 
     @property
     def memory(self) -> MemoryManager:
-        return self.fs.kernel.memory
+        return self.kernel.memory
 
     async def call(self, fn: Callable[..., T], *args: Any) -> T:
-        """Run a memory-manager call on its worker thread."""
-        return await self.fs.kernel.services.mem(fn, *args)
+        """Run a memory-manager call that does I/O on the kernel's memory worker."""
+        return await self.kernel.workers.mem(fn, *args)
+
+    def node_for(self, parent: Dir, path: str, name: str) -> MemDir | MemFile:
+        """The (cached) node for ``mem/path``, a file or a directory as the disk says."""
+        agent, _, rel = path.partition("/")
+        cls = MemDir if self.memory.is_dir(agent, rel) else MemFile
+        return self.paths.node(
+            path, cls is MemDir, lambda: cls(name, parent, self.kernel, self.paths, path)
+        )
 
 
-def node_for(fs: AiosFS, parent: Dir, agent: str, rel: str, name: str) -> Node:
-    """The (cached) node for ``mem/agent/rel``, a file or a directory as the disk says."""
-    key = ("mem", agent, rel)
-    node = fs.path_nodes.get(key)
-    is_dir = fs.kernel.memory.is_dir(agent, rel)
-    if node is not None and not node.detached and node.is_dir == is_dir:
-        return node
-    node = MemDir(fs, name, parent, agent, rel) if is_dir else MemFile(fs, name, parent, agent, rel)
-    fs.path_nodes[key] = node
-    return node
-
-
-class MemRoot(Dir):
+class MemRoot(MemNode, Dir):
     """``mem/``: one directory per agent that has (or had) memory."""
 
     dynamic = True
 
+    def __init__(self, name: str, parent: Dir, kernel: Kernel) -> None:
+        Dir.__init__(self, name, parent)
+        self.kernel = kernel
+        self.paths = PathCache()
+        self.path = ""
+
     def children(self) -> dict[str, Node]:
-        return {a: node_for(self.fs, self, a, "", a) for a in self.fs.kernel.memory.agents()}
+        return {a: self.node_for(self, a, a) for a in self.memory.agents()}
 
     async def mkdir(self, name: str, mode: int, ctx: pyfuse3.RequestContext) -> Node:
-        memory = self.fs.kernel.memory
+        memory = self.memory
         if name in memory.agents():
             raise fuse_error(errno.EEXIST)
         memory.ensure_agent(name)
-        return node_for(self.fs, self, name, "", name)
+        return self.node_for(self, name, name)
 
     async def rmdir(self, name: str, ctx: pyfuse3.RequestContext) -> None:
         """``rm -r mem/NAME`` ends here, once the tree below is gone."""
         node = self.lookup(name)
         assert isinstance(node, MemDir)
-        await node.call(node.memory.rmdir, name, "")
+        await self.call(self.memory.rmdir, name, "")
         node.detach()
 
 
 class MemDir(MemNode, Dir):
     dynamic = True
 
-    def __init__(self, fs: AiosFS, name: str, parent: Dir, agent: str, rel: str) -> None:
-        Dir.__init__(self, fs, name, parent)
-        self.agent, self.rel = agent, rel
-        owner = fs.kernel.agents.get(agent)
+    def __init__(self, name: str, parent: Dir, kernel: Kernel, paths: MemPaths, path: str) -> None:
+        Dir.__init__(self, name, parent)
+        self.kernel, self.paths, self.path = kernel, paths, path
+        owner = kernel.agents.get(self.agent)
         if owner is not None:  # the agent's owner owns its memory
             self.uid, self.gid = owner.uid, owner.gid
         self.mode = stat.S_IFDIR | 0o755
@@ -102,28 +110,20 @@ class MemDir(MemNode, Dir):
         return st.st_mtime_ns if st else time.time_ns()
 
     def detach(self) -> None:
-        """Gone from disk already: detach the cached nodes below by path, not by listing."""
-        prefix = self.rel + "/" if self.rel else ""
-        below = [
-            k
-            for k in self.fs.path_nodes
-            if k[0] == "mem" and k[1] == self.agent and k[2] != self.rel and k[2].startswith(prefix)
-        ]
-        for key in below:
-            Node.detach(self.fs.path_nodes.pop(key))
-        self.fs.path_nodes.pop(("mem", self.agent, self.rel), None)
-        Node.detach(self)
+        """Gone from disk already: forget the cached nodes at and below by path."""
+        self.paths.forget(self.path)
+        self.mark_detached()
 
     def children(self) -> dict[str, Node]:
         return {
-            name: node_for(self.fs, self, self.agent, join(self.rel, name), name)
+            name: self.node_for(self, join(self.path, name), name)
             for name in self.memory.listdir(self.agent, self.rel)
         }
 
     def lookup(self, name: str) -> Node:
         if name.endswith(TMP_SUFFIX) or self.memory.stat(self.agent, join(self.rel, name)) is None:
             raise fuse_error(errno.ENOENT)
-        return node_for(self.fs, self, self.agent, join(self.rel, name), name)
+        return self.node_for(self, join(self.path, name), name)
 
     async def mkdir(self, name: str, mode: int, ctx: pyfuse3.RequestContext) -> Node:
         check_name(name)
@@ -162,30 +162,16 @@ class MemDir(MemNode, Dir):
         old_rel, new_rel = join(self.rel, name), join(new_parent.rel, new_name)
         await self.call(self.memory.rename, self.agent, old_rel, new_parent.agent, new_rel)
         # The kernel keeps the same inode under the new name: move the nodes, don't drop them.
-        replaced = self.fs.path_nodes.pop(("mem", new_parent.agent, new_rel), None)
-        if replaced is not None and replaced is not node:
-            replaced.detach()
-        below = [
-            k
-            for k in self.fs.path_nodes
-            if k[0] == "mem"
-            and k[1] == self.agent
-            and (k[2] == old_rel or k[2].startswith(old_rel + "/"))
-        ]
-        for key in below:
-            moved = self.fs.path_nodes.pop(key)
-            assert isinstance(moved, MemDir | MemFile)
-            moved.agent, moved.rel = new_parent.agent, new_rel + key[2][len(old_rel) :]
-            self.fs.path_nodes[("mem", moved.agent, moved.rel)] = moved
+        self.paths.move(join(self.path, name), join(new_parent.path, new_name))
         node.name, node.parent = new_name, new_parent
 
 
 class MemFile(MemNode, Node):
     dynamic = True
 
-    def __init__(self, fs: AiosFS, name: str, parent: Dir, agent: str, rel: str) -> None:
-        Node.__init__(self, fs, name, parent)
-        self.agent, self.rel = agent, rel
+    def __init__(self, name: str, parent: Dir, kernel: Kernel, paths: MemPaths, path: str) -> None:
+        Node.__init__(self, name, parent)
+        self.kernel, self.paths, self.path = kernel, paths, path
         self.mode = stat.S_IFREG | 0o644
 
     def size(self) -> int:

@@ -1,26 +1,14 @@
 """Scheduling policies: which sequences make up the running batch for the next engine step.
 
 The engine calls ``schedule()`` before every step. A policy moves sequences from ``waiting`` into
-``running`` (admission) and, if it is preemptive, back out (preemption: the engine then
-snapshots the sequence's context so it resumes exactly where it stopped). Policies see sequences
-and the service ledger, never the model, so each is a few lines and testable without one.
+``running`` (admission) and, if it is preemptive, back out (preemption: the engine then swaps the
+sequence out, so that it resumes exactly where it stopped). Policies see sequences and the
+service ledger, never the model or a tensor, so each is a few lines, testable without a model,
+and this module imports no torch: the CLI and the config check policy names against
+``POLICIES`` before anything heavy loads.
 
-========  =====================================================================================
-fifo      arrival order; a running sequence runs to completion
-rr        round robin: after ``quantum`` generated tokens a sequence yields its place to the
-          next waiting one and goes to the back of the queue
-priority  the agent's ``priority`` (higher first); a waiting sequence preempts a running one of
-          lower priority at once
-fair      keeps agents' shares of the batch and of generated tokens even: an agent with fewer
-          running sequences goes first, then the one that has received least service (a virtual
-          token counter, as in VTC); no agent holds more than its share of the batch while
-          others are active; a chatty agent is preempted in favour of a starved one
-serial    benchmark baseline: strictly one request at a time (FIFO, batch of one, no prefix
-          reuse)
-aios      benchmark baseline, AIOS-style: requests are collected for a 1 s window, then each is
-          generated separately (one forward pass per request, interleaved, as AIOS runs one
-          backend call per request in its own thread; no prefix reuse)
-========  =====================================================================================
+The policies are the ``Scheduler`` subclasses listed in ``SCHEDULERS``, the one registry: each
+class's docstring says how it decides, and its ``description`` sums that up in one line.
 
 Limits shared by all policies: ``max_running`` sequences in the batch, and ``max_tokens_in_flight``
 tokens of context summed over the batch (a new sequence waits rather than exceed it).
@@ -81,6 +69,7 @@ class Scheduler(ABC):
     """Base policy: the waiting queue and the running batch of one engine."""
 
     name: ClassVar[str]
+    description: ClassVar[str]  # what it does, in one line (``POLICIES``)
     preemptive: ClassVar[bool] = False
     batched: ClassVar[bool] = True  # False: each sequence gets its own forward pass
     reuse_prefixes: ClassVar[bool] = True  # False: never start from the prefix cache
@@ -175,7 +164,7 @@ class Scheduler(ABC):
 
     # ---- views --------------------------------------------------------------------------------
 
-    def snapshot(self) -> dict[str, Any]:
+    def info(self) -> dict[str, Any]:
         """Queue state for ``sys/`` (a plain dict, safe to hand to another thread)."""
         per_agent: dict[str, dict[str, Any]] = {}
 
@@ -228,9 +217,10 @@ class Scheduler(ABC):
 
 
 class FIFOScheduler(Scheduler):
-    """First come, first served; no preemption."""
+    """Arrival order; a running sequence runs to completion."""
 
     name = "fifo"
+    description = "first come, first served; no preemption"
 
     def schedule(self) -> Decision:
         self._admit_in_order()
@@ -238,9 +228,11 @@ class FIFOScheduler(Scheduler):
 
 
 class SerialScheduler(FIFOScheduler):
-    """Baseline: strictly one request at a time, every prompt computed in full."""
+    """Benchmark baseline: strictly one request at a time (FIFO, a batch of one), every prompt
+    computed in full (no prefix reuse)."""
 
     name = "serial"
+    description = "baseline: strictly one request at a time"
     reuse_prefixes = False
 
     def __init__(self, limits: Limits, ledger: ServiceLedger | None = None) -> None:
@@ -248,9 +240,11 @@ class SerialScheduler(FIFOScheduler):
 
 
 class RoundRobinScheduler(Scheduler):
-    """Time slices measured in generated tokens; the queue is served in turn."""
+    """Time slices measured in generated tokens: after ``quantum`` of them a sequence yields its
+    place to the next waiting one and goes to the back of the queue."""
 
     name = "rr"
+    description = "round robin with a time slice of `quantum` generated tokens"
     preemptive = True
 
     def order(self) -> list[Sequence]:
@@ -276,9 +270,11 @@ class RoundRobinScheduler(Scheduler):
 
 
 class PriorityScheduler(Scheduler):
-    """Higher agent priority first; a higher-priority arrival preempts at once."""
+    """Higher agent priority first; a waiting sequence preempts a running one of lower priority
+    at once."""
 
     name = "priority"
+    description = "the agent's priority first; preempts lower priorities"
     preemptive = True
 
     def order(self) -> list[Sequence]:
@@ -302,12 +298,15 @@ class PriorityScheduler(Scheduler):
 class FairScheduler(Scheduler):
     """Even shares between agents: of batch places first, then of generated tokens.
 
-    An agent may hold at most ``max_running / active agents`` places (at least one) while
-    others are active, even if places stay free: an agent with many requests would otherwise
-    take every place the others leave, and with it most of the generated tokens. Alone, an
-    agent may use the whole batch."""
+    An agent with fewer running sequences goes first, then the one that has received least
+    service (a virtual token counter, as in VTC); a chatty agent is preempted in favour of a
+    starved one. An agent may hold at most ``max_running / active agents`` places (at least one)
+    while others are active, even if places stay free: an agent with many requests would
+    otherwise take every place the others leave, and with it most of the generated tokens.
+    Alone, an agent may use the whole batch."""
 
     name = "fair"
+    description = "even shares of the batch and of generated tokens between agents"
     preemptive = True
 
     def __init__(self, limits: Limits, ledger: ServiceLedger | None = None) -> None:
@@ -379,10 +378,12 @@ class FairScheduler(Scheduler):
 
 
 class AIOSScheduler(Scheduler):
-    """Baseline after AIOS's kernel: a 1 s collection window, then every collected request is
-    generated on its own (no batching across requests)."""
+    """Benchmark baseline after AIOS's kernel: requests are collected for a 1 s window, then each
+    is generated on its own — one forward pass per request, interleaved, as AIOS runs one backend
+    call per request in its own thread — with no prefix reuse."""
 
     name = "aios"
+    description = "baseline: AIOS-style 1 s collection window, each request generated separately"
     batched = False
     reuse_prefixes = False
     window = 1.0
@@ -406,6 +407,7 @@ class AIOSScheduler(Scheduler):
         return Decision(list(self.running), [])
 
 
+# The registry: every policy, in the order the CLI lists them.
 SCHEDULERS: dict[str, type[Scheduler]] = {
     cls.name: cls
     for cls in (
@@ -417,6 +419,9 @@ SCHEDULERS: dict[str, type[Scheduler]] = {
         AIOSScheduler,
     )
 }
+
+# Policy names and what each does, for the CLI and the config (importable without torch).
+POLICIES: dict[str, str] = {name: cls.description for name, cls in SCHEDULERS.items()}
 
 
 def make_scheduler(

@@ -1,9 +1,12 @@
-"""The context manager: saving a preempted sequence's generation state and restoring it exactly.
+"""Swapping preempted sequences out of the batch and back in, exactly as they were.
 
-A snapshot holds what the model computed — a tight copy of the sequence's KV — plus its sampler
-RNG state; the tokens generated so far and the text already released stay on the Sequence. So a
-resumed sequence continues with the same keys and values and the same random stream, and its
-output is what it would have been without the interruption.
+When the scheduler preempts a sequence, the swap manager takes a snapshot of it (in the engine
+the word means only this: the saved state of one preempted sequence) and frees its working KV, so
+that memory goes to the sequences that run. A snapshot holds what the model computed — a tight
+copy of the sequence's KV — plus its sampler RNG state; the tokens generated so far and the text
+already released stay on the Sequence. So a resumed sequence continues with the same keys and
+values and the same random stream, and its output is what it would have been without the
+interruption.
 
 Snapshots live in RAM up to ``budget_bytes``; past it, the oldest are spilled to files in
 ``swap_dir`` and read back on restore. If a spill fails (a full disk), the KV is dropped instead
@@ -42,7 +45,14 @@ class Snapshot:
         return 0 if self.kv is None else self.kv.numel() * self.kv.element_size()
 
 
-class ContextManager:
+def _snapshot_of(seq: Sequence) -> Snapshot | None:
+    """The snapshot a sequence carries while swapped out (typed loosely there: it is ours)."""
+    snap = seq.snapshot
+    assert snap is None or isinstance(snap, Snapshot)
+    return snap
+
+
+class SwapManager:
     """Snapshots of preempted sequences, under a RAM budget with spill to disk."""
 
     def __init__(self, shape: KVShape, budget_bytes: int, swap_dir: Path | None) -> None:
@@ -62,10 +72,11 @@ class ContextManager:
         """Snapshot a sequence leaving the batch and free its working KV."""
         start = time.perf_counter()
         kv = seq.kv
+        assert kv is None or isinstance(kv, SeqKV)  # the engine's handles are all SeqKVs
         snap = Snapshot(
             length=kv.length if kv else 0,
             kv=kv.compact() if kv and kv.length else None,
-            rng_state=seq.generator.get_state() if seq.generator is not None else None,
+            rng_state=seq.rng.get_state() if seq.rng is not None else None,
         )
         seq.kv = None
         seq.snapshot = snap
@@ -77,7 +88,7 @@ class ContextManager:
 
     def restore(self, seq: Sequence) -> None:
         """Give a resuming sequence its KV and RNG state back."""
-        snap = seq.snapshot
+        snap = _snapshot_of(seq)
         if snap is None:
             return
         start = time.perf_counter()
@@ -90,15 +101,15 @@ class ContextManager:
             self.tokens_restored += snap.length
         else:  # dropped: the engine recomputes it from the tokens
             seq.kv = None
-        if snap.rng_state is not None and seq.generator is not None:
-            seq.generator.set_state(snap.rng_state)
+        if snap.rng_state is not None and seq.rng is not None:
+            seq.rng.set_state(snap.rng_state)
         seq.snapshot = None
         self.counts["restores"] += 1
         self.seconds["restore"] += time.perf_counter() - start
 
     def discard(self, seq: Sequence) -> None:
         """Drop a snapshot whose sequence was cancelled."""
-        snap = seq.snapshot
+        snap = _snapshot_of(seq)
         if snap is not None:
             self._forget(seq.id, snap)
             seq.snapshot = None
@@ -114,7 +125,7 @@ class ContextManager:
         for seq_id, seq in list(self.saved.items()):
             if self.ram_bytes <= self.budget:
                 break
-            snap = seq.snapshot
+            snap = _snapshot_of(seq)
             if snap is not None and snap.kv is not None:
                 self._spill(seq_id, snap)
 
@@ -132,7 +143,7 @@ class ContextManager:
             self.disk_bytes += nbytes
             self.counts["spills"] += 1
         except OSError as e:
-            log.warning("cannot spill context %d (%s); it will be recomputed on resume", seq_id, e)
+            log.warning("cannot spill snapshot %d (%s); it will be recomputed on resume", seq_id, e)
             self.counts["drops"] += 1
         snap.kv = None
         self.ram_bytes -= nbytes
@@ -143,7 +154,7 @@ class ContextManager:
         try:
             flat = np.fromfile(snap.path, dtype=np.float32)
         except OSError as e:
-            log.warning("cannot read spilled context %s (%s); recomputing", snap.path, e)
+            log.warning("cannot read spilled snapshot %s (%s); recomputing", snap.path, e)
             return None
         s = self.shape
         return torch.from_numpy(flat).view(s.layers, 2, s.kv_heads, snap.length, s.head_dim)

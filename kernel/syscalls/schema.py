@@ -1,21 +1,25 @@
-"""Syscall types and their validation.
+"""Syscall types, their framing and their validation.
 
 A syscall arrives as the bytes one writer wrote before closing ``agents/NAME/syscall``:
 
 * plain UTF-8 text is one chat turn in the agent's conversation;
 * a JSON object (text whose first non-blank character is ``{``) is a structured syscall whose
-  ``"call"`` field names the kernel service. ``llm`` is the first; memory, storage and tool calls
-  join the same table later without changing the framing.
+  ``"call"`` field names the kernel service. ``llm`` is answered by a model and its schema lives
+  here; every other call is a row of ``kernel.syscalls.table``, which declares its arguments with
+  the ``Field`` checkers below, so a new call never changes the framing.
 
 Validation is strict: an unknown field is an error rather than silently ignored, because a typo in
 ``"max_token"`` that quietly does nothing is worse than a clear EINVAL.
+
+This module depends on nothing but ``kernel.errors``, so that the modules describing agents,
+results and conversations can use its types without pulling in the managers behind the calls.
 """
 
 from __future__ import annotations
 
 import json
 import math
-from collections.abc import Callable
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -73,8 +77,9 @@ class Retrieve:
 
 @dataclass(frozen=True)
 class ToolCall:
-    """A memory or storage syscall: ``call`` names the operation, ``args`` its checked fields.
-    The answer is text: file contents, ``ok …`` lines, or JSON lines for lists and hits."""
+    """A call answered by a row of the syscall table (memory and storage calls today):
+    ``call`` names the row, ``args`` its checked fields. The answer is text: file contents,
+    ``ok …`` lines, or JSON lines for lists and hits."""
 
     call: str
     args: dict[str, Any]
@@ -124,9 +129,10 @@ def is_incomplete(data: bytes) -> bool:
     return False
 
 
-def parse_syscall(data: bytes, limits: SyscallLimits | None = None) -> Syscall:
-    """Parse one syscall from the bytes written between open and close."""
-    limits = limits or SyscallLimits()
+def frame(data: bytes, known: Sequence[str]) -> LLMCall | tuple[str, dict[str, Any]]:
+    """Split the bytes written between open and close into a chat turn, or a known call's name
+    and its JSON object (fields not yet checked). ``known`` lists the call names, in the order
+    error messages show them; the caller checks the fields against the named call's schema."""
     text = decode_text(data, "syscall")
     stripped = text.strip()
     if not stripped:
@@ -144,34 +150,37 @@ def parse_syscall(data: bytes, limits: SyscallLimits | None = None) -> Syscall:
         raise InvalidArgument("a JSON syscall must be an object")
     call = obj.get("call")
     if call is None:
-        raise InvalidArgument(f'JSON syscall lacks "call"; known calls: {", ".join(CALLS)}')
-    if not isinstance(call, str) or call not in CALLS:
-        raise InvalidArgument(f"unknown call {call!r}; known calls: {', '.join(CALLS)}")
-    return CALLS[call](obj, limits)
+        raise InvalidArgument(f'JSON syscall lacks "call"; known calls: {", ".join(known)}')
+    if not isinstance(call, str) or call not in known:
+        raise InvalidArgument(f"unknown call {call!r}; known calls: {', '.join(known)}")
+    return call, obj
 
 
 # ---- field checkers -------------------------------------------------------------------------
 
 
-def _fail_type(field: str, want: str, value: Any) -> InvalidArgument:
+# Each names the field in its message, so that a user can find the mistake in what they wrote.
+
+
+def fail_type(field: str, want: str, value: Any) -> InvalidArgument:
     return InvalidArgument(f'field "{field}" must be {want}, not {json.dumps(value)[:60]}')
 
 
-def _string(field: str, value: Any) -> str:
+def check_string(field: str, value: Any) -> str:
     if not isinstance(value, str):
-        raise _fail_type(field, "a string", value)
+        raise fail_type(field, "a string", value)
     return value
 
 
-def _bool(field: str, value: Any) -> bool:
+def check_bool(field: str, value: Any) -> bool:
     if not isinstance(value, bool):
-        raise _fail_type(field, "true or false", value)
+        raise fail_type(field, "true or false", value)
     return value
 
 
-def _int(field: str, value: Any, lo: int, hi: int) -> int:
+def check_int(field: str, value: Any, lo: int, hi: int) -> int:
     if isinstance(value, bool) or not isinstance(value, int):
-        raise _fail_type(field, "an integer", value)
+        raise fail_type(field, "an integer", value)
     if not lo <= value <= hi:
         raise InvalidArgument(f'field "{field}" must be between {lo} and {hi}, not {value}')
     return value
@@ -179,7 +188,7 @@ def _int(field: str, value: Any, lo: int, hi: int) -> int:
 
 def _float(field: str, value: Any, lo: float, hi: float, lo_open: bool = False) -> float:
     if isinstance(value, bool) or not isinstance(value, int | float):
-        raise _fail_type(field, "a number", value)
+        raise fail_type(field, "a number", value)
     v = float(value)
     if not math.isfinite(v) or v > hi or v < lo or (lo_open and v == lo):
         bracket = "(" if lo_open else "["
@@ -191,7 +200,7 @@ def _stop(value: Any) -> tuple[str, ...]:
     if isinstance(value, str):
         value = [value]
     if not isinstance(value, list) or not all(isinstance(s, str) and s for s in value):
-        raise _fail_type("stop", "a non-empty string or a list of them", value)
+        raise fail_type("stop", "a non-empty string or a list of them", value)
     if len(value) > 16:
         raise InvalidArgument('field "stop" takes at most 16 strings')
     return tuple(value)
@@ -199,7 +208,7 @@ def _stop(value: Any) -> tuple[str, ...]:
 
 def _messages(value: Any) -> tuple[Message, ...]:
     if not isinstance(value, list) or not value:
-        raise _fail_type("messages", "a non-empty list of {role, content} objects", value)
+        raise fail_type("messages", "a non-empty list of {role, content} objects", value)
     out = []
     for i, m in enumerate(value):
         if not isinstance(m, dict) or set(m) != {"role", "content"}:
@@ -210,28 +219,28 @@ def _messages(value: Any) -> tuple[Message, ...]:
             raise InvalidArgument(
                 f"messages[{i}].role must be one of {', '.join(ROLES)}, not {m['role']!r}"
             )
-        out.append(Message(m["role"], _string(f"messages[{i}].content", m["content"])))
+        out.append(Message(m["role"], check_string(f"messages[{i}].content", m["content"])))
     return tuple(out)
 
 
 def sampling_fields(limits: SyscallLimits) -> dict[str, Callable[[Any], Any]]:
     """Checkers for the sampling fields shared by syscalls and agent config."""
     return {
-        "max_tokens": lambda v: _int("max_tokens", v, 1, limits.max_tokens),
+        "max_tokens": lambda v: check_int("max_tokens", v, 1, limits.max_tokens),
         "temperature": lambda v: _float("temperature", v, 0.0, 5.0),
         "top_p": lambda v: _float("top_p", v, 0.0, 1.0, lo_open=True),
         "repetition_penalty": lambda v: _float("repetition_penalty", v, 0.5, 2.0),
     }
 
 
-def _parse_llm(obj: dict[str, Any], limits: SyscallLimits) -> LLMCall:
+def parse_llm(obj: dict[str, Any], limits: SyscallLimits) -> LLMCall:
     checkers: dict[str, Callable[[Any], Any]] = {
-        "prompt": lambda v: _string("prompt", v),
+        "prompt": lambda v: check_string("prompt", v),
         "messages": _messages,
-        "chat": lambda v: _bool("chat", v),
-        "system": lambda v: _string("system", v),
+        "chat": lambda v: check_bool("chat", v),
+        "system": lambda v: check_string("system", v),
         "stop": _stop,
-        "seed": lambda v: _int("seed", v, 0, 2**63 - 1),
+        "seed": lambda v: check_int("seed", v, 0, 2**63 - 1),
         "memory": _memory_paths,
         "retrieve": _retrieve,
         **sampling_fields(limits),
@@ -263,8 +272,8 @@ def _parse_llm(obj: dict[str, Any], limits: SyscallLimits) -> LLMCall:
     return LLMCall(**fields)
 
 
-def _path(field: str, value: Any, allow_root: bool = False) -> str:
-    path = _string(field, value).strip("/")
+def check_path(field: str, value: Any, allow_root: bool = False) -> str:
+    path = check_string(field, value).strip("/")
     if not path and not allow_root:
         raise InvalidArgument(f'field "{field}" must name a file')
     if "\0" in path or any(p in (".", "..") for p in path.split("/")):
@@ -276,86 +285,72 @@ def _memory_paths(value: Any) -> tuple[str, ...]:
     if isinstance(value, str):
         value = [value]
     if not isinstance(value, list) or not value or len(value) > 32:
-        raise _fail_type("memory", "a file name or a list of up to 32", value)
-    return tuple(_path(f"memory[{i}]", v) for i, v in enumerate(value))
+        raise fail_type("memory", "a file name or a list of up to 32", value)
+    return tuple(check_path(f"memory[{i}]", v) for i, v in enumerate(value))
 
 
 def _retrieve(value: Any) -> Retrieve:
     if value is True:
         return Retrieve()
     if isinstance(value, int) and not isinstance(value, bool):
-        return Retrieve(k=_int("retrieve", value, 1, 20))
+        return Retrieve(k=check_int("retrieve", value, 1, 20))
     if not isinstance(value, dict):
-        raise _fail_type("retrieve", "true, a number of passages or {query, k, path}", value)
+        raise fail_type("retrieve", "true, a number of passages or {query, k, path}", value)
     unknown = set(value) - {"query", "k", "path"}
     if unknown:
         raise InvalidArgument(
             f'unknown field "retrieve.{sorted(unknown)[0]}"; known: query, k, path'
         )
     return Retrieve(
-        query=_string("retrieve.query", value["query"]) if value.get("query") is not None else None,
-        k=_int("retrieve.k", value.get("k", 3), 1, 20),
-        path=_path("retrieve.path", value.get("path", ""), allow_root=True),
+        query=check_string("retrieve.query", value["query"])
+        if value.get("query") is not None
+        else None,
+        k=check_int("retrieve.k", value.get("k", 3), 1, 20),
+        path=check_path("retrieve.path", value.get("path", ""), allow_root=True),
     )
 
 
-def _text(field: str) -> Callable[[Any], str]:
-    return lambda v: _string(field, v)
+# ---- arguments of table calls ----------------------------------------------------------------
 
 
-# Memory and storage calls: field -> (checker, required). All answer with text.
-TOOL_CALLS: dict[str, dict[str, tuple[Callable[[Any], Any], bool]]] = {
-    "mem_read": {"path": (lambda v: _path("path", v), True)},
-    "mem_write": {
-        "path": (lambda v: _path("path", v), True),
-        "content": (_text("content"), True),
-        "append": (lambda v: _bool("append", v), False),
-    },
-    "mem_list": {"path": (lambda v: _path("path", v, allow_root=True), False)},
-    "mem_delete": {"path": (lambda v: _path("path", v), True)},
-    "store_read": {"path": (lambda v: _path("path", v), True)},
-    "store_write": {
-        "path": (lambda v: _path("path", v), True),
-        "content": (_text("content"), True),
-    },
-    "store_search": {
-        "query": (_text("query"), True),
-        "k": (lambda v: _int("k", v, 1, 100), False),
-        "path": (lambda v: _path("path", v, allow_root=True), False),
-    },
-    "store_grep": {
-        "word": (_text("word"), True),
-        "k": (lambda v: _int("k", v, 1, 100), False),
-        "path": (lambda v: _path("path", v, allow_root=True), False),
-    },
-    "store_versions": {"path": (lambda v: _path("path", v), True)},
-    "store_rollback": {
-        "path": (lambda v: _path("path", v), True),
-        "version": (lambda v: _int("version", v, 1, 2**62), True),
-    },
-}
+Checker = Callable[[str, Any], Any]
+"""Checks one JSON value given the field's name (for the message); returns the checked value or
+raises InvalidArgument."""
 
 
-def _parse_tool(obj: dict[str, Any], limits: SyscallLimits) -> ToolCall:
-    call = obj["call"]
-    spec = TOOL_CALLS[call]
+def check_dir(field: str, value: Any) -> str:
+    """A path that may be empty: the root of the tree the call works in."""
+    return check_path(field, value, allow_root=True)
+
+
+def int_between(lo: int, hi: int) -> Checker:
+    """A checker for an integer from ``lo`` to ``hi``, both included."""
+    return lambda field, value: check_int(field, value, lo, hi)
+
+
+@dataclass(frozen=True)
+class Field:
+    """One argument of a table call: its checker, and whether the call needs it."""
+
+    check: Checker
+    required: bool = False
+
+
+def parse_args(call: str, fields: Mapping[str, Field], obj: Mapping[str, Any]) -> dict[str, Any]:
+    """Check a call's JSON object against its fields (``"call"`` itself is skipped). ``null``
+    means "not given"; the message for an unknown field lists the known ones in ``fields``'
+    order, so a table row's order is what users see."""
     args: dict[str, Any] = {}
     for key, value in obj.items():
         if key == "call":
             continue
-        if key not in spec:
+        if key not in fields:
             raise InvalidArgument(
-                f'unknown field "{key}" for call "{call}"; known: {", ".join(spec)}'
+                f'unknown field "{key}" for call "{call}"; known: {", ".join(fields)}'
             )
         if value is not None:
-            args[key] = spec[key][0](value)
-    missing = [k for k, (_, required) in spec.items() if required and k not in args]
+            args[key] = fields[key].check(key, value)
+    missing = [k for k, f in fields.items() if f.required and k not in args]
     if missing:
         raise InvalidArgument(f'call "{call}" needs "{missing[0]}"')
-    return ToolCall(call, args)
-
-
-CALLS: dict[str, Callable[[dict[str, Any], SyscallLimits], Syscall]] = {
-    "llm": _parse_llm,
-    **{name: _parse_tool for name in TOOL_CALLS},
-}
+    return args

@@ -12,20 +12,21 @@ from __future__ import annotations
 
 import os
 import time
-from typing import TYPE_CHECKING
+from collections.abc import Callable
+from typing import Any
 
-from aiosfs.agent_tree import as_json
-from aiosfs.nodes import Dir, GeneratedFile, StaticDir
-from kernel import __version__
+from aiosfs.trees import when_complete
+from aiosfs.vfs import Dir, GeneratedFile, StaticDir, as_json
+from kernel import Kernel, __version__
 from kernel.syscalls import decode_text
 
-if TYPE_CHECKING:
-    from aiosfs.fs import AiosFS
 
-
-def build_sys(fs: AiosFS, parent: Dir) -> StaticDir:
-    kernel = fs.kernel
-    d = StaticDir(fs, "sys", parent)
+def build_sys(
+    parent: Dir, kernel: Kernel, fs_stats: Callable[[], dict[str, Any]], mountpoint: str
+) -> StaticDir:
+    """``sys/`` for ``kernel``; ``fs_stats`` adds the filesystem's own counters (open handles,
+    blocked reads, inodes) to ``stats`` and ``status``."""
+    d = StaticDir("sys", parent)
 
     def line(text: str) -> bytes:
         return (text + "\n").encode()
@@ -36,18 +37,18 @@ def build_sys(fs: AiosFS, parent: Dir) -> StaticDir:
     def check_scheduler(data: bytes) -> None:
         kernel.check_scheduler(decode_text(data, "scheduler").strip())
 
-    def stats() -> dict:
-        return {**kernel.stats(), "fs": fs.stats()}
+    def stats() -> dict[str, Any]:
+        return {**kernel.stats(), "fs": fs_stats()}
 
-    def status() -> dict:
+    def status() -> dict[str, Any]:
         return {
             **kernel.status(),
             "pid": os.getpid(),
-            "mountpoint": fs.mountpoint,
-            "fs": fs.stats(),
+            "mountpoint": mountpoint,
+            "fs": fs_stats(),
         }
 
-    files = {
+    files: dict[str, Callable[[], bytes]] = {
         "version": lambda: line(f"aiosfs {__version__}"),
         "uptime": lambda: line(f"{time.time() - kernel.started_at:.1f}"),
         "pid": lambda: line(str(os.getpid())),
@@ -60,16 +61,15 @@ def build_sys(fs: AiosFS, parent: Dir) -> StaticDir:
         "status": lambda: as_json(status()),
     }
     for name, render in files.items():
-        d.add(GeneratedFile(fs, name, d, render))
+        d.add(GeneratedFile(name, d, render))
     d.add(
         GeneratedFile(
-            fs,
             "scheduler",
             d,
             lambda: line(kernel.config.scheduler),
             apply=set_scheduler,
             mode=0o644,
-            check=check_scheduler,
+            check=when_complete(check_scheduler),
         )
     )
     return d

@@ -1,30 +1,52 @@
-"""The node tree: every path in the mount is a Node with an inode number.
+"""The node base classes: every path in the mount is a Node with an inode number.
 
-Nodes map filesystem operations onto kernel calls; they hold no kernel state of their own beyond
-what identifies them (an agent name, a result id). Directories list their children on demand, so
-a dynamic directory (``agents/``, ``results/``) always shows what the kernel has now.
+A node maps filesystem operations onto its tree's collaborators; it holds no state of the
+kernel's beyond what identifies it (an agent name, a path). Directories list their children on
+demand, so a dynamic directory (``agents/``, ``results/``) always shows what the kernel has now.
+
+A node receives the narrow ``VfsEnv`` (the inode table, the interrupt watcher, the write limit
+for control files) from its parent; the trees give their nodes the kernel facade themselves. No
+node holds the whole filesystem object.
 """
 
 from __future__ import annotations
 
 import errno
+import json
 import os
 import stat
 import time
 from collections.abc import Callable
+from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
 import pyfuse3
 
+from aiosfs.vfs.inodes import InodeTable
+from aiosfs.vfs.interrupts import InterruptWatcher
+
 if TYPE_CHECKING:
-    from aiosfs.fs import AiosFS
-    from aiosfs.handles import Handle
+    from aiosfs.vfs.handle import Handle
 
 STABLE_TIMEOUT = 1.0  # seconds the kernel may cache attributes that do not change
 
 
+@dataclass(frozen=True)
+class VfsEnv:
+    """What every node may use: the only ways from a node to the rest of the filesystem."""
+
+    inodes: InodeTable
+    interrupts: InterruptWatcher
+    max_write: int  # the most bytes one close of a control file (config, ctl, …) may carry
+
+
 def fuse_error(code: int) -> pyfuse3.FUSEError:
     return pyfuse3.FUSEError(code)
+
+
+def as_json(obj: Any) -> bytes:
+    """How generated files render JSON: indented, UTF-8, one trailing newline."""
+    return (json.dumps(obj, indent=2, ensure_ascii=False) + "\n").encode()
 
 
 class Node:
@@ -32,17 +54,23 @@ class Node:
 
     mode = stat.S_IFREG | 0o444
     dynamic = False  # a file whose content or size changes: its attributes are never cached
+    env: VfsEnv
+    uid: int
+    gid: int
 
-    def __init__(self, fs: AiosFS, name: str, parent: Dir | None) -> None:
-        self.fs = fs
+    def __init__(self, name: str, parent: Dir | None, env: VfsEnv | None = None) -> None:
+        """Children take their parent's environment; only the root is given one."""
+        if env is None:
+            assert parent is not None, "the root node needs an environment"
+            env = parent.env
+        self.env = env
         self.name = name
         self.parent = parent
         self.uid = parent.uid if parent else os.getuid()
         self.gid = parent.gid if parent else os.getgid()
         self.mtime_ns = time.time_ns()
-        self.lookups = 0
         self.detached = False
-        self.inode = fs.inodes.add(self)
+        self.inode = env.inodes.add(self)
 
     @property
     def is_dir(self) -> bool:
@@ -91,10 +119,15 @@ class Node:
         """truncate(2) by path; files backed by storage override this."""
         self.truncate(size)
 
-    def detach(self) -> None:
-        """The path no longer exists; the inode lives on until the kernel forgets it."""
+    def mark_detached(self) -> None:
+        """The path of this one node no longer exists; the inode lives on until nothing refers
+        to it (the inode table decides)."""
         self.detached = True
-        self.fs.inodes.maybe_drop(self)
+        self.env.inodes.release(self)
+
+    def detach(self) -> None:
+        """The path no longer exists (directories detach what they contain too)."""
+        self.mark_detached()
 
 
 class Dir(Node):
@@ -153,8 +186,10 @@ class Dir(Node):
 class StaticDir(Dir):
     """A directory whose entries are fixed when it is built."""
 
-    def __init__(self, fs: AiosFS, name: str, parent: Dir | None, mode: int = 0o755) -> None:
-        super().__init__(fs, name, parent)
+    def __init__(
+        self, name: str, parent: Dir | None, mode: int = 0o755, env: VfsEnv | None = None
+    ) -> None:
+        super().__init__(name, parent, env)
         self.mode = stat.S_IFDIR | mode
         self.entries: dict[str, Node] = {}
 
@@ -170,8 +205,9 @@ class GeneratedFile(Node):
     """A small file whose bytes are rendered on open (status, config, sys/...).
 
     ``apply`` receives what a writer wrote, once per close (flush), and may raise a KernelError
-    to fail that close; ``check`` validates without applying, so that a complete but invalid
-    write fails at write() already (shells ignore errors from close); ``on_truncate`` is called
+    to fail that close; ``check`` validates what has been written so far without applying it,
+    so that a complete but invalid write fails at write() already (shells ignore errors from
+    close) — it returns quietly for input that is merely incomplete; ``on_truncate`` is called
     for O_TRUNC / truncate(2).
     """
 
@@ -179,7 +215,6 @@ class GeneratedFile(Node):
 
     def __init__(
         self,
-        fs: AiosFS,
         name: str,
         parent: Dir,
         render: Callable[[], bytes],
@@ -188,7 +223,7 @@ class GeneratedFile(Node):
         mode: int = 0o444,
         check: Callable[[bytes], object] | None = None,
     ) -> None:
-        super().__init__(fs, name, parent)
+        super().__init__(name, parent)
         self.render = render
         self.apply = apply
         self.check = check
@@ -206,7 +241,7 @@ class GeneratedFile(Node):
             self.on_truncate()
 
     async def open(self, flags: int, ctx: pyfuse3.RequestContext) -> Handle:
-        from aiosfs.handles import BytesHandle
+        from aiosfs.vfs.handle import BytesHandle
 
         check_access(self, flags)
         if flags & os.O_TRUNC:
@@ -219,17 +254,18 @@ class FixedFile(Node):
     so ``cp``, ``sendfile`` and ``mmap`` work on it."""
 
     def __init__(
-        self, fs: AiosFS, name: str, parent: Dir, content: Callable[[], bytes], mtime: float
+        self, name: str, parent: Dir, content: Callable[[], bytes], mtime: float, mode: int = 0o444
     ) -> None:
-        super().__init__(fs, name, parent)
+        super().__init__(name, parent)
         self.content = content
         self.mtime_ns = int(mtime * 1e9)
+        self.mode = stat.S_IFREG | mode
 
     def size(self) -> int:
         return len(self.content())
 
     async def open(self, flags: int, ctx: pyfuse3.RequestContext) -> Handle:
-        from aiosfs.handles import BytesHandle
+        from aiosfs.vfs.handle import BytesHandle
 
         check_access(self, flags)
         return BytesHandle(self, flags, ctx.pid, self.content, None, direct_io=False)
@@ -246,43 +282,9 @@ class Symlink(Node):
 
     mode = stat.S_IFLNK | 0o777
 
-    def __init__(self, fs: AiosFS, name: str, parent: Dir, target: str) -> None:
-        super().__init__(fs, name, parent)
+    def __init__(self, name: str, parent: Dir, target: str) -> None:
+        super().__init__(name, parent)
         self.target = target
 
     def size(self) -> int:
         return len(self.target.encode())
-
-
-class Inodes:
-    """Inode number -> node. Numbers are never reused within a mount."""
-
-    def __init__(self) -> None:
-        self.nodes: dict[int, Node] = {}
-        self._next = pyfuse3.ROOT_INODE
-        self.open_counts: dict[int, int] = {}
-
-    def add(self, node: Node) -> int:
-        inode = self._next
-        self._next += 1
-        self.nodes[inode] = node
-        return inode
-
-    def get(self, inode: int) -> Node:
-        try:
-            return self.nodes[inode]
-        except KeyError:
-            raise fuse_error(errno.ENOENT) from None
-
-    def forget(self, inode: int, n: int) -> None:
-        node = self.nodes.get(inode)
-        if node is not None:
-            node.lookups = max(0, node.lookups - n)
-            self.maybe_drop(node)
-
-    def maybe_drop(self, node: Node) -> None:
-        if node.detached and node.lookups == 0 and not self.open_counts.get(node.inode):
-            self.nodes.pop(node.inode, None)
-
-    def stats(self) -> dict[str, Any]:
-        return {"inodes": len(self.nodes), "next": self._next}

@@ -1,0 +1,33 @@
+"""``aiosfs bench``: many agents through a real mount, against the baselines, in one run.
+
+Measurements, each alternating the configurations it compares so that they share the machine's
+noise, and each reporting medians over repetitions:
+
+* **scaling** — N concurrent agents (default 1, 4, 16, 64), each sending ``turns`` chat syscalls
+  in a closed loop (write ``syscall``, read ``stream`` for the first byte, read it to the end,
+  then the next turn), under ``fifo`` (our batching engine), ``serial`` (baseline a: strictly one
+  request at a time) and ``aios`` (baseline b: a 1 s collection window, then each request
+  generated on its own). Reports aggregate generated tokens/s, p50/p99 time to first token and
+  completion latency, Jain's index over per-agent service, and the speed-ups.
+* **fairness** — one agent floods the queue with ``flood`` requests while 15 others each send
+  ``turns`` turns; Jain's index over the tokens each agent received until the first modest agent
+  was done, under ``fifo`` and under ``fair``.
+* **overhead** — a trivial syscall (one token of the tiny model) through the mount, against the
+  same call made on the kernel directly (``python -m kernel.microbench``).
+* **storage** — ingest and search latency in ``store/``, memory operations and eviction in
+  ``mem/``, through the mount and directly.
+* **contexts** — what preempting a sequence costs at several context lengths.
+
+Results go to ``OUT/results.json`` and ``OUT/bench.png``; ``docs/benchmarks.md`` summarises a run.
+The package drives daemons (``aiosfs.harness``) with plain file operations and never imports
+torch. Modules: ``stats`` (percentiles, Jain's index), ``traffic`` (the mount and agents'
+closed-loop turns), ``llm`` (scaling, fairness, contexts), ``overhead``, ``storage``, ``report``
+(summary, plot) and ``cli`` (options and the run).
+"""
+
+from __future__ import annotations
+
+from aiosfs.bench.cli import add_arguments, main, run_bench
+from aiosfs.bench.stats import fmt, jain, median, percentile
+
+__all__ = ["add_arguments", "fmt", "jain", "main", "median", "percentile", "run_bench"]

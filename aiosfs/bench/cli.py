@@ -1,0 +1,114 @@
+"""``aiosfs bench``: its options and the run that strings the measurements together.
+
+Each measurement mounts a daemon of its own in a temporary directory, so that one's state (agents,
+store, memory budget) cannot leak into another's numbers; the directory is removed after a
+successful run and kept after a failed one, with each daemon's ``daemon.out`` in it.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import shutil
+import sys
+import tempfile
+import time
+from pathlib import Path
+from typing import Any
+
+from aiosfs.bench.llm import run_contexts, run_llm
+from aiosfs.bench.overhead import run_overhead
+from aiosfs.bench.report import machine, plot, print_summary, say
+from aiosfs.bench.storage import run_storage
+
+OVERHEAD_CALLS_PER_BLOCK = 50
+
+
+def run_bench(args: argparse.Namespace) -> dict[str, Any]:
+    """Run every measurement not skipped; write ``OUT/results.json`` (and ``OUT/bench.png``
+    when scaling ran and matplotlib is installed); return the results."""
+    out = Path(args.out)
+    out.mkdir(parents=True, exist_ok=True)
+    workdir = Path(tempfile.mkdtemp(prefix="aiosfs-bench-"))
+
+    results: dict[str, Any] = {
+        "model": args.model,
+        "machine": machine(),
+        "settings": {k: v for k, v in vars(args).items() if k != "func"},
+        "started": time.strftime("%Y-%m-%d %H:%M:%S"),
+    }
+    if args.only_storage:
+        args.skip_scaling = args.skip_fairness = args.skip_overhead = args.skip_contexts = True
+    if not (args.skip_scaling and args.skip_fairness):
+        run_llm(args, workdir, results)
+    if not args.skip_overhead:
+        results["overhead"] = run_overhead(
+            workdir, args.overhead_blocks, OVERHEAD_CALLS_PER_BLOCK, args.threads
+        )
+    if not args.skip_storage:
+        results["storage"] = run_storage(args, workdir)
+    if not args.skip_contexts:
+        results["contexts"] = run_contexts(args)
+    results["finished"] = time.strftime("%Y-%m-%d %H:%M:%S")
+    results["machine"]["load_avg_at_end"] = os.getloadavg()
+    (out / "results.json").write_text(json.dumps(results, indent=2, default=str))
+    if "scaling" in results:
+        try:
+            plot(results, out / "bench.png")
+        except ImportError:
+            say("matplotlib is not installed; no plot")
+    shutil.rmtree(workdir, ignore_errors=True)
+    return results
+
+
+def add_arguments(p: argparse.ArgumentParser) -> None:
+    """The options of ``aiosfs bench``; ``aiosfs.cli`` adds them to its ``bench`` subcommand
+    (kept here so that the benchmark's knobs live with the benchmark)."""
+    p.add_argument("--model", default="smollm2")
+    p.add_argument(
+        "--agents",
+        type=lambda s: [int(x) for x in s.split(",")],
+        default=[1, 4, 16, 64],
+        help="comma-separated agent counts",
+    )
+    p.add_argument("--turns", type=int, default=2, help="chat syscalls per agent")
+    p.add_argument("--max-tokens", type=int, default=32)
+    p.add_argument("--reps", type=int, default=3, help="repetitions per configuration")
+    p.add_argument("--large", type=int, default=16, help="above this many agents use --reps-large")
+    p.add_argument("--reps-large", type=int, default=1)
+    p.add_argument("--flood", type=int, default=24, help="requests the flooding agent sends")
+    p.add_argument("--threads", type=int, default=0)
+    p.add_argument("--overhead-blocks", type=int, default=6)
+    p.add_argument("--out", default="bench-results")
+    p.add_argument("--skip-scaling", action="store_true")
+    p.add_argument("--skip-fairness", action="store_true")
+    p.add_argument("--skip-overhead", action="store_true")
+    p.add_argument("--skip-contexts", action="store_true")
+    p.add_argument("--skip-storage", action="store_true")
+    p.add_argument(
+        "--only-storage", action="store_true", help="only the memory and storage measurements"
+    )
+    p.add_argument("--embedder", default="minilm", choices=("minilm", "hashing"))
+    p.add_argument("--ingest", type=int, default=1000, help="small text files to write first")
+    p.add_argument("--search-queries", type=int, default=50)
+    p.add_argument(
+        "--search-large",
+        type=int,
+        default=10_000,
+        help="files in the store for the second search-latency measurement",
+    )
+    p.add_argument("--mem-ops", type=int, default=500)
+    p.add_argument(
+        "--context-lengths",
+        default="128,512,2048",
+        help="context lengths for the preemption-cost measurement",
+    )
+
+
+def main(args: argparse.Namespace) -> int:
+    """``aiosfs bench``: run, print the summary, say where the results are."""
+    results = run_bench(args)
+    print_summary(results)
+    print(f"bench: results in {args.out}/results.json and {args.out}/bench.png", file=sys.stderr)
+    return 0

@@ -1,0 +1,130 @@
+"""What the benchmark shows: progress lines, the machine it ran on, the summary table, the plot.
+
+Progress goes to stderr and the summary to stdout, so ``aiosfs bench > summary.txt`` keeps the
+table alone. matplotlib is imported only to plot, so that it stays an optional dependency
+(``pip install aiosfs[bench]``) and a run without it still writes ``results.json``.
+"""
+
+from __future__ import annotations
+
+import os
+import platform
+import sys
+from pathlib import Path
+from typing import Any
+
+from aiosfs.bench.stats import fmt
+
+
+def say(line: str) -> None:
+    """A progress line on stderr, flushed at once: a run takes many minutes."""
+    print(f"bench: {line}", file=sys.stderr, flush=True)
+
+
+def machine() -> dict[str, Any]:
+    """What a reader needs to compare runs: cores, platform, Python and the load at start."""
+    return {
+        "cpus": os.cpu_count(),
+        "platform": platform.platform(),
+        "python": platform.python_version(),
+        "load_avg_at_start": os.getloadavg(),
+    }
+
+
+def plot(results: dict[str, Any], path: Path) -> None:
+    """Throughput and p99 latency against agent count for the three configurations, and the
+    fairness indexes; raises ImportError without matplotlib."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    scaling = results["scaling"]["summary"]
+    ns = sorted({int(n) for n in scaling})
+    fig, axes = plt.subplots(1, 3, figsize=(15, 4.2))
+    for config, style in (("fifo", "o-"), ("serial", "s--"), ("aios", "^:")):
+        tput = [scaling[str(n)][config]["tokens_per_s"] for n in ns]
+        p99 = [scaling[str(n)][config]["latency_p99_s"] for n in ns]
+        label = {
+            "fifo": "aiosfs (batched)",
+            "serial": "(a) one at a time",
+            "aios": "(b) AIOS-style",
+        }[config]
+        axes[0].plot(ns, tput, style, label=label)
+        axes[1].plot(ns, p99, style, label=label)
+    axes[0].set(
+        xscale="log",
+        xlabel="concurrent agents",
+        ylabel="generated tokens/s",
+        title="Aggregate throughput (median)",
+    )
+    axes[1].set(
+        xscale="log",
+        yscale="log",
+        xlabel="concurrent agents",
+        ylabel="seconds",
+        title="p99 completion latency (median)",
+    )
+    for ax in axes[:2]:
+        ax.set_xticks(ns, [str(n) for n in ns])
+        ax.minorticks_off()
+        ax.legend()
+        ax.grid(alpha=0.3)
+    fair = results.get("fairness", {}).get("summary", {})
+    axes[2].set_visible(bool(fair))
+    if fair:
+        names = list(fair)
+        axes[2].bar(
+            names, [fair[c]["jain"] or 0 for c in names], color=["#c66", "#6a6"][: len(names)]
+        )
+        axes[2].axhline(0.9, color="k", ls="--", lw=1)
+        axes[2].set(
+            ylim=(0, 1.05), ylabel="Jain's index", title="Fairness: 1 flooder + 15 modest agents"
+        )
+    fig.suptitle(f"aiosfs bench — {results['model']} on {results['machine']['cpus']} CPUs")
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+
+
+def print_summary(results: dict[str, Any]) -> None:
+    """The medians of every measurement that ran, as a table on stdout."""
+    scaling = results.get("scaling", {}).get("summary", {})
+    if scaling:
+        print(
+            f"{'agents':>6} {'config':>7} {'tok/s':>8} {'ttft p50':>9} {'ttft p99':>9} "
+            f"{'lat p50':>8} {'lat p99':>8} {'jain':>6}"
+        )
+        for n, row in scaling.items():
+            for c in ("fifo", "serial", "aios"):
+                r = row[c]
+                print(
+                    f"{n:>6} {c:>7} {r['tokens_per_s']:>8.1f} {r['ttft_p50_s']:>9.2f} "
+                    f"{r['ttft_p99_s']:>9.2f} {r['latency_p50_s']:>8.2f} "
+                    f"{r['latency_p99_s']:>8.2f} {r['jain'] or 0:>6.3f}"
+                )
+            print(
+                f"{'':>6} speed-up vs serial {row['speedup_vs_serial']:.2f}x, "
+                f"vs aios {row['speedup_vs_aios']:.2f}x ({row['reps']} reps)"
+            )
+    fair = results.get("fairness", {}).get("summary")
+    if fair:
+        print(
+            "fairness (Jain's index, flooder + 15 modest): "
+            + ", ".join(f"{c} {fmt(v['jain'])}" for c, v in fair.items())
+        )
+    ctx = results.get("contexts")
+    if ctx:
+        print("preemption cost (ms): tokens, recompute, snapshot, restore, spill, restore-disk")
+        for r in ctx["lengths"]:
+            print(
+                f"  {r['tokens']:>6} {r['recompute_ms']:>10} {r['snapshot_ms']:>9} "
+                f"{r['restore_ram_ms']:>8} {r['spill_ms']:>7} {r['restore_disk_ms']:>8}"
+            )
+    o = results.get("overhead")
+    if o:
+        print(
+            f"trivial syscall: mount p50 {o['mount_p50_ms']:.2f} ms / p99 {o['mount_p99_ms']:.2f}"
+            f" ms; direct p50 {o['direct_p50_ms']:.2f} ms / p99 {o['direct_p99_ms']:.2f} ms; "
+            f"FUSE adds {o['overhead_p50_ms']:.2f} ms at p50 "
+            f"(x{o['ratio_median_of_blocks']:.2f}, median of blocks)"
+        )

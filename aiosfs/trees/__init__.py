@@ -1,0 +1,23 @@
+"""The trees of the mount, one module each: ``agents``, ``sys``, ``mem``, ``store`` and
+``search`` (store queries). Each builds its nodes and handles on ``aiosfs.vfs`` and talks to the
+kernel facade it is given. No tree imports another (``store`` reaches ``search``, whose query
+directories hang below it), and only ``aiosfs.fs`` imports them.
+
+This package module holds the one helper more than one tree needs.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+
+from kernel.syscalls import is_incomplete
+
+
+def when_complete(check: Callable[[bytes], object]) -> Callable[[bytes], object]:
+    """Validate a control file's input only once it is complete (a JSON object still being
+    written in several chunks is not yet an error)."""
+
+    def checked(data: bytes) -> object:
+        return None if is_incomplete(data) else check(data)
+
+    return checked

@@ -1,0 +1,422 @@
+"""``agents/``: one directory per agent, created by mkdir and terminated by rmdir.
+
+agents/NAME/syscall    write a request; close submits it (read-write: a transaction file)
+agents/NAME/out        read the oldest undelivered answer (blocks until it is complete)
+agents/NAME/stream     the running answer's tokens as they are generated
+agents/NAME/results/N  every finished answer as an ordinary file; N.json its metadata
+agents/NAME/status     JSON: state, counts, tokens, last error
+agents/NAME/config     JSON; write JSON or key=value lines to change settings
+agents/NAME/history    the conversation as JSON lines; truncate it to reset the agent
+agents/NAME/ctl        write "cancel" (queued and running work) or "reset" (history)
+"""
+
+from __future__ import annotations
+
+import contextlib
+import errno
+import functools
+import stat
+from collections import deque
+from collections.abc import Callable
+from typing import Any, NoReturn, TypeVar
+
+import pyfuse3
+
+from aiosfs.trees import when_complete
+from aiosfs.vfs import (
+    POLLIN,
+    POLLOUT,
+    Dir,
+    FixedFile,
+    GeneratedFile,
+    Handle,
+    Node,
+    as_json,
+    check_access,
+    fuse_error,
+    notify_later,
+    process_alive,
+)
+from kernel import Kernel
+from kernel.conversation import parse_jsonl
+from kernel.errors import InvalidArgument, KernelError
+from kernel.results import Result
+from kernel.syscalls import decode_text, is_incomplete
+
+T = TypeVar("T")
+
+CTL_COMMANDS = ("cancel", "reset")
+CTL_HELP = b"""commands (write one per line):
+  cancel    cancel this agent's queued and running syscalls
+  reset     clear the conversation history
+"""
+
+
+class AgentsDir(Dir):
+    """Lists the kernel's agents. Mode 1777 like /tmp: anyone may create an agent, only its
+    owner (or root) may remove it."""
+
+    mode = stat.S_IFDIR | 0o1777
+    dynamic = True
+
+    def __init__(self, name: str, parent: Dir, kernel: Kernel) -> None:
+        super().__init__(name, parent)
+        self.kernel = kernel
+        self.agent_nodes: dict[str, AgentDir] = {}
+
+    def children(self) -> dict[str, Node]:
+        agents = self.kernel.agents
+        for name in [n for n in self.agent_nodes if n not in agents]:
+            self.agent_nodes.pop(name).detach()
+        for name, agent in agents.items():
+            if name not in self.agent_nodes:
+                self.agent_nodes[name] = AgentDir(name, self, self.kernel, agent.uid, agent.gid)
+        return dict(self.agent_nodes)
+
+    async def mkdir(self, name: str, mode: int, ctx: pyfuse3.RequestContext) -> Node:
+        self.kernel.create_agent(name, ctx.uid, ctx.gid)
+        return self.children()[name]
+
+    async def rmdir(self, name: str, ctx: pyfuse3.RequestContext) -> None:
+        agent = self.kernel.agent(name)
+        if ctx.uid not in (0, agent.uid):
+            raise fuse_error(errno.EPERM)
+        self.kernel.remove_agent(name)
+        self.children()
+
+
+class AgentDir(Dir):
+    """One agent's directory; its files are fixed, its ``results/`` grows."""
+
+    def __init__(self, name: str, parent: Dir, kernel: Kernel, uid: int, gid: int) -> None:
+        super().__init__(name, parent)
+        self.kernel = kernel
+        self.uid, self.gid = uid, gid
+        self.mode = stat.S_IFDIR | 0o755
+        agent = kernel.agent(name)
+        self.mtime_ns = int(agent.created * 1e9)
+        self.entries: dict[str, Node] = {}
+        for node in (
+            AgentFile("syscall", self, SyscallHandle, 0o600),
+            AgentFile("out", self, OutHandle, 0o400),
+            AgentFile("stream", self, StreamHandle, 0o400),
+            GeneratedFile("status", self, lambda: as_json(kernel.agent_status(name))),
+            GeneratedFile(
+                "config",
+                self,
+                lambda: as_json(kernel.agent(name).config.as_dict()),
+                apply=self._recording("config", self._write_config),
+                mode=0o644,
+                check=when_complete(self._recording("config", kernel.check_config)),
+            ),
+            GeneratedFile(
+                "history",
+                self,
+                lambda: kernel.agent(name).conversation.to_jsonl(),
+                apply=self._recording("history", self._write_history),
+                on_truncate=lambda: kernel.reset_history(name),
+                mode=0o600,
+                check=when_complete(self._recording("history", parse_jsonl)),
+            ),
+            GeneratedFile(
+                "ctl",
+                self,
+                lambda: CTL_HELP,
+                apply=self._recording("ctl", self._ctl),
+                mode=0o600,
+                check=when_complete(self._recording("ctl", parse_ctl)),
+            ),
+            ResultsDir("results", self),
+        ):
+            self.entries[node.name] = node
+
+    def children(self) -> dict[str, Node]:
+        return self.entries
+
+    def _recording(self, source: str, fn: Callable[..., T]) -> Callable[..., T]:
+        """Wrap a write handler so that its failure is also kept in ``status.last_error``."""
+
+        def wrapped(*args: Any) -> T:
+            try:
+                return fn(*args)
+            except KernelError as e:
+                agent = self.kernel.agents.get(self.name)
+                if agent is not None:
+                    agent.record_error(source, e.message, e.errno)
+                raise
+
+        return wrapped
+
+    def _write_config(self, data: bytes, _append: bool) -> None:
+        self.kernel.update_config(self.name, data)
+
+    def _write_history(self, data: bytes, append: bool) -> None:
+        kernel = self.kernel
+        if append:
+            existing = kernel.agent(self.name).conversation.to_jsonl()
+            kernel.replace_history(self.name, existing + data)
+        else:
+            kernel.replace_history(self.name, data)
+
+    def _ctl(self, data: bytes, _append: bool) -> None:
+        for command in parse_ctl(data):
+            if command == "cancel":
+                self.kernel.cancel(self.name, reason="cancelled by ctl")
+            else:
+                self.kernel.reset_history(self.name)
+
+
+def parse_ctl(data: bytes) -> list[str]:
+    """The commands written to ``ctl``, one a line; all are checked before any runs."""
+    commands = [c.strip() for c in decode_text(data, "ctl").splitlines() if c.strip()]
+    for command in commands:
+        if command not in CTL_COMMANDS:
+            raise InvalidArgument(
+                f"unknown ctl command {command!r}; try: {', '.join(CTL_COMMANDS)}"
+            )
+    return commands
+
+
+class AgentFile(Node):
+    """A special file of an agent whose behaviour lives in its handle class."""
+
+    dynamic = True
+
+    def __init__(
+        self, name: str, parent: AgentDir, handle_cls: type[AgentHandle], mode: int
+    ) -> None:
+        super().__init__(name, parent)
+        self.kernel = parent.kernel
+        self.agent_name = parent.name
+        self.handle_cls = handle_cls
+        self.mode = stat.S_IFREG | mode
+
+    async def open(self, flags: int, ctx: pyfuse3.RequestContext) -> Handle:
+        check_access(self, flags)
+        self.kernel.agent(self.agent_name)  # ENOENT once the agent is gone
+        return self.handle_cls(self, flags, ctx.pid)
+
+
+class ResultsDir(Dir):
+    """``results/``: ``N`` (the answer) and ``N.json`` (its metadata) for each finished result
+    the kernel still keeps (see ``results_keep``)."""
+
+    dynamic = True
+
+    def __init__(self, name: str, parent: AgentDir) -> None:
+        super().__init__(name, parent)
+        self.kernel = parent.kernel
+        self.agent_name = parent.name
+        self.cache: dict[str, Node] = {}
+
+    def children(self) -> dict[str, Node]:
+        agent = self.kernel.agents.get(self.agent_name)
+        results = agent.results if agent else {}
+        live: dict[str, Node] = {}
+        for rid, result in results.items():
+            if not result.finished:
+                continue
+            name, meta = str(rid), f"{rid}.json"
+            body = self.cache.get(name)
+            if body is None:
+                body = FixedFile(name, self, result.body, result.finished_at or 0.0, mode=0o400)
+            info = self.cache.get(meta)
+            if info is None:  # "delivered" changes, so this one is rendered on open
+                info = GeneratedFile(meta, self, functools.partial(render_meta, result))
+            live[name], live[meta] = body, info
+        for name in [n for n in self.cache if n not in live]:
+            self.cache.pop(name).detach()
+        self.cache = live
+        return live
+
+
+def render_meta(result: Result) -> bytes:
+    return as_json(result.meta())
+
+
+# ---- the handles of an agent's special files ----------------------------------------------
+
+
+class AgentHandle(Handle):
+    """An open special file of one agent: the kernel and the agent's name."""
+
+    def __init__(self, node: AgentFile, flags: int, pid: int) -> None:
+        super().__init__(node, flags, pid)
+        self.kernel = node.kernel
+        self.agent_name = node.agent_name
+
+
+class SyscallHandle(AgentHandle):
+    """``agents/NAME/syscall``: each close (flush) after writing submits one syscall.
+
+    Opened read-write it is a transaction file: reading submits anything written but not yet
+    submitted, then returns, whole and in order, the answers to the syscalls written on this
+    descriptor; each answer ends with end-of-file. Results it never read go to ``out`` when the
+    descriptor is released.
+    """
+
+    def __init__(self, node: AgentFile, flags: int, pid: int) -> None:
+        super().__init__(node, flags, pid)
+        self.pending = bytearray()
+        self.failed = 0  # errno of a write that failed; the close reports it too
+        self.mine: deque[Result] = deque()  # submitted here, not yet read
+        self.current: Result | None = None
+        self.cursor = 0
+
+    async def write(self, off: int, buf: bytes) -> int:
+        if self.failed:
+            raise pyfuse3.FUSEError(self.failed)
+        limit = self.kernel.limits.max_bytes
+        if len(self.pending) + len(buf) > limit:
+            size = len(self.pending) + len(buf)
+            self._fail(
+                f"syscall of at least {size} bytes is over the {limit}-byte limit", errno.EFBIG
+            )
+        self.pending += buf
+        if not is_incomplete(bytes(self.pending)):
+            try:
+                self.kernel.check_syscall(bytes(self.pending))
+            except KernelError as e:
+                self._fail(e.message, e.errno)
+        return len(buf)
+
+    def _fail(self, message: str, code: int) -> NoReturn:
+        """Refuse what was written so far: record an error result (so a reader of ``out`` is
+        answered), drop the bytes, and fail this write, later writes and the close."""
+        self.pending.clear()
+        self.failed = code
+        result = self.kernel.fail_submission(self.agent_name, message, code, reserved=self.readable)
+        if self.readable:
+            self.kernel.agent(self.agent_name).mark_delivered(result)
+        raise pyfuse3.FUSEError(code)
+
+    def _submit(self) -> None:
+        data = bytes(self.pending)
+        self.pending.clear()
+        try:
+            result = self.kernel.submit(self.agent_name, data, reserved=self.readable)
+        except KernelError as e:
+            failed = e.result
+            if failed is not None and self.readable:
+                # the caller learns of the failure now (EINVAL); it is not answered again
+                self.kernel.agent(self.agent_name).mark_delivered(failed)
+            raise
+        if self.readable:
+            self.mine.append(result)
+
+    async def flush(self) -> None:
+        failed, self.failed = self.failed, 0
+        if failed:
+            raise pyfuse3.FUSEError(failed)
+        if self.pending:
+            self._submit()
+
+    async def read(self, off: int, size: int) -> bytes:
+        if self.pending:
+            self._submit()
+        if self.current is None:
+            if not self.mine:
+                return b""
+            head = self.mine[0]
+            agent = self.kernel.agent(self.agent_name)
+            if not head.finished:
+                if self.nonblocking:
+                    raise pyfuse3.FUSEError(errno.EAGAIN)
+                await self.blocking(lambda: self.kernel.wait_result(agent, head))
+            self.mine.popleft()
+            agent.mark_delivered(head)
+            self.current, self.cursor = head, 0
+        data = self.current.body()[self.cursor : self.cursor + size]
+        self.cursor += len(data)
+        if not data:
+            self.current = None  # end of this answer; the next read starts the next one
+        return data
+
+    async def release(self) -> None:
+        if self.pending:  # written but never flushed (cannot normally happen): still submit
+            with contextlib.suppress(KernelError):
+                self._submit()
+        agent = self.kernel.agents.get(self.agent_name)
+        if agent is not None:
+            for result in self.mine:
+                agent.unreserve(result)
+        self.mine.clear()
+
+    def poll(self, handle: pyfuse3.PollHandle | None) -> int:
+        mask = POLLOUT if self.writable else 0
+        if not self.readable:
+            return mask
+        if self.current is not None or self.pending or not self.mine or self.mine[0].finished:
+            return mask | POLLIN
+        self.mine[0].changed.once(notify_later(handle))
+        return mask
+
+
+class OutHandle(AgentHandle):
+    """``agents/NAME/out``: the first read waits for the agent's oldest undelivered result to
+    finish and takes it; the handle then reads that result to end-of-file."""
+
+    def __init__(self, node: AgentFile, flags: int, pid: int) -> None:
+        super().__init__(node, flags, pid)
+        self.result: Result | None = None
+
+    async def read(self, off: int, size: int) -> bytes:
+        if self.result is None:
+            kernel = self.kernel
+            agent = kernel.agent(self.agent_name)
+            self.result = await self.blocking(
+                lambda: kernel.next_out(
+                    agent, self.nonblocking, accept=lambda: process_alive(self.pid)
+                )
+            )
+        return self.result.body()[off : off + size]
+
+    def poll(self, handle: pyfuse3.PollHandle | None) -> int:
+        kernel = self.kernel
+        agent = kernel.agents.get(self.agent_name)
+        if self.result is not None or agent is None or kernel.out_ready(agent):
+            return POLLIN
+        agent.changed.once(notify_later(handle))
+        return 0
+
+
+class StreamHandle(AgentHandle):
+    """``agents/NAME/stream``: the bytes of the agent's oldest unfinished result as they are
+    generated (waiting for one to be submitted if none is), then end-of-file."""
+
+    nonseekable = True
+
+    def __init__(self, node: AgentFile, flags: int, pid: int) -> None:
+        super().__init__(node, flags, pid)
+        self.result: Result | None = None
+        self.cursor = 0
+
+    async def read(self, off: int, size: int) -> bytes:
+        kernel = self.kernel
+        agent = kernel.agent(self.agent_name)
+        if self.result is None:
+            if self.nonblocking and not agent.unfinished():
+                raise pyfuse3.FUSEError(errno.EAGAIN)
+            self.result = await self.blocking(lambda: kernel.next_to_stream(agent))
+            self.cursor = 0
+        result = self.result
+        while self.cursor >= len(result.data) and not result.finished:
+            if self.nonblocking:
+                raise pyfuse3.FUSEError(errno.EAGAIN)
+            await self.blocking(lambda: kernel.wait_result_change(agent, result))
+        data = bytes(result.data[self.cursor : self.cursor + size])
+        self.cursor += len(data)
+        return data
+
+    def poll(self, handle: pyfuse3.PollHandle | None) -> int:
+        result = self.result
+        if result is None:
+            agent = self.kernel.agents.get(self.agent_name)
+            if agent is None or agent.unfinished():
+                return POLLIN
+            agent.changed.once(notify_later(handle))
+            return 0
+        if self.cursor < len(result.data) or result.finished:
+            return POLLIN
+        result.changed.once(notify_later(handle))
+        return 0

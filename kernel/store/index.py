@@ -1,0 +1,228 @@
+"""The store's index: files split into passages, passages embedded, in the background.
+
+Writes never wait for it: a change puts the file in the ``pending`` table (in its own
+transaction) and wakes the indexer. Indexing runs in two phases, each on a thread of its own,
+so keyword search never waits for the embedding model: one thread splits every waiting file into
+passages, which fills the full-text index at once (``grep`` finds a file within moments); the
+other embeds passages a batch at a time (slow on a CPU; ``search`` finds a file once all its
+passages are embedded, and only then does it leave ``pending``). ``pending()`` says how many
+files wait. A change of a file deletes its old passages in its own transaction, so no stale
+passage is ever returned; the indexer only ever adds passages for the version still current.
+
+Threads. Each indexer thread has its own connection (SQLite's write lock orders them against
+the changes); ``pending()`` uses the shared one. The counters are guarded by a lock of their
+own, since both threads add to them.
+"""
+
+from __future__ import annotations
+
+import logging
+import sqlite3
+import threading
+import time
+from collections.abc import Callable
+
+import numpy as np
+
+from kernel.store.db import Database, connect
+from kernel.store.embedders import Embedder
+
+log = logging.getLogger(__name__)
+
+CHUNK_CHARS = 800
+CHUNK_OVERLAP = 100
+
+
+def chunk_text(text: str) -> list[tuple[int, str]]:
+    """Split into passages of about CHUNK_CHARS characters at whitespace, overlapping a little
+    (so a phrase cut by one boundary is whole in the next passage)."""
+    text = text.strip()
+    if not text:
+        return []
+    out, start = [], 0
+    while start < len(text):
+        end = min(len(text), start + CHUNK_CHARS)
+        if end < len(text):
+            cut = text.rfind(" ", start + CHUNK_CHARS // 2, end)
+            end = cut if cut > 0 else end
+        out.append((start, text[start:end].strip()))
+        if end >= len(text):
+            break
+        start = max(end - CHUNK_OVERLAP, start + 1)
+    return [(s, t) for s, t in out if t]
+
+
+class Indexer:
+    """The two indexer threads (started only if ``start``), and what they have done."""
+
+    def __init__(
+        self,
+        db: Database,
+        embedder: Embedder,
+        on_change: Callable[[], None],
+        start: bool = True,
+    ) -> None:
+        self.db = db
+        self.embedder = embedder  # read at every round: it may be replaced (tests do)
+        self._on_change = on_change  # called after every round that changed the passages
+        self._stats_lock = threading.Lock()
+        self.indexed_chunks = 0
+        self.index_seconds = 0.0
+        self._stop = threading.Event()
+        self._wake = threading.Event()  # a file is waiting to be split into passages
+        self._embed_wake = threading.Event()  # passages are waiting for their embeddings
+        self._threads: list[threading.Thread] = []
+        if start:
+            # The chunker pauses a little after each round so that files arriving in a burst
+            # are split in a few transactions, not one each (every one takes the write lock
+            # that the writers of files need too).
+            for name, step, wake, pause in (
+                ("store-chunk", self._chunk_pending, self._wake, 0.1),
+                ("store-embed", self._embed_chunks, self._embed_wake, 0.0),
+            ):
+                thread = threading.Thread(
+                    target=self._loop, args=(step, wake, pause), name=name, daemon=True
+                )
+                thread.start()
+                self._threads.append(thread)
+
+    def wake(self) -> None:
+        """A file was queued in ``pending``: split it soon."""
+        self._wake.set()
+
+    def close(self) -> None:
+        """Stop the threads (a round in progress finishes first)."""
+        self._stop.set()
+        self._wake.set()
+        self._embed_wake.set()
+        for thread in self._threads:
+            thread.join(30)
+
+    def pending(self) -> int:
+        """How many files wait to be found by meaning."""
+        row = self.db.row("SELECT count(*) FROM pending")
+        return int(row[0])
+
+    def wait_indexed(self, timeout: float = 60.0) -> bool:
+        """Wait until nothing is pending; False if ``timeout`` seconds passed first."""
+        deadline = time.monotonic() + timeout
+        while self.pending():
+            if time.monotonic() > deadline:
+                return False
+            time.sleep(0.05)
+        return True
+
+    def _count(self, chunks: int, seconds: float) -> None:
+        with self._stats_lock:
+            self.indexed_chunks += chunks
+            self.index_seconds += seconds
+
+    def _loop(
+        self, step: Callable[[sqlite3.Connection], bool], wake: threading.Event, pause: float
+    ) -> None:
+        """One indexer thread: ``step`` does one round and says whether there was work;
+        ``pause`` seconds pass between rounds that had work. A failed round is logged and
+        retried, so one bad file cannot stop the index for good."""
+        db = connect(self.db.path)
+        while not self._stop.is_set():
+            try:
+                wake.clear()  # before looking, so that a wake-up during the step is not lost
+                if not step(db):
+                    wake.wait(1.0)
+                elif pause:
+                    self._stop.wait(pause)
+            except Exception:
+                log.exception("indexing failed; retrying in a second")
+                time.sleep(1.0)
+        db.close()
+
+    def _chunk_pending(self, db: sqlite3.Connection, limit: int = 256) -> bool:
+        """Replace the passages of up to ``limit`` waiting files with their current text,
+        embeddings still to come. Returns whether there was anything to do."""
+        start = time.perf_counter()
+        db.execute("BEGIN IMMEDIATE")
+        try:
+            rows = db.execute(
+                "SELECT p.path, p.version, f.version, f.content FROM pending p "
+                "LEFT JOIN files f ON f.path = p.path "
+                "WHERE NOT EXISTS (SELECT 1 FROM chunks c "
+                "                  WHERE c.path = p.path AND c.version = p.version) "
+                "LIMIT ?",
+                (limit,),
+            ).fetchall()
+            for path, version, current, content in rows:
+                chunks: list[tuple[int, str]] = []
+                if current == version:
+                    data = bytes(content or b"")
+                    binary = b"\0" in data[:4096]
+                    chunks = [] if binary else chunk_text(data.decode("utf-8", errors="replace"))
+                    db.execute("DELETE FROM chunks WHERE path = ?", (path,))
+                    db.executemany(
+                        "INSERT INTO chunks (path, version, start, text) VALUES (?, ?, ?, ?)",
+                        [(path, version, pos, text) for pos, text in chunks],
+                    )
+                if not chunks:  # nothing to embed (empty, binary, deleted or changed again)
+                    db.execute(
+                        "DELETE FROM pending WHERE path = ? AND version = ?", (path, version)
+                    )
+            db.execute("COMMIT")
+        except BaseException:
+            db.execute("ROLLBACK")
+            raise
+        if rows:
+            self._count(0, time.perf_counter() - start)
+            self._on_change()
+            self._embed_wake.set()
+        return bool(rows)
+
+    def _embed_chunks(self, db: sqlite3.Connection, limit: int = 128) -> bool:
+        """Embed up to ``limit`` passages that have none yet; a file whose passages are all
+        embedded leaves `pending`. Returns whether there was anything to do. A round of many
+        passages is faster per passage: the model sorts them by length and pads less."""
+        start = time.perf_counter()
+        rows = db.execute(
+            "SELECT id, text FROM chunks WHERE embedding IS NULL LIMIT ?", (limit,)
+        ).fetchall()
+        if not rows:
+            # Files whose passages are all embedded but which still wait (a rename moved them
+            # while their last batch was being embedded) are done: let them go.
+            if db.execute("SELECT 1 FROM pending LIMIT 1").fetchone() is None:
+                return False
+            db.execute(
+                "DELETE FROM pending WHERE EXISTS (SELECT 1 FROM chunks c WHERE c.path = "
+                "pending.path AND c.version = pending.version) AND NOT EXISTS (SELECT 1 FROM "
+                "chunks c WHERE c.path = pending.path AND c.version = pending.version AND "
+                "c.embedding IS NULL)"
+            )
+            return False
+        vectors = self.embedder.embed([text for _, text in rows])
+        ids = [cid for cid, _ in rows]
+        db.execute("BEGIN IMMEDIATE")
+        try:
+            # Only where the text is still the one embedded: while the model ran, the passage
+            # may have been deleted and its id reused by another passage.
+            db.executemany(
+                "UPDATE chunks SET embedding = ? WHERE id = ? AND text = ?",
+                [
+                    (vectors[i].astype(np.float32).tobytes(), cid, text)
+                    for i, (cid, text) in enumerate(rows)
+                ],
+            )
+            # where those passages are now: a file may have been renamed meanwhile
+            marks = ",".join("?" * len(ids))
+            done = db.execute(
+                f"SELECT DISTINCT path, version FROM chunks WHERE id IN ({marks})", ids
+            ).fetchall()
+            for path, version in done:
+                db.execute(
+                    "DELETE FROM pending WHERE path = ? AND version = ? AND NOT EXISTS "
+                    "(SELECT 1 FROM chunks WHERE path = ? AND version = ? AND embedding IS NULL)",
+                    (path, version, path, version),
+                )
+            db.execute("COMMIT")
+        except BaseException:
+            db.execute("ROLLBACK")
+            raise
+        self._count(len(rows), time.perf_counter() - start)
+        self._on_change()
+        return True

@@ -1,0 +1,214 @@
+"""The syscall table: every call other than ``llm``, by name, with its arguments and its handler.
+
+A row is all there is to a call: the fields it takes (checked by ``parse_args`` before the call is
+accepted, so a bad one fails at write time with EINVAL) and the async handler that answers it with
+text. Adding a call, such as a tool in a later issue, is adding a row with ``SyscallTable.add``;
+the framing, the kernel's dispatch and the result bookkeeping stay as they are.
+
+``llm`` is not a row: a model answers it through an engine, and the kernel serialises chat turns,
+so the kernel dispatches it itself (with ``kernel.syscalls.prompt`` building its request). It
+still heads the list of known calls, because users write it like any other.
+
+Handlers run on the trio thread and hand the managers' blocking work to ``kernel.workers``.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from collections.abc import Awaitable, Callable, Iterable, Mapping
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any
+
+from kernel.errors import InvalidArgument
+from kernel.syscalls.schema import (
+    Field,
+    LLMCall,
+    Syscall,
+    SyscallLimits,
+    ToolCall,
+    check_bool,
+    check_dir,
+    check_path,
+    check_string,
+    frame,
+    int_between,
+    parse_args,
+    parse_llm,
+)
+
+if TYPE_CHECKING:  # types only: the table needs no manager to parse a call
+    from kernel.memory import MemoryManager
+    from kernel.store import Hit, StorageManager
+    from kernel.workers import Workers
+
+
+@dataclass(frozen=True)
+class CallEnv:
+    """What a handler works with: the managers, and the worker threads their calls run on."""
+
+    memory: MemoryManager
+    storage: StorageManager
+    workers: Workers
+
+
+Handler = Callable[[CallEnv, str, dict[str, Any]], Awaitable[str]]
+"""``handler(env, agent, args)``: the answer text of a call made by ``agent`` with checked
+``args``. A KernelError it raises becomes the call's error (its message and errno)."""
+
+
+@dataclass(frozen=True)
+class Row:
+    """One call: its fields, in the order error messages list them, and its handler."""
+
+    fields: Mapping[str, Field]
+    handler: Handler
+
+
+class SyscallTable:
+    """Call name -> row, in the order users see them in error messages."""
+
+    def __init__(self, rows: Iterable[tuple[str, Row]] = ()) -> None:
+        self._rows: dict[str, Row] = {}
+        for name, row in rows:
+            self.add(name, row)
+
+    def add(self, name: str, row: Row) -> None:
+        """Register a call. Names are unique, so that a new row never silently replaces one."""
+        if name == LLMCall.call or name in self._rows:
+            raise ValueError(f"call {name!r} is already in the syscall table")
+        self._rows[name] = row
+
+    @property
+    def names(self) -> tuple[str, ...]:
+        """Every known call, ``llm`` first."""
+        return (LLMCall.call, *self._rows)
+
+    def parse(self, data: bytes, limits: SyscallLimits) -> Syscall:
+        """Parse one syscall from the bytes written between open and close."""
+        framed = frame(data, self.names)
+        if isinstance(framed, LLMCall):
+            return framed
+        name, obj = framed
+        if name == LLMCall.call:
+            return parse_llm(obj, limits)
+        return ToolCall(name, parse_args(name, self._rows[name].fields, obj))
+
+    async def run(self, env: CallEnv, agent: str, call: ToolCall) -> str:
+        """Answer a call that ``parse`` accepted."""
+        row = self._rows.get(call.call)
+        if row is None:
+            raise InvalidArgument(f"unknown call {call.call!r}")
+        return await row.handler(env, agent, call.args)
+
+
+def jsonl(rows: list[dict[str, Any]]) -> str:
+    """JSON lines: one object a line, so a reader can take the answer apart with any tool."""
+    return "".join(json.dumps(r, ensure_ascii=False) + "\n" for r in rows)
+
+
+# ---- memory: the calling agent's own files ----------------------------------------------------
+
+
+async def _mem_read(env: CallEnv, agent: str, a: dict[str, Any]) -> str:
+    return (await env.workers.mem(env.memory.read_all, agent, a["path"])).decode(errors="replace")
+
+
+async def _mem_write(env: CallEnv, agent: str, a: dict[str, Any]) -> str:
+    data = a["content"].encode()
+    size = await env.workers.mem(
+        env.memory.write_file, agent, a["path"], data, a.get("append", False)
+    )
+    return f"ok: {a['path']} is {size} bytes\n"
+
+
+async def _mem_list(env: CallEnv, agent: str, a: dict[str, Any]) -> str:
+    return jsonl(await env.workers.mem(env.memory.list_entries, agent, a.get("path", "")))
+
+
+async def _mem_delete(env: CallEnv, agent: str, a: dict[str, Any]) -> str:
+    await env.workers.mem(env.memory.delete, agent, a["path"])
+    return f"ok: deleted {a['path']}\n"
+
+
+# ---- storage: the store shared by every agent ---------------------------------------------------
+
+
+async def _store_read(env: CallEnv, agent: str, a: dict[str, Any]) -> str:
+    return (await env.workers.store(env.storage.read, a["path"])).decode(errors="replace")
+
+
+async def _store_write(env: CallEnv, agent: str, a: dict[str, Any]) -> str:
+    # create the file if need be, and its directories: an agent has no mkdir call
+    entry = await env.workers.store(env.storage.write, a["path"], a["content"].encode(), True, True)
+    return f"ok: {a['path']} version {entry.version}, {entry.size} bytes\n"
+
+
+def _hits(hits: list[Hit]) -> str:
+    return jsonl([{"path": h.path, "score": round(h.score, 4), "passage": h.passage} for h in hits])
+
+
+async def _store_search(env: CallEnv, agent: str, a: dict[str, Any]) -> str:
+    s = env.storage
+    return _hits(await env.workers.store(s.search, a["query"], a.get("k", 5), a.get("path", "")))
+
+
+async def _store_grep(env: CallEnv, agent: str, a: dict[str, Any]) -> str:
+    s = env.storage
+    return _hits(await env.workers.store(s.grep, a["word"], a.get("k", 5), a.get("path", "")))
+
+
+async def _store_versions(env: CallEnv, agent: str, a: dict[str, Any]) -> str:
+    rows = await env.workers.store(env.storage.versions, a["path"])
+    return jsonl(
+        [
+            {"version": v, "time": time.strftime("%Y-%m-%dT%H:%M:%S", time.localtime(t)), "size": n}
+            for v, t, n in rows
+        ]
+    )
+
+
+async def _store_rollback(env: CallEnv, agent: str, a: dict[str, Any]) -> str:
+    entry = await env.workers.store(env.storage.rollback, a["path"], a["version"])
+    return f"ok: {a['path']} restored from version {a['version']} as version {entry.version}\n"
+
+
+# ---- the built-in rows ------------------------------------------------------------------------
+
+_FILE = Field(check_path, required=True)  # names a file
+_UNDER = Field(check_dir)  # a directory to work in; the root when left out
+_TEXT = Field(check_string, required=True)
+_K = Field(int_between(1, 100))
+
+BUILTIN_CALLS: tuple[tuple[str, Row], ...] = (
+    ("mem_read", Row({"path": _FILE}, _mem_read)),
+    ("mem_write", Row({"path": _FILE, "content": _TEXT, "append": Field(check_bool)}, _mem_write)),
+    ("mem_list", Row({"path": _UNDER}, _mem_list)),
+    ("mem_delete", Row({"path": _FILE}, _mem_delete)),
+    ("store_read", Row({"path": _FILE}, _store_read)),
+    ("store_write", Row({"path": _FILE, "content": _TEXT}, _store_write)),
+    ("store_search", Row({"query": _TEXT, "k": _K, "path": _UNDER}, _store_search)),
+    ("store_grep", Row({"word": _TEXT, "k": _K, "path": _UNDER}, _store_grep)),
+    ("store_versions", Row({"path": _FILE}, _store_versions)),
+    (
+        "store_rollback",
+        Row(
+            {"path": _FILE, "version": Field(int_between(1, 2**62), required=True)}, _store_rollback
+        ),
+    ),
+)
+"""The memory and storage calls. A kernel starts from these (``builtin_table``) and may add more."""
+
+
+def builtin_table() -> SyscallTable:
+    """A fresh table of the built-in calls; each kernel has its own, so that rows one kernel adds
+    (its tools) never show up in another."""
+    return SyscallTable(BUILTIN_CALLS)
+
+
+_BUILTIN = builtin_table()
+
+
+def parse_syscall(data: bytes, limits: SyscallLimits | None = None) -> Syscall:
+    """Parse one syscall against the built-in calls (what a kernel without added rows accepts)."""
+    return _BUILTIN.parse(data, limits or SyscallLimits())
