@@ -30,6 +30,7 @@ from __future__ import annotations
 import contextlib
 import errno
 import functools
+import hashlib
 import os
 import shutil
 import threading
@@ -48,6 +49,7 @@ from kernel.errors import (
     NotADirectory,
     NotEmpty,
     NotFound,
+    TooLarge,
 )
 from kernel.names import TMP_SUFFIX, split_path, validate_agent_name
 
@@ -297,6 +299,7 @@ class MemoryManager:
 
     @_serialized
     def write(self, agent: str, path: str, offset: int, data: bytes) -> int:
+        self._check_size(path, offset + len(data))
         block = self._block(agent, path)
         assert block.data is not None
         before = len(block.data)
@@ -312,6 +315,7 @@ class MemoryManager:
     def truncate(self, agent: str, path: str, size: int, save: bool = True) -> None:
         """Resize a block. ``save=False`` (O_TRUNC at open) leaves the disk copy alone until the
         writer closes, so a crash in between keeps the last closed content."""
+        self._check_size(path, size)
         block = self._block(agent, path)
         assert block.data is not None
         before = len(block.data)
@@ -324,6 +328,15 @@ class MemoryManager:
         if save:
             self.flush(agent, path)
 
+    def _check_size(self, path: str, size: int) -> None:
+        """A block lives whole in RAM while in use, so none may be larger than an agent's
+        budget: refuse (EFBIG) before allocating anything, and leave the block as it was."""
+        if size > self.agent_budget:
+            raise TooLarge(
+                f"{path}: {size} bytes is over the {self.agent_budget}-byte memory file limit "
+                "(mem_agent_mb)"
+            )
+
     @_serialized
     def flush(self, agent: str, path: str) -> None:
         """Write a dirty block to disk (atomically: temp file, fsync, rename)."""
@@ -331,7 +344,10 @@ class MemoryManager:
         if block is None or block.data is None or not block.dirty:
             return
         disk = self._disk(agent, path)
-        tmp = disk.with_name(f".{disk.name}{TMP_SUFFIX}")
+        # A fixed-length name: the block's own may already be 255 bytes, the most a name can be.
+        # Calls are serialised, so two saves never share a temporary file.
+        digest = hashlib.sha256(disk.name.encode()).hexdigest()[:24]
+        tmp = disk.with_name(f".{digest}{TMP_SUFFIX}")
         try:
             with open(tmp, "wb") as f:
                 f.write(block.data)

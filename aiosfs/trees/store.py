@@ -165,7 +165,13 @@ class StoreFile(StoreNode, Node):
             self.writers.add(handle)
         return handle
 
+    def check_size(self, size: int) -> None:
+        """Refuse (EFBIG) a size over the store's file limit before allocating any of it."""
+        if size > self.storage.max_file_bytes:
+            raise fuse_error(errno.EFBIG)
+
     async def atruncate(self, size: int) -> None:
+        self.check_size(size)
         content = await self.call(self.storage.read, self.path)
         content = content[:size] + b"\0" * max(0, size - len(content))
         await self.call(self.storage.write, self.path, content, False)
@@ -214,6 +220,7 @@ class StoreHandle(Handle):
         if not self.writable:
             await self.file.atruncate(size)
             return
+        self.file.check_size(size)
         del self.buf[size:]
         self.buf.extend(b"\0" * max(0, size - len(self.buf)))
         self.dirty = self.written = True  # ftruncate is an explicit change: commit at close

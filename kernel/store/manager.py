@@ -32,6 +32,7 @@ import logging
 import sqlite3
 import time
 from collections.abc import Callable
+from dataclasses import replace
 from pathlib import Path
 from typing import Any, TypeVar
 
@@ -229,13 +230,26 @@ class StorageManager:
                 elif src.kind == "dir":
                     raise NotADirectory(f"{new} is not a directory")
             moved = self.tree.at_and_below(old)
+            # Over a file, the name's history goes on: the replaced content becomes a version,
+            # and the moved file's own versions and number continue after it (``after``).
+            after = 0
 
             def tx(db: sqlite3.Connection) -> None:
+                nonlocal after
                 if dst is not None:
                     if dst.kind == "file":
                         keep_version(db, new, self.versions_keep)
-                    db.execute("DELETE FROM files WHERE path = ?", (new,))
-                    db.execute("DELETE FROM chunks WHERE path = ?", (new,))
+                        row = db.execute(
+                            "SELECT max(version) FROM versions WHERE path = ?", (new,)
+                        ).fetchone()
+                        after = max(dst.version, row[0] or 0)
+                        for table in ("files", "versions", "chunks", "pending"):
+                            db.execute(
+                                f"UPDATE {table} SET version = version + ? WHERE path = ?",
+                                (after, old),
+                            )
+                    for table in ("files", "chunks", "pending"):
+                        db.execute(f"DELETE FROM {table} WHERE path = ?", (new,))
                 for table in ("files", "versions", "chunks", "pending"):
                     db.execute(
                         f"UPDATE {table} SET path = ? || substr(path, ?) "
@@ -245,6 +259,8 @@ class StorageManager:
 
             self.db.tx(f"rename {old}", tx)
             self.tree.move(old, new, moved)
+            if after:
+                self.tree.add(new, replace(src, version=src.version + after))
             self._changed()
 
     # ---- content ----------------------------------------------------------------------------

@@ -152,3 +152,38 @@ def test_memory_survives_unmount_and_remount(tmp_path: Path) -> None:
         assert m.read("mem", "keeper", "sub", "x") == "remembered\n"
         assert m.read("mem", "keeper", "unclosed") == "saved at close"
         eventually(lambda: "keeper" in m.json("sys/mem")["agents"], what="sys/mem listing")
+
+
+def test_a_size_over_the_limit_is_efbig_without_allocating(mem_mount: Mount) -> None:
+    """A memory file lives whole in RAM while in use, so it may be at most mem_agent_mb (1 MiB
+    here). A truncate to 1 TiB must answer EFBIG at once, not try to allocate it."""
+    m = mem_mount
+    name = m.agent()
+    path = m.p("mem", name, "f")
+    m.write(f"mem/{name}/f", "kept\n")
+    for size in (1 << 40, (1 << 20) + 1):
+        with pytest.raises(OSError) as e:
+            os.truncate(path, size)
+        assert e.value.errno == errno.EFBIG
+        with open(path, "r+b") as f, pytest.raises(OSError) as e:
+            f.truncate(size)
+        assert e.value.errno == errno.EFBIG
+    fd = os.open(path, os.O_WRONLY)
+    try:
+        with pytest.raises(OSError) as e:
+            os.pwrite(fd, b"x", 1 << 20)  # one byte past the limit
+        assert e.value.errno == errno.EFBIG
+    finally:
+        os.close(fd)
+    assert m.read_bytes(f"mem/{name}/f") == b"kept\n"
+    os.truncate(path, 1 << 20)  # exactly the limit is allowed
+    assert os.path.getsize(path) == 1 << 20
+
+
+def test_a_255_byte_name_is_saved(mem_mount: Mount) -> None:
+    m = mem_mount
+    name = m.agent()
+    long = "n" * 255
+    m.write(f"mem/{name}/{long}", "fits\n")
+    assert m.read(f"mem/{name}/{long}") == "fits\n"
+    assert os.listdir(m.p("mem", name)) == [long]  # the temporary file never shows

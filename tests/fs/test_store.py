@@ -245,3 +245,41 @@ def test_a_full_disk_is_enospc_and_loses_nothing(tmp_path: Path) -> None:
             assert m.read("store/first.txt") == "must survive"
     finally:
         subprocess.run(["umount", "-l", str(data)], capture_output=True)
+
+
+def test_editor_style_save_over_a_file_with_versions(store_mount: Mount) -> None:
+    """Write a temporary file, fsync it, rename it over the old one: the atomic save of editors
+    and careful programs. The target has history (it was saved before); the save replaces it
+    and its previous content is kept as a version."""
+    m = store_mount
+    m.sh("mkdir -p store/ed && echo v1 > store/ed/doc && echo v2 > store/ed/doc")
+    ino = os.stat(m.p("store/ed/doc")).st_ino
+    fd = os.open(m.p("store/ed/.doc.swp"), os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o644)
+    os.write(fd, b"v3\n")
+    os.fsync(fd)
+    os.close(fd)
+    os.rename(m.p("store/ed/.doc.swp"), m.p("store/ed/doc"))
+    assert m.read("store/ed/doc") == "v3\n"
+    assert os.stat(m.p("store/ed/doc")).st_ino != ino  # the saved file is the new inode
+    assert not os.path.exists(m.p("store/ed/.doc.swp"))
+    versions = ls(m, "store/.versions/ed/doc")
+    assert m.read("store/.versions/ed/doc", versions[-1]) == "v2\n"
+    # and again, now that the target's history came partly from the moved file
+    m.sh("echo v4 > store/ed/.doc.swp && mv store/ed/.doc.swp store/ed/doc")
+    assert m.read("store/ed/doc") == "v4\n"
+    versions = ls(m, "store/.versions/ed/doc")
+    assert m.read("store/.versions/ed/doc", versions[-1]) == "v3\n"
+
+
+def test_truncate_over_the_limit_is_efbig_without_allocating(store_mount: Mount) -> None:
+    """store_max_file_mb is 1 here; a truncate to 1 TiB must answer EFBIG, not allocate it."""
+    m = store_mount
+    m.write("store/trunc.txt", "kept\n")
+    path = m.p("store/trunc.txt")
+    for size in (1 << 40, (1 << 20) + 1):
+        assert oserror(os.truncate, path, size) == errno.EFBIG
+        with open(path, "r+b") as f:
+            assert oserror(f.truncate, size) == errno.EFBIG
+    assert m.read("store/trunc.txt") == "kept\n"
+    os.truncate(path, 1 << 20)
+    assert os.path.getsize(path) == 1 << 20

@@ -87,6 +87,30 @@ def test_rename_moves_a_directory_with_its_history(tmp_path: Path) -> None:
     s.close()
 
 
+def test_rename_over_a_file_with_versions_keeps_both_histories(tmp_path: Path) -> None:
+    """How editors save: write a temporary file, rename it over the old one (which has history).
+    The replaced content becomes a version of the name; the moved file's history follows it."""
+    s = sm(tmp_path, index=True)
+    s.write("b2", b"one")
+    s.write("b2", b"two")
+    s.write("b1", b"draft")
+    s.write("b1", b"final")
+    s.rename("b1", "b2")
+    assert s.read("b2") == b"final" and s.entry("b1") is None
+    kept = [(v, s.version_content("b2", v)) for v, _, _ in s.versions("b2")]
+    assert kept == [(1, b"one"), (2, b"two"), (3, b"draft")]
+    current = s.entry("b2")
+    assert current is not None and current.version == 4
+    s.write("b2", b"edited")  # numbering goes on from the moved file's
+    assert [v for v, _, _ in s.versions("b2")][-1] == 4
+    assert s.wait_indexed()
+    assert [h.path for h in s.grep("edited")] == ["b2"] and s.grep("final") == []
+    s.close()
+    s = sm(tmp_path)  # as it was committed
+    assert s.read("b2") == b"edited" and len(s.versions("b2")) == 4
+    s.close()
+
+
 def test_index_search_grep_and_no_stale_passages(tmp_path: Path) -> None:
     s = sm(tmp_path)
     s.mkdir("kb")
