@@ -167,8 +167,7 @@ class AiosFS(pyfuse3.Operations):
         ctx: pyfuse3.RequestContext,
     ) -> pyfuse3.EntryAttributes:
         node = self.inodes.get(inode)
-        if fields.update_mode or fields.update_uid or fields.update_gid:
-            raise fuse_error(errno.EPERM)
+        await node.set_metadata(attr, fields, ctx)  # mode, owner, times: the node decides
         if fields.update_size:
             if node.is_dir:
                 raise fuse_error(errno.EISDIR)
@@ -179,7 +178,7 @@ class AiosFS(pyfuse3.Operations):
                 await handle.truncate(attr.st_size)
             else:
                 await node.atruncate(attr.st_size)
-        return node.attributes()  # atime/mtime updates (touch) are accepted and ignored
+        return node.attributes()
 
     @guarded
     async def mkdir(

@@ -199,7 +199,10 @@ class Kernel:
         agent = Agent(name, uid, gid, self.config.results_keep)
         self.agents[name] = agent
         if self._env is not None:
-            self.memory.ensure_agent(name)  # mem/NAME appears with the agent
+            # mem/NAME appears with the agent and belongs to the agent's owner (an existing one
+            # the daemon made in advance is handed over; one a user made stays theirs)
+            self.memory.ensure_agent(name, owner=(uid, gid))
+            self.memory.claim_agent(name, (uid, gid))
         log.info("agent %s created by uid %d", name, uid)
         return agent
 

@@ -13,6 +13,15 @@ back.
 Paths are relative to the agent's directory, ``/``-separated; each component is checked with
 ``kernel.names.check_name`` (the one owner of name rules).
 
+Metadata lives beside the blocks, on the backing files themselves: mode (setuid, setgid and
+sticky included), atime and mtime are the host file's, and so is the owner. The host then enforces
+what it enforces for any file (a daemon that is not root may give a file only to itself and its
+own groups: chown to another uid is EPERM, as on the host), and nothing can drift out of step
+with a sidecar. ``flush`` carries mode, owner and atime over to the file that replaces the old
+one. ctime is the host file's ctime. Entries made without an explicit owner (the ``mem_write``
+syscall) take their directory's owner; a new agent directory is the daemon's until the tree
+hands it to the agent's owner (``claim_agent``: the manager knows no agents).
+
 Threads: one documented way in. Every public method takes the manager's lock (a re-entrant
 ``threading.RLock``, so public methods may call each other), which makes the manager safe to call
 from any thread: syscalls run it on a worker thread, while the filesystem asks for metadata
@@ -33,6 +42,7 @@ import functools
 import hashlib
 import os
 import shutil
+import stat
 import threading
 import time
 from collections import deque
@@ -132,9 +142,46 @@ class MemoryManager:
         return sorted(p.name for p in self.root.iterdir() if p.is_dir())
 
     @_serialized
-    def ensure_agent(self, agent: str) -> None:
+    def ensure_agent(
+        self, agent: str, mode: int = 0o755, owner: tuple[int, int] | None = None
+    ) -> None:
+        """Make ``AGENT/`` unless it exists (an existing one keeps its metadata), owned by
+        ``owner`` or else by the daemon (see ``claim_agent``)."""
         validate_agent_name(agent)
-        (self.root / agent).mkdir(exist_ok=True)
+        disk = self.root / agent
+        try:
+            os.mkdir(disk, 0o700)
+        except FileExistsError:
+            return
+        except OSError as e:
+            raise os_error(e, agent) from None
+        try:
+            owner = owner or (os.geteuid(), os.getegid())
+            self._settle(disk, None, mode, owner, setgid_parent=False)
+        except OSError as e:
+            os.rmdir(disk)
+            raise os_error(e, agent) from None
+
+    @_serialized
+    def claim_agent(self, agent: str, owner: tuple[int, int]) -> None:
+        """Give ``AGENT/`` to the agent's owner if it is still the daemon's: memory made before
+        the agent existed (by the daemon, e.g. a ``mem_*`` call or an earlier run) goes to
+        whoever creates the agent; memory a user made stays theirs. Called by the kernel when
+        it creates an agent. One stat and at most one chown, no fsync: cheap enough for the trio
+        thread, as ``stat`` is. A daemon that is not root cannot give it away and leaves it."""
+        disk = self.root / agent
+        try:
+            st = os.stat(disk)
+            if (st.st_uid, st.st_gid) == (os.geteuid(), os.getegid()) != owner:
+                os.chown(disk, *owner)
+                os.chmod(disk, stat.S_IMODE(st.st_mode))
+        except PermissionError:
+            if os.geteuid() == 0:
+                raise
+        except FileNotFoundError:
+            pass
+        except OSError as e:
+            raise os_error(e, agent) from None
 
     @_serialized
     def remove_agent(self, agent: str) -> None:
@@ -185,25 +232,113 @@ class MemoryManager:
 
     # ---- namespace operations ---------------------------------------------------------------
 
+    def _settle(
+        self,
+        disk: Path,
+        fd: int | None,
+        mode: int,
+        owner: tuple[int, int] | None,
+        setgid_parent: bool = True,
+    ) -> None:
+        """Give a new entry its owner and mode. Without ``owner`` it takes its directory's; in a
+        setgid directory it takes the directory's group, and a new directory stays setgid. The
+        owner goes first: changing it clears setuid/setgid on the host."""
+        parent = os.stat(disk.parent)
+        uid, gid = owner if owner is not None else (parent.st_uid, parent.st_gid)
+        if setgid_parent and parent.st_mode & stat.S_ISGID:
+            gid = parent.st_gid
+            if fd is None:  # a directory
+                mode |= stat.S_ISGID
+        current = os.fstat(fd) if fd is not None else os.stat(disk)
+        if (current.st_uid, current.st_gid) != (uid, gid):
+            try:
+                if fd is not None:
+                    os.fchown(fd, uid, gid)
+                else:
+                    os.chown(disk, uid, gid)
+            except PermissionError:
+                if os.geteuid() == 0:
+                    raise
+                # Not root: the entry stays the daemon's, as anything the daemon makes does.
+        if fd is not None:
+            os.fchmod(fd, mode & 0o7777)
+        else:
+            os.chmod(disk, mode & 0o7777)
+
     @_serialized
-    def create(self, agent: str, path: str) -> None:
+    def create(
+        self, agent: str, path: str, mode: int = 0o644, owner: tuple[int, int] | None = None
+    ) -> None:
+        """A new empty block with ``mode`` as given (no umask: the caller applied its own) and
+        ``owner`` (uid, gid), or its directory's owner."""
         disk = self._disk(agent, path)
         try:
-            fd = os.open(disk, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o644)
-            os.close(fd)
+            fd = os.open(disk, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o600)
         except FileExistsError:
             raise AlreadyExists(f"{path} exists") from None
         except OSError as e:
             raise os_error(e, path) from None
+        try:
+            self._settle(disk, fd, mode, owner)
+        except OSError as e:
+            os.unlink(disk)
+            raise os_error(e, path) from None
+        finally:
+            os.close(fd)
         self.blocks[(agent, path)] = Block(bytearray())
         self._touch(agent, path)
 
     @_serialized
-    def mkdir(self, agent: str, path: str) -> None:
+    def mkdir(
+        self, agent: str, path: str, mode: int = 0o755, owner: tuple[int, int] | None = None
+    ) -> None:
+        """A new directory; ``mode`` and ``owner`` as for ``create``."""
+        disk = self._disk(agent, path)
         try:
-            os.mkdir(self._disk(agent, path))
+            os.mkdir(disk, 0o700)
         except FileExistsError:
             raise AlreadyExists(f"{path} exists") from None
+        except OSError as e:
+            raise os_error(e, path) from None
+        try:
+            self._settle(disk, None, mode, owner)
+        except OSError as e:
+            os.rmdir(disk)
+            raise os_error(e, path) from None
+
+    @_serialized
+    def set_metadata(
+        self,
+        agent: str,
+        path: str,
+        mode: int | None = None,
+        uid: int = -1,
+        gid: int = -1,
+        atime_ns: int | None = None,
+        mtime_ns: int | None = None,
+    ) -> None:
+        """chmod, chown (-1 leaves a field alone) and utimensat on a file or directory. Who may
+        do it is checked before (the FUSE kernel's ``default_permissions``) and again by the
+        host. New times go on after pending writes are saved: a later save would replace them
+        with the time of the save."""
+        disk = self._disk(agent, path)
+        try:
+            if uid != -1 or gid != -1:
+                os.chown(disk, uid, gid)
+            if mode is not None:
+                os.chmod(disk, mode & 0o7777)
+            if atime_ns is not None or mtime_ns is not None:
+                self.flush(agent, path)
+                st = os.stat(disk)
+                os.utime(
+                    disk,
+                    ns=(
+                        st.st_atime_ns if atime_ns is None else atime_ns,
+                        st.st_mtime_ns if mtime_ns is None else mtime_ns,
+                    ),
+                )
+        except FileNotFoundError:
+            raise NotFound(f"no such memory entry {path!r}") from None
         except OSError as e:
             raise os_error(e, path) from None
 
@@ -339,7 +474,8 @@ class MemoryManager:
 
     @_serialized
     def flush(self, agent: str, path: str) -> None:
-        """Write a dirty block to disk (atomically: temp file, fsync, rename)."""
+        """Write a dirty block to disk (atomically: temp file, fsync, rename). The new file takes
+        the old one's mode, owner and atime (its mtime is the save's)."""
         block = self.blocks.get((agent, path))
         if block is None or block.data is None or not block.dirty:
             return
@@ -349,9 +485,15 @@ class MemoryManager:
         digest = hashlib.sha256(disk.name.encode()).hexdigest()[:24]
         tmp = disk.with_name(f".{digest}{TMP_SUFFIX}")
         try:
+            try:
+                old: os.stat_result | None = os.stat(disk)
+            except FileNotFoundError:
+                old = None
             with open(tmp, "wb") as f:
                 f.write(block.data)
                 f.flush()
+                if old is not None:
+                    self._carry_over(f.fileno(), old)
                 os.fsync(f.fileno())
             os.replace(tmp, disk)
         except OSError as e:
@@ -360,6 +502,21 @@ class MemoryManager:
                 raise NoSpace(f"no space left to save {path}") from None
             raise os_error(e, path) from None
         block.dirty = False
+
+    @staticmethod
+    def _carry_over(fd: int, old: os.stat_result) -> None:
+        """Give a save's new file the metadata of the file it replaces. The owner goes first
+        (changing it clears setuid/setgid); a daemon that is not root may fail to set it only
+        where the old file was not its to give, and then the new file is the daemon's."""
+        new = os.fstat(fd)
+        if (new.st_uid, new.st_gid) != (old.st_uid, old.st_gid):
+            try:
+                os.fchown(fd, old.st_uid, old.st_gid)
+            except PermissionError:
+                if os.geteuid() == 0:
+                    raise
+        os.fchmod(fd, stat.S_IMODE(old.st_mode))
+        os.utime(fd, ns=(old.st_atime_ns, os.fstat(fd).st_mtime_ns))
 
     # ---- whole-file helpers for syscalls ------------------------------------------------------
 

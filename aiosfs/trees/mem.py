@@ -7,6 +7,11 @@
 Reads and writes go to the kernel's memory manager, which keeps blocks in RAM within budgets
 (K-LRU eviction to disk) and saves a file when its writer closes or fsyncs it. Content calls run
 on the manager's worker thread; metadata (stat, listing) is read directly from the data dir.
+
+Mode, owner and times are the manager's (kept on the backing files): ``create`` and ``mkdir``
+give the caller's mode less its umask and the caller's uid and gid, ``chmod``/``chown``/
+``utimensat`` change them, and the FUSE kernel's ``default_permissions`` checks every access
+against them, so a mem file's permission bits mean what they mean on any filesystem.
 """
 
 from __future__ import annotations
@@ -21,6 +26,7 @@ from typing import Any, TypeVar
 import pyfuse3
 
 from aiosfs.vfs import Dir, Handle, Node, PathCache, check_access, fuse_error
+from aiosfs.vfs.node import STABLE_TIMEOUT
 from kernel import Kernel
 from kernel.memory import MemoryManager
 from kernel.names import TMP_SUFFIX, check_name
@@ -31,6 +37,11 @@ MemPaths = PathCache["MemDir | MemFile"]
 
 def join(rel: str, name: str) -> str:
     return f"{rel}/{name}" if rel else name
+
+
+def caller(mode: int, ctx: pyfuse3.RequestContext) -> tuple[int, tuple[int, int]]:
+    """The permission bits and owner a new entry gets from the process that makes it."""
+    return mode & 0o7777 & ~ctx.umask, (ctx.uid, ctx.gid)
 
 
 class MemNode:
@@ -65,6 +76,65 @@ class MemNode:
         )
 
 
+class MemEntry(MemNode):
+    """A file or directory below ``mem/AGENT`` (that included): its metadata is kept."""
+
+    inode: int
+    mode: int
+
+    def attributes(self) -> pyfuse3.EntryAttributes:
+        """Mode, owner and times as kept on the backing file, from one stat."""
+        st = self.memory.stat(self.agent, self.rel)
+        a = pyfuse3.EntryAttributes()
+        a.st_ino = self.inode
+        is_dir = stat.S_ISDIR(self.mode)
+        a.st_nlink = 2 if is_dir else 1
+        if st is None:  # gone from disk under us: what the node knew
+            a.st_mode, a.st_uid, a.st_gid = self.mode, os.geteuid(), os.getegid()
+            a.st_atime_ns = a.st_mtime_ns = a.st_ctime_ns = time.time_ns()
+            size = 0
+        else:
+            a.st_mode = stat.S_IFMT(self.mode) | stat.S_IMODE(st.st_mode)
+            a.st_uid, a.st_gid = st.st_uid, st.st_gid
+            a.st_atime_ns, a.st_mtime_ns, a.st_ctime_ns = (
+                st.st_atime_ns,
+                st.st_mtime_ns,
+                st.st_ctime_ns,
+            )
+            size = 0 if is_dir else self.memory.size(self.agent, self.rel, st)
+        a.st_size = size
+        a.st_blksize = 4096
+        a.st_blocks = (size + 511) // 512
+        a.generation = 0
+        a.entry_timeout = STABLE_TIMEOUT
+        a.attr_timeout = STABLE_TIMEOUT if is_dir else 0.0  # as Node.attributes: see there
+        return a
+
+    async def set_metadata(
+        self,
+        attr: pyfuse3.EntryAttributes,
+        fields: pyfuse3.SetattrFields,
+        ctx: pyfuse3.RequestContext,
+    ) -> None:
+        """chmod, chown/chgrp and utimensat in one call on the manager's worker (pyfuse3 has
+        already turned UTIME_NOW into the current time). A truncate comes with "mtime: now"
+        from the OS kernel; the resize's own save sets it, and a refused one (EFBIG) must leave
+        the file as it was, so times that come with a size are left to the resize."""
+        times = (fields.update_atime or fields.update_mtime) and not fields.update_size
+        if not (fields.update_mode or fields.update_uid or fields.update_gid or times):
+            return
+        await self.call(
+            self.memory.set_metadata,
+            self.agent,
+            self.rel,
+            stat.S_IMODE(attr.st_mode) if fields.update_mode else None,
+            attr.st_uid if fields.update_uid else -1,
+            attr.st_gid if fields.update_gid else -1,
+            attr.st_atime_ns if times and fields.update_atime else None,
+            attr.st_mtime_ns if times and fields.update_mtime else None,
+        )
+
+
 class MemRoot(MemNode, Dir):
     """``mem/``: one directory per agent that has (or had) memory."""
 
@@ -83,7 +153,8 @@ class MemRoot(MemNode, Dir):
         memory = self.memory
         if name in memory.agents():
             raise fuse_error(errno.EEXIST)
-        memory.ensure_agent(name)
+        bits, owner = caller(mode, ctx)
+        await self.call(memory.ensure_agent, name, bits, owner)
         return self.node_for(self, name, name)
 
     async def rmdir(self, name: str, ctx: pyfuse3.RequestContext) -> None:
@@ -94,16 +165,13 @@ class MemRoot(MemNode, Dir):
         node.detach()
 
 
-class MemDir(MemNode, Dir):
+class MemDir(MemEntry, Dir):
     dynamic = True
 
     def __init__(self, name: str, parent: Dir, kernel: Kernel, paths: MemPaths, path: str) -> None:
         Dir.__init__(self, name, parent)
         self.kernel, self.paths, self.path = kernel, paths, path
-        owner = kernel.agents.get(self.agent)
-        if owner is not None:  # the agent's owner owns its memory
-            self.uid, self.gid = owner.uid, owner.gid
-        self.mode = stat.S_IFDIR | 0o755
+        self.mode = stat.S_IFDIR | 0o755  # the type; the bits shown are the kept ones
 
     def times_ns(self) -> int:
         st = self.memory.stat(self.agent, self.rel)
@@ -127,7 +195,8 @@ class MemDir(MemNode, Dir):
 
     async def mkdir(self, name: str, mode: int, ctx: pyfuse3.RequestContext) -> Node:
         check_name(name)
-        await self.call(self.memory.mkdir, self.agent, join(self.rel, name))
+        bits, owner = caller(mode, ctx)
+        await self.call(self.memory.mkdir, self.agent, join(self.rel, name), bits, owner)
         return self.lookup(name)
 
     async def rmdir(self, name: str, ctx: pyfuse3.RequestContext) -> None:
@@ -139,7 +208,8 @@ class MemDir(MemNode, Dir):
         self, name: str, mode: int, flags: int, ctx: pyfuse3.RequestContext
     ) -> tuple[Node, Handle]:
         check_name(name)
-        await self.call(self.memory.create, self.agent, join(self.rel, name))
+        bits, owner = caller(mode, ctx)
+        await self.call(self.memory.create, self.agent, join(self.rel, name), bits, owner)
         node = self.lookup(name)
         return node, await node.open(flags, ctx)
 
@@ -166,13 +236,19 @@ class MemDir(MemNode, Dir):
         node.name, node.parent = new_name, new_parent
 
 
-class MemFile(MemNode, Node):
+class MemFile(MemEntry, Node):
     dynamic = True
 
     def __init__(self, name: str, parent: Dir, kernel: Kernel, paths: MemPaths, path: str) -> None:
         Node.__init__(self, name, parent)
         self.kernel, self.paths, self.path = kernel, paths, path
-        self.mode = stat.S_IFREG | 0o644
+        self.mode = stat.S_IFREG | 0o644  # the type; the bits shown are the kept ones
+
+    @property
+    def writable(self) -> bool:
+        """The kept permission bits decide, and the FUSE kernel checks them before a request
+        comes here (root may write a read-only file, as on the host)."""
+        return True
 
     def size(self) -> int:
         st = self.memory.stat(self.agent, self.rel)

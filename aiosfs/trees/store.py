@@ -8,6 +8,10 @@
 
 ``.search``, ``.grep`` and ``.versions`` are found by name but not listed, so ``find``, ``cp -r``
 and ``du`` never walk into them. Every call into the storage manager runs on its worker threads.
+
+Files and directories report the mode, owner and times the store keeps for them (read from its
+in-memory tree, so ``stat`` never waits for the database), and chmod, chown and utimensat change
+them. ``store/`` itself is not an entry of the store: it stays 0o777 and root's, fixed.
 """
 
 from __future__ import annotations
@@ -35,10 +39,48 @@ def join(path: str, name: str) -> str:
 
 
 class StoreNode(StoreCalls):
-    """What store files and directories share: their path cache."""
+    """What store files and directories share: their path cache and their metadata."""
 
     paths: StorePaths
     path: str
+
+    def attributes(self) -> pyfuse3.EntryAttributes:
+        a: pyfuse3.EntryAttributes = super().attributes()  # type: ignore[misc]
+        entry = self.storage.entry(self.path)
+        if entry is not None:
+            a.st_mode = stat.S_IFMT(a.st_mode) | entry.mode
+            a.st_uid, a.st_gid = entry.uid, entry.gid
+            a.st_atime_ns, a.st_mtime_ns = entry.atime_ns, entry.mtime_ns
+            a.st_ctime_ns = entry.ctime_ns
+        return a
+
+    async def set_metadata(
+        self,
+        attr: pyfuse3.EntryAttributes,
+        fields: pyfuse3.SetattrFields,
+        ctx: pyfuse3.RequestContext,
+    ) -> None:
+        """chmod, chown/chgrp and utimensat, as one change of the entry's row. The OS kernel
+        has checked who may do it (``default_permissions``), pyfuse3 has turned UTIME_NOW into
+        a time, and UTIME_OMIT arrives as a field not to update."""
+        if not self.path:  # store/ itself: fixed
+            await super().set_metadata(attr, fields, ctx)  # type: ignore[misc]
+            return
+        changes = {
+            "mode": attr.st_mode & 0o7777 if fields.update_mode else None,
+            "uid": attr.st_uid if fields.update_uid else None,
+            "gid": attr.st_gid if fields.update_gid else None,
+            "atime_ns": attr.st_atime_ns if fields.update_atime else None,
+            "mtime_ns": attr.st_mtime_ns if fields.update_mtime else None,
+        }
+        if fields.update_size and all(changes[k] is None for k in ("mode", "uid", "gid")):
+            return  # a truncate (and the times it implies): its write sets mtime and ctime
+        if all(v is None for v in changes.values()):
+            return
+        await self.call(self._set_metadata, changes)
+
+    def _set_metadata(self, changes: dict[str, int | None]) -> None:
+        self.storage.set_metadata(self.path, **changes)
 
     def node_for(self, parent: Dir, path: str, name: str) -> StoreDir | StoreFile:
         """The (cached) node for ``store/path``, as the storage says it is now."""
@@ -69,7 +111,7 @@ class StoreDir(StoreNode, Dir):
 
     def times_ns(self) -> int:
         entry = self.storage.entry(self.path)
-        return int(entry.mtime * 1e9) if entry else time.time_ns()
+        return entry.mtime_ns if entry else time.time_ns()
 
     def children(self) -> dict[str, Node]:
         return {
@@ -99,7 +141,9 @@ class StoreDir(StoreNode, Dir):
         return normalize(join(self.path, name))  # refuses reserved names such as .search
 
     async def mkdir(self, name: str, mode: int, ctx: pyfuse3.RequestContext) -> Node:
-        await self.call(self.storage.mkdir, self._child_path(name))
+        await self.call(
+            self.storage.mkdir, self._child_path(name), mode & ~ctx.umask, ctx.uid, ctx.gid
+        )
         return self.lookup(name)
 
     async def rmdir(self, name: str, ctx: pyfuse3.RequestContext) -> None:
@@ -110,7 +154,9 @@ class StoreDir(StoreNode, Dir):
     async def create(
         self, name: str, mode: int, flags: int, ctx: pyfuse3.RequestContext
     ) -> tuple[Node, Handle]:
-        await self.call(self.storage.create, self._child_path(name))
+        await self.call(
+            self.storage.create, self._child_path(name), mode & ~ctx.umask, ctx.uid, ctx.gid
+        )
         node = self.lookup(name)
         return node, await node.open(flags, ctx)
 
@@ -154,7 +200,7 @@ class StoreFile(StoreNode, Node):
 
     def times_ns(self) -> int:
         entry = self.storage.entry(self.path)
-        return int(entry.mtime * 1e9) if entry else time.time_ns()
+        return entry.mtime_ns if entry else time.time_ns()
 
     async def open(self, flags: int, ctx: pyfuse3.RequestContext) -> Handle:
         check_access(self, flags)

@@ -112,6 +112,19 @@ class Node:
     async def open(self, flags: int, ctx: pyfuse3.RequestContext) -> Handle:
         raise fuse_error(errno.EISDIR if self.is_dir else errno.EACCES)
 
+    async def set_metadata(
+        self,
+        attr: pyfuse3.EntryAttributes,
+        fields: pyfuse3.SetattrFields,
+        ctx: pyfuse3.RequestContext,
+    ) -> None:
+        """chmod, chown and utimensat (the non-size part of setattr). Nodes whose tree keeps
+        metadata override this; elsewhere modes and owners are fixed (EPERM) and time updates
+        (``touch``) are accepted and ignored. The kernel has already checked, under
+        ``default_permissions``, that the caller may make the change."""
+        if fields.update_mode or fields.update_uid or fields.update_gid:
+            raise fuse_error(errno.EPERM)
+
     def truncate(self, size: int) -> None:
         """Called for O_TRUNC and truncate(2). Special files accept and ignore it."""
 

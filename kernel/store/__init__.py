@@ -2,7 +2,7 @@
 background semantic index and keyword search. Callers import from here
 (``from kernel.store import StorageManager``); the modules inside own one concept each:
 
-    db          the SQLite database: schema, connections, transactions, error translation
+    db          the SQLite database: schema and its migration, connections, transactions, errors
     tree        the file tree kept in memory: Entry, path normalisation
     versions    kept versions of files: keeping, listing, reading
     index       passages (chunk_text) and the indexer threads that fill the index

@@ -26,14 +26,19 @@ log = logging.getLogger(__name__)
 
 T = TypeVar("T")
 
-# The on-disk format. ``files`` holds the tree (content inline), ``versions`` the kept earlier
-# contents, ``chunks`` the passages of the index (``embedding`` NULL until embedded) with their
+# The on-disk format. ``files`` holds the tree (content inline) with each entry's metadata
+# (permission bits, owner, times in integer nanoseconds; ``mtime`` in seconds is kept beside
+# ``mtime_ns`` because versions copy it), ``versions`` the kept earlier contents,
+# ``chunks`` the passages of the index (``embedding`` NULL until embedded) with their
 # full-text index ``chunks_fts`` kept in step by triggers, and ``pending`` the files whose
 # current version is not yet fully indexed.
 SCHEMA = """
 CREATE TABLE IF NOT EXISTS files (
     path TEXT PRIMARY KEY, kind TEXT NOT NULL, size INTEGER NOT NULL, mtime REAL NOT NULL,
-    version INTEGER NOT NULL, content BLOB);
+    version INTEGER NOT NULL, content BLOB,
+    mode INTEGER NOT NULL DEFAULT 0, uid INTEGER NOT NULL DEFAULT 0,
+    gid INTEGER NOT NULL DEFAULT 0, atime_ns INTEGER NOT NULL DEFAULT 0,
+    mtime_ns INTEGER NOT NULL DEFAULT 0, ctime_ns INTEGER NOT NULL DEFAULT 0);
 CREATE TABLE IF NOT EXISTS versions (
     path TEXT NOT NULL, version INTEGER NOT NULL, mtime REAL NOT NULL, size INTEGER NOT NULL,
     content BLOB, PRIMARY KEY (path, version));
@@ -50,6 +55,37 @@ CREATE TRIGGER IF NOT EXISTS chunks_ai AFTER INSERT ON chunks BEGIN
 CREATE TRIGGER IF NOT EXISTS chunks_ad AFTER DELETE ON chunks BEGIN
     INSERT INTO chunks_fts(chunks_fts, rowid, text) VALUES ('delete', old.id, old.text); END;
 """
+
+# Columns added to ``files`` after its first release, in the order they were added. A database
+# made before them gains them at open (``migrate``).
+METADATA_COLUMNS = ("mode", "uid", "gid", "atime_ns", "mtime_ns", "ctime_ns")
+
+
+def migrate(db: sqlite3.Connection) -> None:
+    """Give a database made before entries had metadata its columns, in one transaction.
+
+    Existing rows get what the store showed for them until then, so nothing appears to change:
+    files 0o666 and directories 0o777, owned by root (uid and gid 0), and all three times from
+    the old ``mtime``."""
+    have = {row[1] for row in db.execute("PRAGMA table_info(files)")}
+    missing = [c for c in METADATA_COLUMNS if c not in have]
+    if not missing:
+        return
+    db.execute("BEGIN IMMEDIATE")
+    try:
+        for column in missing:
+            db.execute(f"ALTER TABLE files ADD COLUMN {column} INTEGER NOT NULL DEFAULT 0")
+        db.execute(
+            "UPDATE files SET mode = CASE kind WHEN 'dir' THEN ? ELSE ? END, uid = 0, gid = 0, "
+            "atime_ns = CAST(mtime * 1e9 AS INTEGER), mtime_ns = CAST(mtime * 1e9 AS INTEGER), "
+            "ctime_ns = CAST(mtime * 1e9 AS INTEGER)",
+            (0o777, 0o666),
+        )
+    except BaseException:
+        db.execute("ROLLBACK")
+        raise
+    db.execute("COMMIT")
+    log.info("store database migrated: added %s", ", ".join(missing))
 
 
 def connect(path: Path) -> sqlite3.Connection:
@@ -81,7 +117,8 @@ def like_prefix(path: str) -> str:
 
 
 class Database:
-    """The shared connection and its lock. Opening it creates the schema if it is missing."""
+    """The shared connection and its lock. Opening it creates the schema if it is missing and
+    migrates one made by an earlier release."""
 
     def __init__(self, path: Path) -> None:
         self.path = path
@@ -90,6 +127,7 @@ class Database:
         self.lock = threading.RLock()
         self.conn = connect(path)
         self.conn.executescript(SCHEMA)
+        migrate(self.conn)
 
     def tx(self, what: str, fn: Callable[[sqlite3.Connection], T]) -> T:
         """Run ``fn`` as one write transaction (BEGIN IMMEDIATE: it takes SQLite's write lock at

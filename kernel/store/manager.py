@@ -7,9 +7,22 @@ it owns itself is how a change of the tree (create, mkdir, write, unlink, rmdir,
 all of them at once: the file's row, its kept version, its old passages and its place in the
 index queue change in one transaction, so a crash or a full disk leaves all or none of it.
 
+Metadata. Every entry has permission bits, an owner and three times (``Entry``), kept in its
+row. The caller of ``mkdir``/``create`` gives the mode and owner (the filesystem passes the
+requesting process's, with its umask applied); the defaults, 0o644 files and 0o755 directories
+owned by root (uid/gid 0), are what the kernel's own ``store_write`` gets, since agents have no
+identity of their own yet. Inside a setgid directory a new entry takes the directory's group, and
+a new directory its setgid bit, as on any Unix filesystem. ``set_metadata`` (chmod, chown,
+utimensat) is not a new version of the content. A committed write sets mtime and ctime, any
+change ctime, and adding, removing or renaming an entry sets its directory's mtime and ctime;
+reads never update atime (as if mounted ``noatime``). Who may change what is
+checked by the OS kernel before a request reaches the filesystem (``default_permissions``),
+so none of it is checked here.
+
 Threads: one documented way in.
 
-* Changes (``mkdir``, ``create``, ``write``, ``unlink``, ``rmdir``, ``rename``, ``rollback``)
+* Changes (``mkdir``, ``create``, ``write``, ``set_metadata``, ``unlink``, ``rmdir``,
+  ``rename``, ``rollback``)
   block on SQLite and the disk; run them off the trio thread (the kernel's ``Services.store``
   does). Each holds the database lock from its checks, through its transaction, to its update of
   the in-memory tree, so changes are serialised and the checks a change made still hold when it
@@ -30,6 +43,7 @@ from __future__ import annotations
 
 import logging
 import sqlite3
+import stat
 import time
 from collections.abc import Callable
 from dataclasses import replace
@@ -58,6 +72,19 @@ log = logging.getLogger(__name__)
 
 T = TypeVar("T")
 
+# Every column of a ``files`` row, in the order ``_row`` gives their values.
+ROW = (
+    "INTO files (path, kind, size, mtime, version, content, mode, uid, gid, atime_ns, mtime_ns, "
+    "ctime_ns) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)"
+)
+
+
+def _row(path: str, e: Entry, content: bytes | None) -> tuple[object, ...]:
+    return (
+        path, e.kind, e.size, e.mtime, e.version, content,
+        e.mode, e.uid, e.gid, e.atime_ns, e.mtime_ns, e.ctime_ns,
+    )  # fmt: skip
+
 
 class StorageManager:
     """The /store tree. Thread-safe; see the module docstring for which calls may block."""
@@ -77,12 +104,16 @@ class StorageManager:
         self.embedder_name = embedder
         chosen = EMBEDDERS[embedder]()
         self.db = Database(db_path)
+        # The root is not a row: it is the shared top of the tree, 0o777 and root's, never
+        # changed (its times are when the store was opened).
+        root = Entry.new("dir", 0o777, 0, 0, time.time_ns(), 0)
         self.tree = Tree(
-            time.time(),
+            root,
             (
-                (path, Entry(kind, size, mtime, version))
-                for path, kind, size, mtime, version in self.db.rows(
-                    "SELECT path, kind, size, mtime, version FROM files"
+                (row[0], Entry(*row[1:]))
+                for row in self.db.rows(
+                    "SELECT path, kind, size, version, mode, uid, gid, atime_ns, mtime_ns, "
+                    "ctime_ns FROM files"
                 )
             ),
         )
@@ -128,6 +159,23 @@ class StorageManager:
         """Passages were removed or moved: search results may differ."""
         self._search.invalidate()
 
+    @staticmethod
+    def _touch_dirs(db: sqlite3.Connection, dirs: set[str], now: int) -> None:
+        """Inside a change's transaction: its directories' contents changed (mtime and ctime
+        become ``now``; the root is not a row and keeps its times)."""
+        for d in dirs - {""}:
+            db.execute(
+                "UPDATE files SET mtime_ns = ?, mtime = ?, ctime_ns = ? WHERE path = ?",
+                (now, now / 1e9, now, d),
+            )
+
+    def _dirs_touched(self, dirs: set[str], now: int) -> None:
+        """After the commit: the same in the tree."""
+        for d in dirs - {""}:
+            entry = self.tree.get(d)
+            if entry is not None:
+                self.tree.add(d, replace(entry, mtime_ns=now, ctime_ns=now))
+
     # ---- the tree (in memory) ---------------------------------------------------------------
 
     def entry(self, path: str) -> Entry | None:
@@ -138,8 +186,9 @@ class StorageManager:
 
     # ---- namespace --------------------------------------------------------------------------
 
-    def mkdir(self, path: str) -> None:
-        self._new(path, Entry("dir", 0, time.time(), 0), "mkdir")
+    def mkdir(self, path: str, mode: int = 0o755, uid: int = 0, gid: int = 0) -> Entry:
+        """A new directory with these permission bits and owner (see ``inherit``)."""
+        return self._new(path, "dir", mode, uid, gid, "mkdir")
 
     def rmdir(self, path: str) -> None:
         path = normalize(path)
@@ -151,34 +200,99 @@ class StorageManager:
                 raise NotADirectory(f"{path} is not a directory")
             if self.tree.has_children(path):
                 raise NotEmpty(f"{path} is not empty")
-            self._freeing(
-                f"rmdir {path}",
-                lambda db: db.execute("DELETE FROM files WHERE path = ?", (path,)),
-            )
+            now, parent = time.time_ns(), {parent_of(path)}
+
+            def tx(db: sqlite3.Connection) -> None:
+                db.execute("DELETE FROM files WHERE path = ?", (path,))
+                self._touch_dirs(db, parent, now)
+
+            self._freeing(f"rmdir {path}", tx)
             self.tree.remove(path)
+            self._dirs_touched(parent, now)
 
-    def create(self, path: str) -> Entry:
-        """An empty file (version 1)."""
-        return self._new(path, Entry("file", 0, time.time(), 1), "create")
+    def create(self, path: str, mode: int = 0o644, uid: int = 0, gid: int = 0) -> Entry:
+        """An empty file (version 1) with these permission bits and owner (see ``inherit``)."""
+        return self._new(path, "file", mode, uid, gid, "create")
 
-    def _new(self, path: str, entry: Entry, what: str) -> Entry:
+    def _new(self, path: str, kind: str, mode: int, uid: int, gid: int, what: str) -> Entry:
         """Add a new empty file or directory at ``path``, whose parent must exist."""
         path = normalize(path)
         with self.db.lock:
             if path in self.tree:
                 raise AlreadyExists(f"{path} exists")
             self.tree.need_dir(parent_of(path))
-            content = b"" if entry.kind == "file" else None
+            mode, gid = self.inherit(self.tree.get(parent_of(path)), kind, mode, gid)
+            now, parent = time.time_ns(), {parent_of(path)}
+            entry = Entry.new(kind, mode, uid, gid, now, 1 if kind == "file" else 0)
+            content = b"" if kind == "file" else None
+
+            def tx(db: sqlite3.Connection) -> None:
+                db.execute("INSERT " + ROW, _row(path, entry, content))
+                self._touch_dirs(db, parent, now)
+
+            self.db.tx(f"{what} {path}", tx)
+            self.tree.add(path, entry)
+            self._dirs_touched(parent, now)
+        return entry
+
+    @staticmethod
+    def inherit(parent: Entry | None, kind: str, mode: int, gid: int) -> tuple[int, int]:
+        """The mode and group of a new entry in ``parent``: inside a setgid directory it takes
+        the directory's group, and a new directory the setgid bit too (so a shared project
+        directory stays shared all the way down)."""
+        mode &= 0o7777
+        if parent is not None and parent.mode & stat.S_ISGID:
+            gid = parent.gid
+            if kind == "dir":
+                mode |= stat.S_ISGID
+        return mode, gid
+
+    def set_metadata(
+        self,
+        path: str,
+        mode: int | None = None,
+        uid: int | None = None,
+        gid: int | None = None,
+        atime_ns: int | None = None,
+        mtime_ns: int | None = None,
+    ) -> Entry:
+        """chmod, chown and utimensat in one: what is not None changes, ctime becomes now. Not a
+        new version: the content, its history and the index stay as they are."""
+        path = normalize(path)
+        if not path:
+            raise InvalidArgument("the store's root has fixed metadata")
+        with self.db.lock:
+            entry = self.tree.get(path)
+            if entry is None:
+                raise NotFound(f"no such path {path!r} in the store")
+            new = replace(
+                entry,
+                mode=entry.mode if mode is None else mode & 0o7777,
+                uid=entry.uid if uid is None else uid,
+                gid=entry.gid if gid is None else gid,
+                atime_ns=entry.atime_ns if atime_ns is None else atime_ns,
+                mtime_ns=entry.mtime_ns if mtime_ns is None else mtime_ns,
+                ctime_ns=time.time_ns(),
+            )
             self.db.tx(
-                f"{what} {path}",
+                f"set metadata of {path}",
                 lambda db: db.execute(
-                    "INSERT INTO files (path, kind, size, mtime, version, content) "
-                    "VALUES (?, ?, 0, ?, ?, ?)",
-                    (path, entry.kind, entry.mtime, entry.version, content),
+                    "UPDATE files SET mode = ?, uid = ?, gid = ?, atime_ns = ?, mtime_ns = ?, "
+                    "mtime = ?, ctime_ns = ? WHERE path = ?",
+                    (
+                        new.mode,
+                        new.uid,
+                        new.gid,
+                        new.atime_ns,
+                        new.mtime_ns,
+                        new.mtime,
+                        new.ctime_ns,
+                        path,
+                    ),
                 ),
             )
-            self.tree.add(path, entry)
-        return entry
+            self.tree.add(path, new)
+        return new
 
     def unlink(self, path: str) -> None:
         """Delete a file; its content stays in its version history (restorable)."""
@@ -190,10 +304,13 @@ class StorageManager:
             if entry.kind == "dir":
                 raise IsADirectory(f"{path} is a directory")
 
+            now, parent = time.time_ns(), {parent_of(path)}
+
             def tx(db: sqlite3.Connection, keep: bool = True) -> None:
                 if keep:
                     keep_version(db, path, self.versions_keep)
                 db.execute("DELETE FROM files WHERE path = ?", (path,))
+                self._touch_dirs(db, parent, now)
                 db.execute("DELETE FROM chunks WHERE path = ?", (path,))
                 db.execute("DELETE FROM pending WHERE path = ?", (path,))
 
@@ -206,6 +323,7 @@ class StorageManager:
                 log.warning("disk full: %s removed without keeping its last version", path)
                 self._freeing(f"unlink {path}", lambda db: tx(db, keep=False))
             self.tree.remove(path)
+            self._dirs_touched(parent, now)
             self._changed()
 
     def rename(self, old: str, new: str) -> None:
@@ -230,6 +348,8 @@ class StorageManager:
                 elif src.kind == "dir":
                     raise NotADirectory(f"{new} is not a directory")
             moved = self.tree.at_and_below(old)
+            now = time.time_ns()  # a rename changes the moved entry's ctime, as on Linux
+            parents = {parent_of(old), parent_of(new)}
             # Over a file, the name's history goes on: the replaced content becomes a version,
             # and the moved file's own versions and number continue after it (``after``).
             after = 0
@@ -250,6 +370,8 @@ class StorageManager:
                             )
                     for table in ("files", "chunks", "pending"):
                         db.execute(f"DELETE FROM {table} WHERE path = ?", (new,))
+                db.execute("UPDATE files SET ctime_ns = ? WHERE path = ?", (now, old))
+                self._touch_dirs(db, parents, now)
                 for table in ("files", "versions", "chunks", "pending"):
                     db.execute(
                         f"UPDATE {table} SET path = ? || substr(path, ?) "
@@ -259,8 +381,8 @@ class StorageManager:
 
             self.db.tx(f"rename {old}", tx)
             self.tree.move(old, new, moved)
-            if after:
-                self.tree.add(new, replace(src, version=src.version + after))
+            self.tree.add(new, replace(src, version=src.version + after, ctime_ns=now))
+            self._dirs_touched(parents, now)
             self._changed()
 
     # ---- content ----------------------------------------------------------------------------
@@ -279,7 +401,10 @@ class StorageManager:
 
     def write(self, path: str, content: bytes, create: bool = True, parents: bool = False) -> Entry:
         """Replace a file's content as one transaction; the old content becomes a version.
-        ``parents``: create missing directories on the way (in the same transaction)."""
+        ``parents``: create missing directories on the way (in the same transaction). An
+        existing file keeps its mode, owner and atime; mtime and ctime become now. What this
+        creates gets the defaults (0o644 files, 0o755 directories, root's), since only the
+        kernel's own ``store_write`` and rollback create by writing."""
         path = normalize(path)
         if not path:
             raise IsADirectory("the store's root is a directory")
@@ -300,34 +425,47 @@ class StorageManager:
                     missing.append(d)
                     d = parent_of(d)
                 self.tree.need_dir(d if missing else parent_of(path))
-            now = time.time()
-            version = (entry.version + 1) if entry else 1
+            now = time.time_ns()
+            dirs: list[tuple[str, Entry]] = []
+            for d in reversed(missing):
+                mode, gid = self.inherit(
+                    dirs[-1][1] if dirs else self.tree.get(parent_of(d)), "dir", 0o755, 0
+                )
+                dirs.append((d, Entry.new("dir", mode, 0, gid, now, 0)))
+            if entry is None:
+                parent = dirs[-1][1] if dirs else self.tree.get(parent_of(path))
+                mode, gid = self.inherit(parent, "file", 0o644, 0)
+                base = Entry.new("file", mode, 0, gid, now, 0)
+            else:
+                base = entry
+            # A new file changes the directory it is made in (new directories are made now).
+            touched = {parent_of(missing[-1] if missing else path)} if entry is None else set()
+            new = replace(
+                base,
+                size=len(content),
+                version=base.version + 1,
+                mtime_ns=now,
+                ctime_ns=now,
+            )
 
             def tx(db: sqlite3.Connection) -> None:
-                for d in reversed(missing):
-                    db.execute(
-                        "INSERT INTO files (path, kind, size, mtime, version) "
-                        "VALUES (?, 'dir', 0, ?, 0)",
-                        (d, now),
-                    )
+                for d, e in dirs:
+                    db.execute("INSERT " + ROW, _row(d, e, None))
                 if entry is not None:
                     keep_version(db, path, self.versions_keep)
                     db.execute("DELETE FROM chunks WHERE path = ?", (path,))  # no stale passages
-                db.execute(
-                    "INSERT OR REPLACE INTO files (path, kind, size, mtime, version, content) "
-                    "VALUES (?, 'file', ?, ?, ?, ?)",
-                    (path, len(content), now, version, content),
-                )
+                db.execute("INSERT OR REPLACE " + ROW, _row(path, new, content))
+                self._touch_dirs(db, touched, now)
                 db.execute(
                     "INSERT OR REPLACE INTO pending (path, version) VALUES (?, ?)",
-                    (path, version),
+                    (path, new.version),
                 )
 
             self.db.tx(f"write {path}", tx)
-            for d in reversed(missing):
-                self.tree.add(d, Entry("dir", 0, now, 0))
-            new = Entry("file", len(content), now, version)
+            for d, e in dirs:
+                self.tree.add(d, e)
             self.tree.add(path, new)
+            self._dirs_touched(touched, now)
         self.ballast.restore()
         self._index.wake()
         return new

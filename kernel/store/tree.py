@@ -1,4 +1,5 @@
-"""The store's file tree as kept in memory: each path's kind, size, mtime and version.
+"""The store's file tree as kept in memory: each path's kind, size, version and metadata (mode,
+owner, times).
 
 The database holds the truth (the ``files`` table); ``Tree`` is a copy of its metadata, loaded at
 open and updated after every committed change, so that ``stat``, ``lookup`` and ``ls`` never
@@ -23,14 +24,31 @@ from kernel.errors import NotADirectory, NotFound
 from kernel.names import split_store_path
 
 
-@dataclass
+@dataclass(frozen=True)
 class Entry:
-    """What the tree knows of a path; never changed in place (a change stores a new Entry)."""
+    """What the tree knows of a path; never changed in place (a change stores a new Entry).
+
+    It carries the whole of ``stat`` (but the inode and link count, which the filesystem owns)
+    so that ``stat`` never waits for the database."""
 
     kind: str  # "file" or "dir"
     size: int
-    mtime: float
     version: int
+    mode: int  # permission bits: 0o7777, setuid/setgid/sticky included; the kind is ``kind``
+    uid: int
+    gid: int
+    atime_ns: int
+    mtime_ns: int
+    ctime_ns: int
+
+    @property
+    def mtime(self) -> float:
+        return self.mtime_ns / 1e9
+
+    @classmethod
+    def new(cls, kind: str, mode: int, uid: int, gid: int, now_ns: int, version: int) -> Entry:
+        """A new empty entry, all three times ``now_ns``."""
+        return cls(kind, 0, version, mode & 0o7777, uid, gid, now_ns, now_ns, now_ns)
 
 
 def normalize(path: str) -> str:
@@ -50,9 +68,10 @@ def is_below(path: str, top: str) -> bool:
 class Tree:
     """Every path's Entry and every directory's children, in memory."""
 
-    def __init__(self, root_mtime: float, rows: Iterable[tuple[str, Entry]]) -> None:
+    def __init__(self, root: Entry, rows: Iterable[tuple[str, Entry]]) -> None:
+        """``root``: the root's entry, which is not in the database (it is never changed)."""
         self._lock = threading.Lock()
-        self._entries: dict[str, Entry] = {"": Entry("dir", 0, root_mtime, 0)}
+        self._entries: dict[str, Entry] = {"": root}
         self._children: dict[str, set[str]] = {}
         for path, entry in rows:
             self._entries[path] = entry

@@ -10,7 +10,9 @@ import errno
 import json
 import os
 import shutil
+import stat
 import subprocess
+import time
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -283,3 +285,104 @@ def test_truncate_over_the_limit_is_efbig_without_allocating(store_mount: Mount)
     assert m.read("store/trunc.txt") == "kept\n"
     os.truncate(path, 1 << 20)
     assert os.path.getsize(path) == 1 << 20
+
+
+# ---- metadata ---------------------------------------------------------------------------------
+
+
+def test_chmod_chown_and_times_are_kept(store_mount: Mount) -> None:
+    m = store_mount
+    m.sh("mkdir -p store/meta/d && echo x > store/meta/f")
+    f, d = m.p("store/meta/f"), m.p("store/meta/d")
+    os.chown(f, 1234, 5678)  # first: a chown clears setuid (the OS kernel sends that change)
+    os.chmod(f, 0o4750)
+    os.chmod(d, 0o1700)
+    m.sh("chgrp 42 store/meta/d && touch -d '2001-02-03 04:05:06.123456789 UTC' store/meta/f")
+    st = os.stat(f)
+    assert (stat.S_IMODE(st.st_mode), st.st_uid, st.st_gid) == (0o4750, 1234, 5678)
+    assert stat.S_ISREG(st.st_mode) and st.st_size == 2
+    assert st.st_mtime_ns == st.st_atime_ns == 981173106_123456789
+    assert st.st_ctime_ns > st.st_mtime_ns  # ctime is when the change was made
+    sd = os.stat(d)
+    assert (stat.S_IMODE(sd.st_mode), sd.st_gid, stat.S_ISDIR(sd.st_mode)) == (0o1700, 42, True)
+    # utimensat with UTIME_OMIT for atime (touch -m) and an explicit mtime, then for mtime
+    m.sh("touch -m -d @5.000000007 store/meta/f")
+    assert (os.stat(f).st_mtime_ns, os.stat(f).st_atime_ns) == (5_000_000_007, st.st_atime_ns)
+    m.sh("touch -a -d @7 store/meta/f")
+    assert (os.stat(f).st_mtime_ns, os.stat(f).st_atime_ns) == (5_000_000_007, 7 * 10**9)
+    # then UTIME_NOW for both
+    before = time.time_ns() - 10**9  # the OS kernel's clock for "now" is coarse
+    m.sh("touch store/meta/f")
+    now = os.stat(f)
+    assert now.st_mtime_ns > before and now.st_atime_ns > before
+    assert m.read("store/meta/f") == "x\n"
+    assert not os.path.exists(m.p("store/.versions/meta/f"))  # no new version
+    # a write keeps mode and owner and moves mtime and ctime on
+    time.sleep(0.01)
+    m.write("store/meta/f", "y\n")
+    after = os.stat(f)
+    assert (stat.S_IMODE(after.st_mode), after.st_uid) == (0o4750, 1234)
+    assert after.st_mtime_ns > now.st_mtime_ns and after.st_ctime_ns >= after.st_mtime_ns
+    # the metadata follows a rename
+    os.rename(f, m.p("store/meta/g"))
+    assert stat.S_IMODE(os.stat(m.p("store/meta/g")).st_mode) == 0o4750
+    # store/ itself is fixed
+    assert stat.S_IMODE(os.stat(m.p("store")).st_mode) == 0o777
+    assert oserror(os.chmod, m.p("store"), 0o755) == errno.EPERM
+
+
+def test_create_uses_the_callers_mode_and_umask(store_mount: Mount) -> None:
+    m = store_mount
+    m.sh("mkdir -p store/um && cd store/um && umask 027 && echo x > f && mkdir d")
+    m.sh(
+        'cd store/um && umask 0 && mkdir -m 0711 e && python3 -c "import os; '
+        "os.close(os.open('g', os.O_CREAT | os.O_WRONLY, 0o604))\""
+    )
+    modes = {n: stat.S_IMODE(os.stat(m.p("store/um", n)).st_mode) for n in "fdeg"}
+    assert modes == {"f": 0o640, "d": 0o750, "e": 0o711, "g": 0o604}
+    st = os.stat(m.p("store/um/f"))
+    assert (st.st_uid, st.st_gid) == (os.getuid(), os.getgid())
+
+
+def test_setgid_directories_pass_on_their_group(store_mount: Mount) -> None:
+    m = store_mount
+    m.sh("mkdir -p store/sg && chgrp 77 store/sg && chmod 2775 store/sg")
+    m.sh("mkdir store/sg/sub && echo x > store/sg/f && echo y > store/sg/sub/g")
+    sub, f, g = (os.stat(m.p("store/sg", n)) for n in ("sub", "f", "sub/g"))
+    assert sub.st_gid == f.st_gid == g.st_gid == 77
+    assert sub.st_mode & stat.S_ISGID and not f.st_mode & stat.S_ISGID
+
+
+def test_metadata_is_kept_across_a_remount(tmp_path: Path) -> None:
+    cfg = write_config(tmp_path, store_embedder="hashing", store_index=False)
+    with mounted(tmp_path, "tiny-random", "--config", cfg) as m:
+        m.sh("""
+            mkdir -p store/keep/d && echo data > store/keep/f
+            chmod 0640 store/keep/f && chown 1001:1002 store/keep/f
+            chmod 2750 store/keep/d && touch -d '2010-01-01 00:00:00.5 UTC' store/keep/f
+        """)
+        want = {n: os.stat(m.p("store/keep", n)) for n in ("f", "d")}
+    with mounted(tmp_path, "tiny-random", "--config", cfg) as m:
+        for n, w in want.items():
+            st = os.stat(m.p("store/keep", n))
+            assert (st.st_mode, st.st_uid, st.st_gid) == (w.st_mode, w.st_uid, w.st_gid)
+            assert (st.st_atime_ns, st.st_mtime_ns, st.st_ctime_ns) == (
+                w.st_atime_ns,
+                w.st_mtime_ns,
+                w.st_ctime_ns,
+            )
+        assert want["f"].st_mtime_ns == 1262304000_500000000
+        assert m.read("store/keep/f") == "data\n"
+
+
+@pytest.mark.skipif(not shutil.which("git"), reason="git is not installed")
+def test_git_works_inside_the_store(store_mount: Mount) -> None:
+    m = store_mount
+    out = m.sh("""
+        mkdir -p store/repo && cd store/repo && git init -q .
+        echo hello > README && git add README
+        git -c user.name=t -c user.email=t@t commit -q -m first
+        git -c user.name=t -c user.email=t@t commit -q --allow-empty -m x
+        git fsck --strict && git log --oneline | wc -l && git config core.filemode
+    """).stdout.split()
+    assert out[-2:] == ["2", "true"]

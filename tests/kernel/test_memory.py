@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import os
+import stat
 import time
 from pathlib import Path
 
@@ -105,3 +107,75 @@ def test_memory_survives_a_new_manager(tmp_path: Path) -> None:
     assert again.agents() == ["a"]
     assert again.read_all("a", "keep") == b"forever"
     assert again.read_all("a", "unsaved") == b"flushed at shutdown"
+
+
+ROOT = os.geteuid() == 0
+
+
+def test_metadata_is_kept_on_the_backing_files_and_survives_saves(tmp_path: Path) -> None:
+    """Mode, owner and times live on the backing file: a save (temporary file + rename) carries
+    them over, a rename keeps them, and a new manager finds them."""
+    m = mm(tmp_path)
+    m.create("a", "f", 0o4750, (os.geteuid(), os.getegid()))
+    disk = tmp_path / "mem/a/f"
+    assert stat.S_IMODE(disk.stat().st_mode) == 0o4750  # exactly as asked: no daemon umask
+    if ROOT:
+        m.set_metadata("a", "f", uid=1234, gid=5678)
+    m.set_metadata("a", "f", mode=0o6711)  # after the chown, which clears setuid/setgid
+    m.set_metadata("a", "f", atime_ns=1_000_000_007, mtime_ns=2_000_000_009)
+    st = disk.stat()
+    assert stat.S_IMODE(st.st_mode) == 0o6711
+    assert (st.st_atime_ns, st.st_mtime_ns) == (1_000_000_007, 2_000_000_009)
+    m.write("a", "f", 0, b"new content")
+    m.flush("a", "f")  # a new file replaces the old one
+    st = disk.stat()
+    assert stat.S_IMODE(st.st_mode) == 0o6711
+    assert st.st_atime_ns == 1_000_000_007 and st.st_mtime_ns > 2_000_000_009  # written now
+    if ROOT:
+        assert (st.st_uid, st.st_gid) == (1234, 5678)
+    m.rename("a", "f", "a", "g")
+    again = MemoryManager(tmp_path / "mem", 1 << 20, 1 << 30)
+    kept = again.stat("a", "g")
+    assert kept is not None and stat.S_IMODE(kept.st_mode) == 0o6711
+    assert again.read_all("a", "g") == b"new content"
+
+
+def test_new_times_are_not_undone_by_a_pending_save(tmp_path: Path) -> None:
+    """``cp -p`` sets the times before it closes: the unsaved writes are saved first."""
+    m = mm(tmp_path)
+    m.create("a", "f")
+    m.write("a", "f", 0, b"unsaved")
+    m.set_metadata("a", "f", mtime_ns=3_000_000_000)
+    m.flush("a", "f")  # the close
+    st = (tmp_path / "mem/a/f").stat()
+    assert st.st_mtime_ns == 3_000_000_000
+    assert (tmp_path / "mem/a/f").read_bytes() == b"unsaved"
+
+
+def test_defaults_owners_and_setgid_directories(tmp_path: Path) -> None:
+    m = mm(tmp_path)
+    m.write_file("a", "syscall-made", b"x")  # the mem_write syscall: today's 0644
+    assert stat.S_IMODE((tmp_path / "mem/a/syscall-made").stat().st_mode) == 0o644
+    assert stat.S_IMODE((tmp_path / "mem/a").stat().st_mode) == 0o755
+    m.mkdir("a", "shared", 0o2770, (os.geteuid(), os.getegid()))
+    if ROOT:
+        m.set_metadata("a", "shared", gid=4321)
+        m.set_metadata("a", "shared", mode=0o2770)
+    m.mkdir("a", "shared/sub", 0o750, (os.geteuid(), os.getegid()))
+    m.create("a", "shared/file", 0o640, (os.geteuid(), os.getegid()))
+    sub = (tmp_path / "mem/a/shared/sub").stat()
+    assert sub.st_mode & stat.S_ISGID  # directories inherit setgid
+    assert not (tmp_path / "mem/a/shared/file").stat().st_mode & stat.S_ISGID
+    if ROOT:
+        assert sub.st_gid == 4321 and (tmp_path / "mem/a/shared/file").stat().st_gid == 4321
+        m.ensure_agent("b")  # the kernel's: the daemon's until claimed for the agent's owner
+        m.claim_agent("b", (777, 888))
+        st = (tmp_path / "mem/b").stat()
+        assert (st.st_uid, st.st_gid, stat.S_IMODE(st.st_mode)) == (777, 888, 0o755)
+        m.claim_agent("b", (1, 1))  # claimed once: an owner already given is kept
+        assert (tmp_path / "mem/b").stat().st_uid == 777
+        m.write_file("b", "x", b"1")  # a syscall-made file takes its directory's owner
+        st = (tmp_path / "mem/b/x").stat()
+        assert (st.st_uid, st.st_gid) == (777, 888)
+    with pytest.raises(NotFound):
+        m.set_metadata("a", "missing", mode=0o600)

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import sqlite3
+import stat
 import threading
 import time
 from collections.abc import Callable
@@ -185,6 +187,123 @@ def test_everything_is_found_again_after_reopening(tmp_path: Path) -> None:
     assert again.version_content("d/x", 1) == b"first words"
     assert [h.path for h in again.grep("second")] == ["d/x"]
     assert again.search("second words")[0].path == "d/x"
+    again.close()
+
+
+def test_metadata_is_kept_changed_and_persisted(tmp_path: Path) -> None:
+    s = sm(tmp_path, versions_keep=5)
+    d = s.mkdir("d", 0o750, 1000, 100)
+    f = s.create("d/f", 0o600, 1000, 100)
+    assert (d.kind, d.mode, d.uid, d.gid) == ("dir", 0o750, 1000, 100)
+    assert (f.mode, f.uid, f.gid) == (0o600, 1000, 100)
+    assert f.atime_ns == f.mtime_ns == f.ctime_ns > 0
+    w = s.write("w", b"by the kernel")  # store_write's defaults
+    assert (w.mode, w.uid, w.gid) == (0o644, 0, 0)
+    s.write("p/q/r", b"x", parents=True)
+    assert s.entry("p") is not None and s.entry("p").mode == 0o755  # type: ignore[union-attr]
+    s.write("d/f", b"one")
+    changed = s.set_metadata("d/f", mode=0o4755, uid=5, gid=6, atime_ns=10**9, mtime_ns=2 * 10**9)
+    assert (changed.mode, changed.uid, changed.gid) == (0o4755, 5, 6)
+    assert (changed.atime_ns, changed.mtime_ns) == (10**9, 2 * 10**9)
+    assert changed.ctime_ns > f.ctime_ns and changed.version == 2  # not a new version
+    assert s.versions("d/f") == [] and s.read("d/f") == b"one"
+    only_mode = s.set_metadata("d/f", mode=0o640)
+    assert (only_mode.mode, only_mode.uid, only_mode.mtime_ns) == (0o640, 5, 2 * 10**9)
+    written = s.write("d/f", b"two")  # keeps mode and owner; mtime and ctime become now
+    assert (written.mode, written.uid, written.gid) == (0o640, 5, 6)
+    assert written.mtime_ns > 2 * 10**9 and written.ctime_ns == written.mtime_ns
+    assert written.atime_ns == 10**9
+    s.rename("d/f", "d/g")  # the metadata follows the name
+    moved = s.entry("d/g")
+    assert moved is not None and (moved.mode, moved.uid, moved.mtime_ns) == (
+        0o640,
+        5,
+        written.mtime_ns,
+    )
+    with pytest.raises(NotFound):
+        s.set_metadata("nope", mode=0o600)
+    with pytest.raises(InvalidArgument):
+        s.set_metadata("", mode=0o700)  # the root is fixed
+    now_d = s.entry("d")
+    s.close()
+    again = sm(tmp_path)
+    assert again.entry("d/g") == moved and again.entry("d") == now_d
+    root = again.entry("")
+    assert root is not None and root.mode == 0o777
+    again.close()
+
+
+def test_a_directorys_times_follow_its_contents(tmp_path: Path) -> None:
+    s = sm(tmp_path, index=False)
+    s.mkdir("a")
+    s.mkdir("b")
+
+    def times(path: str) -> int:
+        entry = s.entry(path)
+        assert entry is not None
+        return entry.mtime_ns
+
+    changes: list[tuple[Callable[[], object], list[str]]] = [
+        (lambda: s.create("a/f"), ["a"]),
+        (lambda: s.write("a/f", b"x"), []),  # a file's content is not its directory's
+        (lambda: s.write("a/g", b"x"), ["a"]),
+        (lambda: s.rename("a/f", "b/f"), ["a", "b"]),
+        (lambda: s.unlink("b/f"), ["b"]),
+        (lambda: s.mkdir("b/d"), ["b"]),
+        (lambda: s.rmdir("b/d"), ["b"]),
+    ]
+    for change, dirs in changes:
+        before = {d: times(d) for d in ("a", "b")}
+        time.sleep(0.002)
+        change()
+        assert [d for d in ("a", "b") if times(d) != before[d]] == dirs
+    s.close()
+    again = sm(tmp_path, index=False)
+    assert again.entry("b") == s.entry("b")
+    again.close()
+
+
+def test_setgid_directories_pass_on_their_group(tmp_path: Path) -> None:
+    s = sm(tmp_path)
+    s.mkdir("shared", 0o2775, 0, 50)
+    sub = s.create("shared/f", 0o644, 1000, 1000)
+    assert (sub.gid, sub.mode) == (50, 0o644)
+    d = s.mkdir("shared/d", 0o755, 1000, 1000)
+    assert (d.gid, d.mode) == (50, 0o2755)
+    written = s.write("shared/d/e/w", b"x", parents=True)
+    e = s.entry("shared/d/e")
+    assert e is not None and (e.gid, e.mode) == (50, 0o2755) and written.gid == 50
+    plain = s.mkdir("plain", 0o755, 1000, 1000)
+    assert s.create("plain/f", 0o644, 7, 8).gid == 8 and plain.gid == 1000
+    s.close()
+
+
+def test_an_old_database_gains_metadata_columns(tmp_path: Path) -> None:
+    """A store made before entries had metadata opens with what it showed until then."""
+    path = tmp_path / "store.db"
+    db = sqlite3.connect(path)
+    db.executescript(
+        """
+        CREATE TABLE files (
+            path TEXT PRIMARY KEY, kind TEXT NOT NULL, size INTEGER NOT NULL, mtime REAL NOT NULL,
+            version INTEGER NOT NULL, content BLOB);
+        INSERT INTO files VALUES ('d', 'dir', 0, 1000.5, 0, NULL);
+        INSERT INTO files VALUES ('d/f', 'file', 3, 2000.25, 1, x'616263');
+        """
+    )
+    db.commit()
+    db.close()
+    s = sm(tmp_path, index=False)
+    d, f = s.entry("d"), s.entry("d/f")
+    assert d is not None and f is not None
+    assert (d.mode, d.uid, d.gid, d.mtime_ns) == (0o777, 0, 0, 1000_500_000_000)
+    assert (f.mode, f.atime_ns, f.mtime_ns, f.ctime_ns) == (0o666, *[2000_250_000_000] * 3)
+    assert s.read("d/f") == b"abc"
+    s.set_metadata("d/f", mode=0o600)
+    s.close()
+    again = sm(tmp_path, index=False)  # migrated once; the change is kept
+    assert again.entry("d/f").mode == 0o600  # type: ignore[union-attr]
+    assert stat.S_IMODE(again.entry("d").mode) == 0o777  # type: ignore[union-attr]
     again.close()
 
 
