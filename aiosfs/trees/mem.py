@@ -19,14 +19,12 @@ from __future__ import annotations
 import errno
 import os
 import stat
-import time
 from collections.abc import Callable
 from typing import Any, TypeVar
 
 import pyfuse3
 
-from aiosfs.vfs import Dir, Handle, Node, PathCache, check_access, fuse_error
-from aiosfs.vfs.node import STABLE_TIMEOUT
+from aiosfs.vfs import Dir, Handle, Metadata, Node, PathCache, check_access, fuse_error
 from kernel import Kernel
 from kernel.memory import MemoryManager
 from kernel.names import TMP_SUFFIX, check_name
@@ -82,33 +80,19 @@ class MemEntry(MemNode):
     inode: int
     mode: int
 
-    def attributes(self) -> pyfuse3.EntryAttributes:
-        """Mode, owner and times as kept on the backing file, from one stat."""
+    def metadata(self) -> Metadata | None:
+        """Mode bits, owner and times as kept on the backing file."""
         st = self.memory.stat(self.agent, self.rel)
-        a = pyfuse3.EntryAttributes()
-        a.st_ino = self.inode
-        is_dir = stat.S_ISDIR(self.mode)
-        a.st_nlink = 2 if is_dir else 1
         if st is None:  # gone from disk under us: what the node knew
-            a.st_mode, a.st_uid, a.st_gid = self.mode, os.geteuid(), os.getegid()
-            a.st_atime_ns = a.st_mtime_ns = a.st_ctime_ns = time.time_ns()
-            size = 0
-        else:
-            a.st_mode = stat.S_IFMT(self.mode) | stat.S_IMODE(st.st_mode)
-            a.st_uid, a.st_gid = st.st_uid, st.st_gid
-            a.st_atime_ns, a.st_mtime_ns, a.st_ctime_ns = (
-                st.st_atime_ns,
-                st.st_mtime_ns,
-                st.st_ctime_ns,
-            )
-            size = 0 if is_dir else self.memory.size(self.agent, self.rel, st)
-        a.st_size = size
-        a.st_blksize = 4096
-        a.st_blocks = (size + 511) // 512
-        a.generation = 0
-        a.entry_timeout = STABLE_TIMEOUT
-        a.attr_timeout = STABLE_TIMEOUT if is_dir else 0.0  # as Node.attributes: see there
-        return a
+            return None
+        return Metadata(
+            stat.S_IMODE(st.st_mode),
+            st.st_uid,
+            st.st_gid,
+            st.st_atime_ns,
+            st.st_mtime_ns,
+            st.st_ctime_ns,
+        )
 
     async def set_metadata(
         self,
@@ -172,10 +156,6 @@ class MemDir(MemEntry, Dir):
         Dir.__init__(self, name, parent)
         self.kernel, self.paths, self.path = kernel, paths, path
         self.mode = stat.S_IFDIR | 0o755  # the type; the bits shown are the kept ones
-
-    def times_ns(self) -> int:
-        st = self.memory.stat(self.agent, self.rel)
-        return st.st_mtime_ns if st else time.time_ns()
 
     def detach(self) -> None:
         """Gone from disk already: forget the cached nodes at and below by path."""
@@ -253,10 +233,6 @@ class MemFile(MemEntry, Node):
     def size(self) -> int:
         st = self.memory.stat(self.agent, self.rel)
         return self.memory.size(self.agent, self.rel, st) if st else 0
-
-    def times_ns(self) -> int:
-        st = self.memory.stat(self.agent, self.rel)
-        return st.st_mtime_ns if st else time.time_ns()
 
     async def open(self, flags: int, ctx: pyfuse3.RequestContext) -> Handle:
         check_access(self, flags)

@@ -19,13 +19,21 @@ from __future__ import annotations
 import errno
 import os
 import stat
-import time
 from typing import TypeVar
 
 import pyfuse3
 
 from aiosfs.trees.search import QueryRoot, StoreCalls
-from aiosfs.vfs import BytesHandle, Dir, Handle, Node, PathCache, check_access, fuse_error
+from aiosfs.vfs import (
+    BytesHandle,
+    Dir,
+    Handle,
+    Metadata,
+    Node,
+    PathCache,
+    check_access,
+    fuse_error,
+)
 from kernel import Kernel
 from kernel.names import check_name
 from kernel.store import normalize
@@ -44,15 +52,13 @@ class StoreNode(StoreCalls):
     paths: StorePaths
     path: str
 
-    def attributes(self) -> pyfuse3.EntryAttributes:
-        a: pyfuse3.EntryAttributes = super().attributes()  # type: ignore[misc]
+    def metadata(self) -> Metadata | None:
         entry = self.storage.entry(self.path)
-        if entry is not None:
-            a.st_mode = stat.S_IFMT(a.st_mode) | entry.mode
-            a.st_uid, a.st_gid = entry.uid, entry.gid
-            a.st_atime_ns, a.st_mtime_ns = entry.atime_ns, entry.mtime_ns
-            a.st_ctime_ns = entry.ctime_ns
-        return a
+        if entry is None:
+            return None
+        return Metadata(
+            entry.mode, entry.uid, entry.gid, entry.atime_ns, entry.mtime_ns, entry.ctime_ns
+        )
 
     async def set_metadata(
         self,
@@ -108,10 +114,6 @@ class StoreDir(StoreNode, Dir):
     def root(cls, name: str, parent: Dir, kernel: Kernel) -> StoreDir:
         """``store/`` itself, with a new path cache for the tree below it."""
         return cls(name, parent, kernel, PathCache(), "")
-
-    def times_ns(self) -> int:
-        entry = self.storage.entry(self.path)
-        return entry.mtime_ns if entry else time.time_ns()
 
     def children(self) -> dict[str, Node]:
         return {
@@ -197,10 +199,6 @@ class StoreFile(StoreNode, Node):
             return max(dirty)  # the writer's own view until it closes
         entry = self.storage.entry(self.path)
         return entry.size if entry else 0
-
-    def times_ns(self) -> int:
-        entry = self.storage.entry(self.path)
-        return entry.mtime_ns if entry else time.time_ns()
 
     async def open(self, flags: int, ctx: pyfuse3.RequestContext) -> Handle:
         check_access(self, flags)

@@ -40,6 +40,19 @@ class VfsEnv:
     max_write: int  # the most bytes one close of a control file (config, ctl, …) may carry
 
 
+@dataclass(frozen=True)
+class Metadata:
+    """What a tree that keeps metadata (``mem/``, ``store/``) keeps for an entry: permission
+    bits (setuid, setgid and sticky included), owner and the three times in nanoseconds."""
+
+    perm: int
+    uid: int
+    gid: int
+    atime_ns: int
+    mtime_ns: int
+    ctime_ns: int
+
+
 def fuse_error(code: int) -> pyfuse3.FUSEError:
     return pyfuse3.FUSEError(code)
 
@@ -86,19 +99,30 @@ class Node:
     def times_ns(self) -> int:
         return self.mtime_ns
 
+    def metadata(self) -> Metadata | None:
+        """The kept mode bits, owner and times, for nodes of trees that keep them. ``None``:
+        the node's own fixed ``mode``, ``uid`` and ``gid``, and ``times_ns()`` for all times."""
+        return None
+
     def attributes(self) -> pyfuse3.EntryAttributes:
         a = pyfuse3.EntryAttributes()
         a.st_ino = self.inode
-        a.st_mode = self.mode
         a.st_nlink = 2 if self.is_dir else 1
-        a.st_uid = self.uid
-        a.st_gid = self.gid
         size = self.size()
         a.st_size = size
         a.st_blksize = 4096
         a.st_blocks = (size + 511) // 512
-        t = self.times_ns()
-        a.st_atime_ns = a.st_mtime_ns = a.st_ctime_ns = t
+        meta = self.metadata()
+        if meta is None:
+            a.st_mode = self.mode
+            a.st_uid, a.st_gid = self.uid, self.gid
+            t = self.times_ns()
+            a.st_atime_ns = a.st_mtime_ns = a.st_ctime_ns = t
+        else:
+            a.st_mode = stat.S_IFMT(self.mode) | meta.perm
+            a.st_uid, a.st_gid = meta.uid, meta.gid
+            a.st_atime_ns, a.st_mtime_ns = meta.atime_ns, meta.mtime_ns
+            a.st_ctime_ns = meta.ctime_ns
         a.generation = 0
         # A file whose size or content changes must be re-read each time. A directory's
         # attributes may be cached: its listing never is, and with default_permissions the kernel
