@@ -19,8 +19,9 @@ what it enforces for any file (a daemon that is not root may give a file only to
 own groups: chown to another uid is EPERM, as on the host), and nothing can drift out of step
 with a sidecar. ``flush`` carries mode, owner and atime over to the file that replaces the old
 one. ctime is the host file's ctime. Entries made without an explicit owner (the ``mem_write``
-syscall) take their directory's owner; a new agent directory is the daemon's until the tree
-hands it to the agent's owner (``claim_agent``: the manager knows no agents).
+syscall) take their directory's owner; the kernel gives a new agent's directory to the agent's
+owner when it creates the agent (``ensure_agent`` with an owner, ``claim_agent`` for one the
+daemon made earlier: the manager itself knows no agents).
 
 Threads: one documented way in. Every public method takes the manager's lock (a re-entrant
 ``threading.RLock``, so public methods may call each other), which makes the manager safe to call

@@ -24,6 +24,7 @@ from typing import Any, TypeVar
 
 import pyfuse3
 
+from aiosfs.trees import creator
 from aiosfs.vfs import Dir, Handle, Metadata, Node, PathCache, check_access, fuse_error
 from kernel import Kernel
 from kernel.memory import MemoryManager
@@ -35,11 +36,6 @@ MemPaths = PathCache["MemDir | MemFile"]
 
 def join(rel: str, name: str) -> str:
     return f"{rel}/{name}" if rel else name
-
-
-def caller(mode: int, ctx: pyfuse3.RequestContext) -> tuple[int, tuple[int, int]]:
-    """The permission bits and owner a new entry gets from the process that makes it."""
-    return mode & 0o7777 & ~ctx.umask, (ctx.uid, ctx.gid)
 
 
 class MemNode:
@@ -137,7 +133,7 @@ class MemRoot(MemNode, Dir):
         memory = self.memory
         if name in memory.agents():
             raise fuse_error(errno.EEXIST)
-        bits, owner = caller(mode, ctx)
+        bits, owner = creator(mode, ctx)
         await self.call(memory.ensure_agent, name, bits, owner)
         return self.node_for(self, name, name)
 
@@ -175,7 +171,7 @@ class MemDir(MemEntry, Dir):
 
     async def mkdir(self, name: str, mode: int, ctx: pyfuse3.RequestContext) -> Node:
         check_name(name)
-        bits, owner = caller(mode, ctx)
+        bits, owner = creator(mode, ctx)
         await self.call(self.memory.mkdir, self.agent, join(self.rel, name), bits, owner)
         return self.lookup(name)
 
@@ -188,7 +184,7 @@ class MemDir(MemEntry, Dir):
         self, name: str, mode: int, flags: int, ctx: pyfuse3.RequestContext
     ) -> tuple[Node, Handle]:
         check_name(name)
-        bits, owner = caller(mode, ctx)
+        bits, owner = creator(mode, ctx)
         await self.call(self.memory.create, self.agent, join(self.rel, name), bits, owner)
         node = self.lookup(name)
         return node, await node.open(flags, ctx)

@@ -23,6 +23,7 @@ from typing import TypeVar
 
 import pyfuse3
 
+from aiosfs.trees import creator
 from aiosfs.trees.search import QueryRoot, StoreCalls
 from aiosfs.vfs import (
     BytesHandle,
@@ -143,9 +144,8 @@ class StoreDir(StoreNode, Dir):
         return normalize(join(self.path, name))  # refuses reserved names such as .search
 
     async def mkdir(self, name: str, mode: int, ctx: pyfuse3.RequestContext) -> Node:
-        await self.call(
-            self.storage.mkdir, self._child_path(name), mode & ~ctx.umask, ctx.uid, ctx.gid
-        )
+        bits, (uid, gid) = creator(mode, ctx)
+        await self.call(self.storage.mkdir, self._child_path(name), bits, uid, gid)
         return self.lookup(name)
 
     async def rmdir(self, name: str, ctx: pyfuse3.RequestContext) -> None:
@@ -156,9 +156,8 @@ class StoreDir(StoreNode, Dir):
     async def create(
         self, name: str, mode: int, flags: int, ctx: pyfuse3.RequestContext
     ) -> tuple[Node, Handle]:
-        await self.call(
-            self.storage.create, self._child_path(name), mode & ~ctx.umask, ctx.uid, ctx.gid
-        )
+        bits, (uid, gid) = creator(mode, ctx)
+        await self.call(self.storage.create, self._child_path(name), bits, uid, gid)
         node = self.lookup(name)
         return node, await node.open(flags, ctx)
 
