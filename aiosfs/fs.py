@@ -34,7 +34,6 @@ from aiosfs.vfs import (
     InterruptWatcher,
     Node,
     StaticDir,
-    Symlink,
     VfsEnv,
     fuse_error,
 )
@@ -101,7 +100,8 @@ class AiosFS(pyfuse3.Operations):
         self.interrupts = InterruptWatcher()
         self.handles: dict[int, Handle] = {}
         self._fh = itertools.count(1)
-        self._dir_handles: dict[int, list[Node]] = {}
+        self._dir_handles: dict[int, list[tuple[str, Node]]] = {}
+        self._dir_nodes: dict[int, Dir] = {}
         env = VfsEnv(self.inodes, self.interrupts, max_write=kernel.limits.max_bytes)
         self.root = root = StaticDir("", None, env=env)
         assert root.inode == pyfuse3.ROOT_INODE
@@ -226,28 +226,51 @@ class AiosFS(pyfuse3.Operations):
 
     @guarded
     async def readlink(self, inode: int, ctx: pyfuse3.RequestContext) -> bytes:
-        node = self.inodes.get(inode)
-        if not isinstance(node, Symlink):
-            raise fuse_error(errno.EINVAL)
-        return os.fsencode(node.target)
+        return await self.inodes.get(inode).readlink()
 
     @guarded
     async def link(
         self, inode: int, new_parent_inode: int, new_name: bytes, ctx: pyfuse3.RequestContext
     ) -> pyfuse3.EntryAttributes:
-        raise fuse_error(errno.EACCES)
+        node = self.inodes.get(inode)
+        if node.is_dir:
+            raise fuse_error(errno.EPERM)  # no hard links to directories, as link(2) says
+        parent = self._dir(new_parent_inode)
+        return self._entry(await parent.link(decode_name(new_name), node, ctx))
 
     @guarded
     async def symlink(
         self, parent_inode: int, name: bytes, target: bytes, ctx: pyfuse3.RequestContext
     ) -> pyfuse3.EntryAttributes:
-        raise fuse_error(errno.EACCES)
+        parent = self._dir(parent_inode)
+        return self._entry(await parent.symlink(decode_name(name), target, ctx))
 
     @guarded
     async def mknod(
         self, parent_inode: int, name: bytes, mode: int, rdev: int, ctx: pyfuse3.RequestContext
     ) -> pyfuse3.EntryAttributes:
-        raise fuse_error(errno.EACCES)
+        parent = self._dir(parent_inode)
+        return self._entry(await parent.mknod(decode_name(name), mode, rdev, ctx))
+
+    # ---- extended attributes --------------------------------------------------------------------
+
+    @guarded
+    async def getxattr(self, inode: int, name: bytes, ctx: pyfuse3.RequestContext) -> bytes:
+        return await self.inodes.get(inode).getxattr(name)
+
+    @guarded
+    async def setxattr(
+        self, inode: int, name: bytes, value: bytes, ctx: pyfuse3.RequestContext
+    ) -> None:
+        await self.inodes.get(inode).setxattr(name, value, ctx)
+
+    @guarded
+    async def listxattr(self, inode: int, ctx: pyfuse3.RequestContext) -> list[bytes]:
+        return await self.inodes.get(inode).listxattr()
+
+    @guarded
+    async def removexattr(self, inode: int, name: bytes, ctx: pyfuse3.RequestContext) -> None:
+        await self.inodes.get(inode).removexattr(name, ctx)
 
     # ---- directories --------------------------------------------------------------------------
 
@@ -255,21 +278,30 @@ class AiosFS(pyfuse3.Operations):
     async def opendir(self, inode: int, ctx: pyfuse3.RequestContext) -> int:
         directory = self._dir(inode)
         fh = next(self._fh)
-        self._dir_handles[fh] = sorted(await directory.list(), key=lambda n: n.name)
+        self._dir_handles[fh] = sorted(await directory.named(), key=lambda entry: entry[0])
+        self._dir_nodes[fh] = directory
         return fh
 
     @guarded
     async def readdir(self, fh: int, start_id: int, token: pyfuse3.ReaddirToken) -> None:
         entries = self._dir_handles.get(fh, [])
         for i in range(start_id, len(entries)):
-            node = entries[i]
-            if not pyfuse3.readdir_reply(token, os.fsencode(node.name), node.attributes(), i + 1):
+            name, node = entries[i]
+            if not pyfuse3.readdir_reply(token, os.fsencode(name), node.attributes(), i + 1):
                 return
             self.inodes.looked_up(node)
 
     @guarded
     async def releasedir(self, fh: int) -> None:
         self._dir_handles.pop(fh, None)
+        self._dir_nodes.pop(fh, None)
+
+    @guarded
+    async def fsyncdir(self, fh: int, datasync: bool) -> None:
+        directory = self._dir_nodes.get(fh)
+        if directory is None:
+            raise fuse_error(errno.EBADF)
+        await directory.fsync_dir()
 
     # ---- files --------------------------------------------------------------------------------
 
@@ -323,10 +355,12 @@ class AiosFS(pyfuse3.Operations):
 
     @guarded
     async def statfs(self, ctx: pyfuse3.RequestContext) -> pyfuse3.StatvfsData:
+        """The truth about room: what the disk under the data dir (where mem/ and store/ keep
+        everything) has, so `df` and programs that check for space see real numbers."""
+        space = self.kernel.space()
         s = pyfuse3.StatvfsData()
-        s.f_bsize = s.f_frsize = 4096
-        s.f_blocks = s.f_bfree = s.f_bavail = 0
-        s.f_files = len(self.inodes)
-        s.f_ffree = s.f_favail = 1 << 20
+        s.f_bsize = s.f_frsize = space.f_frsize
+        s.f_blocks, s.f_bfree, s.f_bavail = space.f_blocks, space.f_bfree, space.f_bavail
+        s.f_files, s.f_ffree, s.f_favail = space.f_files, space.f_ffree, space.f_favail
         s.f_namemax = 255
         return s

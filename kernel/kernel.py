@@ -22,6 +22,7 @@ import contextlib
 import errno
 import itertools
 import logging
+import os
 import time
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
@@ -167,6 +168,11 @@ class Kernel:
     def storage(self) -> StorageManager:
         assert self._env is not None, "the kernel is not started"
         return self._env.storage
+
+    def space(self) -> os.statvfs_result:
+        """Room on the disk that holds the data dir, where memory and the store keep everything
+        (what ``statfs`` of the mount reports)."""
+        return os.statvfs(self.config.data_dir)
 
     async def wait_loaded(self) -> None:
         """Wait until every engine finished loading (successfully or not)."""

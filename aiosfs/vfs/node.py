@@ -11,6 +11,7 @@ node holds the whole filesystem object.
 
 from __future__ import annotations
 
+import builtins
 import errno
 import json
 import os
@@ -96,6 +97,14 @@ class Node:
     def size(self) -> int:
         return 0
 
+    def nlink(self) -> int:
+        """How many names the node has (trees with hard links override it)."""
+        return 2 if self.is_dir else 1
+
+    def rdev(self) -> int:
+        """The device number of a device node; 0 for everything else."""
+        return 0
+
     def times_ns(self) -> int:
         return self.mtime_ns
 
@@ -107,7 +116,8 @@ class Node:
     def attributes(self) -> pyfuse3.EntryAttributes:
         a = pyfuse3.EntryAttributes()
         a.st_ino = self.inode
-        a.st_nlink = 2 if self.is_dir else 1
+        a.st_nlink = self.nlink()
+        a.st_rdev = self.rdev()
         size = self.size()
         a.st_size = size
         a.st_blksize = 4096
@@ -148,6 +158,25 @@ class Node:
         ``default_permissions``, that the caller may make the change."""
         if fields.update_mode or fields.update_uid or fields.update_gid:
             raise fuse_error(errno.EPERM)
+
+    async def readlink(self) -> bytes:
+        """The target of a symbolic link; anything else is EINVAL, as readlink(2) says."""
+        raise fuse_error(errno.EINVAL)
+
+    # Extended attributes. Trees that keep them override all four; elsewhere there are none
+    # and setting one is ENOTSUP. (Never ENOSYS: the FUSE kernel would then turn xattrs off for
+    # the whole mount.)
+    async def getxattr(self, name: bytes) -> bytes:
+        raise fuse_error(errno.ENODATA)
+
+    async def setxattr(self, name: bytes, value: bytes, ctx: pyfuse3.RequestContext) -> None:
+        raise fuse_error(errno.ENOTSUP)
+
+    async def listxattr(self) -> list[bytes]:
+        return []
+
+    async def removexattr(self, name: bytes, ctx: pyfuse3.RequestContext) -> None:
+        raise fuse_error(errno.ENODATA)
 
     def truncate(self, size: int) -> None:
         """Called for O_TRUNC and truncate(2). Special files accept and ignore it."""
@@ -191,6 +220,11 @@ class Dir(Node):
         """What lookup finds (magic entries included)."""
         return self.lookup(name)
 
+    async def named(self) -> builtins.list[tuple[str, Node]]:
+        """What readdir shows, as (name, node): a node with several names (a hard link) is
+        listed under each of them. By default each node under its own ``name``."""
+        return [(node.name, node) for node in await self.list()]
+
     async def mkdir(self, name: str, mode: int, ctx: pyfuse3.RequestContext) -> Node:
         raise fuse_error(errno.EACCES)
 
@@ -212,7 +246,24 @@ class Dir(Node):
     async def rename_from(
         self, name: str, new_parent: Dir, new_name: str, flags: int, ctx: pyfuse3.RequestContext
     ) -> None:
+        """``flags``: 0, ``RENAME_NOREPLACE`` or ``RENAME_EXCHANGE`` (renameat2)."""
         raise fuse_error(errno.EACCES)
+
+    async def link(self, name: str, target: Node, ctx: pyfuse3.RequestContext) -> Node:
+        """A new name ``name`` here for the existing ``target`` (never a directory: the
+        operations layer refuses that); returns the node the name now refers to."""
+        raise fuse_error(errno.EACCES)
+
+    async def symlink(self, name: str, target: bytes, ctx: pyfuse3.RequestContext) -> Node:
+        raise fuse_error(errno.EACCES)
+
+    async def mknod(self, name: str, mode: int, rdev: int, ctx: pyfuse3.RequestContext) -> Node:
+        """A FIFO, socket, device node (or regular file) named ``name``; ``mode`` has the type."""
+        raise fuse_error(errno.EACCES)
+
+    async def fsync_dir(self) -> None:
+        """fsync(2) on the directory: make its entries durable. Nothing to do for trees that
+        keep nothing."""
 
     def detach(self) -> None:
         for child in self.children().values():
@@ -325,3 +376,6 @@ class Symlink(Node):
 
     def size(self) -> int:
         return len(self.target.encode())
+
+    async def readlink(self) -> bytes:
+        return os.fsencode(self.target)
