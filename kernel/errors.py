@@ -96,3 +96,22 @@ class ShuttingDown(KernelError):
     """The kernel is stopping; blocked callers are woken with this so nothing hangs."""
 
     errno = _errno.EIO
+
+
+class NotPermitted(KernelError):
+    """The operation is never allowed on this kind of entry (a hard link to a directory, a
+    change of the store's fixed root), whoever asks."""
+
+    errno = _errno.EPERM
+
+
+class NoAttribute(KernelError):
+    """No extended attribute of that name (ENODATA, which Linux also calls ENOATTR)."""
+
+    errno = _errno.ENODATA
+
+
+class NotSupported(KernelError):
+    """The entry or namespace does not support the operation (e.g. ``system.*`` xattrs)."""
+
+    errno = _errno.ENOTSUP

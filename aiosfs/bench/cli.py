@@ -100,6 +100,12 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     )
     p.add_argument("--mem-ops", type=int, default=500)
     p.add_argument(
+        "--large-mib",
+        type=int,
+        default=256,
+        help="MiB of the large file streamed through store/ (0: skip)",
+    )
+    p.add_argument(
         "--context-lengths",
         default="128,512,2048",
         help="context lengths for the preemption-cost measurement",

@@ -143,9 +143,81 @@ def microbench(*args: str) -> Any:
     return json.loads(res.stdout.strip().splitlines()[-1])
 
 
+LARGE_MIB = 256
+"""The large file of the streaming measurement, in MiB."""
+
+
+def rss_kib(pid: int) -> int:
+    """A process's resident memory now (KiB, from /proc)."""
+    with open(f"/proc/{pid}/status") as f:
+        for line in f:
+            if line.startswith("VmRSS:"):
+                return int(line.split()[1])
+    return 0
+
+
+def large_file(m: Mount, host_dir: Path, mib: int, reps: int) -> dict[str, Any]:
+    """Write (1 MiB writes, then fsync and close) and read back (1 MiB reads) a ``mib``-MiB
+    file in store/ and, alternately in the same run, in a plain directory on the data dir's
+    disk; medians of MB/s and of the ratio store/host, and how far the daemon's memory grew
+    while it held the file (streamed in blocks, it should not grow by the file's size)."""
+    chunk = os.urandom(1 << 20)
+    rows: dict[str, list[float]] = {k: [] for k in ("w_store", "r_store", "w_host", "r_host")}
+    grew: list[float] = []
+    pid = m.proc.pid
+
+    def one(path: str) -> tuple[float, float]:
+        t = time.perf_counter()
+        with open(path, "wb") as f:
+            for _ in range(mib):
+                f.write(chunk)
+            f.flush()
+            os.fsync(f.fileno())
+        w = time.perf_counter() - t
+        t = time.perf_counter()
+        with open(path, "rb", buffering=0) as f:
+            while f.read(1 << 20):
+                pass
+        r = time.perf_counter() - t
+        os.unlink(path)
+        return mib * 1.048576 / w, mib * 1.048576 / r
+
+    for _ in range(reps):
+        before = rss_kib(pid)
+        w, r = one(m.p("store/bench-large"))
+        grew.append((rss_kib(pid) - before) / 1024)
+        rows["w_store"].append(w)
+        rows["r_store"].append(r)
+        w, r = one(str(host_dir / "bench-large"))
+        rows["w_host"].append(w)
+        rows["r_host"].append(r)
+    med = {k: round(quantile(v, 0.5), 1) for k, v in rows.items()}
+    ratio = {
+        op: round(
+            quantile(
+                [a / b for a, b in zip(rows[f"{op}_store"], rows[f"{op}_host"], strict=True)], 0.5
+            ),
+            3,
+        )
+        for op in ("w", "r")
+    }
+    return {
+        "mib": mib,
+        "write_mb_s": med["w_store"],
+        "read_mb_s": med["r_store"],
+        "host_write_mb_s": med["w_host"],
+        "host_read_mb_s": med["r_host"],
+        "write_ratio_vs_host": ratio["w"],
+        "read_ratio_vs_host": ratio["r"],
+        "daemon_rss_growth_mib_max": round(max(grew), 1),
+    }
+
+
 def run_storage(args: argparse.Namespace, workdir: Path) -> dict[str, Any]:
     """Ingest, search latency at two sizes, memory ops through the mount, eviction costs."""
-    cfg = write_config(workdir, mem_agent_mb=1, mem_total_mb=64)
+    cfg = write_config(
+        workdir, mem_agent_mb=1, mem_total_mb=64, store_max_file_mb=max(64, 2 * args.large_mib)
+    )
     out: dict[str, Any] = {"embedder": args.embedder}
     extra = ("--config", cfg, "--embedder", args.embedder)
     with bench_mount(workdir, "storage", "tiny-random", *extra) as m:
@@ -162,6 +234,11 @@ def run_storage(args: argparse.Namespace, workdir: Path) -> dict[str, Any]:
             out[f"search_at_{args.search_large}"] = search_latency(m, "b", args.search_queries)
             say(f"search at {args.search_large}: {out[f'search_at_{args.search_large}']}")
         out["memory_mount"] = memory_through_mount(m, args.mem_ops)
+        if args.large_mib:
+            host = workdir / "host-large"
+            host.mkdir(exist_ok=True)
+            out["large_file"] = large_file(m, host, args.large_mib, 3)
+            say(f"a {args.large_mib} MiB file in store/: {out['large_file']}")
     out["memory_direct"] = microbench("--memory", str(args.mem_ops))
     out["eviction_direct"] = microbench(
         "--memory",

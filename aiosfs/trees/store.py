@@ -1,17 +1,29 @@
 """``store/``: a persistent tree for everyone's documents, searchable by meaning.
 
-    store/any/path                ordinary files and directories (saved when the writer closes)
+    store/any/path                files, directories, symbolic links, hard links, FIFOs and
+                                  device nodes (a file is saved when its writer closes it)
     store/DIR/.search/QUERY/      the best matches for QUERY below DIR, ranked: links to the
                                   files, named RANK-NAME; .summary has scores and passages
     store/DIR/.grep/WORD/         files containing WORD below DIR, ranked, likewise
     store/.versions/PATH/         the kept earlier versions of PATH: N (content), mtime = when
 
 ``.search``, ``.grep`` and ``.versions`` are found by name but not listed, so ``find``, ``cp -r``
-and ``du`` never walk into them. Every call into the storage manager runs on its worker threads.
+and ``du`` never walk into them. Every call into the storage manager that does I/O runs on its
+worker threads.
 
-Files and directories report the mode, owner and times the store keeps for them (read from its
-in-memory tree, so ``stat`` never waits for the database), and chmod, chown and utimensat change
-them. ``store/`` itself is not an entry of the store: it stays 0o777 and root's, fixed.
+Nodes are the store's inodes: one node per store inode number (``StoreNodes``), so the names
+of a hard-linked file share one FUSE inode, a rename keeps it, and a file unlinked while open
+keeps working through it. Entries report the mode, owner, times, link count and device number
+the store keeps for them (read from its in-memory tree, so ``stat`` never waits for the
+database); chmod, chown, utimensat and the xattr calls change them. ``store/`` itself is not an
+entry of the store: it stays 0o777 and root's, fixed.
+
+An open file is a descriptor's own view (``StoreHandle``): the blocks it changed over what was
+committed, kept in memory up to ``STAGE_BYTES`` and staged in the database beyond that, so a
+large file is streamed, never held whole. Its close commits everything as one transaction. A
+file of up to ``SNAPSHOT_BYTES`` is read whole at open, so a reader sees one version from its
+first byte to its last; a larger one is read block by block as committed at the time, so a
+reader of a large file that another writer commits meanwhile may see parts of both versions.
 """
 
 from __future__ import annotations
@@ -19,47 +31,99 @@ from __future__ import annotations
 import errno
 import os
 import stat
-from typing import TypeVar
+from collections.abc import Callable
+from typing import TYPE_CHECKING, TypeVar
 
 import pyfuse3
 
 from aiosfs.trees import creator
 from aiosfs.trees.search import QueryRoot, StoreCalls
-from aiosfs.vfs import (
-    BytesHandle,
-    Dir,
-    Handle,
-    Metadata,
-    Node,
-    PathCache,
-    check_access,
-    fuse_error,
-)
+from aiosfs.vfs import Dir, Handle, Metadata, Node, check_access, fuse_error
 from kernel import Kernel
 from kernel.names import check_name
-from kernel.store import normalize
+from kernel.store import BLOCK, KIND_OF_TYPE, ROOT, Entry, StorageManager, normalize
 
 T = TypeVar("T")
-StorePaths = PathCache["StoreDir | StoreFile"]
+
+SNAPSHOT_BYTES = 1 << 20  # files up to this size are read whole at open (one version per reader)
+STAGE_BYTES = 8 << 20  # changed bytes a writer keeps in memory before staging them on disk
 
 
 def join(path: str, name: str) -> str:
     return f"{path}/{name}" if path else name
 
 
-class StoreNode(StoreCalls):
-    """What store files and directories share: their path cache and their metadata."""
+class StoreNodes:
+    """The store's nodes by store inode number: the only place that makes or drops one.
 
-    paths: StorePaths
-    path: str
+    A node lives as long as its store inode; when the inode goes (its last name removed and no
+    file open on it) the node is detached, and the inode table drops it once the FUSE kernel
+    forgets it."""
+
+    def __init__(self) -> None:
+        self._nodes: dict[int, StoreNode] = {}
+
+    def __len__(self) -> int:
+        return len(self._nodes)
+
+    def node(self, entry: Entry, make: Callable[[], StoreNode]) -> StoreNode:
+        """The node of ``entry``'s inode, made by ``make`` the first time."""
+        node = self._nodes.get(entry.ino)
+        if node is not None and not node.detached and node.kind == entry.kind:
+            return node
+        node = make()
+        self._nodes[entry.ino] = node
+        return node
+
+    def put(self, node: StoreNode) -> None:
+        self._nodes[node.ino] = node
+
+    def gone(self, ino: int) -> None:
+        """Inode ``ino`` no longer exists in the store."""
+        node = self._nodes.pop(ino, None)
+        if node is not None:
+            node.mark_detached()
+
+
+class StoreNode(StoreCalls):
+    """What every store node shares: its store inode, the node cache, and the inode's
+    metadata, link count and extended attributes."""
+
+    dynamic = True  # attributes change (and are kept): never cached by the FUSE kernel
+    nodes: StoreNodes
+    ino: int
+    kind: str
+
+    if TYPE_CHECKING:  # what the Node each store node also is provides
+        detached: bool
+
+        def mark_detached(self) -> None: ...
+
+    @property
+    def path(self) -> str:
+        """The inode's first name ('' for the root and for a file with no name left); a
+        directory's only name."""
+        names = self.storage.paths_of(self.ino)
+        return names[0] if names else ""
+
+    def entry(self) -> Entry | None:
+        return self.storage.inode(self.ino)
 
     def metadata(self) -> Metadata | None:
-        entry = self.storage.entry(self.path)
+        entry = self.entry()
         if entry is None:
             return None
         return Metadata(
             entry.mode, entry.uid, entry.gid, entry.atime_ns, entry.mtime_ns, entry.ctime_ns
         )
+
+    def nlink(self) -> int:
+        entry = self.entry()
+        return entry.nlink if entry is not None else 0
+
+    def rdev(self) -> int:
+        entry = self.entry()
+        return entry.rdev if entry is not None else 0
 
     async def set_metadata(
         self,
@@ -67,10 +131,10 @@ class StoreNode(StoreCalls):
         fields: pyfuse3.SetattrFields,
         ctx: pyfuse3.RequestContext,
     ) -> None:
-        """chmod, chown/chgrp and utimensat, as one change of the entry's row. The OS kernel
+        """chmod, chown/chgrp and utimensat, as one change of the inode's row. The OS kernel
         has checked who may do it (``default_permissions``), pyfuse3 has turned UTIME_NOW into
         a time, and UTIME_OMIT arrives as a field not to update."""
-        if not self.path:  # store/ itself: fixed
+        if self.ino == ROOT:  # store/ itself: fixed
             await super().set_metadata(attr, fields, ctx)  # type: ignore[misc]
             return
         changes = {
@@ -87,54 +151,87 @@ class StoreNode(StoreCalls):
         await self.call(self._set_metadata, changes)
 
     def _set_metadata(self, changes: dict[str, int | None]) -> None:
-        self.storage.set_metadata(self.path, **changes)
+        self.storage.set_metadata(self.ino, **changes)
 
-    def node_for(self, parent: Dir, path: str, name: str) -> StoreDir | StoreFile:
-        """The (cached) node for ``store/path``, as the storage says it is now."""
+    async def getxattr(self, name: bytes) -> bytes:
+        return await self.call(self.storage.getxattr, self.ino, name)
+
+    async def setxattr(self, name: bytes, value: bytes, ctx: pyfuse3.RequestContext) -> None:
+        await self.call(self.storage.setxattr, self.ino, name, value)
+
+    async def listxattr(self) -> list[bytes]:
+        return await self.call(self.storage.listxattr, self.ino)
+
+    async def removexattr(self, name: bytes, ctx: pyfuse3.RequestContext) -> None:
+        await self.call(self.storage.removexattr, self.ino, name)
+
+    def node_for(self, parent: Dir, path: str, name: str) -> StoreNode:
+        """The node for ``store/path``, as the storage says it is now."""
         entry = self.storage.entry(path)
         if entry is None:
             raise fuse_error(errno.ENOENT)
-        cls = StoreDir if entry.kind == "dir" else StoreFile
-        return self.paths.node(
-            path, cls is StoreDir, lambda: cls(name, parent, self.kernel, self.paths, path)
-        )
+        kernel, nodes, ino = self.kernel, self.nodes, entry.ino
+        make: Callable[[], StoreNode]
+        if entry.kind == "dir":
+            make = lambda: StoreDir(name, parent, kernel, nodes, ino)  # noqa: E731
+        elif entry.kind == "file":
+            make = lambda: StoreFile(name, parent, kernel, nodes, ino)  # noqa: E731
+        elif entry.kind == "symlink":
+            make = lambda: StoreSymlink(name, parent, kernel, nodes, ino)  # noqa: E731
+        else:
+            make = lambda: StoreSpecial(name, parent, kernel, nodes, ino, entry.kind)  # noqa: E731
+        return self.nodes.node(entry, make)
+
+    def forget_if_gone(self, ino: int) -> None:
+        """After a change that may have removed inode ``ino``: detach its node if it did."""
+        if self.storage.inode(ino) is None:
+            self.nodes.gone(ino)
 
 
 class StoreDir(StoreNode, Dir):
     dynamic = True
+    kind = "dir"
 
-    def __init__(
-        self, name: str, parent: Dir, kernel: Kernel, paths: StorePaths, path: str
-    ) -> None:
+    def __init__(self, name: str, parent: Dir, kernel: Kernel, nodes: StoreNodes, ino: int) -> None:
         Dir.__init__(self, name, parent)
-        self.kernel, self.paths, self.path = kernel, paths, path
-        self.mode = stat.S_IFDIR | 0o777  # a shared tree, like /tmp without the sticky bit
+        self.kernel, self.nodes, self.ino = kernel, nodes, ino
+        self.mode = stat.S_IFDIR | 0o777  # the type; the bits shown are the kept ones
         self.magic: dict[tuple[str, str], Node] = {}  # (path when made, name) -> node
 
     @classmethod
     def root(cls, name: str, parent: Dir, kernel: Kernel) -> StoreDir:
-        """``store/`` itself, with a new path cache for the tree below it."""
-        return cls(name, parent, kernel, PathCache(), "")
+        """``store/`` itself, with a new node cache for the tree below it."""
+        nodes = StoreNodes()
+        root = cls(name, parent, kernel, nodes, ROOT)
+        nodes.put(root)
+        return root
+
+    def _node(self, name: str) -> Node:
+        node = self.node_for(self, join(self.path, name), name)
+        assert isinstance(node, Node)
+        return node
 
     def children(self) -> dict[str, Node]:
-        return {
-            name: self.node_for(self, join(self.path, name), name)
-            for name in self.storage.listdir(self.path)
-        }
+        return {name: self._node(name) for name in self.storage.listdir(self.path)}
+
+    async def named(self) -> list[tuple[str, Node]]:
+        """Every name here with its node: the names of a hard-linked file each under its own."""
+        return [(name, self._node(name)) for name in self.storage.listdir(self.path)]
 
     def lookup(self, name: str) -> Node:
-        if name in (".search", ".grep") or (name == ".versions" and not self.path):
+        path = self.path
+        if name in (".search", ".grep") or (name == ".versions" and not path):
             # Keyed by the path too: after this directory moves, queries search the new path.
-            key = (self.path, name)
+            key = (path, name)
             node = self.magic.get(key)
             if node is None or node.detached:
                 if name == ".versions":
                     node = VersionsDir(name, self, self.kernel, "")
                 else:
-                    node = QueryRoot(name, self, self.kernel, self.path, name[1:])
+                    node = QueryRoot(name, self, self.kernel, path, name[1:])
                 self.magic[key] = node
             return node
-        return self.node_for(self, join(self.path, name), name)
+        return self._node(name)
 
     async def find(self, name: str) -> Node:
         return self.lookup(name)
@@ -150,8 +247,10 @@ class StoreDir(StoreNode, Dir):
 
     async def rmdir(self, name: str, ctx: pyfuse3.RequestContext) -> None:
         path = self._child_path(name)
+        entry = self.storage.entry(path)
         await self.call(self.storage.rmdir, path)
-        self.paths.forget(path)
+        if entry is not None:
+            self.forget_if_gone(entry.ino)
 
     async def create(
         self, name: str, mode: int, flags: int, ctx: pyfuse3.RequestContext
@@ -161,49 +260,86 @@ class StoreDir(StoreNode, Dir):
         node = self.lookup(name)
         return node, await node.open(flags, ctx)
 
+    async def mknod(self, name: str, mode: int, rdev: int, ctx: pyfuse3.RequestContext) -> Node:
+        """mknod(2) and mkfifo(3): a FIFO, socket or device node is an entry with metadata
+        (the OS kernel opens it itself); a regular file is an empty file, as with create.
+        Who may make a device node (CAP_MKNOD) the OS kernel checks before asking."""
+        bits, (uid, gid) = creator(mode, ctx)
+        path, kind = self._child_path(name), KIND_OF_TYPE.get(stat.S_IFMT(mode))
+        if kind is None:
+            raise fuse_error(errno.EINVAL)
+        if kind == "file":
+            await self.call(self.storage.create, path, bits, uid, gid)
+        else:
+            await self.call(self.storage.mknod, path, kind, bits, rdev, uid, gid)
+        return self.lookup(name)
+
+    async def symlink(self, name: str, target: bytes, ctx: pyfuse3.RequestContext) -> Node:
+        await self.call(self.storage.symlink, self._child_path(name), target, ctx.uid, ctx.gid)
+        return self.lookup(name)
+
+    async def link(self, name: str, target: Node, ctx: pyfuse3.RequestContext) -> Node:
+        if not isinstance(target, StoreNode) or target.nodes is not self.nodes:
+            raise fuse_error(errno.EXDEV)  # hard links stay inside store/
+        await self.call(self.storage.link, target.ino, self._child_path(name))
+        return target
+
     async def unlink(self, name: str, ctx: pyfuse3.RequestContext) -> None:
         path = self._child_path(name)
+        entry = self.storage.entry(path)
         await self.call(self.storage.unlink, path)
-        self.paths.forget(path)
+        if entry is not None:
+            self.forget_if_gone(entry.ino)
 
     async def rename_from(
         self, name: str, new_parent: Dir, new_name: str, flags: int, ctx: pyfuse3.RequestContext
     ) -> None:
-        if not isinstance(new_parent, StoreDir):
+        if not isinstance(new_parent, StoreDir) or new_parent.nodes is not self.nodes:
             raise fuse_error(errno.EXDEV)
-        if flags:
-            raise fuse_error(errno.EINVAL)  # RENAME_NOREPLACE / RENAME_EXCHANGE: not supported
         old, new = self._child_path(name), new_parent._child_path(new_name)
-        node = self.lookup(name)
-        await self.call(self.storage.rename, old, new)
-        # The kernel keeps the same inode under the new name: move the nodes, don't drop them.
-        self.paths.move(old, new)
-        node.name, node.parent = new_name, new_parent
+        src, dst = self.storage.entry(old), self.storage.entry(new)
+        await self.call(self.storage.rename, old, new, flags)
+        # The inode keeps its node (and so its FUSE inode) under the new name; what the new
+        # name replaced may be gone.
+        if dst is not None:
+            self.forget_if_gone(dst.ino)
+        if src is not None:
+            moved = self.nodes._nodes.get(src.ino)
+            if moved is not None:
+                moved_node = moved
+                assert isinstance(moved_node, Node)
+                moved_node.name, moved_node.parent = new_name, new_parent
+
+    async def fsync_dir(self) -> None:
+        """Every change of a directory is committed already; fsync makes it durable against
+        power loss too (a full checkpoint of the database)."""
+        await self.call(self.storage.sync)
 
 
 class StoreFile(StoreNode, Node):
     dynamic = True
+    kind = "file"
 
-    def __init__(
-        self, name: str, parent: Dir, kernel: Kernel, paths: StorePaths, path: str
-    ) -> None:
+    def __init__(self, name: str, parent: Dir, kernel: Kernel, nodes: StoreNodes, ino: int) -> None:
         Node.__init__(self, name, parent)
-        self.kernel, self.paths, self.path = kernel, paths, path
-        self.mode = stat.S_IFREG | 0o666
+        self.kernel, self.nodes, self.ino = kernel, nodes, ino
+        self.mode = stat.S_IFREG | 0o666  # root may write (the OS kernel checks the kept bits)
         self.writers: set[StoreHandle] = set()
 
     def size(self) -> int:
-        dirty = [len(h.buf) for h in self.writers if h.dirty]
+        dirty = [h.size for h in self.writers if h.dirty]
         if dirty:
             return max(dirty)  # the writer's own view until it closes
-        entry = self.storage.entry(self.path)
+        entry = self.entry()
         return entry.size if entry else 0
 
     async def open(self, flags: int, ctx: pyfuse3.RequestContext) -> Handle:
         check_access(self, flags)
         truncate = bool(flags & os.O_TRUNC)
-        content = b"" if truncate else await self.call(self.storage.read, self.path)
-        handle = StoreHandle(self, flags, ctx.pid, content, dirty=truncate)
+        entry, base = await self.call(
+            self.storage.open_file, self.ino, 0 if truncate else SNAPSHOT_BYTES
+        )
+        handle = StoreHandle(self, flags, ctx.pid, entry.size, base, truncate, self.path)
         if handle.writable:
             self.writers.add(handle)
         return handle
@@ -215,61 +351,196 @@ class StoreFile(StoreNode, Node):
 
     async def atruncate(self, size: int) -> None:
         self.check_size(size)
-        content = await self.call(self.storage.read, self.path)
-        content = content[:size] + b"\0" * max(0, size - len(content))
-        await self.call(self.storage.write, self.path, content, False)
+        await self.call(self.storage.truncate, self.ino, size)
+
+
+class StoreSymlink(StoreNode, Node):
+    """A symbolic link: its target is kept, never followed here (the OS kernel follows it)."""
+
+    kind = "symlink"
+
+    def __init__(self, name: str, parent: Dir, kernel: Kernel, nodes: StoreNodes, ino: int) -> None:
+        Node.__init__(self, name, parent)
+        self.kernel, self.nodes, self.ino = kernel, nodes, ino
+        self.mode = stat.S_IFLNK | 0o777
+
+    def _target(self) -> bytes:
+        entry = self.entry()
+        return entry.target or b"" if entry is not None else b""
+
+    def size(self) -> int:
+        return len(self._target())
+
+    async def readlink(self) -> bytes:
+        return self._target()
+
+
+class StoreSpecial(StoreNode, Node):
+    """A FIFO, socket or device node: metadata only (the OS kernel opens it itself)."""
+
+    def __init__(
+        self, name: str, parent: Dir, kernel: Kernel, nodes: StoreNodes, ino: int, kind: str
+    ) -> None:
+        Node.__init__(self, name, parent)
+        self.kernel, self.nodes, self.ino, self.kind = kernel, nodes, ino, kind
+        entry = self.entry()
+        self.mode = entry.type_bits if entry is not None else stat.S_IFIFO
 
 
 class StoreHandle(Handle):
-    """An open store file: a private copy of its content; close commits it as one version."""
+    """An open store file: this descriptor's changes over the committed content (see the
+    module docstring); close commits them as one version.
+
+    ``blocks`` are the changed blocks (index -> content; a block shorter than BLOCK is zeros
+    past its end), ``staged`` those moved to the database to bound memory. ``cut``: committed
+    content from this byte on no longer counts (the descriptor truncated there). ``base``: the
+    whole committed content, read at open for a small file."""
 
     direct_io = False
     keep_cache = False
 
-    def __init__(self, node: StoreFile, flags: int, pid: int, content: bytes, dirty: bool) -> None:
+    def __init__(
+        self,
+        node: StoreFile,
+        flags: int,
+        pid: int,
+        size: int,
+        base: bytes | None,
+        truncated: bool,
+        via: str,
+    ) -> None:
         super().__init__(node, flags, pid)
         self.file = node
-        self.buf = bytearray(content)
+        self.via = via  # the name the file had at open: where its old content is kept
+        self.base = base
+        self.committed = size  # the committed size this descriptor's view starts from
+        self.size = 0 if truncated else size
+        self.cut: int | None = 0 if truncated else None
+        self.blocks: dict[int, bytes] = {}
+        self.staged: set[int] = set()
+        self.stage: int | None = None
         # dirty: differs from what is stored; written: by write() since the last commit. A close
         # commits what was written; a truncation alone (": > f") is committed at the last close,
         # because shells close a duplicate of the descriptor between open(O_TRUNC) and write.
-        self.dirty = dirty and self.writable
+        self.dirty = truncated and self.writable
         self.written = False
         self.failed = 0  # errno of a write that failed: nothing of this descriptor is committed
+        self.open = True
+
+    @property
+    def storage(self) -> StorageManager:
+        return self.file.storage
+
+    def _changed(self) -> bool:
+        return bool(self.blocks or self.staged) or self.cut is not None
+
+    async def _committed_block(self, idx: int) -> bytes:
+        """Block ``idx`` of the committed content, as far as it still counts for us."""
+        lo = idx * BLOCK
+        limit = self.committed if self.cut is None else min(self.cut, self.committed)
+        hi = min(lo + BLOCK, limit)
+        if hi <= lo:
+            return b""
+        if self.base is not None:
+            return self.base[lo:hi]
+        return await self.file.call(self.storage.read_at, self.file.ino, lo, hi - lo)
+
+    async def _block(self, idx: int) -> bytes:
+        """Block ``idx`` as this descriptor sees it (shorter than BLOCK: zeros after)."""
+        if idx in self.blocks:
+            return self.blocks[idx]
+        if idx in self.staged and self.stage is not None:
+            return await self.file.call(self.storage.read_staged, self.stage, idx)
+        return await self._committed_block(idx)
 
     async def read(self, off: int, size: int) -> bytes:
-        return bytes(self.buf[off : off + size])
+        end = min(off + size, self.size)
+        if end <= off:
+            return b""
+        if not self._changed():
+            if self.base is not None:
+                return self.base[off:end]
+            return await self.file.call(self.storage.read_at, self.file.ino, off, end - off)
+        out = bytearray(end - off)
+        for idx in range(off // BLOCK, (end - 1) // BLOCK + 1):
+            base = idx * BLOCK
+            data = await self._block(idx)
+            lo, hi = max(off, base), min(end, base + len(data))
+            if lo < hi:
+                out[lo - off : hi - off] = data[lo - base : hi - base]
+        return bytes(out)
+
+    def _fail(self, code: int) -> pyfuse3.FUSEError:
+        """Refuse the whole file, not just this chunk: committing the part below the limit at
+        close would replace the old content with a truncated new one."""
+        self.failed = code
+        self.blocks.clear()
+        self.dirty = self.written = False
+        return fuse_error(code)
 
     async def write(self, off: int, data: bytes) -> int:
         if not self.writable:
             raise fuse_error(errno.EBADF)
         if self.failed:
             raise fuse_error(self.failed)
-        limit = self.file.storage.max_file_bytes
-        if off + len(data) > limit:
-            # Refuse the whole file, not just this chunk: committing the part below the limit
-            # at close would replace the old content with a truncated new one.
-            self.failed = errno.EFBIG
-            self.buf = bytearray()
-            self.dirty = self.written = False
-            raise fuse_error(errno.EFBIG)
-        if off > len(self.buf):
-            self.buf.extend(b"\0" * (off - len(self.buf)))
-        self.buf[off : off + len(data)] = data
+        if off + len(data) > self.storage.max_file_bytes:
+            raise self._fail(errno.EFBIG)
+        end = off + len(data)
+        for idx in range(off // BLOCK, (end - 1) // BLOCK + 1):
+            base = idx * BLOCK
+            lo, hi = max(off, base), min(end, base + BLOCK)
+            if lo == base and hi - lo == BLOCK:
+                block = bytearray(data[lo - off : hi - off])  # the whole block: nothing to read
+            else:
+                block = bytearray(await self._block(idx))
+                if len(block) < hi - base:
+                    block.extend(bytes(hi - base - len(block)))
+                block[lo - base : hi - base] = data[lo - off : hi - off]
+            self.blocks[idx] = bytes(block)
+            self.staged.discard(idx)
+        self.size = max(self.size, end)
         self.dirty = self.written = True
+        if len(self.blocks) * BLOCK > STAGE_BYTES:
+            await self._stage()
         return len(data)
+
+    async def _stage(self) -> None:
+        """Move the changed blocks to the database (bounded memory for a large write)."""
+        if self.stage is None:
+            self.stage = self.storage.new_stage()
+        blocks, self.blocks = self.blocks, {}
+        await self.file.call(self.storage.stage, self.stage, blocks)
+        self.staged.update(blocks)
 
     async def truncate(self, size: int) -> None:
         if not self.writable:
             await self.file.atruncate(size)
             return
         self.file.check_size(size)
-        del self.buf[size:]
-        self.buf.extend(b"\0" * max(0, size - len(self.buf)))
+        if size < self.size:
+            keep = size // BLOCK  # the block the new end falls in
+            tail = (await self._block(keep))[: size - keep * BLOCK] if size % BLOCK else None
+            for idx in [i for i in self.blocks if i >= keep]:
+                del self.blocks[idx]
+            dropped = {i for i in self.staged if i >= keep}
+            self.staged -= dropped
+            self.cut = size if self.cut is None else min(self.cut, size)
+            if tail is not None:
+                self.blocks[keep] = tail
+        self.size = size
         self.dirty = self.written = True  # ftruncate is an explicit change: commit at close
 
     async def _commit(self) -> None:
-        await self.file.call(self.file.storage.write, self.file.path, bytes(self.buf), False)
+        f = self.file
+        staged = sorted(self.staged) if self.stage is not None else None
+        await f.call(
+            self.storage.commit, f.ino, self.size, dict(self.blocks), self.stage, staged,
+            self.cut, self.via,
+        )  # fmt: skip
+        self.blocks.clear()
+        self.staged.clear()
+        self.stage = None
+        self.base, self.committed, self.cut = None, self.size, None
         self.dirty = self.written = False
 
     async def flush(self) -> None:
@@ -283,14 +554,19 @@ class StoreHandle(Handle):
             raise fuse_error(self.failed)
         if self.dirty:
             await self._commit()
-        await self.file.call(self.file.storage.sync)
+        await self.file.call(self.storage.sync)
 
     async def release(self) -> None:
+        f = self.file
         try:
             if self.dirty and not self.failed:
                 await self._commit()
         finally:
-            self.file.writers.discard(self)
+            f.writers.discard(self)
+            if self.stage is not None:
+                await f.call(self.storage.drop_stage, self.stage)
+            await f.call(self.storage.release, f.ino)
+            f.forget_if_gone(f.ino)
 
 
 # ---- versions ---------------------------------------------------------------------------------
@@ -394,5 +670,19 @@ class VersionFile(StoreCalls, Node):
 
     async def open(self, flags: int, ctx: pyfuse3.RequestContext) -> Handle:
         check_access(self, flags)
-        content = await self.call(self.storage.version_content, self.path, self.version)
-        return BytesHandle(self, flags, ctx.pid, lambda: content, None, direct_io=False)
+        return VersionHandle(self, flags, ctx.pid)
+
+
+class VersionHandle(Handle):
+    """A kept version, read by range (a large one is never held whole)."""
+
+    direct_io = False
+    keep_cache = True  # a kept version never changes
+
+    def __init__(self, node: VersionFile, flags: int, pid: int) -> None:
+        super().__init__(node, flags, pid)
+        self.version_file = node
+
+    async def read(self, off: int, size: int) -> bytes:
+        v = self.version_file
+        return await v.call(v.storage.version_read, v.path, v.version, off, size)

@@ -16,14 +16,19 @@ Imports point one way: ``manager`` uses the others; ``search`` and ``versions`` 
 package. Name rules come from ``kernel.names``.
 """
 
+from kernel.store.db import BLOCK
 from kernel.store.embedders import EMBEDDERS, Embedder, HashingEmbedder, MiniLMEmbedder
 from kernel.store.index import chunk_text
 from kernel.store.manager import StorageManager
 from kernel.store.search import Hit
-from kernel.store.tree import Entry, normalize
+from kernel.store.tree import KIND_OF_TYPE, KINDS, ROOT, Entry, normalize
 
 __all__ = [
+    "BLOCK",
     "EMBEDDERS",
+    "KINDS",
+    "KIND_OF_TYPE",
+    "ROOT",
     "Embedder",
     "Entry",
     "HashingEmbedder",

@@ -26,22 +26,45 @@ log = logging.getLogger(__name__)
 
 T = TypeVar("T")
 
-# The on-disk format. ``files`` holds the tree (content inline) with each entry's metadata
-# (permission bits, owner, times in integer nanoseconds; ``mtime`` in seconds is kept beside
-# ``mtime_ns`` because versions copy it), ``versions`` the kept earlier contents,
-# ``chunks`` the passages of the index (``embedding`` NULL until embedded) with their
-# full-text index ``chunks_fts`` kept in step by triggers, and ``pending`` the files whose
-# current version is not yet fully indexed.
+# The size of a content block. A file's content is its blocks: a missing block is a hole
+# (zeros), so a sparse file costs nothing for its holes, and a change rewrites only the blocks it
+# touched. 64 KiB keeps the rows few for large files and the waste small for small ones (a file's
+# last block is stored only as long as it needs to be).
+BLOCK = 64 << 10
+
+# The on-disk format, as on a Unix filesystem: an inode per file, directory, symbolic link or
+# special file (``inodes``: kind, size, content version, permission bits, owner, times in integer
+# nanoseconds, link count, device number, a symbolic link's target), names that refer to inodes
+# (``names``: the directory tree; a hard link is a second name of one inode), the content in
+# ``blocks``, and extended attributes in ``xattrs``. ``versions`` and ``vblocks`` keep earlier
+# contents by name, ``chunks`` the passages of the index (``embedding`` NULL until embedded)
+# with their full-text index ``chunks_fts`` kept in step by triggers, and ``pending`` the names
+# whose current version is not yet fully indexed. ``staged`` holds blocks a writer has not
+# committed yet (a large write goes to disk before its close commits it); nothing in it
+# survives a restart.
 SCHEMA = """
-CREATE TABLE IF NOT EXISTS files (
-    path TEXT PRIMARY KEY, kind TEXT NOT NULL, size INTEGER NOT NULL, mtime REAL NOT NULL,
-    version INTEGER NOT NULL, content BLOB,
-    mode INTEGER NOT NULL DEFAULT 0, uid INTEGER NOT NULL DEFAULT 0,
-    gid INTEGER NOT NULL DEFAULT 0, atime_ns INTEGER NOT NULL DEFAULT 0,
-    mtime_ns INTEGER NOT NULL DEFAULT 0, ctime_ns INTEGER NOT NULL DEFAULT 0);
+CREATE TABLE IF NOT EXISTS inodes (
+    ino INTEGER PRIMARY KEY, kind TEXT NOT NULL, size INTEGER NOT NULL,
+    version INTEGER NOT NULL, mode INTEGER NOT NULL, uid INTEGER NOT NULL, gid INTEGER NOT NULL,
+    atime_ns INTEGER NOT NULL, mtime_ns INTEGER NOT NULL, ctime_ns INTEGER NOT NULL,
+    nlink INTEGER NOT NULL, rdev INTEGER NOT NULL DEFAULT 0, target BLOB);
+CREATE TABLE IF NOT EXISTS names (path TEXT PRIMARY KEY, ino INTEGER NOT NULL);
+CREATE INDEX IF NOT EXISTS names_ino ON names(ino);
+CREATE TABLE IF NOT EXISTS blocks (
+    ino INTEGER NOT NULL, idx INTEGER NOT NULL, data BLOB NOT NULL,
+    PRIMARY KEY (ino, idx)) WITHOUT ROWID;
+CREATE TABLE IF NOT EXISTS xattrs (
+    ino INTEGER NOT NULL, name BLOB NOT NULL, value BLOB NOT NULL,
+    PRIMARY KEY (ino, name)) WITHOUT ROWID;
 CREATE TABLE IF NOT EXISTS versions (
     path TEXT NOT NULL, version INTEGER NOT NULL, mtime REAL NOT NULL, size INTEGER NOT NULL,
-    content BLOB, PRIMARY KEY (path, version));
+    PRIMARY KEY (path, version));
+CREATE TABLE IF NOT EXISTS vblocks (
+    path TEXT NOT NULL, version INTEGER NOT NULL, idx INTEGER NOT NULL, data BLOB NOT NULL,
+    PRIMARY KEY (path, version, idx)) WITHOUT ROWID;
+CREATE TABLE IF NOT EXISTS staged (
+    stage INTEGER NOT NULL, idx INTEGER NOT NULL, data BLOB NOT NULL,
+    PRIMARY KEY (stage, idx)) WITHOUT ROWID;
 CREATE TABLE IF NOT EXISTS chunks (
     id INTEGER PRIMARY KEY, path TEXT NOT NULL, version INTEGER NOT NULL, start INTEGER NOT NULL,
     text TEXT NOT NULL, embedding BLOB);
@@ -56,36 +79,99 @@ CREATE TRIGGER IF NOT EXISTS chunks_ad AFTER DELETE ON chunks BEGIN
     INSERT INTO chunks_fts(chunks_fts, rowid, text) VALUES ('delete', old.id, old.text); END;
 """
 
-# Columns added to ``files`` after its first release, in the order they were added. A database
-# made before them gains them at open (``migrate``).
+# Columns the first format's ``files`` table gained in the second, in the order they were
+# added. A database of the first format gains them before it is converted (``migrate``).
 METADATA_COLUMNS = ("mode", "uid", "gid", "atime_ns", "mtime_ns", "ctime_ns")
 
 
-def migrate(db: sqlite3.Connection) -> None:
-    """Give a database made before entries had metadata its columns, in one transaction.
+def split_blocks(content: bytes) -> list[tuple[int, bytes]]:
+    """``content`` as (index, block) rows, leaving out blocks that are all zeros (holes)."""
+    out = []
+    for i in range(0, len(content), BLOCK):
+        block = content[i : i + BLOCK]
+        if block.count(0) != len(block):
+            out.append((i // BLOCK, block))
+    return out
 
-    Existing rows get what the store showed for them until then, so nothing appears to change:
-    files 0o666 and directories 0o777, owned by root (uid and gid 0), and all three times from
-    the old ``mtime``."""
-    have = {row[1] for row in db.execute("PRAGMA table_info(files)")}
-    missing = [c for c in METADATA_COLUMNS if c not in have]
-    if not missing:
+
+def _tables(db: sqlite3.Connection) -> set[str]:
+    return {r[0] for r in db.execute("SELECT name FROM sqlite_master WHERE type = 'table'")}
+
+
+def migrate(db: sqlite3.Connection) -> None:
+    """Convert a database of an earlier format, in one transaction, once the schema's new
+    tables exist.
+
+    The first two formats kept one row per path in ``files`` with the content inline (the
+    first without metadata: its files read 0o666 and directories 0o777, owned by root, all
+    three times the old ``mtime``), and versions with their content inline. Each row becomes
+    one inode and one name, content in blocks. Paths and version numbers do not change, so the
+    index (passages by path and version) stays valid as it is."""
+    tables = _tables(db)
+    version_columns = {row[1] for row in db.execute("PRAGMA table_info(versions)")}
+    if "files" not in tables and "content" not in version_columns:
         return
     db.execute("BEGIN IMMEDIATE")
     try:
-        for column in missing:
-            db.execute(f"ALTER TABLE files ADD COLUMN {column} INTEGER NOT NULL DEFAULT 0")
+        converted = 0
+        if "files" in tables:
+            converted = _convert_files(db)
+        if "content" in version_columns:
+            db.execute("ALTER TABLE versions RENAME TO old_versions")
+            db.execute(
+                "CREATE TABLE versions (path TEXT NOT NULL, version INTEGER NOT NULL, "
+                "mtime REAL NOT NULL, size INTEGER NOT NULL, PRIMARY KEY (path, version))"
+            )
+            for path, version, mtime, size, content in db.execute(
+                "SELECT path, version, mtime, size, content FROM old_versions"
+            ).fetchall():
+                db.execute(
+                    "INSERT INTO versions (path, version, mtime, size) VALUES (?, ?, ?, ?)",
+                    (path, version, mtime, size),
+                )
+                db.executemany(
+                    "INSERT INTO vblocks (path, version, idx, data) VALUES (?, ?, ?, ?)",
+                    [(path, version, i, b) for i, b in split_blocks(bytes(content or b""))],
+                )
+            db.execute("DROP TABLE old_versions")
+    except BaseException:
+        db.execute("ROLLBACK")
+        raise
+    db.execute("COMMIT")
+    log.info("store database converted to inodes and blocks (%d entries)", converted)
+
+
+def _convert_files(db: sqlite3.Connection) -> int:
+    """The first formats' ``files`` rows as inodes, names and blocks (inside a transaction)."""
+    have = {row[1] for row in db.execute("PRAGMA table_info(files)")}
+    missing = [c for c in METADATA_COLUMNS if c not in have]
+    for column in missing:
+        db.execute(f"ALTER TABLE files ADD COLUMN {column} INTEGER NOT NULL DEFAULT 0")
+    if missing:
         db.execute(
             "UPDATE files SET mode = CASE kind WHEN 'dir' THEN ? ELSE ? END, uid = 0, gid = 0, "
             "atime_ns = CAST(mtime * 1e9 AS INTEGER), mtime_ns = CAST(mtime * 1e9 AS INTEGER), "
             "ctime_ns = CAST(mtime * 1e9 AS INTEGER)",
             (0o777, 0o666),
         )
-    except BaseException:
-        db.execute("ROLLBACK")
-        raise
-    db.execute("COMMIT")
-    log.info("store database migrated: added %s", ", ".join(missing))
+    rows = db.execute(
+        "SELECT path, kind, size, version, content, mode, uid, gid, atime_ns, mtime_ns, "
+        "ctime_ns FROM files"
+    ).fetchall()
+    for path, kind, size, version, content, mode, uid, gid, at, mt, ct in rows:
+        cur = db.execute(
+            "INSERT INTO inodes (kind, size, version, mode, uid, gid, atime_ns, mtime_ns, "
+            "ctime_ns, nlink) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, 1)",
+            (kind, size, version, mode, uid, gid, at, mt, ct),
+        )
+        db.execute("INSERT INTO names (path, ino) VALUES (?, ?)", (path, cur.lastrowid))
+        if kind == "file":
+            db.executemany(
+                "INSERT INTO blocks (ino, idx, data) VALUES (?, ?, ?)",
+                [(cur.lastrowid, i, b) for i, b in split_blocks(bytes(content or b""))],
+            )
+    db.execute("DROP TABLE files")
+    return len(rows)
 
 
 def connect(path: Path) -> sqlite3.Connection:
@@ -172,3 +258,25 @@ class Database:
             except sqlite3.Error as e:  # e.g. a full disk: the WAL stays, nothing is lost
                 log.warning("store checkpoint at close failed: %s", e)
             self.conn.close()
+
+
+def read_range(
+    db: sqlite3.Connection, source: str, key: tuple[object, ...], off: int, size: int, total: int
+) -> bytes:
+    """Bytes ``[off, off + size)`` of content kept as blocks, never past ``total`` (its size):
+    ``source`` is ``"blocks WHERE ino = ?"`` or ``"vblocks WHERE path = ? AND version = ?"``
+    with ``key`` its arguments. Missing blocks, and the part of a block past its stored end,
+    are holes and read as zeros."""
+    end = min(off + size, total)
+    if end <= off:
+        return b""
+    out = bytearray(end - off)
+    first, last = off // BLOCK, (end - 1) // BLOCK
+    for idx, data in db.execute(
+        f"SELECT idx, data FROM {source} AND idx BETWEEN ? AND ?", (*key, first, last)
+    ):
+        base = idx * BLOCK
+        lo, hi = max(off, base), min(end, base + len(data))
+        if lo < hi:
+            out[lo - off : hi - off] = data[lo - base : hi - base]
+    return bytes(out)

@@ -24,12 +24,15 @@ from collections.abc import Callable
 
 import numpy as np
 
-from kernel.store.db import Database, connect
+from kernel.store.db import Database, connect, read_range
 from kernel.store.embedders import Embedder
 
 log = logging.getLogger(__name__)
 
 CHUNK_CHARS = 800
+# Only a file's first INDEX_BYTES are split into passages: a large file is rarely text worth
+# embedding whole, and its passages would crowd out everything else's.
+INDEX_BYTES = 4 << 20
 CHUNK_OVERLAP = 100
 
 
@@ -143,17 +146,20 @@ class Indexer:
         db.execute("BEGIN IMMEDIATE")
         try:
             rows = db.execute(
-                "SELECT p.path, p.version, f.version, f.content FROM pending p "
-                "LEFT JOIN files f ON f.path = p.path "
+                "SELECT p.path, p.version, i.version, i.ino, i.size FROM pending p "
+                "LEFT JOIN names n ON n.path = p.path "
+                "LEFT JOIN inodes i ON i.ino = n.ino AND i.kind = 'file' "
                 "WHERE NOT EXISTS (SELECT 1 FROM chunks c "
                 "                  WHERE c.path = p.path AND c.version = p.version) "
                 "LIMIT ?",
                 (limit,),
             ).fetchall()
-            for path, version, current, content in rows:
+            for path, version, current, ino, size in rows:
                 chunks: list[tuple[int, str]] = []
                 if current == version:
-                    data = bytes(content or b"")
+                    data = read_range(
+                        db, "blocks WHERE ino = ?", (ino,), 0, min(size, INDEX_BYTES), size
+                    )
                     binary = b"\0" in data[:4096]
                     chunks = [] if binary else chunk_text(data.decode("utf-8", errors="replace"))
                     db.execute("DELETE FROM chunks WHERE path = ?", (path,))

@@ -3,37 +3,47 @@
 It puts together the parts that live in the modules beside it: the database (``db``), the tree
 kept in memory (``tree``), kept versions (``versions``), the background index (``index``),
 search (``search``), the embedders (``embedders``) and the disk-full reserve (``ballast``). What
-it owns itself is how a change of the tree (create, mkdir, write, unlink, rmdir, rename) touches
-all of them at once: the file's row, its kept version, its old passages and its place in the
-index queue change in one transaction, so a crash or a full disk leaves all or none of it.
+it owns itself is how a change of the tree (create, mkdir, mknod, symlink, link, write, unlink,
+rmdir, rename) touches all of them at once: the inode, its names, its blocks, the kept version,
+the old passages and the index queue change in one transaction, so a crash or a full disk
+leaves all or none of it.
 
-Metadata. Every entry has permission bits, an owner and three times (``Entry``), kept in its
-row. The caller of ``mkdir``/``create`` gives the mode and owner (the filesystem passes the
-requesting process's, with its umask applied); the defaults, 0o644 files and 0o755 directories
-owned by root (uid/gid 0), are what the kernel's own ``store_write`` gets, since agents have no
-identity of their own yet. Inside a setgid directory a new entry takes the directory's group, and
-a new directory its setgid bit, as on any Unix filesystem. ``set_metadata`` (chmod, chown,
-utimensat) is not a new version of the content. A committed write sets mtime and ctime, any
-change ctime, and adding, removing or renaming an entry sets its directory's mtime and ctime;
-reads never update atime (as if mounted ``noatime``). Who may change what is
-checked by the OS kernel before a request reaches the filesystem (``default_permissions``),
-so none of it is checked here.
+The model is a Unix filesystem's. An inode (file, directory, symbolic link, FIFO, socket or
+device node) has its metadata, a link count and, for a file, content in blocks; names refer to
+inodes, and a hard link is one more name. Content and metadata calls take the inode number
+(``read_at``, ``commit``, ``set_metadata``, the xattr calls), so they work through any name and
+after the last one is gone; namespace calls take paths. An inode whose last name is unlinked
+while it is open (``hold``) lives on, nameless, until its last ``release``; one left so by a
+crash is removed at the next open. Versions, passages and search belong to names.
+
+Metadata. The caller of ``mkdir``/``create``/``mknod``/``symlink`` gives the mode and owner
+(the filesystem passes the requesting process's, with its umask applied); the defaults, 0o644
+files and 0o755 directories owned by root (uid/gid 0), are what the kernel's own ``store_write``
+gets, since agents have no identity of their own yet. Inside a setgid directory a new entry
+takes the directory's group, and a new directory its setgid bit, as on any Unix filesystem.
+``set_metadata`` (chmod, chown, utimensat) is not a new version of the content. A committed
+write sets mtime and ctime, any change ctime (a link or unlink: the inode's), and adding,
+removing or renaming an entry sets its directory's mtime and ctime; reads never update atime
+(as if mounted ``noatime``). Who may change what is checked by the OS kernel before a request
+reaches the filesystem (``default_permissions``), so none of it is checked here.
 
 Threads: one documented way in.
 
-* Changes (``mkdir``, ``create``, ``write``, ``set_metadata``, ``unlink``, ``rmdir``,
-  ``rename``, ``rollback``)
-  block on SQLite and the disk; run them off the trio thread (the kernel's ``Services.store``
-  does). Each holds the database lock from its checks, through its transaction, to its update of
-  the in-memory tree, so changes are serialised and the checks a change made still hold when it
-  commits: two creates of one path give one file and EEXIST, never a constraint error.
-* ``entry``, ``listdir`` and ``generation`` read only memory, under locks held for a few
-  dictionary operations and never across I/O: safe and cheap on the trio thread, where the
-  filesystem calls them for ``lookup``, ``stat`` and ``ls``.
-* ``read``, ``versions``, ``version_content``, ``versioned_paths``, ``search``, ``grep``,
-  ``pending`` and ``info`` query the shared connection under the database lock, so they wait
-  while a change commits (a large write: milliseconds). The filesystem calls ``pending`` and
-  ``info`` on its trio thread all the same, accepting that wait.
+* Changes (``mkdir``, ``create``, ``mknod``, ``symlink``, ``link``, ``commit``, ``write``,
+  ``set_metadata``, the xattr setters, ``unlink``, ``rmdir``, ``rename``, ``rollback``,
+  ``release``) block on SQLite and the disk; run them off the trio thread (the kernel's
+  ``Services.store`` does). Each holds the database lock from its checks, through its
+  transaction, to its update of the in-memory tree, so changes are serialised and the checks a
+  change made still hold when it commits: two creates of one path give one file and EEXIST,
+  never a constraint error.
+* ``entry``, ``inode``, ``paths_of``, ``listdir`` and ``generation`` read only memory, under
+  locks held for a few dictionary operations and never across I/O: safe and cheap on the trio
+  thread, where the filesystem calls them for ``lookup``, ``stat`` and ``ls``.
+* ``read``, ``read_at``, ``versions``, ``version_read``, ``versioned_paths``, ``search``,
+  ``grep``, ``getxattr``, ``listxattr``, ``pending`` and ``info`` query the shared connection
+  under the database lock, so they wait while a change commits (a large write: milliseconds).
+  The filesystem calls ``pending`` and ``info`` on its trio thread all the same, accepting
+  that wait.
 * Locks are taken in one order: the search's vector lock, then the database lock, then any of
   the leaf locks (the tree's, the search's generation lock, the indexer's counters, the
   ballast's), which are never held while taking another.
@@ -41,11 +51,12 @@ Threads: one documented way in.
 
 from __future__ import annotations
 
+import itertools
 import logging
 import sqlite3
 import stat
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from dataclasses import replace
 from pathlib import Path
 from typing import Any, TypeVar
@@ -54,36 +65,67 @@ from kernel.errors import (
     AlreadyExists,
     InvalidArgument,
     IsADirectory,
+    NoAttribute,
     NoSpace,
     NotADirectory,
     NotEmpty,
     NotFound,
+    NotPermitted,
+    NotSupported,
     TooLarge,
 )
 from kernel.store.ballast import Ballast
-from kernel.store.db import Database, like_prefix
+from kernel.store.db import BLOCK, Database, like_prefix, read_range, split_blocks
 from kernel.store.embedders import EMBEDDERS, Embedder
 from kernel.store.index import Indexer
 from kernel.store.search import Hit, Search
-from kernel.store.tree import Entry, Tree, normalize, parent_of
+from kernel.store.tree import ROOT, Entry, Tree, is_below, normalize, parent_of
 from kernel.store.versions import Versions, keep_version
 
 log = logging.getLogger(__name__)
 
 T = TypeVar("T")
 
-# Every column of a ``files`` row, in the order ``_row`` gives their values.
-ROW = (
-    "INTO files (path, kind, size, mtime, version, content, mode, uid, gid, atime_ns, mtime_ns, "
-    "ctime_ns) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)"
+# renameat2 flags, as Linux numbers them.
+RENAME_NOREPLACE = 1
+RENAME_EXCHANGE = 2
+
+# The tables whose rows belong to a name (and so move with it on rename).
+NAME_TABLES = ("names", "versions", "vblocks", "chunks", "pending")
+# Where a subtree waits during RENAME_EXCHANGE: a reserved name no user can create.
+EXCHANGE_TMP = "exchange.aiosfs-tmp"
+
+INODE_COLUMNS = (
+    "ino, kind, size, version, mode, uid, gid, atime_ns, mtime_ns, ctime_ns, nlink, rdev, target"
 )
 
 
-def _row(path: str, e: Entry, content: bytes | None) -> tuple[object, ...]:
-    return (
-        path, e.kind, e.size, e.mtime, e.version, content,
-        e.mode, e.uid, e.gid, e.atime_ns, e.mtime_ns, e.ctime_ns,
-    )  # fmt: skip
+def _renamed(db: sqlite3.Connection, table: str, old: str, new: str) -> None:
+    """Inside a transaction: every row of ``table`` at or below name ``old`` moves to ``new``."""
+    db.execute(
+        f"UPDATE {table} SET path = ? || substr(path, ?) WHERE path = ? OR path LIKE ? ESCAPE '\\'",
+        (new, len(old) + 1, old, like_prefix(old)),
+    )
+
+
+def _entry(row: tuple[Any, ...]) -> Entry:
+    """An ``inodes`` row (``INODE_COLUMNS``) as an Entry."""
+    ino, kind, size, version, mode, uid, gid, atime_ns, mtime_ns, ctime_ns, nlink, rdev, t = row
+    target = bytes(t) if t is not None else None
+    return Entry(
+        ino, kind, size, version, mode, uid, gid, atime_ns, mtime_ns, ctime_ns, nlink, rdev, target
+    )
+
+
+def _cut_blocks(db: sqlite3.Connection, ino: int, at: int) -> None:
+    """Inside a transaction: inode ``ino``'s blocks hold nothing from byte ``at`` on."""
+    db.execute("DELETE FROM blocks WHERE ino = ? AND idx >= ?", (ino, (at + BLOCK - 1) // BLOCK))
+    if at % BLOCK:
+        db.execute(
+            "UPDATE blocks SET data = substr(data, 1, ?) WHERE ino = ? AND idx = ? "
+            "AND length(data) > ?",
+            (at % BLOCK, ino, at // BLOCK, at % BLOCK),
+        )
 
 
 class StorageManager:
@@ -104,24 +146,42 @@ class StorageManager:
         self.embedder_name = embedder
         chosen = EMBEDDERS[embedder]()
         self.db = Database(db_path)
+        self._collect_garbage()
         # The root is not a row: it is the shared top of the tree, 0o777 and root's, never
         # changed (its times are when the store was opened).
-        root = Entry.new("dir", 0o777, 0, 0, time.time_ns(), 0)
+        root = Entry.new(ROOT, "dir", 0o777, 0, 0, time.time_ns(), 0)
         self.tree = Tree(
             root,
-            (
-                (row[0], Entry(*row[1:]))
-                for row in self.db.rows(
-                    "SELECT path, kind, size, version, mode, uid, gid, atime_ns, mtime_ns, "
-                    "ctime_ns FROM files"
-                )
-            ),
+            (_entry(row) for row in self.db.rows(f"SELECT {INODE_COLUMNS} FROM inodes")),
+            self.db.rows("SELECT path, ino FROM names"),
         )
+        self._held: dict[int, int] = {}  # inode -> open handles (under the database lock)
+        self._stages = itertools.count(1)
         self._versions = Versions(self.db)
         self._search = Search(self.db, chosen)
         self.ballast = Ballast(db_path.parent / "store.reserve")
         self.ballast.restore()
         self._index = Indexer(self.db, chosen, self._search.invalidate, start=index)
+
+    def _collect_garbage(self) -> None:
+        """What a crash can leave: inodes no name refers to (unlinked while open) and blocks
+        staged by writers that never committed."""
+
+        def tx(db: sqlite3.Connection) -> int:
+            gone = [
+                r[0]
+                for r in db.execute(
+                    "SELECT ino FROM inodes WHERE ino NOT IN (SELECT ino FROM names)"
+                ).fetchall()
+            ]
+            for ino in gone:
+                self._delete_inode(db, ino)
+            db.execute("DELETE FROM staged")
+            return len(gone)
+
+        gone = self.db.tx("collect unlinked inodes", tx)
+        if gone:
+            log.info("store: removed %d inodes left unlinked by a crash", gone)
 
     @property
     def embedder(self) -> Embedder:
@@ -159,27 +219,46 @@ class StorageManager:
         """Passages were removed or moved: search results may differ."""
         self._search.invalidate()
 
-    @staticmethod
-    def _touch_dirs(db: sqlite3.Connection, dirs: set[str], now: int) -> None:
-        """Inside a change's transaction: its directories' contents changed (mtime and ctime
-        become ``now``; the root is not a row and keeps its times)."""
-        for d in dirs - {""}:
-            db.execute(
-                "UPDATE files SET mtime_ns = ?, mtime = ?, ctime_ns = ? WHERE path = ?",
-                (now, now / 1e9, now, d),
-            )
-
-    def _dirs_touched(self, dirs: set[str], now: int) -> None:
-        """After the commit: the same in the tree."""
+    def _dir_inos(self, dirs: set[str]) -> dict[str, int]:
+        """The inodes of directories ``dirs`` (the root, which is not a row, left out)."""
+        out = {}
         for d in dirs - {""}:
             entry = self.tree.get(d)
             if entry is not None:
-                self.tree.add(d, replace(entry, mtime_ns=now, ctime_ns=now))
+                out[d] = entry.ino
+        return out
+
+    @staticmethod
+    def _touch_dirs(db: sqlite3.Connection, inos: Mapping[str, int], now: int) -> None:
+        """Inside a change's transaction: its directories' contents changed (mtime and ctime
+        become ``now``)."""
+        for ino in inos.values():
+            db.execute(
+                "UPDATE inodes SET mtime_ns = ?, ctime_ns = ? WHERE ino = ?", (now, now, ino)
+            )
+
+    def _dirs_touched(self, inos: Mapping[str, int], now: int) -> None:
+        """After the commit: the same in the tree."""
+        for ino in inos.values():
+            entry = self.tree.inode(ino)
+            if entry is not None:
+                self.tree.put(replace(entry, mtime_ns=now, ctime_ns=now))
+
+    @staticmethod
+    def _delete_inode(db: sqlite3.Connection, ino: int) -> None:
+        for table in ("inodes", "blocks", "xattrs"):
+            db.execute(f"DELETE FROM {table} WHERE ino = ?", (ino,))
 
     # ---- the tree (in memory) ---------------------------------------------------------------
 
     def entry(self, path: str) -> Entry | None:
         return self.tree.get(path)
+
+    def inode(self, ino: int) -> Entry | None:
+        return self.tree.inode(ino)
+
+    def paths_of(self, ino: int) -> list[str]:
+        return self.tree.paths_of(ino)
 
     def listdir(self, path: str) -> list[str]:
         return self.tree.listdir(path)
@@ -190,48 +269,64 @@ class StorageManager:
         """A new directory with these permission bits and owner (see ``inherit``)."""
         return self._new(path, "dir", mode, uid, gid, "mkdir")
 
-    def rmdir(self, path: str) -> None:
-        path = normalize(path)
-        with self.db.lock:
-            entry = self.tree.get(path)
-            if entry is None or not path:
-                raise NotFound(f"no such directory {path!r}")
-            if entry.kind != "dir":
-                raise NotADirectory(f"{path} is not a directory")
-            if self.tree.has_children(path):
-                raise NotEmpty(f"{path} is not empty")
-            now, parent = time.time_ns(), {parent_of(path)}
-
-            def tx(db: sqlite3.Connection) -> None:
-                db.execute("DELETE FROM files WHERE path = ?", (path,))
-                self._touch_dirs(db, parent, now)
-
-            self._freeing(f"rmdir {path}", tx)
-            self.tree.remove(path)
-            self._dirs_touched(parent, now)
-
     def create(self, path: str, mode: int = 0o644, uid: int = 0, gid: int = 0) -> Entry:
         """An empty file (version 1) with these permission bits and owner (see ``inherit``)."""
         return self._new(path, "file", mode, uid, gid, "create")
 
-    def _new(self, path: str, kind: str, mode: int, uid: int, gid: int, what: str) -> Entry:
-        """Add a new empty file or directory at ``path``, whose parent must exist."""
+    def mknod(
+        self, path: str, kind: str, mode: int, rdev: int = 0, uid: int = 0, gid: int = 0
+    ) -> Entry:
+        """A FIFO, socket or device node: an entry with metadata and no content (the OS kernel
+        opens such files itself; it never asks the filesystem to read them)."""
+        if kind not in ("fifo", "socket", "chr", "blk"):
+            raise InvalidArgument(f"cannot make a node of kind {kind!r}")
+        return self._new(path, kind, mode, uid, gid, "mknod", rdev=rdev)
+
+    def symlink(self, path: str, target: bytes, uid: int = 0, gid: int = 0) -> Entry:
+        """A symbolic link to ``target`` (any bytes: relative, absolute or dangling; the store
+        never follows it, the OS kernel does)."""
+        if not target or b"\0" in target or len(target) > 4095:
+            raise InvalidArgument("a symbolic link's target is 1 to 4095 bytes without NUL")
+        return self._new(path, "symlink", 0o777, uid, gid, "symlink", target=target)
+
+    def _new(
+        self,
+        path: str,
+        kind: str,
+        mode: int,
+        uid: int,
+        gid: int,
+        what: str,
+        rdev: int = 0,
+        target: bytes | None = None,
+    ) -> Entry:
+        """Add a new inode with one name, ``path``, whose parent must exist."""
         path = normalize(path)
         with self.db.lock:
             if path in self.tree:
                 raise AlreadyExists(f"{path} exists")
             self.tree.need_dir(parent_of(path))
             mode, gid = self.inherit(self.tree.get(parent_of(path)), kind, mode, gid)
-            now, parent = time.time_ns(), {parent_of(path)}
-            entry = Entry.new(kind, mode, uid, gid, now, 1 if kind == "file" else 0)
-            content = b"" if kind == "file" else None
+            now, parent = time.time_ns(), self._dir_inos({parent_of(path)})
+            size = len(target) if target is not None else 0
+            version = 1 if kind == "file" else 0
 
-            def tx(db: sqlite3.Connection) -> None:
-                db.execute("INSERT " + ROW, _row(path, entry, content))
+            def tx(db: sqlite3.Connection) -> int:
+                cur = db.execute(
+                    "INSERT INTO inodes (kind, size, version, mode, uid, gid, atime_ns, "
+                    "mtime_ns, ctime_ns, nlink, rdev, target) "
+                    "VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, 1, ?, ?)",
+                    (kind, size, version, mode, uid, gid, now, now, now, rdev, target),
+                )
+                assert cur.lastrowid is not None
+                db.execute("INSERT INTO names (path, ino) VALUES (?, ?)", (path, cur.lastrowid))
                 self._touch_dirs(db, parent, now)
+                return cur.lastrowid
 
-            self.db.tx(f"{what} {path}", tx)
-            self.tree.add(path, entry)
+            ino = self.db.tx(f"{what} {path}", tx)
+            entry = Entry(ino, kind, size, version, mode, uid, gid, now, now, now, 1, rdev, target)
+            self.tree.put(entry)
+            self.tree.add_name(path, ino)
             self._dirs_touched(parent, now)
         return entry
 
@@ -247,24 +342,283 @@ class StorageManager:
                 mode |= stat.S_ISGID
         return mode, gid
 
+    def link(self, ino: int, path: str) -> Entry:
+        """A new name ``path`` for inode ``ino`` (a hard link): one more link, a new ctime."""
+        path = normalize(path)
+        with self.db.lock:
+            entry = self.tree.inode(ino)
+            if entry is None or not self.tree.paths_of(ino):
+                raise NotFound("the file to link to no longer exists")
+            if entry.kind == "dir":
+                raise NotPermitted("a directory cannot have a second name")
+            if path in self.tree:
+                raise AlreadyExists(f"{path} exists")
+            self.tree.need_dir(parent_of(path))
+            now, parent = time.time_ns(), self._dir_inos({parent_of(path)})
+            new = replace(entry, nlink=entry.nlink + 1, ctime_ns=now)
+
+            def tx(db: sqlite3.Connection) -> None:
+                db.execute(
+                    "UPDATE inodes SET nlink = ?, ctime_ns = ? WHERE ino = ?",
+                    (new.nlink, now, ino),
+                )
+                db.execute("INSERT INTO names (path, ino) VALUES (?, ?)", (path, ino))
+                self._touch_dirs(db, parent, now)
+                if entry.kind == "file":  # the new name is found by search too
+                    db.execute(
+                        "INSERT OR REPLACE INTO pending (path, version) VALUES (?, ?)",
+                        (path, entry.version),
+                    )
+
+            self.db.tx(f"link {path}", tx)
+            self.tree.put(new)
+            self.tree.add_name(path, ino)
+            self._dirs_touched(parent, now)
+        self._index.wake()
+        return new
+
+    def hold(self, ino: int) -> None:
+        """A file of inode ``ino`` was opened: keep the inode while it is open, even if its
+        last name goes."""
+        with self.db.lock:
+            self._held[ino] = self._held.get(ino, 0) + 1
+
+    def release(self, ino: int) -> None:
+        """An open file of ``ino`` was closed; the last close of an inode with no name left
+        removes it."""
+        with self.db.lock:
+            left = self._held.get(ino, 0) - 1
+            if left > 0:
+                self._held[ino] = left
+                return
+            self._held.pop(ino, None)
+            if self.tree.inode(ino) is not None and not self.tree.paths_of(ino):
+                self._freeing("remove an unlinked file", lambda db: self._delete_inode(db, ino))
+                self.tree.drop(ino)
+
+    def _unname(self, db: sqlite3.Connection, path: str, entry: Entry, now: int) -> bool:
+        """Inside a transaction: name ``path`` of ``entry`` is gone. Returns whether the inode
+        goes too (its last name, and not open)."""
+        db.execute("DELETE FROM names WHERE path = ?", (path,))
+        db.execute("DELETE FROM chunks WHERE path = ?", (path,))
+        db.execute("DELETE FROM pending WHERE path = ?", (path,))
+        last = entry.kind == "dir" or entry.nlink <= 1
+        if last and not self._held.get(entry.ino):
+            self._delete_inode(db, entry.ino)
+            return True
+        db.execute(
+            "UPDATE inodes SET nlink = ?, ctime_ns = ? WHERE ino = ?",
+            (max(0, entry.nlink - 1), now, entry.ino),
+        )
+        return False
+
+    def _unnamed(self, path: str, entry: Entry, gone: bool, now: int) -> None:
+        """After the commit: the same in the tree."""
+        self.tree.remove_name(path)
+        if gone:
+            self.tree.drop(entry.ino)
+        else:
+            self.tree.put(replace(entry, nlink=max(0, entry.nlink - 1), ctime_ns=now))
+
+    def rmdir(self, path: str) -> None:
+        path = normalize(path)
+        with self.db.lock:
+            entry = self.tree.get(path)
+            if entry is None or not path:
+                raise NotFound(f"no such directory {path!r}")
+            if entry.kind != "dir":
+                raise NotADirectory(f"{path} is not a directory")
+            if self.tree.has_children(path):
+                raise NotEmpty(f"{path} is not empty")
+            now, parent = time.time_ns(), self._dir_inos({parent_of(path)})
+
+            def tx(db: sqlite3.Connection) -> bool:
+                gone = self._unname(db, path, entry, now)
+                self._touch_dirs(db, parent, now)
+                return gone
+
+            gone = self._freeing(f"rmdir {path}", tx)
+            self._unnamed(path, entry, gone, now)
+            self._dirs_touched(parent, now)
+
+    def unlink(self, path: str) -> bool:
+        """Remove a name that is not a directory; a file's content stays in the name's version
+        history (restorable). Returns whether its inode went too (it was the last name and the
+        file is not open)."""
+        path = normalize(path)
+        with self.db.lock:
+            entry = self.tree.get(path)
+            if entry is None or not path:
+                raise NotFound(f"no such file {path!r} in the store")
+            if entry.kind == "dir":
+                raise IsADirectory(f"{path} is a directory")
+            now, parent = time.time_ns(), self._dir_inos({parent_of(path)})
+
+            def tx(db: sqlite3.Connection, keep: bool = True) -> bool:
+                if keep:
+                    keep_version(db, path, entry.ino, self.versions_keep)
+                gone = self._unname(db, path, entry, now)
+                self._touch_dirs(db, parent, now)
+                return gone
+
+            try:
+                gone = self.db.tx(f"unlink {path}", tx)
+            except NoSpace:
+                # Keeping the last version needs room the disk does not have. Removing files
+                # must always work (it is how a full disk is fixed), so remove it without the
+                # copy.
+                log.warning("disk full: %s removed without keeping its last version", path)
+                gone = self._freeing(f"unlink {path}", lambda db: tx(db, keep=False))
+            self._unnamed(path, entry, gone, now)
+            self._dirs_touched(parent, now)
+        self._changed()
+        return gone
+
+    def rename(self, old: str, new: str, flags: int = 0) -> None:
+        """Rename a name (a whole directory included) atomically, replacing what ``new`` named
+        unless ``flags`` says otherwise: ``RENAME_NOREPLACE`` fails if ``new`` exists,
+        ``RENAME_EXCHANGE`` swaps the two."""
+        old, new = normalize(old), normalize(new)
+        if flags & ~(RENAME_NOREPLACE | RENAME_EXCHANGE) or flags == (
+            RENAME_NOREPLACE | RENAME_EXCHANGE
+        ):
+            raise InvalidArgument("unknown or contradictory rename flags")
+        with self.db.lock:
+            src = self.tree.get(old)
+            if src is None or not old:
+                raise NotFound(f"no such path {old!r} in the store")
+            if not new:
+                raise AlreadyExists("the store's root exists")
+            dst = self.tree.get(new)
+            if flags & RENAME_EXCHANGE:
+                if dst is None:
+                    raise NotFound(f"no such path {new!r} in the store")
+                self._exchange(old, new)
+                return
+            if new == old:
+                return
+            if is_below(new, old):
+                raise InvalidArgument("cannot move a directory into itself")
+            self.tree.need_dir(parent_of(new))
+            if dst is not None:
+                if flags & RENAME_NOREPLACE:
+                    raise AlreadyExists(f"{new} exists")
+                if dst.ino == src.ino:
+                    return  # two names of one file: POSIX says rename does nothing
+                if dst.kind == "dir":
+                    if src.kind != "dir":
+                        raise IsADirectory(f"{new} is a directory")
+                    if self.tree.has_children(new):
+                        raise NotEmpty(f"{new} is not empty")
+                elif src.kind == "dir":
+                    raise NotADirectory(f"{new} is not a directory")
+            if src.kind == "dir" and is_below(old, new):
+                raise NotEmpty(f"{new} is not empty")  # renaming a directory over an ancestor
+            moved = self.tree.at_and_below(old)
+            now = time.time_ns()  # a rename changes the moved entry's ctime, as on Linux
+            parents = self._dir_inos({parent_of(old), parent_of(new)})
+            others = [p for p in self.tree.paths_of(src.ino) if p != old]
+            # Over a file, the name's history goes on: the replaced content becomes a version,
+            # and the moved file's own versions and number continue after it (``after``).
+            after = 0
+
+            def tx(db: sqlite3.Connection) -> bool:
+                nonlocal after
+                gone = False
+                if dst is not None:
+                    if dst.kind == "file" and src.kind == "file":
+                        keep_version(db, new, dst.ino, self.versions_keep)
+                        row = db.execute(
+                            "SELECT max(version) FROM versions WHERE path = ?", (new,)
+                        ).fetchone()
+                        after = max(dst.version, row[0] or 0)
+                        db.execute(
+                            "UPDATE inodes SET version = version + ? WHERE ino = ?",
+                            (after, src.ino),
+                        )
+                        for table in ("versions", "vblocks", "chunks", "pending"):
+                            db.execute(
+                                f"UPDATE {table} SET version = version + ? WHERE path = ?",
+                                (after, old),
+                            )
+                        for p in others:  # the file's other names: their index follows
+                            db.execute("DELETE FROM chunks WHERE path = ?", (p,))
+                            db.execute(
+                                "INSERT OR REPLACE INTO pending (path, version) VALUES (?, ?)",
+                                (p, src.version + after),
+                            )
+                    gone = self._unname(db, new, dst, now)
+                db.execute("UPDATE inodes SET ctime_ns = ? WHERE ino = ?", (now, src.ino))
+                self._touch_dirs(db, parents, now)
+                for table in NAME_TABLES:
+                    _renamed(db, table, old, new)
+                return gone
+
+            gone = self.db.tx(f"rename {old}", tx)
+            if dst is not None:
+                self._unnamed(new, dst, gone, now)
+            self.tree.move(old, new, moved)
+            self.tree.put(replace(src, version=src.version + after, ctime_ns=now))
+            self._dirs_touched(parents, now)
+        self._changed()
+
+    def _exchange(self, a: str, b: str) -> None:
+        """RENAME_EXCHANGE (under the database lock): names ``a`` and ``b`` swap inodes, each
+        with what is below it and its versions and passages."""
+        if a == b:
+            return
+        if is_below(a, b) or is_below(b, a):
+            raise InvalidArgument("cannot exchange a directory with one inside it")
+        ea, eb = self.tree.get(a), self.tree.get(b)
+        assert ea is not None and eb is not None
+        moved_a, moved_b = self.tree.at_and_below(a), self.tree.at_and_below(b)
+        now = time.time_ns()
+        parents = self._dir_inos({parent_of(a), parent_of(b)})
+
+        def tx(db: sqlite3.Connection) -> None:
+            for table in NAME_TABLES:
+                _renamed(db, table, a, EXCHANGE_TMP)
+                _renamed(db, table, b, a)
+                _renamed(db, table, EXCHANGE_TMP, b)
+            for ino in (ea.ino, eb.ino):
+                db.execute("UPDATE inodes SET ctime_ns = ? WHERE ino = ?", (now, ino))
+            self._touch_dirs(db, parents, now)
+
+        self.db.tx(f"exchange {a} and {b}", tx)
+        self.tree.exchange(a, b, moved_a, moved_b)
+        for e in (ea, eb):
+            current = self.tree.inode(e.ino)
+            if current is not None:
+                self.tree.put(replace(current, ctime_ns=now))
+        self._dirs_touched(parents, now)
+        self._changed()
+
+    # ---- metadata -----------------------------------------------------------------------------
+
     def set_metadata(
         self,
-        path: str,
+        target: int | str,
         mode: int | None = None,
         uid: int | None = None,
         gid: int | None = None,
         atime_ns: int | None = None,
         mtime_ns: int | None = None,
     ) -> Entry:
-        """chmod, chown and utimensat in one: what is not None changes, ctime becomes now. Not a
-        new version: the content, its history and the index stay as they are."""
-        path = normalize(path)
-        if not path:
+        """chmod, chown and utimensat in one, of inode ``target`` (or the one path ``target``
+        names): what is not None changes, ctime becomes now. Not a new version: the content,
+        its history and the index stay as they are."""
+        if isinstance(target, str):
+            named = self.tree.get(normalize(target))
+            if named is None:
+                raise NotFound(f"no such path {target!r} in the store")
+            target = named.ino
+        ino = target
+        if ino == ROOT:
             raise InvalidArgument("the store's root has fixed metadata")
         with self.db.lock:
-            entry = self.tree.get(path)
+            entry = self.tree.inode(ino)
             if entry is None:
-                raise NotFound(f"no such path {path!r} in the store")
+                raise NotFound("no such entry in the store")
             new = replace(
                 entry,
                 mode=entry.mode if mode is None else mode & 0o7777,
@@ -275,129 +629,218 @@ class StorageManager:
                 ctime_ns=time.time_ns(),
             )
             self.db.tx(
-                f"set metadata of {path}",
+                "set metadata",
                 lambda db: db.execute(
-                    "UPDATE files SET mode = ?, uid = ?, gid = ?, atime_ns = ?, mtime_ns = ?, "
-                    "mtime = ?, ctime_ns = ? WHERE path = ?",
-                    (
-                        new.mode,
-                        new.uid,
-                        new.gid,
-                        new.atime_ns,
-                        new.mtime_ns,
-                        new.mtime,
-                        new.ctime_ns,
-                        path,
-                    ),
+                    "UPDATE inodes SET mode = ?, uid = ?, gid = ?, atime_ns = ?, mtime_ns = ?, "
+                    "ctime_ns = ? WHERE ino = ?",
+                    (new.mode, new.uid, new.gid, new.atime_ns, new.mtime_ns, new.ctime_ns, ino),
                 ),
             )
-            self.tree.add(path, new)
+            self.tree.put(new)
         return new
 
-    def unlink(self, path: str) -> None:
-        """Delete a file; its content stays in its version history (restorable)."""
-        path = normalize(path)
+    # ---- extended attributes --------------------------------------------------------------
+
+    @staticmethod
+    def _check_xattr_name(name: bytes) -> None:
+        if not name or len(name) > 255:
+            raise InvalidArgument("an extended attribute's name is 1 to 255 bytes")
+        if name.startswith(b"system."):  # POSIX ACLs: not kept, so never pretend to
+            raise NotSupported("system.* attributes (POSIX ACLs) are not supported")
+
+    def getxattr(self, ino: int, name: bytes) -> bytes:
+        row = self.db.row("SELECT value FROM xattrs WHERE ino = ? AND name = ?", (ino, name))
+        if row is None:
+            raise NoAttribute(f"no attribute {name!r}")
+        return bytes(row[0])
+
+    def listxattr(self, ino: int) -> list[bytes]:
+        return [bytes(r[0]) for r in self.db.rows("SELECT name FROM xattrs WHERE ino = ?", (ino,))]
+
+    def setxattr(self, ino: int, name: bytes, value: bytes) -> None:
+        """Set (create or replace) an attribute; ctime becomes now."""
+        self._check_xattr_name(name)
+        self._xattr_change(ino, "set attribute", name, value)
+
+    def removexattr(self, ino: int, name: bytes) -> None:
+        self._check_xattr_name(name)
+        self._xattr_change(ino, "remove attribute", name, None)
+
+    def _xattr_change(self, ino: int, what: str, name: bytes, value: bytes | None) -> None:
         with self.db.lock:
-            entry = self.tree.get(path)
+            if ino == ROOT:
+                raise NotPermitted("the store's root keeps no attributes")
+            entry = self.tree.inode(ino)
             if entry is None:
-                raise NotFound(f"no such file {path!r} in the store")
-            if entry.kind == "dir":
-                raise IsADirectory(f"{path} is a directory")
-
-            now, parent = time.time_ns(), {parent_of(path)}
-
-            def tx(db: sqlite3.Connection, keep: bool = True) -> None:
-                if keep:
-                    keep_version(db, path, self.versions_keep)
-                db.execute("DELETE FROM files WHERE path = ?", (path,))
-                self._touch_dirs(db, parent, now)
-                db.execute("DELETE FROM chunks WHERE path = ?", (path,))
-                db.execute("DELETE FROM pending WHERE path = ?", (path,))
-
-            try:
-                self.db.tx(f"unlink {path}", tx)
-            except NoSpace:
-                # Keeping the last version needs room the disk does not have. Removing files
-                # must always work (it is how a full disk is fixed), so remove it without the
-                # copy.
-                log.warning("disk full: %s removed without keeping its last version", path)
-                self._freeing(f"unlink {path}", lambda db: tx(db, keep=False))
-            self.tree.remove(path)
-            self._dirs_touched(parent, now)
-            self._changed()
-
-    def rename(self, old: str, new: str) -> None:
-        """Rename a file or a whole directory (replacing a file at ``new``), atomically."""
-        old, new = normalize(old), normalize(new)
-        with self.db.lock:
-            src = self.tree.get(old)
-            if src is None or not old:
-                raise NotFound(f"no such path {old!r} in the store")
-            if new == old:
-                return
-            if new.startswith(old + "/"):
-                raise InvalidArgument("cannot move a directory into itself")
-            self.tree.need_dir(parent_of(new))
-            dst = self.tree.get(new)
-            if dst is not None:
-                if dst.kind == "dir":
-                    if src.kind != "dir":
-                        raise IsADirectory(f"{new} is a directory")
-                    if self.tree.has_children(new):
-                        raise NotEmpty(f"{new} is not empty")
-                elif src.kind == "dir":
-                    raise NotADirectory(f"{new} is not a directory")
-            moved = self.tree.at_and_below(old)
-            now = time.time_ns()  # a rename changes the moved entry's ctime, as on Linux
-            parents = {parent_of(old), parent_of(new)}
-            # Over a file, the name's history goes on: the replaced content becomes a version,
-            # and the moved file's own versions and number continue after it (``after``).
-            after = 0
+                raise NotFound("no such entry in the store")
+            now = time.time_ns()
 
             def tx(db: sqlite3.Connection) -> None:
-                nonlocal after
-                if dst is not None:
-                    if dst.kind == "file":
-                        keep_version(db, new, self.versions_keep)
-                        row = db.execute(
-                            "SELECT max(version) FROM versions WHERE path = ?", (new,)
-                        ).fetchone()
-                        after = max(dst.version, row[0] or 0)
-                        for table in ("files", "versions", "chunks", "pending"):
-                            db.execute(
-                                f"UPDATE {table} SET version = version + ? WHERE path = ?",
-                                (after, old),
-                            )
-                    for table in ("files", "chunks", "pending"):
-                        db.execute(f"DELETE FROM {table} WHERE path = ?", (new,))
-                db.execute("UPDATE files SET ctime_ns = ? WHERE path = ?", (now, old))
-                self._touch_dirs(db, parents, now)
-                for table in ("files", "versions", "chunks", "pending"):
+                if value is None:
+                    cur = db.execute("DELETE FROM xattrs WHERE ino = ? AND name = ?", (ino, name))
+                    if not cur.rowcount:
+                        raise NoAttribute(f"no attribute {name!r}")
+                else:
                     db.execute(
-                        f"UPDATE {table} SET path = ? || substr(path, ?) "
-                        "WHERE path = ? OR path LIKE ? ESCAPE '\\'",
-                        (new, len(old) + 1, old, like_prefix(old)),
+                        "INSERT OR REPLACE INTO xattrs (ino, name, value) VALUES (?, ?, ?)",
+                        (ino, name, value),
                     )
+                db.execute("UPDATE inodes SET ctime_ns = ? WHERE ino = ?", (now, ino))
 
-            self.db.tx(f"rename {old}", tx)
-            self.tree.move(old, new, moved)
-            self.tree.add(new, replace(src, version=src.version + after, ctime_ns=now))
-            self._dirs_touched(parents, now)
-            self._changed()
+            self.db.tx(what, tx)
+            self.tree.put(replace(entry, ctime_ns=now))
 
     # ---- content ----------------------------------------------------------------------------
 
-    def read(self, path: str) -> bytes:
-        path = normalize(path)
+    def _file(self, path: str) -> Entry:
         entry = self.tree.get(path)
         if entry is None:
             raise NotFound(f"no such file {path!r} in the store")
         if entry.kind == "dir":
             raise IsADirectory(f"{path} is a directory")
-        row = self.db.row("SELECT content FROM files WHERE path = ?", (path,))
-        if row is None:
-            raise NotFound(f"no such file {path!r} in the store")
-        return bytes(row[0] or b"")
+        if entry.kind != "file":
+            raise InvalidArgument(f"{path} is not a regular file")
+        return entry
+
+    def read(self, path: str) -> bytes:
+        """The whole content of a file (the kernel's ``store_read``; files are read by range)."""
+        entry = self._file(normalize(path))
+        return self.read_at(entry.ino, 0, entry.size)
+
+    def read_at(self, ino: int, off: int, size: int) -> bytes:
+        """Bytes ``[off, off + size)`` of inode ``ino``'s committed content (holes as zeros)."""
+        with self.db.lock:
+            entry = self.tree.inode(ino)
+            if entry is None:
+                raise NotFound("no such file in the store")
+            return read_range(self.db.conn, "blocks WHERE ino = ?", (ino,), off, size, entry.size)
+
+    def new_stage(self) -> int:
+        """A number for a writer's staged blocks (see ``stage``)."""
+        return next(self._stages)
+
+    def stage(self, stage: int, blocks: Mapping[int, bytes]) -> None:
+        """Put a writer's uncommitted blocks on disk, so a large write is not held in memory
+        until its close; ``commit`` moves them into the file at once. Not durable on purpose:
+        a crash drops them, as it drops an uncommitted write."""
+        self.db.tx(
+            "stage blocks",
+            lambda db: db.executemany(
+                "INSERT OR REPLACE INTO staged (stage, idx, data) VALUES (?, ?, ?)",
+                [(stage, idx, data) for idx, data in blocks.items()],
+            ),
+        )
+
+    def read_staged(self, stage: int, idx: int) -> bytes:
+        row = self.db.row("SELECT data FROM staged WHERE stage = ? AND idx = ?", (stage, idx))
+        return bytes(row[0]) if row is not None else b""
+
+    def drop_stage(self, stage: int) -> None:
+        """A writer gave up (failed write, or closed without committing)."""
+        self.db.tx(
+            "drop staged blocks",
+            lambda db: db.execute("DELETE FROM staged WHERE stage = ?", (stage,)),
+        )
+
+    def open_file(self, ino: int, snapshot_bytes: int) -> tuple[Entry, bytes | None]:
+        """A file of ``ino`` is opened: hold the inode while it is open (see ``hold``), and
+        return its entry and, if it is at most ``snapshot_bytes`` long, its whole content."""
+        with self.db.lock:
+            entry = self.tree.inode(ino)
+            if entry is None:
+                raise NotFound("no such file in the store")
+            self.hold(ino)
+            if entry.size > snapshot_bytes:
+                return entry, None
+            return entry, self.read_at(ino, 0, entry.size)
+
+    def commit(
+        self,
+        ino: int,
+        size: int,
+        blocks: Mapping[int, bytes],
+        stage: int | None = None,
+        staged: list[int] | None = None,
+        cut: int | None = None,
+        via: str | None = None,
+    ) -> Entry:
+        """A writer's close: inode ``ino`` becomes ``size`` bytes long, as one transaction and
+        one new version. In order: what was committed from byte ``cut`` on is dropped (the
+        writer truncated there), blocks ``staged`` of its stage are put in, then ``blocks``
+        (index -> content, zeros past a short block's end). The previous content becomes a
+        version of ``via`` (the name the writer opened; else the inode's first name). mtime
+        and ctime become now."""
+        if size > self.max_file_bytes:
+            raise TooLarge(f"file of {size} bytes is over the {self.max_file_bytes}-byte limit")
+        with self.db.lock:
+            entry = self.tree.inode(ino)
+            if entry is None:
+                raise NotFound("no such file in the store")
+            if entry.kind != "file":
+                raise InvalidArgument("not a regular file")
+            new = self._commit(entry, size, blocks, stage, staged or [], cut, via)
+        self.ballast.restore()
+        self._index.wake()
+        return new
+
+    def _commit(
+        self,
+        entry: Entry,
+        size: int,
+        blocks: Mapping[int, bytes],
+        stage: int | None,
+        staged: list[int],
+        cut: int | None,
+        via: str | None,
+    ) -> Entry:
+        """Under the database lock: the transaction of a new content (see ``commit``), then
+        the tree's update."""
+        ino = entry.ino
+        names = self.tree.paths_of(ino)
+        name = via if via in names else (names[0] if names else None)
+        now = time.time_ns()
+        new = replace(entry, size=size, version=entry.version + 1, mtime_ns=now, ctime_ns=now)
+
+        def tx(db: sqlite3.Connection) -> None:
+            if name is not None:
+                keep_version(db, name, ino, self.versions_keep)
+            if cut is not None:
+                _cut_blocks(db, ino, cut)
+            if stage is not None:
+                db.executemany(
+                    "INSERT OR REPLACE INTO blocks (ino, idx, data) "
+                    "SELECT ?, idx, data FROM staged WHERE stage = ? AND idx = ?",
+                    [(ino, stage, idx) for idx in staged],
+                )
+                db.execute("DELETE FROM staged WHERE stage = ?", (stage,))
+            for idx, data in blocks.items():
+                if data.count(0) == len(data):  # all zeros: a hole
+                    db.execute("DELETE FROM blocks WHERE ino = ? AND idx = ?", (ino, idx))
+                else:
+                    db.execute(
+                        "INSERT OR REPLACE INTO blocks (ino, idx, data) VALUES (?, ?, ?)",
+                        (ino, idx, data),
+                    )
+            _cut_blocks(db, ino, size)  # nothing past the end
+            db.execute(
+                "UPDATE inodes SET size = ?, version = ?, mtime_ns = ?, ctime_ns = ? WHERE ino = ?",
+                (size, new.version, now, now, ino),
+            )
+            for p in names:  # no stale passages under any name; index the new text
+                db.execute("DELETE FROM chunks WHERE path = ?", (p,))
+                db.execute(
+                    "INSERT OR REPLACE INTO pending (path, version) VALUES (?, ?)",
+                    (p, new.version),
+                )
+
+        self.db.tx(f"write {name or 'an unlinked file'}", tx)
+        self.tree.put(new)
+        return new
+
+    def truncate(self, ino: int, size: int) -> Entry:
+        """truncate(2) without an open file: a new version of ``size`` bytes. Growing makes a
+        hole, which costs nothing."""
+        return self.commit(ino, size, {}, cut=size)
 
     def write(self, path: str, content: bytes, create: bool = True, parents: bool = False) -> Entry:
         """Replace a file's content as one transaction; the old content becomes a version.
@@ -414,61 +857,63 @@ class StorageManager:
             )
         with self.db.lock:
             entry = self.tree.get(path)
-            if entry is not None and entry.kind == "dir":
-                raise IsADirectory(f"{path} is a directory")
-            missing: list[str] = []
-            if entry is None:
+            if entry is not None:
+                self._file(path)
+                new = self._commit(
+                    entry, len(content), dict(split_blocks(content)), None, [], 0, path
+                )
+            else:
                 if not create:
                     raise NotFound(f"no such file {path!r} in the store")
-                d = parent_of(path)
-                while parents and d and d not in self.tree:
-                    missing.append(d)
-                    d = parent_of(d)
-                self.tree.need_dir(d if missing else parent_of(path))
-            now = time.time_ns()
-            dirs: list[tuple[str, Entry]] = []
-            for d in reversed(missing):
-                mode, gid = self.inherit(
-                    dirs[-1][1] if dirs else self.tree.get(parent_of(d)), "dir", 0o755, 0
-                )
-                dirs.append((d, Entry.new("dir", mode, 0, gid, now, 0)))
-            if entry is None:
-                parent = dirs[-1][1] if dirs else self.tree.get(parent_of(path))
-                mode, gid = self.inherit(parent, "file", 0o644, 0)
-                base = Entry.new("file", mode, 0, gid, now, 0)
-            else:
-                base = entry
-            # A new file changes the directory it is made in (new directories are made now).
-            touched = {parent_of(missing[-1] if missing else path)} if entry is None else set()
-            new = replace(
-                base,
-                size=len(content),
-                version=base.version + 1,
-                mtime_ns=now,
-                ctime_ns=now,
-            )
-
-            def tx(db: sqlite3.Connection) -> None:
-                for d, e in dirs:
-                    db.execute("INSERT " + ROW, _row(d, e, None))
-                if entry is not None:
-                    keep_version(db, path, self.versions_keep)
-                    db.execute("DELETE FROM chunks WHERE path = ?", (path,))  # no stale passages
-                db.execute("INSERT OR REPLACE " + ROW, _row(path, new, content))
-                self._touch_dirs(db, touched, now)
-                db.execute(
-                    "INSERT OR REPLACE INTO pending (path, version) VALUES (?, ?)",
-                    (path, new.version),
-                )
-
-            self.db.tx(f"write {path}", tx)
-            for d, e in dirs:
-                self.tree.add(d, e)
-            self.tree.add(path, new)
-            self._dirs_touched(touched, now)
+                new = self._write_new(path, content, parents)
         self.ballast.restore()
         self._index.wake()
         return new
+
+    def _write_new(self, path: str, content: bytes, parents: bool) -> Entry:
+        """``write`` of a path that does not exist (under the database lock): the file, and
+        with ``parents`` its missing directories, in one transaction."""
+        missing: list[str] = []
+        d = parent_of(path)
+        while parents and d and d not in self.tree:
+            missing.append(d)
+            d = parent_of(d)
+        self.tree.need_dir(d if missing else parent_of(path))
+        top = parent_of(missing[-1] if missing else path)
+        now, touched = time.time_ns(), self._dir_inos({top})
+        made: list[tuple[str, Entry]] = []  # the directories, then the file
+
+        def tx(db: sqlite3.Connection) -> None:
+            made.clear()
+            parent = self.tree.get(top)
+            for p in [*reversed(missing), path]:
+                kind = "dir" if p != path else "file"
+                mode, gid = self.inherit(parent, kind, 0o755 if kind == "dir" else 0o644, 0)
+                size, version = (len(content), 1) if kind == "file" else (0, 0)
+                cur = db.execute(
+                    "INSERT INTO inodes (kind, size, version, mode, uid, gid, atime_ns, "
+                    "mtime_ns, ctime_ns, nlink) VALUES (?, ?, ?, ?, 0, ?, ?, ?, ?, 1)",
+                    (kind, size, version, mode, gid, now, now, now),
+                )
+                assert cur.lastrowid is not None
+                db.execute("INSERT INTO names (path, ino) VALUES (?, ?)", (p, cur.lastrowid))
+                parent = replace(
+                    Entry.new(cur.lastrowid, kind, mode, 0, gid, now, version), size=size
+                )
+                made.append((p, parent))
+            db.executemany(
+                "INSERT INTO blocks (ino, idx, data) VALUES (?, ?, ?)",
+                [(made[-1][1].ino, i, b) for i, b in split_blocks(content)],
+            )
+            db.execute("INSERT OR REPLACE INTO pending (path, version) VALUES (?, 1)", (path,))
+            self._touch_dirs(db, touched, now)
+
+        self.db.tx(f"write {path}", tx)
+        for p, e in made:
+            self.tree.put(e)
+            self.tree.add_name(p, e.ino)
+        self._dirs_touched(touched, now)
+        return made[-1][1]
 
     def sync(self) -> None:
         """fsync: make committed transactions durable against power loss too."""
@@ -482,6 +927,9 @@ class StorageManager:
 
     def version_content(self, path: str, version: int) -> bytes:
         return self._versions.content(path, version)
+
+    def version_read(self, path: str, version: int, off: int, size: int) -> bytes:
+        return self._versions.read(path, version, off, size)
 
     def versioned_paths(self, prefix: str) -> list[str]:
         """Paths under ``prefix`` that have versions (deleted files included)."""
@@ -501,7 +949,7 @@ class StorageManager:
         return self._index.wait_indexed(timeout)
 
     def search(self, query: str, k: int = 5, under: str = "") -> list[Hit]:
-        """The files whose passages are closest in meaning to ``query`` (one hit per file)."""
+        """The files whose passages are closest in meaning to ``query`` (one hit per name)."""
         return self._search.search(query, k, under)
 
     def grep(self, word: str, k: int = 20, under: str = "") -> list[Hit]:

@@ -6,10 +6,12 @@ with all-MiniLM-L6-v2 is tested in tests/e2e/test_semantic_search.py.
 
 from __future__ import annotations
 
+import contextlib
 import errno
 import json
 import os
 import shutil
+import sqlite3
 import stat
 import subprocess
 import time
@@ -386,3 +388,282 @@ def test_git_works_inside_the_store(store_mount: Mount) -> None:
         git fsck --strict && git log --oneline | wc -l && git config core.filemode
     """).stdout.split()
     assert out[-2:] == ["2", "true"]
+
+
+# ---- links, special files, attributes, rename flags, sizes ----------------------------------
+
+AT_FDCWD = -100
+RENAME_NOREPLACE, RENAME_EXCHANGE = 1, 2
+
+
+def renameat2(old: str, new: str, flags: int) -> int:
+    """renameat2(2) through libc (Python has no binding): 0, or the errno."""
+    import ctypes
+
+    libc = ctypes.CDLL(None, use_errno=True)
+    if libc.renameat2(AT_FDCWD, os.fsencode(old), AT_FDCWD, os.fsencode(new), flags) == 0:
+        return 0
+    return ctypes.get_errno()
+
+
+def test_hard_links_share_one_inode_and_its_content(store_mount: Mount) -> None:
+    m = store_mount
+    m.sh("mkdir -p store/hl/sub && echo one > store/hl/a")
+    a, b = m.p("store/hl/a"), m.p("store/hl/sub/b")
+    before = os.stat(a)
+    time.sleep(0.01)
+    os.link(a, b)
+    sa, sb = os.stat(a), os.stat(b)
+    assert sa.st_ino == sb.st_ino and sa.st_nlink == sb.st_nlink == 2
+    assert sa.st_ctime_ns > before.st_ctime_ns  # a link changes the inode
+    with open(b, "a") as f:
+        f.write("two\n")
+    assert m.read("store/hl/a") == "one\ntwo\n"
+    assert oserror(os.link, a, b) == errno.EEXIST
+    assert oserror(os.link, m.p("store/hl/sub"), m.p("store/hl/dirlink")) == errno.EPERM
+    assert oserror(os.link, a, m.p("mem/x")) in (errno.EXDEV, errno.EACCES)  # not in mem/
+    assert sorted(os.listdir(m.p("store/hl"))) == ["a", "sub"]
+    os.unlink(a)
+    assert os.stat(b).st_nlink == 1 and m.read("store/hl/sub/b") == "one\ntwo\n"
+    assert ls(m, "store/.versions/hl/a")  # the removed name's content is kept, as for any unlink
+
+
+def test_a_hard_linked_file_is_found_under_each_name(store_mount: Mount) -> None:
+    m = store_mount
+    m.sh("mkdir -p store/hs && echo 'narwhals hunt under the arctic ice' > store/hs/orig")
+    os.link(m.p("store/hs/orig"), m.p("store/hs/alias"))
+    indexed(m)
+    found = ls(m, "store/hs/.grep/narwhals")
+    assert sorted(n.split("-", 1)[1] for n in found) == ["alias", "orig"]
+    m.write("store/hs/alias", "walruses only\n")  # a change through one name reindexes both
+    indexed(m)
+    assert ls(m, "store/hs/.grep/narwhals") == []
+    assert len(ls(m, "store/hs/.grep/walruses")) == 2
+
+
+def test_symbolic_links(store_mount: Mount) -> None:
+    m = store_mount
+    m.sh("mkdir -p store/sl/d && echo target > store/sl/d/t")
+    os.symlink("d/t", m.p("store/sl/rel"))
+    os.symlink("/nonexistent/elsewhere", m.p("store/sl/dangling"))
+    os.symlink(m.p("store/sl/d"), m.p("store/sl/abs"))
+    assert os.readlink(m.p("store/sl/rel")) == "d/t"
+    assert m.read("store/sl/rel") == "target\n"
+    assert os.listdir(m.p("store/sl/abs")) == ["t"]
+    st = os.lstat(m.p("store/sl/dangling"))
+    assert stat.S_ISLNK(st.st_mode) and st.st_size == len("/nonexistent/elsewhere")
+    assert oserror(os.stat, m.p("store/sl/dangling")) == errno.ENOENT
+    os.symlink("loop", m.p("store/sl/loop"))
+    assert oserror(open, m.p("store/sl/loop")) == errno.ELOOP
+    os.chown(m.p("store/sl/rel"), 321, 654, follow_symlinks=False)
+    assert (os.lstat(m.p("store/sl/rel")).st_uid, os.stat(m.p("store/sl/d/t")).st_uid) == (321, 0)
+    os.rename(m.p("store/sl/rel"), m.p("store/sl/d/moved"))  # relative to its new place now
+    assert os.readlink(m.p("store/sl/d/moved")) == "d/t"
+    assert oserror(os.readlink, m.p("store/sl/d/t")) == errno.EINVAL
+
+
+def test_fifos_and_device_nodes_are_entries(store_mount: Mount) -> None:
+    m = store_mount
+    m.sh("mkdir -p store/sp")
+    os.mkfifo(m.p("store/sp/fifo"), 0o640)
+    os.mknod(m.p("store/sp/null"), 0o600 | stat.S_IFCHR, os.makedev(1, 3))
+    fifo, dev = os.lstat(m.p("store/sp/fifo")), os.lstat(m.p("store/sp/null"))
+    assert stat.S_ISFIFO(fifo.st_mode) and stat.S_IMODE(fifo.st_mode) == 0o640 & ~m_umask()
+    assert stat.S_ISCHR(dev.st_mode) and (os.major(dev.st_rdev), os.minor(dev.st_rdev)) == (1, 3)
+    # the FIFO works: the OS kernel connects a writer and a reader itself
+    proc = subprocess.Popen(["sh", "-c", f"echo through > {m.p('store/sp/fifo')}"])
+    with open(m.p("store/sp/fifo")) as f:
+        assert f.read() == "through\n"
+    proc.wait(10)
+    os.unlink(m.p("store/sp/fifo"))
+    assert sorted(os.listdir(m.p("store/sp"))) == ["null"]
+
+
+def m_umask() -> int:
+    mask = os.umask(0)
+    os.umask(mask)
+    return mask
+
+
+def test_extended_attributes(store_mount: Mount) -> None:
+    m = store_mount
+    m.sh("mkdir -p store/xa && echo x > store/xa/f")
+    f = m.p("store/xa/f")
+    before = os.stat(f).st_ctime_ns
+    os.setxattr(f, "user.colour", b"blue")
+    os.setxattr(f, "user.empty", b"")
+    assert os.getxattr(f, "user.colour") == b"blue" and os.getxattr(f, "user.empty") == b""
+    assert sorted(os.listxattr(f)) == ["user.colour", "user.empty"]
+    assert os.stat(f).st_ctime_ns > before
+    assert oserror(os.getxattr, f, "user.missing") == errno.ENODATA
+    assert oserror(os.setxattr, f, "user.colour", b"x", os.XATTR_CREATE) == errno.EEXIST
+    assert oserror(os.setxattr, f, "user.new", b"x", os.XATTR_REPLACE) == errno.ENODATA
+    os.setxattr(f, "user.colour", b"red", os.XATTR_REPLACE)
+    os.removexattr(f, "user.empty")
+    assert oserror(os.removexattr, f, "user.empty") == errno.ENODATA
+    os.link(f, m.p("store/xa/g"))  # attributes belong to the inode
+    assert os.getxattr(m.p("store/xa/g"), "user.colour") == b"red"
+    os.setxattr(m.p("store/xa"), "user.dir", b"yes")
+    assert os.listxattr(m.p("store/xa")) == ["user.dir"]
+    m.sh("echo y > store/xa/f")  # rewriting the content keeps them
+    assert os.getxattr(f, "user.colour") == b"red"
+
+
+def test_rename_flags_and_forms(store_mount: Mount) -> None:
+    m = store_mount
+    m.sh(
+        "mkdir -p store/rn/d1/in store/rn/d2 store/rn/empty && echo 1 > store/rn/x && "
+        "echo 2 > store/rn/y && echo deep > store/rn/d1/in/f"
+    )
+    p = lambda rel: m.p("store/rn/" + rel)  # noqa: E731
+    ino_x = os.stat(p("x")).st_ino
+    assert renameat2(p("x"), p("y"), RENAME_NOREPLACE) == errno.EEXIST
+    assert renameat2(p("x"), p("new"), RENAME_NOREPLACE) == 0
+    assert renameat2(p("new"), p("y"), RENAME_EXCHANGE) == 0
+    assert (m.read("store/rn/new"), m.read("store/rn/y")) == ("2\n", "1\n")
+    assert os.stat(p("y")).st_ino == ino_x  # the inode moved with its content
+    assert renameat2(p("y"), p("absent"), RENAME_EXCHANGE) == errno.ENOENT
+    assert renameat2(p("d1"), p("y"), RENAME_EXCHANGE) == 0  # a directory with a file
+    assert m.read("store/rn/y/in/f") == "deep\n" and m.read("store/rn/d1") == "1\n"
+    assert renameat2(p("y"), p("d2"), RENAME_EXCHANGE) == 0
+    assert m.read("store/rn/d2/in/f") == "deep\n" and os.listdir(p("y")) == []
+    os.rename(p("d2"), p("empty"))  # over an empty directory
+    assert m.read("store/rn/empty/in/f") == "deep\n" and not os.path.exists(p("d2"))
+    assert oserror(os.rename, p("y"), p("empty")) == errno.ENOTEMPTY
+    assert oserror(os.rename, p("empty"), p("empty/in/sub")) == errno.EINVAL
+    assert oserror(os.rename, p("d1"), p("y")) == errno.EISDIR
+    assert oserror(os.rename, p("y"), p("d1")) == errno.ENOTDIR
+    os.link(p("d1"), p("d1link"))
+    os.rename(p("d1"), p("d1link"))  # two names of one file: nothing happens
+    assert os.path.exists(p("d1")) and os.stat(p("d1link")).st_nlink == 2
+
+
+def test_sparse_files_cost_nothing_for_their_holes(store_mount: Mount) -> None:
+    m = store_mount
+    path = m.p("store/sparse")
+    with open(path, "wb") as f:
+        f.truncate(900_000)
+        f.seek(700_000)
+        f.write(b"end")
+    assert os.path.getsize(path) == 900_000
+    with open(path, "rb") as f:
+        data = f.read()
+    assert data[:700_000] == bytes(700_000) and data[700_000:700_003] == b"end"
+    assert data[700_003:] == bytes(900_000 - 700_003)
+    with open(path, "r+b") as f:  # shrink, then grow: what was cut off reads as zeros
+        f.truncate(700_001)
+        f.truncate(800_000)
+    with open(path, "rb") as f:
+        f.seek(700_000)
+        assert f.read(3) == b"e\0\0"
+
+
+def test_an_unlinked_open_file_works_until_closed(store_mount: Mount) -> None:
+    m = store_mount
+    fd = os.open(m.p("store/held"), os.O_CREAT | os.O_RDWR, 0o644)
+    os.write(fd, b"still here")
+    os.fsync(fd)
+    os.unlink(m.p("store/held"))
+    assert not os.path.exists(m.p("store/held"))
+    assert os.fstat(fd).st_nlink == 0
+    os.write(fd, b", and more")
+    os.lseek(fd, 0, os.SEEK_SET)
+    assert os.read(fd, 100) == b"still here, and more"
+    os.close(fd)
+
+
+def test_statfs_reports_the_data_disk(store_mount: Mount) -> None:
+    st = os.statvfs(store_mount.p("store"))
+    host = os.statvfs(store_mount.data_dir)
+    assert st.f_blocks == host.f_blocks and st.f_frsize == host.f_frsize
+    assert 0 < st.f_bavail <= st.f_blocks and abs(st.f_bfree - host.f_bfree) < host.f_blocks // 100
+    assert st.f_namemax == 255
+
+
+def test_large_files_stream_in_blocks(tmp_path: Path) -> None:
+    """A file larger than the snapshot size, written in one go and in pieces, read back by
+    range; the daemon's memory does not grow by the file's size."""
+    cfg = write_config(tmp_path, store_embedder="hashing", store_max_file_mb=64)
+    with mounted(tmp_path, "tiny-random", "--config", cfg) as m:
+        chunk = os.urandom(1 << 20)
+        path = m.p("store/large")
+        with open(path, "wb") as f:
+            for i in range(48):
+                f.write(bytes([i]) + chunk[1:])
+        assert os.path.getsize(path) == 48 << 20
+        with open(path, "r+b") as f:
+            f.seek(20 << 20)
+            f.write(b"patched")
+        with open(path, "rb") as f:
+            for i in (0, 19, 20, 47):
+                f.seek(i << 20)
+                head = f.read(7)
+                assert head == (b"patched" if i == 20 else bytes([i]) + chunk[1:7])
+        versions = ls(m, "store/.versions/large")
+        assert len(versions) == 1
+        with open(m.p("store/.versions/large", versions[0]), "rb") as f:
+            f.seek(20 << 20)
+            assert f.read(7) == bytes([20]) + chunk[1:7]
+        used = disk_use(m.data_dir)
+        with open(m.p("store/holes"), "wb") as f:  # 60 MiB of hole: stored as nothing
+            f.truncate(60 << 20)
+            f.write(b"x")
+        assert os.path.getsize(m.p("store/holes")) == 60 << 20
+        assert disk_use(m.data_dir) - used < 4 << 20
+
+
+def disk_use(top: Path | str) -> int:
+    """Bytes allocated on disk below ``top`` (what du counts)."""
+    return sum(
+        os.lstat(os.path.join(d, n)).st_blocks * 512 for d, _, ns in os.walk(top) for n in ns
+    )
+
+
+def test_metadata_links_and_attributes_survive_kill_9(tmp_path: Path) -> None:
+    """Everything a closed change set (modes, owners, times, hard and symbolic links, special
+    files, attributes, an exchange) is there after the daemon is killed with -9; so is a file
+    unlinked while open (gone) and one staged but never closed (not half there)."""
+    cfg = write_config(tmp_path, store_embedder="hashing")
+    with mounted(tmp_path, "tiny-random", "--config", cfg) as m:
+        p = lambda rel: m.p("store/k9/" + rel)  # noqa: E731
+        m.sh("mkdir -p store/k9/d && echo a > store/k9/a && echo b > store/k9/b")
+        os.chmod(p("a"), 0o4751)
+        os.chown(p("d"), 11, 22)
+        os.utime(p("a"), ns=(1_000_000_001, 2_000_000_002))
+        os.link(p("a"), p("d/a2"))
+        os.symlink("../a", p("d/s"))
+        os.mkfifo(p("fifo"))
+        os.setxattr(p("b"), "user.k", b"v")
+        assert renameat2(p("a"), p("b"), RENAME_EXCHANGE) == 0
+        fd = os.open(p("held"), os.O_CREAT | os.O_WRONLY, 0o600)
+        os.write(fd, b"x")
+        os.fsync(fd)
+        os.unlink(p("held"))
+        with open(p("open-never-closed"), "wb") as f:
+            f.write(b"committed\n")
+        big = open(p("open-never-closed"), "r+b")  # noqa: SIM115
+        big.write(os.urandom(10 << 20))  # staged in the database, not committed
+        want = {rel: os.lstat(p(rel)) for rel in ("a", "b", "d", "d/a2", "d/s", "fifo")}
+        m.proc.kill()
+        m.proc.wait(10)
+        with contextlib.suppress(OSError):  # the daemon is gone: closing may fail
+            os.close(fd)
+        with contextlib.suppress(OSError):
+            big.close()
+    with mounted(tmp_path, "tiny-random", "--config", cfg) as m:
+        p = lambda rel: m.p("store/k9/" + rel)  # noqa: E731
+        for rel, st in want.items():
+            got = os.lstat(p(rel))
+            fields = ("st_mode", "st_uid", "st_gid", "st_nlink", "st_size", "st_mtime_ns")
+            assert [getattr(got, f) for f in fields] == [getattr(st, f) for f in fields], rel
+            assert got.st_ctime_ns == st.st_ctime_ns, rel
+        assert m.read("store/k9/b") == "a\n" and m.read("store/k9/d/a2") == "a\n"
+        assert os.stat(p("b")).st_ino == os.stat(p("d/a2")).st_ino
+        assert os.readlink(p("d/s")) == "../a" and os.getxattr(p("a"), "user.k") == b"v"
+        assert not os.path.exists(p("held"))
+        assert m.read("store/k9/open-never-closed") == "committed\n"
+    db = sqlite3.connect(tmp_path / "data" / "store.db")
+    assert db.execute("PRAGMA integrity_check").fetchone()[0] == "ok"
+    assert db.execute("SELECT count(*) FROM staged").fetchone()[0] == 0
+    assert db.execute("SELECT count(*) FROM inodes WHERE nlink = 0").fetchone()[0] == 0
+    db.close()

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import sqlite3
 import stat
 import threading
@@ -17,11 +18,15 @@ from kernel.errors import (
     InvalidArgument,
     IsADirectory,
     NameTooLong,
+    NoAttribute,
     NotEmpty,
     NotFound,
+    NotPermitted,
+    NotSupported,
     TooLarge,
 )
-from kernel.store import HashingEmbedder, StorageManager, chunk_text
+from kernel.store import BLOCK, HashingEmbedder, StorageManager, chunk_text
+from kernel.store.manager import RENAME_EXCHANGE, RENAME_NOREPLACE
 
 
 def sm(tmp_path: Path, **kw: object) -> StorageManager:
@@ -312,3 +317,156 @@ def test_chunks_cover_long_text_with_overlap() -> None:
     chunks = chunk_text(text)
     assert len(chunks) > 5 and all(len(t) <= 800 for _, t in chunks)
     assert chunks[-1][1].endswith("word999")
+
+
+# ---- inodes: links, special files, attributes, exchange, blocks ------------------------------
+
+
+def test_hard_links_count_and_outlive_a_name(tmp_path: Path) -> None:
+    s = sm(tmp_path, index=False)
+    a = s.write("a", b"shared")
+    b = s.link(a.ino, "b")
+    assert b.ino == a.ino and b.nlink == 2 and s.paths_of(a.ino) == ["a", "b"]
+    with pytest.raises(AlreadyExists):
+        s.link(a.ino, "b")
+    s.mkdir("d")
+    with pytest.raises(NotPermitted):
+        s.link(s.entry("d").ino, "d2")  # type: ignore[union-attr]
+    s.write("b", b"changed")  # through either name
+    assert s.read("a") == b"changed"
+    assert s.unlink("a") is False  # the inode stays: b still names it
+    assert s.entry("b").nlink == 1 and s.read("b") == b"changed"  # type: ignore[union-attr]
+    assert s.unlink("b") is True
+    assert s.inode(a.ino) is None
+    s.close()
+
+
+def test_an_unlinked_inode_lives_while_held_and_a_crash_leaves_none(tmp_path: Path) -> None:
+    s = sm(tmp_path, index=False)
+    f = s.write("f", b"open")
+    s.hold(f.ino)
+    assert s.unlink("f") is False and s.paths_of(f.ino) == []
+    s.commit(f.ino, 4, {0: b"more"})  # still writable
+    assert s.read_at(f.ino, 0, 10) == b"more"
+    s.release(f.ino)
+    assert s.inode(f.ino) is None
+    g = s.write("g", b"x")
+    s.hold(g.ino)
+    s.unlink("g")
+    s.db.close()  # a crash while open: the nameless inode is still a row
+    again = sm(tmp_path, index=False)
+    assert again.inode(g.ino) is None
+    assert again.db.row("SELECT count(*) FROM blocks WHERE ino = ?", (g.ino,))[0] == 0
+    again.close()
+
+
+def test_symlinks_and_special_files(tmp_path: Path) -> None:
+    s = sm(tmp_path, index=False)
+    link = s.symlink("l", b"../elsewhere", 5, 6)
+    assert (link.kind, link.target, link.size, link.uid) == ("symlink", b"../elsewhere", 12, 5)
+    fifo = s.mknod("p", "fifo", 0o640)
+    dev = s.mknod("c", "chr", 0o600, rdev=os.makedev(4, 1))
+    assert (fifo.kind, fifo.mode, dev.rdev) == ("fifo", 0o640, os.makedev(4, 1))
+    with pytest.raises(InvalidArgument):
+        s.read("l")
+    with pytest.raises(InvalidArgument):
+        s.symlink("bad", b"")
+    s.close()
+    again = sm(tmp_path, index=False)
+    assert again.entry("l").target == b"../elsewhere"  # type: ignore[union-attr]
+    assert again.entry("c").rdev == os.makedev(4, 1)  # type: ignore[union-attr]
+    again.close()
+
+
+def test_extended_attributes_belong_to_the_inode(tmp_path: Path) -> None:
+    s = sm(tmp_path, index=False)
+    f = s.write("f", b"x")
+    s.setxattr(f.ino, b"user.a", b"1")
+    s.link(f.ino, "g")
+    assert s.getxattr(f.ino, b"user.a") == b"1" and s.listxattr(f.ino) == [b"user.a"]
+    with pytest.raises(NoAttribute):
+        s.getxattr(f.ino, b"user.b")
+    with pytest.raises(NoAttribute):
+        s.removexattr(f.ino, b"user.b")
+    with pytest.raises(NotSupported):
+        s.setxattr(f.ino, b"system.posix_acl_access", b"")
+    s.removexattr(f.ino, b"user.a")
+    assert s.listxattr(f.ino) == []
+    s.setxattr(f.ino, b"user.kept", b"2")
+    s.unlink("f")
+    s.unlink("g")
+    assert s.db.row("SELECT count(*) FROM xattrs")[0] == 0  # gone with the inode
+    s.close()
+
+
+def test_rename_noreplace_and_exchange(tmp_path: Path) -> None:
+    s = sm(tmp_path, index=False)
+    s.write("x", b"X")
+    s.write("x", b"X2")
+    s.write("d/y", b"Y", parents=True)
+    with pytest.raises(AlreadyExists):
+        s.rename("x", "d/y", RENAME_NOREPLACE)
+    s.rename("x", "d", RENAME_EXCHANGE)  # a file and a directory swap places
+    assert s.read("d") == b"X2" and s.read("x/y") == b"Y"
+    assert [v for v, _, _ in s.versions("d")] == [1]  # the history went with the file
+    with pytest.raises(NotFound):
+        s.rename("x", "nowhere", RENAME_EXCHANGE)
+    with pytest.raises(InvalidArgument):
+        s.rename("x", "x/y", RENAME_EXCHANGE)
+    with pytest.raises(InvalidArgument):
+        s.rename("x", "d", RENAME_EXCHANGE | RENAME_NOREPLACE)
+    s.close()
+    again = sm(tmp_path, index=False)
+    assert again.read("d") == b"X2" and again.read("x/y") == b"Y"
+    again.close()
+
+
+def test_commit_applies_cut_staged_and_changed_blocks_in_order(tmp_path: Path) -> None:
+    s = sm(tmp_path, index=False)
+    f = s.write("f", bytes(range(256)) * 1024)  # 4 blocks of 64 KiB
+    stage = s.new_stage()
+    s.stage(stage, {0: b"staged0", 2: b"staged2"})
+    s.commit(f.ino, 3 * BLOCK, {}, cut=BLOCK + 1000)  # truncated inside block 1
+    assert s.read("f")[BLOCK + 999 : BLOCK + 1001] == bytes([231, 0])
+    # truncated to 1000 bytes, then written: block 0 from the stage (a whole block: zeros
+    # after its bytes), block 1 changed in memory, block 2 staged but then cut away (so not
+    # listed), size 3 blocks (the rest a hole)
+    s.commit(f.ino, 3 * BLOCK, {1: b"mem1"}, stage, [0], cut=1000)
+    data = s.read("f")
+    assert data[:7] == b"staged0" and data[7:BLOCK] == bytes(BLOCK - 7)
+    assert data[BLOCK : BLOCK + 4] == b"mem1" and data[2 * BLOCK :] == bytes(BLOCK)
+    assert s.db.row("SELECT count(*) FROM staged")[0] == 0
+    assert s.db.row("SELECT count(*) FROM blocks WHERE ino = ?", (f.ino,))[0] == 2  # no holes
+    s.truncate(f.ino, 10 << 20)  # growing costs nothing
+    assert s.db.row("SELECT count(*) FROM blocks WHERE ino = ?", (f.ino,))[0] == 2
+    assert s.read_at(f.ino, (10 << 20) - 4, 100) == bytes(4)
+    s.close()
+
+
+def test_an_old_database_with_inline_content_and_versions_is_converted(tmp_path: Path) -> None:
+    path = tmp_path / "store.db"
+    db = sqlite3.connect(path)
+    big = bytes(range(256)) * 600  # over two blocks
+    db.executescript(
+        """
+        CREATE TABLE files (
+            path TEXT PRIMARY KEY, kind TEXT NOT NULL, size INTEGER NOT NULL, mtime REAL NOT NULL,
+            version INTEGER NOT NULL, content BLOB, mode INTEGER NOT NULL DEFAULT 0,
+            uid INTEGER NOT NULL DEFAULT 0, gid INTEGER NOT NULL DEFAULT 0,
+            atime_ns INTEGER NOT NULL DEFAULT 0, mtime_ns INTEGER NOT NULL DEFAULT 0,
+            ctime_ns INTEGER NOT NULL DEFAULT 0);
+        CREATE TABLE versions (
+            path TEXT NOT NULL, version INTEGER NOT NULL, mtime REAL NOT NULL,
+            size INTEGER NOT NULL, content BLOB, PRIMARY KEY (path, version));
+        """
+    )
+    db.execute("INSERT INTO files VALUES ('f', 'file', ?, 5.0, 2, ?, 420, 7, 8, 1, 2, 3)",
+               (len(big), big))  # fmt: skip
+    db.execute("INSERT INTO versions VALUES ('f', 1, 4.0, 3, x'616263')")
+    db.commit()
+    db.close()
+    s = sm(tmp_path, index=False)
+    f = s.entry("f")
+    assert f is not None and (f.mode, f.uid, f.gid, f.version, f.nlink) == (0o644, 7, 8, 2, 1)
+    assert s.read("f") == big and s.version_content("f", 1) == b"abc"
+    s.close()
