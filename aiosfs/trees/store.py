@@ -565,8 +565,9 @@ class StoreHandle(Handle):
             f.writers.discard(self)
             if self.stage is not None:
                 await f.call(self.storage.drop_stage, self.stage)
-            await f.call(self.storage.release, f.ino)
-            f.forget_if_gone(f.ino)
+            if self.storage.release(f.ino):  # the last close of a file with no name left
+                await f.call(self.storage.remove_unlinked, f.ino)
+                f.forget_if_gone(f.ino)
 
 
 # ---- versions ---------------------------------------------------------------------------------

@@ -31,22 +31,23 @@ Threads: one documented way in.
 
 * Changes (``mkdir``, ``create``, ``mknod``, ``symlink``, ``link``, ``commit``, ``write``,
   ``set_metadata``, the xattr setters, ``unlink``, ``rmdir``, ``rename``, ``rollback``,
-  ``release``) block on SQLite and the disk; run them off the trio thread (the kernel's
+  ``remove_unlinked``) block on SQLite and the disk; run them off the trio thread (the kernel's
   ``Services.store`` does). Each holds the database lock from its checks, through its
   transaction, to its update of the in-memory tree, so changes are serialised and the checks a
   change made still hold when it commits: two creates of one path give one file and EEXIST,
   never a constraint error.
-* ``entry``, ``inode``, ``paths_of``, ``listdir`` and ``generation`` read only memory, under
-  locks held for a few dictionary operations and never across I/O: safe and cheap on the trio
-  thread, where the filesystem calls them for ``lookup``, ``stat`` and ``ls``.
+* ``entry``, ``inode``, ``paths_of``, ``listdir``, ``hold``, ``release`` and ``generation``
+  touch only memory, under locks held for a few dictionary operations and never across I/O:
+  safe and cheap on the trio thread, where the filesystem calls them for ``lookup``, ``stat``,
+  ``ls`` and ``close``.
 * ``read``, ``read_at``, ``versions``, ``version_read``, ``versioned_paths``, ``search``,
   ``grep``, ``getxattr``, ``listxattr``, ``pending`` and ``info`` query the shared connection
   under the database lock, so they wait while a change commits (a large write: milliseconds).
   The filesystem calls ``pending`` and ``info`` on its trio thread all the same, accepting
   that wait.
 * Locks are taken in one order: the search's vector lock, then the database lock, then any of
-  the leaf locks (the tree's, the search's generation lock, the indexer's counters, the
-  ballast's), which are never held while taking another.
+  the leaf locks (the tree's, the open-file counts', the search's generation lock, the
+  indexer's counters, the ballast's), which are never held while taking another.
 """
 
 from __future__ import annotations
@@ -55,6 +56,7 @@ import itertools
 import logging
 import sqlite3
 import stat
+import threading
 import time
 from collections.abc import Callable, Mapping
 from dataclasses import replace
@@ -155,7 +157,8 @@ class StorageManager:
             (_entry(row) for row in self.db.rows(f"SELECT {INODE_COLUMNS} FROM inodes")),
             self.db.rows("SELECT path, ino FROM names"),
         )
-        self._held: dict[int, int] = {}  # inode -> open handles (under the database lock)
+        self._held_lock = threading.Lock()  # a leaf lock: guards ``_held`` only
+        self._held: dict[int, int] = {}  # inode -> open files
         self._stages = itertools.count(1)
         self._versions = Versions(self.db)
         self._search = Search(self.db, chosen)
@@ -312,6 +315,9 @@ class StorageManager:
             version = 1 if kind == "file" else 0
 
             def tx(db: sqlite3.Connection) -> int:
+                nonlocal version
+                if kind == "file":  # a file made where one was deleted: its numbers go on
+                    version = self._history_top(db, path) + 1
                 cur = db.execute(
                     "INSERT INTO inodes (kind, size, version, mode, uid, gid, atime_ns, "
                     "mtime_ns, ctime_ns, nlink, rdev, target) "
@@ -355,22 +361,30 @@ class StorageManager:
                 raise AlreadyExists(f"{path} exists")
             self.tree.need_dir(parent_of(path))
             now, parent = time.time_ns(), self._dir_inos({parent_of(path)})
-            new = replace(entry, nlink=entry.nlink + 1, ctime_ns=now)
+            bumped: dict[int, int] = {}
 
             def tx(db: sqlite3.Connection) -> None:
+                bumped.clear()
+                top = self._history_top(db, path) if entry.kind == "file" else 0
+                if top >= entry.version:  # the name had a history: number on after it
+                    self._bump(db, entry, top + 1 - entry.version, bumped)
                 db.execute(
-                    "UPDATE inodes SET nlink = ?, ctime_ns = ? WHERE ino = ?",
-                    (new.nlink, now, ino),
+                    "UPDATE inodes SET nlink = nlink + 1, ctime_ns = ? WHERE ino = ?",
+                    (now, ino),
                 )
                 db.execute("INSERT INTO names (path, ino) VALUES (?, ?)", (path, ino))
                 self._touch_dirs(db, parent, now)
                 if entry.kind == "file":  # the new name is found by search too
                     db.execute(
                         "INSERT OR REPLACE INTO pending (path, version) VALUES (?, ?)",
-                        (path, entry.version),
+                        (path, entry.version + bumped.get(ino, 0)),
                     )
 
             self.db.tx(f"link {path}", tx)
+            self._bumped(bumped)
+            current = self.tree.inode(ino)
+            assert current is not None
+            new = replace(current, nlink=current.nlink + 1, ctime_ns=now)
             self.tree.put(new)
             self.tree.add_name(path, ino)
             self._dirs_touched(parent, now)
@@ -379,22 +393,33 @@ class StorageManager:
 
     def hold(self, ino: int) -> None:
         """A file of inode ``ino`` was opened: keep the inode while it is open, even if its
-        last name goes."""
-        with self.db.lock:
+        last name goes. Memory only: cheap on the trio thread."""
+        with self._held_lock:
             self._held[ino] = self._held.get(ino, 0) + 1
 
-    def release(self, ino: int) -> None:
-        """An open file of ``ino`` was closed; the last close of an inode with no name left
-        removes it."""
-        with self.db.lock:
+    def _is_held(self, ino: int) -> bool:
+        with self._held_lock:
+            return bool(self._held.get(ino))
+
+    def release(self, ino: int) -> bool:
+        """An open file of ``ino`` was closed. Memory only, so a close never waits for the
+        disk (nor for a transaction in progress); returns True when this was the last close of
+        an inode with no name left, which ``remove_unlinked`` must then remove."""
+        with self._held_lock:
             left = self._held.get(ino, 0) - 1
             if left > 0:
                 self._held[ino] = left
-                return
+                return False
             self._held.pop(ino, None)
-            if self.tree.inode(ino) is not None and not self.tree.paths_of(ino):
-                self._freeing("remove an unlinked file", lambda db: self._delete_inode(db, ino))
-                self.tree.drop(ino)
+        return self.tree.inode(ino) is not None and not self.tree.paths_of(ino)
+
+    def remove_unlinked(self, ino: int) -> None:
+        """Remove inode ``ino`` if no name refers to it and no file is open on it."""
+        with self.db.lock:
+            if self.tree.inode(ino) is None or self.tree.paths_of(ino) or self._is_held(ino):
+                return
+            self._freeing("remove an unlinked file", lambda db: self._delete_inode(db, ino))
+            self.tree.drop(ino)
 
     def _unname(self, db: sqlite3.Connection, path: str, entry: Entry, now: int) -> bool:
         """Inside a transaction: name ``path`` of ``entry`` is gone. Returns whether the inode
@@ -403,7 +428,7 @@ class StorageManager:
         db.execute("DELETE FROM chunks WHERE path = ?", (path,))
         db.execute("DELETE FROM pending WHERE path = ?", (path,))
         last = entry.kind == "dir" or entry.nlink <= 1
-        if last and not self._held.get(entry.ino):
+        if last and not self._is_held(entry.ino):
             self._delete_inode(db, entry.ino)
             return True
         db.execute(
@@ -417,8 +442,11 @@ class StorageManager:
         self.tree.remove_name(path)
         if gone:
             self.tree.drop(entry.ino)
-        else:
-            self.tree.put(replace(entry, nlink=max(0, entry.nlink - 1), ctime_ns=now))
+            return
+        self.tree.put(replace(entry, nlink=max(0, entry.nlink - 1), ctime_ns=now))
+        # Its last close may have come between the check in ``_unname`` and now (``release``
+        # saw the name still here): then nothing else would remove it.
+        self.remove_unlinked(entry.ino)
 
     def rmdir(self, path: str) -> None:
         path = normalize(path)
@@ -517,37 +545,20 @@ class StorageManager:
             moved = self.tree.at_and_below(old)
             now = time.time_ns()  # a rename changes the moved entry's ctime, as on Linux
             parents = self._dir_inos({parent_of(old), parent_of(new)})
-            others = [p for p in self.tree.paths_of(src.ino) if p != old]
-            # Over a file, the name's history goes on: the replaced content becomes a version,
-            # and the moved file's own versions and number continue after it (``after``).
-            after = 0
+            # Each name's history goes on: over a file, the replaced content becomes a version
+            # of the name, and the moved histories continue after the ones already there.
+            histories = sorted(set(moved) | set(self._versions.paths_below(old)))
+            bumped: dict[int, int] = {}
 
             def tx(db: sqlite3.Connection) -> bool:
-                nonlocal after
+                bumped.clear()
                 gone = False
                 if dst is not None:
-                    if dst.kind == "file" and src.kind == "file":
+                    if dst.kind == "file":
                         keep_version(db, new, dst.ino, self.versions_keep)
-                        row = db.execute(
-                            "SELECT max(version) FROM versions WHERE path = ?", (new,)
-                        ).fetchone()
-                        after = max(dst.version, row[0] or 0)
-                        db.execute(
-                            "UPDATE inodes SET version = version + ? WHERE ino = ?",
-                            (after, src.ino),
-                        )
-                        for table in ("versions", "vblocks", "chunks", "pending"):
-                            db.execute(
-                                f"UPDATE {table} SET version = version + ? WHERE path = ?",
-                                (after, old),
-                            )
-                        for p in others:  # the file's other names: their index follows
-                            db.execute("DELETE FROM chunks WHERE path = ?", (p,))
-                            db.execute(
-                                "INSERT OR REPLACE INTO pending (path, version) VALUES (?, ?)",
-                                (p, src.version + after),
-                            )
                     gone = self._unname(db, new, dst, now)
+                for q in histories:
+                    self._continue_history(db, q, new + q[len(old) :], bumped)
                 db.execute("UPDATE inodes SET ctime_ns = ? WHERE ino = ?", (now, src.ino))
                 self._touch_dirs(db, parents, now)
                 for table in NAME_TABLES:
@@ -558,9 +569,49 @@ class StorageManager:
             if dst is not None:
                 self._unnamed(new, dst, gone, now)
             self.tree.move(old, new, moved)
-            self.tree.put(replace(src, version=src.version + after, ctime_ns=now))
+            self._bumped(bumped)
+            moved_entry = self.tree.inode(src.ino)
+            if moved_entry is not None:
+                self.tree.put(replace(moved_entry, ctime_ns=now))
             self._dirs_touched(parents, now)
         self._changed()
+
+    @staticmethod
+    def _history_top(db: sqlite3.Connection, path: str) -> int:
+        """The newest version number in name ``path``'s history (0: none)."""
+        row = db.execute("SELECT max(version) FROM versions WHERE path = ?", (path,)).fetchone()
+        return int(row[0] or 0)
+
+    def _continue_history(
+        self, db: sqlite3.Connection, name: str, onto: str, bumped: dict[int, int]
+    ) -> None:
+        """Inside a transaction, before ``name`` becomes ``onto``: if ``onto`` has a history
+        (an earlier file there, since deleted or replaced), renumber ``name``'s versions, and
+        its file's current version, to follow it, so that no number means two contents."""
+        top = self._history_top(db, onto)
+        if not top:
+            return
+        for table in ("versions", "vblocks"):
+            db.execute(f"UPDATE {table} SET version = version + ? WHERE path = ?", (top, name))
+        entry = self.tree.get(name)
+        if entry is not None and entry.kind == "file":
+            self._bump(db, entry, top, bumped)
+
+    def _bump(self, db: sqlite3.Connection, entry: Entry, by: int, bumped: dict[int, int]) -> None:
+        """Inside a transaction: inode ``entry``'s version number goes up by ``by``, and with it
+        the version its names' passages and index queue entries are for."""
+        db.execute("UPDATE inodes SET version = version + ? WHERE ino = ?", (by, entry.ino))
+        for p in self.tree.paths_of(entry.ino):
+            for table in ("chunks", "pending"):
+                db.execute(f"UPDATE {table} SET version = version + ? WHERE path = ?", (by, p))
+        bumped[entry.ino] = bumped.get(entry.ino, 0) + by
+
+    def _bumped(self, bumped: dict[int, int]) -> None:
+        """After the commit: the bumped version numbers in the tree."""
+        for ino, by in bumped.items():
+            entry = self.tree.inode(ino)
+            if entry is not None:
+                self.tree.put(replace(entry, version=entry.version + by))
 
     def _exchange(self, a: str, b: str) -> None:
         """RENAME_EXCHANGE (under the database lock): names ``a`` and ``b`` swap inodes, each
@@ -889,7 +940,9 @@ class StorageManager:
             for p in [*reversed(missing), path]:
                 kind = "dir" if p != path else "file"
                 mode, gid = self.inherit(parent, kind, 0o755 if kind == "dir" else 0o644, 0)
-                size, version = (len(content), 1) if kind == "file" else (0, 0)
+                size, version = 0, 0
+                if kind == "file":  # a file made where one was deleted: its numbers go on
+                    size, version = len(content), self._history_top(db, p) + 1
                 cur = db.execute(
                     "INSERT INTO inodes (kind, size, version, mode, uid, gid, atime_ns, "
                     "mtime_ns, ctime_ns, nlink) VALUES (?, ?, ?, ?, 0, ?, ?, ?, ?, 1)",
@@ -905,7 +958,10 @@ class StorageManager:
                 "INSERT INTO blocks (ino, idx, data) VALUES (?, ?, ?)",
                 [(made[-1][1].ino, i, b) for i, b in split_blocks(content)],
             )
-            db.execute("INSERT OR REPLACE INTO pending (path, version) VALUES (?, 1)", (path,))
+            db.execute(
+                "INSERT OR REPLACE INTO pending (path, version) VALUES (?, ?)",
+                (path, made[-1][1].version),
+            )
             self._touch_dirs(db, touched, now)
 
         self.db.tx(f"write {path}", tx)

@@ -91,6 +91,15 @@ class Versions:
     def content(self, path: str, version: int) -> bytes:
         return self.read(path, version, 0, self.size(path, version))
 
+    def paths_below(self, top: str) -> list[str]:
+        """``top`` and the paths inside it that have versions (deleted files included)."""
+        top = normalize(top)
+        rows = self.db.rows(
+            "SELECT DISTINCT path FROM versions WHERE path = ? OR path LIKE ? ESCAPE '\\'",
+            (top, like_prefix(top)),
+        )
+        return [r[0] for r in rows]
+
     def paths(self, prefix: str) -> list[str]:
         """Paths under ``prefix`` that have versions (deleted files included)."""
         rows = self.db.rows(

@@ -348,7 +348,8 @@ def test_an_unlinked_inode_lives_while_held_and_a_crash_leaves_none(tmp_path: Pa
     assert s.unlink("f") is False and s.paths_of(f.ino) == []
     s.commit(f.ino, 4, {0: b"more"})  # still writable
     assert s.read_at(f.ino, 0, 10) == b"more"
-    s.release(f.ino)
+    assert s.release(f.ino) is True  # the last close of a nameless inode: remove it
+    s.remove_unlinked(f.ino)
     assert s.inode(f.ino) is None
     g = s.write("g", b"x")
     s.hold(g.ino)
@@ -469,4 +470,39 @@ def test_an_old_database_with_inline_content_and_versions_is_converted(tmp_path:
     f = s.entry("f")
     assert f is not None and (f.mode, f.uid, f.gid, f.version, f.nlink) == (0o644, 7, 8, 2, 1)
     assert s.read("f") == big and s.version_content("f", 1) == b"abc"
+    s.close()
+
+
+def test_a_name_with_history_numbers_on_whatever_comes_to_it(tmp_path: Path) -> None:
+    """A deleted file's versions stay; a file created, linked, moved (alone or inside a
+    directory) to that name continues the numbering, so no kept version is overwritten."""
+    s = sm(tmp_path, index=False)
+    for i in range(3):
+        s.write("f", f"old{i}".encode())
+    s.unlink("f")  # history of f: versions 1, 2, 3 ("old0", "old1", "old2")
+    kept = {v: s.version_content("f", v) for v, _, _ in s.versions("f")}
+    assert kept == {1: b"old0", 2: b"old1", 3: b"old2"}
+    s.create("f")
+    s.write("f", b"new0")
+    s.write("f", b"new1")
+    assert {v: s.version_content("f", v) for v in kept} == kept  # nothing overwritten
+    assert len(s.versions("f")) == 4 and s.read("f") == b"new1"
+    s.unlink("f")
+    g = s.write("g", b"g0")
+    s.write("g", b"g1")
+    s.link(g.ino, "f")  # a second name with a history of its own
+    s.write("f", b"through f")
+    assert {v: s.version_content("f", v) for v in kept} == kept
+    assert s.read("g") == b"through f"
+    s.mkdir("d")
+    s.write("d/x", b"x0")
+    s.write("d/x", b"x1")
+    s.unlink("d/x")
+    s.rmdir("d")  # d/x keeps a history of 2 versions
+    s.write("e/x", b"e0", parents=True)
+    s.write("e/x", b"e1")
+    s.rename("e", "d")  # e/x's history goes on after d/x's
+    numbers = [v for v, _, _ in s.versions("d/x")]
+    assert len(numbers) == len(set(numbers)) == 3
+    assert s.version_content("d/x", numbers[0]) == b"x0" and s.read("d/x") == b"e1"
     s.close()
