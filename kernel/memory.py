@@ -164,30 +164,32 @@ def sync_dir(path: Path) -> None:
 
 def write_sparse(fd: int, data: bytes | bytearray) -> None:
     """Write ``data`` to a new, empty file, leaving aligned runs of HOLE zero bytes as holes,
-    so a file with a hole costs no disk for it."""
+    so a file with a hole costs no disk for it. Zero runs are found with ``find`` (C speed: a
+    dense block costs little more than writing it)."""
     view = memoryview(data)
     n = len(data)
-    start = None  # where the current run of data began
-    for off in range(0, n + HOLE, HOLE):
-        chunk = view[off : off + HOLE]
-        zero = len(chunk) == HOLE and chunk == _ZEROS
-        if off < n and not zero:
-            if start is None:
-                start = off
+    pos = search = 0  # pos: the first byte not yet written or skipped
+    while (found := data.find(_ZEROS, search)) >= 0:
+        start = end = -(-found // HOLE) * HOLE  # the first aligned chunk it may cover
+        while end + HOLE <= n and data.startswith(_ZEROS, end):
+            end += HOLE
+        if end == start:  # a run too short to cover an aligned chunk: look past it
+            search = found + HOLE
             continue
-        if start is not None:
-            pos, end = start, min(off, n)
-            while pos < end:
-                pos += os.pwrite(fd, view[pos:end], pos)
-            start = None
+        _pwrite_all(fd, view[pos:start], pos)
+        pos = search = end
+    _pwrite_all(fd, view[pos:], pos)
     os.ftruncate(fd, n)
 
 
+def _pwrite_all(fd: int, view: memoryview, offset: int) -> None:
+    done = 0
+    while done < len(view):
+        done += os.pwrite(fd, view[done:], offset + done)
+
+
 def write_in_place(fd: int, data: bytes | bytearray) -> None:
-    view = memoryview(data)
-    pos = 0
-    while pos < len(data):
-        pos += os.pwrite(fd, view[pos:], pos)
+    _pwrite_all(fd, memoryview(data), 0)
     os.ftruncate(fd, len(data))
     os.fsync(fd)
 

@@ -597,6 +597,12 @@ def test_extended_attributes(mem_mount: Mount) -> None:
     assert os.listxattr(d / "l", follow_symlinks=False) == []
     os.setxattr(f, "user.big", b"v" * 3000)
     assert os.getxattr(f, "user.big") == b"v" * 3000
+    assert errno_of(lambda: os.setxattr(f, "user.huge", b"v" * 65537)) == errno.E2BIG
+    assert errno_of(lambda: os.setxattr(f, "user.huge", b"v" * 65536)) in (
+        errno.ENOSPC,
+        errno.E2BIG,
+    )
+    assert "user.huge" not in os.listxattr(f)
     with open(f, "a") as out:  # a save (new file renamed over the old) keeps them
         out.write("more")
     assert sorted(os.listxattr(f)) == ["user.big", "user.colour"]
