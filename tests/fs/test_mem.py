@@ -323,6 +323,19 @@ def test_owners_and_modes_are_enforced_for_other_users(tmp_path: Path) -> None:
         assert denied.returncode != 0 and "not permitted" in denied.stderr
         denied = as_user(1000, "chown 1001 mem/mine/f")  # giving files away: root only
         assert denied.returncode != 0 and "not permitted" in denied.stderr
+        made = as_user(1000, "ln -s f mem/mine/l && mkfifo mem/mine/p && ln mem/mine/f mem/mine/h")
+        assert made.returncode == 0, made.stderr
+        for entry in ("l", "p"):  # owned by their creator, links included (lchown)
+            st = os.lstat(m.p("mem", "mine", entry))
+            assert (st.st_uid, st.st_gid) == (1000, 1000)
+        assert os.stat(m.p("mem", "mine", "h")).st_nlink == 2
+        assert as_user(1000, "setfattr -n user.a -v 1 mem/mine/f").returncode == 0
+        denied = as_user(1001, "setfattr -n user.b -v 1 mem/mine/f")  # needs write permission
+        assert denied.returncode != 0 and "Permission denied" in denied.stderr
+        denied = as_user(1000, "setfattr -n trusted.t -v 1 mem/mine/f")  # root's namespace
+        assert denied.returncode != 0 and "not permitted" in denied.stderr
+        assert as_user(1001, "getfattr -n user.a --only-values mem/mine/f").stdout == "1"
+        assert as_user(1000, "rm mem/mine/h mem/mine/l mem/mine/p").returncode == 0
         assert as_user(1000, "chmod 600 mem/mine/f").returncode == 0
         denied = as_user(1001, "cat mem/mine/f")
         assert denied.returncode != 0 and "Permission denied" in denied.stderr
