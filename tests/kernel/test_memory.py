@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import errno
 import os
 import stat
 import time
@@ -9,8 +10,15 @@ from pathlib import Path
 
 import pytest
 
-from kernel.errors import AlreadyExists, InvalidArgument, NameTooLong, NotEmpty, NotFound
-from kernel.memory import MemoryManager
+from kernel.errors import (
+    AlreadyExists,
+    InvalidArgument,
+    KernelError,
+    NameTooLong,
+    NotEmpty,
+    NotFound,
+)
+from kernel.memory import RENAME_EXCHANGE, RENAME_NOREPLACE, MemoryManager
 
 
 def mm(tmp_path: Path, agent_budget: int = 1 << 20, global_budget: int = 1 << 30) -> MemoryManager:
@@ -67,7 +75,7 @@ def test_klru_evicts_once_used_blocks_before_twice_used_ones(tmp_path: Path) -> 
         m.read_all("a", name)  # a second, separate use: these are in steady use
     for i in range(5):  # a scan over cold blocks, each used once
         m.write_file("a", f"cold{i}", b"c" * 1000)
-    resident = {k[1] for k, b in m.blocks.items() if b.data is not None}
+    resident = {n[1] for b in m.blocks.values() if b.data is not None for n in b.names}
     assert {"hot1", "hot2"} <= resident
     assert m.resident["a"] <= 3000
     stats = m.info()["agents"]["a"]
@@ -83,7 +91,7 @@ def test_evicting_a_dirty_block_saves_it_first(tmp_path: Path) -> None:
     m.create("a", "draft")
     m.write("a", "draft", 0, b"d" * 1000)  # not flushed
     m.write_file("a", "other", b"o" * 1000)  # over budget: draft is evicted
-    assert m.blocks[("a", "draft")].data is None
+    assert all(b.data is None for b in m.blocks.values() if ("a", "draft") in b.names)
     assert (tmp_path / "mem/a/draft").read_bytes() == b"d" * 1000
     assert m.read_all("a", "draft") == b"d" * 1000
 
@@ -179,3 +187,86 @@ def test_defaults_owners_and_setgid_directories(tmp_path: Path) -> None:
         assert (st.st_uid, st.st_gid) == (777, 888)
     with pytest.raises(NotFound):
         m.set_metadata("a", "missing", mode=0o600)
+
+
+def test_hard_links_share_one_block_and_saves_keep_the_link(tmp_path: Path) -> None:
+    m = mm(tmp_path)
+    fid = m.create("a", "x")
+    m.mkdir("a", "d")
+    m.link(fid, "a", "d/y")
+    assert m.lookup("a", "d/y") == (stat.S_IFREG, fid)
+    m.write("a", "x", 0, b"shared")  # unsaved, and already seen through the other name
+    assert m.read_all("a", "d/y") == b"shared"
+    m.flush("a", "d/y")
+    x, y = (tmp_path / "mem/a/x").stat(), (tmp_path / "mem/a/d/y").stat()
+    assert x.st_ino == y.st_ino and x.st_nlink == 2  # saved in place: still one inode
+    assert m.unlink("a", "x") is None  # not the last name
+    m.write("a", "d/y", 0, b"SHARED, alone")
+    m.flush("a", "d/y")  # one name again: saved by rename, the id stays
+    assert m.lookup("a", "d/y") == (stat.S_IFREG, fid)
+    assert (tmp_path / "mem/a/d/y").read_bytes() == b"SHARED, alone"
+    assert m.unlink("a", "d/y") == fid and fid not in m.blocks
+
+
+def test_an_open_block_outlives_its_last_name(tmp_path: Path) -> None:
+    m = mm(tmp_path, agent_budget=1500)
+    fid = m.create("a", "f")
+    m.write_id(fid, 0, b"x" * 1000)
+    m.open_id(fid)
+    assert m.unlink("a", "f") == fid
+    m.write_file("a", "other", b"o" * 1000)  # evicts f: saved through its descriptor
+    assert m.blocks[fid].data is None
+    assert m.read_id(fid, 0, 2000) == b"x" * 1000
+    entry = m.entry_id(fid)
+    assert entry is not None and entry[0].st_nlink == 0
+    m.close_id(fid)
+    assert fid not in m.blocks and m.entry_id(fid) is None
+
+
+def test_rename_flags(tmp_path: Path) -> None:
+    m = mm(tmp_path)
+    m.write_file("a", "f", b"f")
+    m.write_file("a", "g", b"g")
+    fid = m.lookup("a", "f")
+    assert fid is not None
+    with pytest.raises(KernelError) as e:
+        m.rename("a", "f", "a", "g", RENAME_NOREPLACE)
+    assert e.value.errno == errno.EEXIST
+    m.rename("a", "f", "a", "g", RENAME_EXCHANGE)
+    assert m.read_all("a", "g") == b"f" and m.read_all("a", "f") == b"g"
+    assert m.lookup("a", "g") == fid
+    gone = m.lookup("a", "f")
+    assert gone is not None and m.rename("a", "g", "a", "f") == gone[1]
+    assert m.read_all("a", "f") == b"f" and m.stat("a", "g") is None
+
+
+def test_links_are_never_followed(tmp_path: Path) -> None:
+    outside = tmp_path / "outside"
+    outside.mkdir()
+    (outside / "secret").write_text("secret")
+    m = mm(tmp_path)
+    m.symlink("a", "out", str(outside).encode())
+    m.symlink("a", "s", str(outside / "secret").encode())
+    found = m.lookup("a", "s")
+    assert found is not None and found[0] == stat.S_IFLNK
+    assert m.readlink(found[1]) == str(outside / "secret").encode()
+    for path in ("s", "out/secret"):
+        with pytest.raises(KernelError) as e:
+            m.read_all("a", path)
+        assert e.value.errno == errno.ELOOP
+    with pytest.raises(KernelError):
+        m.write_file("a", "out/new", b"no")
+    assert not (outside / "new").exists() and (outside / "secret").read_text() == "secret"
+    assert [e["kind"] for e in m.list_entries("a", "")] == ["symlink", "symlink"]
+
+
+def test_a_saved_hole_is_sparse(tmp_path: Path) -> None:
+    m = mm(tmp_path)
+    m.create("a", "h")
+    m.write("a", "h", 500_000, b"end")
+    m.flush("a", "h")
+    st = (tmp_path / "mem/a/h").stat()
+    assert st.st_size == 500_003 and st.st_blocks * 512 <= 8192
+    assert m.read_all("a", "h") == bytes(500_000) + b"end"
+    again = MemoryManager(tmp_path / "mem", 1 << 20, 1 << 30)
+    assert again.read_all("a", "h") == bytes(500_000) + b"end"
