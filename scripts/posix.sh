@@ -83,7 +83,8 @@ start_daemon() {
     DAEMON_PID=$(cat "$MNT/sys/pid")
 }
 
-# The directory a target's run happens in: fresh and empty each time.
+# Sets DIR to the directory a target's run happens in, fresh and empty each time. Called
+# directly, never in $(...): a subshell would lose DAEMON_PID and TMPFS, and the cleanup with them.
 target_dir() {
     case "$1" in
     tmpfs)
@@ -92,17 +93,18 @@ target_dir() {
             mkdir -p "$TMPFS"
             mount -t tmpfs -o size=512m,mode=0755 tmpfs "$TMPFS" || die "cannot mount a tmpfs at $TMPFS"
         fi
-        mkdir -p "$TMPFS/run" && echo "$TMPFS/run"
+        DIR=$TMPFS/run
         ;;
     store)
         start_daemon
-        mkdir -p "$MNT/store/pjdfstest-$$" && echo "$MNT/store/pjdfstest-$$"
+        DIR=$MNT/store/pjdfstest-$$
         ;;
     mem)
         start_daemon
-        mkdir -p "$MNT/mem/pjdfstest/run-$$" && echo "$MNT/mem/pjdfstest/run-$$"
+        DIR=$MNT/mem/pjdfstest/run-$$
         ;;
     esac
+    mkdir -p "$DIR"
 }
 
 # The expected failures of a target: test files (relative to tests/, e.g. link/00.t) from the
@@ -122,7 +124,8 @@ expected_for() {
 status=0
 summary=""
 for t in $TARGETS; do
-    dir=$(target_dir "$t")
+    target_dir "$t"
+    dir=$DIR
     log=$WORK/prove-$t.log
     say "running pjdfstest in $t ($dir); log: $log"
     start=$(date +%s)
