@@ -31,6 +31,7 @@ from __future__ import annotations
 import errno
 import os
 import stat
+import time
 from collections.abc import Callable
 from typing import TYPE_CHECKING, TypeVar
 
@@ -40,7 +41,7 @@ from aiosfs.trees import creator
 from aiosfs.trees.search import QueryRoot, StoreCalls
 from aiosfs.vfs import Dir, Handle, Metadata, Node, check_access, fuse_error
 from kernel import Kernel
-from kernel.names import check_name
+from kernel.names import NAME_MAX, check_name
 from kernel.store import BLOCK, KIND_OF_TYPE, ROOT, Entry, StorageManager, normalize
 
 T = TypeVar("T")
@@ -113,9 +114,15 @@ class StoreNode(StoreCalls):
         entry = self.entry()
         if entry is None:
             return None
-        return Metadata(
-            entry.mode, entry.uid, entry.gid, entry.atime_ns, entry.mtime_ns, entry.ctime_ns
-        )
+        mtime = max([entry.mtime_ns, *self.pending_mtimes()])
+        return Metadata(entry.mode, entry.uid, entry.gid, entry.atime_ns, mtime, entry.ctime_ns)
+
+    def pending_mtimes(self) -> list[int]:
+        """When this node's open writers last wrote, not yet committed (files override)."""
+        return []
+
+    def times_set(self) -> None:
+        """utimensat set the modification time explicitly (files override)."""
 
     def nlink(self) -> int:
         entry = self.entry()
@@ -149,6 +156,8 @@ class StoreNode(StoreCalls):
         if all(v is None for v in changes.values()):
             return
         await self.call(self._set_metadata, changes)
+        if changes["mtime_ns"] is not None:
+            self.times_set()
 
     def _set_metadata(self, changes: dict[str, int | None]) -> None:
         self.storage.set_metadata(self.ino, **changes)
@@ -219,6 +228,8 @@ class StoreDir(StoreNode, Dir):
         return [(name, self._node(name)) for name in self.storage.listdir(self.path)]
 
     def lookup(self, name: str) -> Node:
+        if len(os.fsencode(name)) > NAME_MAX:
+            raise fuse_error(errno.ENAMETOOLONG)  # no such name can exist: say why
         path = self.path
         if name in (".search", ".grep") or (name == ".versions" and not path):
             # Keyed by the path too: after this directory moves, queries search the new path.
@@ -333,6 +344,15 @@ class StoreFile(StoreNode, Node):
         entry = self.entry()
         return entry.size if entry else 0
 
+    def pending_mtimes(self) -> list[int]:
+        return [h.wrote_at for h in self.writers if h.dirty and h.wrote_at is not None]
+
+    def times_set(self) -> None:
+        """A time set after a write wins over the write's own when it is committed (``cp -p``
+        and ``tar`` write, set the times on the open file, then close it)."""
+        for h in self.writers:
+            h.wrote_at = None
+
     async def open(self, flags: int, ctx: pyfuse3.RequestContext) -> Handle:
         check_access(self, flags)
         truncate = bool(flags & os.O_TRUNC)
@@ -425,7 +445,9 @@ class StoreHandle(Handle):
         self.dirty = truncated and self.writable
         self.written = False
         self.failed = 0  # errno of a write that failed: nothing of this descriptor is committed
-        self.open = True
+        # When this descriptor last wrote or truncated: the modification time its commit sets,
+        # unless utimensat set one since (None: keep the inode's).
+        self.wrote_at: int | None = time.time_ns() if truncated else None
 
     @property
     def storage(self) -> StorageManager:
@@ -500,6 +522,7 @@ class StoreHandle(Handle):
             self.staged.discard(idx)
         self.size = max(self.size, end)
         self.dirty = self.written = True
+        self.wrote_at = time.time_ns()
         if len(self.blocks) * BLOCK > STAGE_BYTES:
             await self._stage()
         return len(data)
@@ -529,13 +552,14 @@ class StoreHandle(Handle):
                 self.blocks[keep] = tail
         self.size = size
         self.dirty = self.written = True  # ftruncate is an explicit change: commit at close
+        self.wrote_at = time.time_ns()
 
     async def _commit(self) -> None:
         f = self.file
         staged = sorted(self.staged) if self.stage is not None else None
         await f.call(
             self.storage.commit, f.ino, self.size, dict(self.blocks), self.stage, staged,
-            self.cut, self.via,
+            self.cut, self.via, self.wrote_at,
         )  # fmt: skip
         self.blocks.clear()
         self.staged.clear()

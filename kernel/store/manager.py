@@ -814,13 +814,15 @@ class StorageManager:
         staged: list[int] | None = None,
         cut: int | None = None,
         via: str | None = None,
+        mtime_ns: int | None = 0,
     ) -> Entry:
         """A writer's close: inode ``ino`` becomes ``size`` bytes long, as one transaction and
         one new version. In order: what was committed from byte ``cut`` on is dropped (the
         writer truncated there), blocks ``staged`` of its stage are put in, then ``blocks``
         (index -> content, zeros past a short block's end). The previous content becomes a
-        version of ``via`` (the name the writer opened; else the inode's first name). mtime
-        and ctime become now."""
+        version of ``via`` (the name the writer opened; else the inode's first name).
+        ``mtime_ns``: when the writer last wrote (0, the default: now; None: keep the mtime,
+        which utimensat set after the writes); ctime becomes now."""
         if size > self.max_file_bytes:
             raise TooLarge(f"file of {size} bytes is over the {self.max_file_bytes}-byte limit")
         with self.db.lock:
@@ -829,7 +831,7 @@ class StorageManager:
                 raise NotFound("no such file in the store")
             if entry.kind != "file":
                 raise InvalidArgument("not a regular file")
-            new = self._commit(entry, size, blocks, stage, staged or [], cut, via)
+            new = self._commit(entry, size, blocks, stage, staged or [], cut, via, mtime_ns)
         self.ballast.restore()
         self._index.wake()
         return new
@@ -843,14 +845,16 @@ class StorageManager:
         staged: list[int],
         cut: int | None,
         via: str | None,
+        mtime_ns: int | None = 0,
     ) -> Entry:
-        """Under the database lock: the transaction of a new content (see ``commit``), then
-        the tree's update."""
+        """Under the database lock: the transaction of a new content (see ``commit``; a
+        ``mtime_ns`` of 0 means now), then the tree's update."""
         ino = entry.ino
         names = self.tree.paths_of(ino)
         name = via if via in names else (names[0] if names else None)
         now = time.time_ns()
-        new = replace(entry, size=size, version=entry.version + 1, mtime_ns=now, ctime_ns=now)
+        mtime = entry.mtime_ns if mtime_ns is None else (mtime_ns or now)
+        new = replace(entry, size=size, version=entry.version + 1, mtime_ns=mtime, ctime_ns=now)
 
         def tx(db: sqlite3.Connection) -> None:
             if name is not None:
