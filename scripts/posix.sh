@@ -78,8 +78,11 @@ start_daemon() {
     [ -n "$DAEMON_PID" ] && return 0
     mkdir -p "$MNT" "$DATA"
     say "mounting aiosfs at $MNT (model $MODEL, hashing embedder, data in $DATA)"
+    # Files up to 4 GiB: pjdfstest writes past 2 GiB (open/25.t), and a sparse file's hole costs
+    # the store nothing. --allow-other: pjdfstest acts as other users too.
+    printf '[kernel]\nstore_max_file_mb = 4096\n' >"$WORK/posix.toml"
     "$VENV/bin/python" -m aiosfs mount "$MNT" --data-dir "$DATA" --model "$MODEL" \
-        --embedder hashing >"$WORK/mount.out" 2>&1 || { cat "$WORK/mount.out" >&2; die "mount failed"; }
+        --config "$WORK/posix.toml" --embedder hashing --allow-other >"$WORK/mount.out" 2>&1 || { cat "$WORK/mount.out" >&2; die "mount failed"; }
     DAEMON_PID=$(cat "$MNT/sys/pid")
 }
 
@@ -135,7 +138,17 @@ for t in $TARGETS; do
     tests=$(sed -n 's/^Files=\([0-9]*\), Tests=\([0-9]*\),.*/\2/p' "$log" | tail -1)
     # The Test Summary Report names each failing file; "Failed: N" counts its failed tests
     # (a file that died or planned wrong is listed with a Wstat or "Parse errors" and no count).
-    failing=$(sed -n "s|^${PJDFSTEST}/tests/\([^ ]*\.t\) *(Wstat: .*|\1|p" "$log" | sort -u)
+    # A listed file with "Failed: 0" and Wstat 0 only had TODO tests pass: not a failure.
+    failing=$(awk -v p="$PJDFSTEST/tests/" '
+        index($0, p) == 1 && /\(Wstat: / {
+            f = substr($1, length(p) + 1)
+            w = $0; sub(/.*Wstat: /, "", w); sub(/ .*/, "", w)
+            n = $0; sub(/.*Failed: /, "", n); sub(/\).*/, "", n)
+            if (w != "0" || n + 0 > 0) print f
+            cur = f; next
+        }
+        /Parse errors/ && cur != "" { print cur }
+        /^[^ ]/ { cur = "" }' "$log" | sort -u)
     failed=$(sed -n 's/.*Failed: \([0-9]*\)).*/\1/p' "$log" | awk '{s += $1} END {print s + 0}')
     nfail=$(printf '%s\n' "$failing" | grep -c . || true)
     expected=$(expected_for "$t")
