@@ -20,7 +20,7 @@ set -euo pipefail
 ROOT=$(cd "$(dirname "$0")/.." && pwd)
 cd "$ROOT"
 
-VENV=${AIOSFS_VENV:-.venv}
+VENV=$(cd "${AIOSFS_VENV:-.venv}" 2>/dev/null && pwd || echo "${AIOSFS_VENV:-.venv}")  # absolute: cleanup runs from /
 MODEL=${POSIX_MODEL:-tiny-random}
 EXPECTED_DOC=${POSIX_EXPECTED:-docs/posix.md}
 say() { printf 'posix: %s\n' "$*" >&2; }
@@ -170,7 +170,7 @@ for t in $TARGETS; do
 done
 
 if [ -n "$DAEMON_PID" ]; then
-    errors=$(grep -c ' ERROR ' "$DATA"/*.log 2>/dev/null | awk -F: '{s += $NF} END {print s + 0}')
+    errors=$({ grep -c ' ERROR ' "$DATA"/*.log 2>/dev/null || true; } | awk -F: '{s += $NF} END {print s + 0}')
     [ "$errors" -eq 0 ] || summary="${summary}daemon logged $errors ERROR record(s): see $DATA"$'\n'
 fi
 printf '\n%s' "$summary"
