@@ -4,8 +4,9 @@ and ``ask_agent``.
 The calculator is the tool a small model most needs (it cannot multiply) and the easiest to get
 dangerously wrong, so it is a strict evaluator over Python's ``ast``: numbers, ``+ - * / // %
 **`` (``^`` read as ``**``), unary signs, parentheses, a fixed list of functions and the
-constants ``pi``, ``e`` and ``tau``; a result that is not a finite number is an error. Names, attributes, subscripts, comprehensions, strings,
-lambdas — anything else — are refused before anything is computed, and ``eval`` is never used.
+constants ``pi``, ``e`` and ``tau``; a result that is not a finite number is an error. Names,
+attributes, subscripts, comprehensions, strings, lambdas — anything else — are refused before
+anything is computed, and ``eval`` is never used.
 Work is bounded: the expression's length, its depth, and the size of every integer (an exponent
 or product that would pass ``MAX_INT_BITS`` is refused *before* it is computed, so ``9**9**9``
 answers at once instead of hanging the trio thread).
@@ -191,9 +192,11 @@ def _eval(node: ast.AST) -> Number:
             return _CONSTANTS[node.id]
         raise ToolError(f"unknown name {node.id!r} (constants: {', '.join(_CONSTANTS)})")
     if isinstance(node, ast.Call):
-        if not isinstance(node.func, ast.Name) or node.func.id not in _FUNCTIONS:
-            what = node.func.id if isinstance(node.func, ast.Name) else "that"
-            raise ToolError(f"unknown function {what!r} (functions: {', '.join(_FUNCTIONS)})")
+        if not isinstance(node.func, ast.Name):
+            raise ToolError(f"not allowed in a calculation: calling {type(node.func).__name__}")
+        if node.func.id not in _FUNCTIONS:
+            known = ", ".join(_FUNCTIONS)
+            raise ToolError(f"unknown function {node.func.id!r} (functions: {known})")
         if node.keywords:
             raise ToolError("functions take positional arguments only")
         if len(node.args) > 100:

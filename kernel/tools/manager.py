@@ -67,10 +67,10 @@ MAX_ERROR_CHARS = 4000
 def parse_arguments(data: bytes | str) -> dict[str, Any]:
     """The JSON object written to a ``call`` file, or ``InvalidArgument`` (EINVAL) saying why
     not. Empty input means no arguments, so ``echo -n > call`` works for a tool that takes none."""
-    text = data.decode() if isinstance(data, bytes) else data
-    if not text.strip():
-        return {}
     try:
+        text = data.decode() if isinstance(data, bytes) else data
+        if not text.strip():
+            return {}
         obj = json.loads(text)
     except (json.JSONDecodeError, UnicodeDecodeError) as e:
         raise InvalidArgument(f"tool arguments are not JSON: {e}") from None
