@@ -30,8 +30,8 @@ from kernel.tools import (
     ToolSpec,
     ask_agent_tool,
     calculate,
+    calculator_tool,
     datetime_tool,
-    default_builtins,
     kernel_call_tools,
     parse_arguments,
 )
@@ -126,7 +126,7 @@ def test_calculator_never_evals() -> None:
 
 async def test_builtins_through_the_manager() -> None:
     fixed = datetime(2026, 7, 14, 10, 30, tzinfo=UTC)
-    source = BuiltinSource([default_builtins().__dict__["_tools"]["calculator"]])
+    source = BuiltinSource([calculator_tool()])
     source.add(datetime_tool(lambda: fixed))
     m = ToolManager([source])
     assert [s.name for s in await m.specs()] == ["calculator", "datetime"]
