@@ -430,7 +430,8 @@ class McpSource:
                 trio.lowlevel.spawn_system_task(self._run_connection, conn)
             await conn.ready.wait()  # always set by the task, even when it fails
             if not conn.usable:
-                raise ToolError(f"cannot start MCP server {self.name}: {conn.error}")
+                why = conn.error or "it stopped before it was ready"
+                raise ToolError(f"cannot start MCP server {self.name}: {why}")
             return conn
 
     async def _guarded(
@@ -488,8 +489,8 @@ class McpSource:
             cwd=cfg.cwd,
         )
         try:
+            # not inheritable: only the server gets the write end (as its stderr)
             read_fd, write_fd = os.pipe()
-            os.set_inheritable(write_fd, True)
             errlog = os.fdopen(write_fd, "w")
             async with trio.open_nursery() as nursery:
                 nursery.start_soon(self._log_stderr, read_fd)
@@ -504,6 +505,7 @@ class McpSource:
                             with trio.fail_after(cfg.start_timeout_s):
                                 await session.initialize()
                             conn.session = session
+                            conn.last_used = trio.current_time()  # idle counts from here
                             conn.ready.set()
                             log.info("MCP server %s started: %s", self.name, " ".join(cfg.command))
                             await self._serve(conn)
