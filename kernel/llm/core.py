@@ -8,6 +8,7 @@ sampled last); the core runs them all through the model in one packed forward pa
 
 from __future__ import annotations
 
+import copy
 import os
 from abc import ABC, abstractmethod
 from pathlib import Path
@@ -45,6 +46,12 @@ class LLMCore(ABC):
 
     @abstractmethod
     def info(self) -> dict[str, Any]: ...
+
+    def grammar_vocab(self) -> tuple[str, int]:
+        """The tokenizer serialised as Hugging Face's ``tokenizer.json`` and the width of a
+        logits row: what the grammar engine needs to map a grammar onto token ids
+        (``response_format``). A core without a fast tokenizer cannot constrain its output."""
+        raise NotImplementedError(f"model {self.name} cannot constrain its output")
 
 
 class TransformersCore(LLMCore):
@@ -135,6 +142,15 @@ class TransformersCore(LLMCore):
         plan.commit()
         logits: torch.Tensor = out.logits[0]
         return logits
+
+    def grammar_vocab(self) -> tuple[str, int]:
+        backend = getattr(self.tokenizer, "backend_tokenizer", None)
+        if backend is None:
+            return super().grammar_vocab()
+        backend = copy.copy(backend)  # serialise without padding or truncation (not ours to change)
+        backend.no_padding()
+        backend.no_truncation()
+        return str(backend.to_str()), int(self.model.config.vocab_size)
 
     def info(self) -> dict[str, Any]:
         return {

@@ -16,6 +16,10 @@ New requests therefore join between any two steps and finished ones leave at onc
 first looks in the prefix cache: the KV of a prefix computed before (the agent's previous turn, a
 shared system prompt) is copied instead of recomputed.
 
+A request with a ``response_format`` gets a grammar matcher on its sequence (``grammar.py``): the
+sampler masks its logits with it, and each token sampled advances it. Only that sequence's row is
+touched, so constrained and free requests share a batch without changing each other's output.
+
 Failures are contained: a request that cannot be prepared fails alone; an exception in a step
 fails that step's sequences and the engine carries on.
 """
@@ -33,6 +37,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from kernel.llm.core import LLMCore
+from kernel.llm.grammar import Grammars, TokenConstraint
 from kernel.llm.kv import SeqKV
 from kernel.llm.prefix_cache import PrefixCache
 from kernel.llm.request import GenerationRequest, Update
@@ -90,6 +95,7 @@ class Engine:
         self.scheduler: Scheduler = make_scheduler(config.policy, config.limits, self.ledger)
         self.prefix = PrefixCache(config.prefix_cache_bytes)
         self.swap: SwapManager | None = None  # needs the model's KV shape: made after loading
+        self.grammars: Grammars | None = None  # the tokenizer for constraints, on first use
         self.state = "new"  # new -> loading -> ready | failed; stopped
         self.progress = ""
         self.load_error: str | None = None
@@ -284,6 +290,8 @@ class Engine:
             )
         seq = Sequence(request, ids, min(max_tokens, room))
         seq.rng = new_rng(request.sampling)
+        if request.sampling.grammar is not None:
+            seq.constraint = self._constraint(request.sampling.grammar)
         if not self.scheduler.reuse_prefixes:
             return seq
         entry, n = self.prefix.match(ids)
@@ -293,6 +301,13 @@ class Engine:
             seq.cached_tokens = n
             self.prefix.record_reuse(n)
         return seq
+
+    def _constraint(self, grammar: str) -> TokenConstraint:
+        """A fresh matcher for a new sequence (the tokenizer is converted once per engine)."""
+        if self.grammars is None:
+            tokenizer_json, vocab = self.core.grammar_vocab()
+            self.grammars = Grammars(tokenizer_json, vocab, self.core.eos_ids)
+        return self.grammars.start(grammar)
 
     def _feeds(self, batch: list[Sequence]) -> list[tuple[Sequence, int]]:
         """How many tokens each sequence feeds this step: decoding ones 1, prefilling ones a
@@ -373,7 +388,17 @@ class Engine:
             self.ledger.charge(seq.agent, prompt=prompt_fed)
             if seq.unfed:
                 continue  # a prefill chunk that did not reach the end of the prompt yet
-            token = sample(row, seq.params, seq.output_ids, seq.rng)
+            constraint = seq.constraint
+            assert constraint is None or isinstance(constraint, TokenConstraint)
+            token = sample(row, seq.params, seq.output_ids, seq.rng, constraint)
+            if constraint is not None and not constraint.advance(token):
+                # the mask allows only tokens the grammar accepts: this is a bug, not the model
+                log.error("request %d: grammar refused token %d", seq.id, token)
+                self.scheduler.finish(seq)
+                self._drop(seq)
+                error = f"output grammar refused token {token}: {constraint.error}"
+                updates.append(Update(seq.id, finished="error", error=error))
+                continue
             text = seq.append_token(token, self.core.eos_ids, self.core)
             generated += 1
             seq.slice_tokens += 1

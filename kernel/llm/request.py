@@ -7,7 +7,9 @@ from dataclasses import dataclass, field
 
 @dataclass(frozen=True)
 class SamplingParams:
-    """Per-request decoding settings. temperature 0 means greedy (argmax)."""
+    """Per-request decoding settings. temperature 0 means greedy (argmax). ``grammar`` is the
+    llguidance grammar the output must match (compiled from ``response_format`` at submission,
+    see ``grammar.py``); None leaves the output free."""
 
     max_tokens: int = 256
     temperature: float = 0.0
@@ -15,6 +17,7 @@ class SamplingParams:
     repetition_penalty: float = 1.0
     stop: tuple[str, ...] = ()
     seed: int | None = None
+    grammar: str | None = None
 
 
 @dataclass(frozen=True)

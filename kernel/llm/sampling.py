@@ -4,12 +4,19 @@ Greedy decoding is a plain argmax so that a request's output is the same whether
 or in a batch. Sampling draws from the sequence's own torch.Generator, seeded from the request,
 so a seeded request is reproducible regardless of what else is running. The generator is made
 here (``new_rng``) rather than by the Sequence, which stays free of torch.
+
+A sequence with a ``response_format`` carries a grammar constraint (``grammar.py``): its mask is
+applied to the logits after the repetition penalty and before argmax or softmax, so the chosen
+token always keeps the output valid, and a sampled token is drawn only among valid ones (the
+probabilities renormalise over them). Unconstrained sequences take exactly the path they took
+before, which keeps their output identical whatever their neighbours in the batch ask for.
 """
 
 from __future__ import annotations
 
 import torch
 
+from kernel.llm.grammar import TokenConstraint
 from kernel.llm.request import SamplingParams
 from kernel.llm.sequence import RandomStream
 
@@ -37,15 +44,28 @@ def apply_repetition_penalty(logits: torch.Tensor, seen: list[int], penalty: flo
     logits[idx] = torch.where(vals > 0, vals / penalty, vals * penalty)
 
 
+def apply_grammar_mask(logits: torch.Tensor, constraint: TokenConstraint) -> None:
+    """Set to -inf (in place) the logits of every token the grammar does not allow next,
+    including ids past the tokenizer's vocabulary (padding rows of the embedding)."""
+    allowed = torch.frombuffer(bytearray(constraint.allowed()), dtype=torch.uint8)
+    n = min(len(allowed), len(logits))
+    logits[:n].masked_fill_(allowed[:n] == 0, float("-inf"))
+    logits[n:] = float("-inf")
+
+
 def sample(
     logits: torch.Tensor,
     params: SamplingParams,
     seen: list[int],
     rng: RandomStream | None,
+    constraint: TokenConstraint | None = None,
 ) -> int:
-    """Pick one token id from a 1-D float32 logits row; ``rng`` is the one ``new_rng`` made."""
+    """Pick one token id from a 1-D float32 logits row; ``rng`` is the one ``new_rng`` made,
+    ``constraint`` the sequence's grammar (None: any token)."""
     logits = logits.float().clone()
     apply_repetition_penalty(logits, seen, params.repetition_penalty)
+    if constraint is not None:
+        apply_grammar_mask(logits, constraint)
     if params.temperature == 0.0:
         return int(torch.argmax(logits))
     probs = torch.softmax(logits / params.temperature, dim=-1)

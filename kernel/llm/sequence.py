@@ -5,7 +5,8 @@ This module imports no torch, so the scheduler (which only moves sequences betwe
 everything that imports it stays light. The tensors a sequence needs while it runs belong to the
 engine side and hang off it as handles typed by what bookkeeping needs of them: its KV cache
 (``kv.SeqKV``, of which only the length is read here), its sampler's random stream (made by
-``sampling.py``) and, while it is swapped out, its snapshot (made by ``swap.py``).
+``sampling.py``), its output grammar's state when the request asked for a ``response_format``
+(made by ``grammar.py``) and, while it is swapped out, its snapshot (made by ``swap.py``).
 
 Text is released incrementally but never wrongly: a partial UTF-8 character (a byte-level token
 that ends mid-character decodes to U+FFFD) is held until complete, and the tail that could still
@@ -42,6 +43,14 @@ class RandomStream(Protocol):
     def set_state(self, new_state: Any, /) -> object: ...
 
 
+class OutputConstraint(Protocol):
+    """A sequence's output grammar, as bookkeeping sees it: whether the output is complete
+    (nothing but the end may follow), which finishes the sequence with "stop"."""
+
+    @property
+    def done(self) -> bool: ...
+
+
 class SeqState(enum.Enum):
     WAITING = "waiting"
     RUNNING = "running"
@@ -71,6 +80,7 @@ class Sequence:
         self.cached_tokens = 0  # prompt tokens whose KV came from the prefix cache
         self.kv: KVCache | None = None  # keys and values of the tokens fed so far
         self.rng: RandomStream | None = None  # set by the engine when sampling is random
+        self.constraint: OutputConstraint | None = None  # set by the engine for response_format
         self.snapshot: object | None = None  # set by the swap manager while swapped out
         self.text = ""  # decoded output, stop string excluded once found
         self._emitted = 0  # characters of ``text`` already released
@@ -120,6 +130,11 @@ class Sequence:
         self._decode_tail(tok)
         if self._find_stop():
             self.finish_reason = "stop"
+            return self._release(final=True)
+        if self.constraint is not None and self.constraint.done:
+            # complete at the last allowed token is a success, not "length"
+            self.finish_reason = "stop"
+            self._flush_tail(tok)
             return self._release(final=True)
         if len(self.output_ids) >= self.max_tokens:
             self.finish_reason = "length"

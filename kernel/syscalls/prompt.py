@@ -57,6 +57,7 @@ def sampling(call: LLMCall, cfg: AgentConfig) -> SamplingParams:
         ),
         stop=call.stop,
         seed=call.seed,
+        grammar=call.response_format.grammar if call.response_format else None,
     )
 
 

@@ -11,8 +11,10 @@ A syscall arrives as the bytes one writer wrote before closing ``agents/NAME/sys
 Validation is strict: an unknown field is an error rather than silently ignored, because a typo in
 ``"max_token"`` that quietly does nothing is worse than a clear EINVAL.
 
-This module depends on nothing but ``kernel.errors``, so that the modules describing agents,
-results and conversations can use its types without pulling in the managers behind the calls.
+This module depends on nothing but ``kernel.errors`` and, for ``response_format``, the grammar
+compiler in ``kernel.llm.grammar`` (no torch: an invalid schema must be EINVAL at submission, and
+only the compiler knows what it can enforce), so that the modules describing agents, results and
+conversations can use its types without pulling in the managers behind the calls.
 """
 
 from __future__ import annotations
@@ -24,6 +26,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from kernel.errors import InvalidArgument
+from kernel.llm.grammar import ResponseFormat, parse_response_format
 
 ROLES = ("system", "user", "assistant")
 
@@ -61,6 +64,7 @@ class LLMCall:
     seed: int | None = None
     memory: tuple[str, ...] = ()  # the agent's memory files to put in front of the prompt
     retrieve: Retrieve | None = None  # passages from /store to put in front of the prompt
+    response_format: ResponseFormat | None = None  # None and type "text": free text
 
     call = "llm"
 
@@ -243,6 +247,7 @@ def parse_llm(obj: dict[str, Any], limits: SyscallLimits) -> LLMCall:
         "seed": lambda v: check_int("seed", v, 0, 2**63 - 1),
         "memory": _memory_paths,
         "retrieve": _retrieve,
+        "response_format": parse_response_format,
         **sampling_fields(limits),
     }
     fields: dict[str, Any] = {}
@@ -269,6 +274,10 @@ def parse_llm(obj: dict[str, Any], limits: SyscallLimits) -> LLMCall:
         raise InvalidArgument('put the system prompt inside "messages", not in "system"')
     if "messages" in fields and fields["messages"][-1].role == "assistant":
         raise InvalidArgument('the last of "messages" must not be an assistant message')
+    fmt = fields.get("response_format")
+    if fmt is not None and fmt.grammar is not None and "stop" in fields:
+        # a stop string met inside the document would cut it short and leave it invalid
+        raise InvalidArgument('"stop" cannot be combined with a JSON "response_format"')
     return LLMCall(**fields)
 
 
