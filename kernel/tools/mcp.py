@@ -54,45 +54,10 @@ from mcp.shared.jsonrpc_dispatcher import JSONRPCDispatcher
 from mcp.shared.transport_context import TransportContext
 
 from kernel.errors import InvalidArgument
+from kernel.tools.tool import Caller, ToolError, ToolSpec
 
 log = logging.getLogger(__name__)
 _T = TypeVar("_T")
-
-# ---------------------------------------------------------------------------------------------
-# Stand-ins: these match kernel/tools/tool.py; the lead will replace these with imports from it.
-# ---------------------------------------------------------------------------------------------
-
-
-@dataclass(frozen=True)
-class ToolSpec:
-    """One tool as the manager sees it (stand-in; matches kernel/tools/tool.py)."""
-
-    name: str
-    description: str
-    schema: dict[str, Any]  # JSON Schema of the arguments
-    timeout_s: float
-    parallel: int
-    resources: tuple[str, ...]
-    destructive: bool
-    source: str  # "mcp:SERVER"
-
-
-@dataclass(frozen=True)
-class Caller:
-    """Who a call is made for (stand-in; matches kernel/tools/tool.py)."""
-
-    agent: str
-    uid: int
-    gid: int
-
-
-class ToolError(Exception):
-    """A tool call failed; the message says why (stand-in; matches kernel/tools/tool.py)."""
-
-    def __init__(self, message: str) -> None:
-        super().__init__(message)
-        self.message = message
-
 
 # ---------------------------------------------------------------------------------------------
 # Configuration
