@@ -5,8 +5,8 @@ is logged and answered with EIO. A non-FUSEError escaping a handler would end ``
 and leave a dead mount, so nothing may escape.
 
 This is the only module that imports the trees: it builds the root (README, agents/, sys/,
-mem/, store/) and gives each tree the kernel facade; the trees' nodes get the inode table and
-the interrupt watcher through ``VfsEnv``.
+mem/, store/, tools/) and gives each tree the kernel facade; the trees' nodes get the inode
+table and the interrupt watcher through ``VfsEnv``.
 """
 
 from __future__ import annotations
@@ -26,6 +26,7 @@ from aiosfs.trees.agents import AgentsDir
 from aiosfs.trees.mem import MemRoot
 from aiosfs.trees.store import StoreDir
 from aiosfs.trees.sys import build_sys
+from aiosfs.trees.tools import ToolsDir
 from aiosfs.vfs import (
     Dir,
     FixedFile,
@@ -54,6 +55,9 @@ README = b"""aiosfs: an LLM agent operating system as a filesystem.
   ls agents/NAME/results/           every finished answer
   mem/NAME/                         the agent's memory: ordinary files, kept across mounts
   store/                            documents for everyone; ls store/.search/QUERY/ finds them
+  tools/NAME/                       a tool: cat schema, doc, status; call it through call:
+                                      exec 3<>tools/calculator/call
+                                      echo '{"expression": "2+2"}' >&3; cat <&3
   cat sys/status                    kernel state
 
 The full contract: docs/filesystem.md in the aiosfs source.
@@ -87,7 +91,7 @@ def decode_name(name: bytes) -> str:
 
 
 class AiosFS(pyfuse3.Operations):
-    """The mounted tree: README, agents/, sys/, mem/, store/."""
+    """The mounted tree: README, agents/, sys/, mem/, store/, tools/."""
 
     supports_dot_lookup = False
     enable_writeback_cache = False  # a write must reach us; never cache it in the kernel
@@ -110,6 +114,7 @@ class AiosFS(pyfuse3.Operations):
         root.add(build_sys(root, kernel, self.stats, mountpoint))
         root.add(MemRoot("mem", root, kernel))
         root.add(StoreDir.root("store", root, kernel))
+        root.add(ToolsDir("tools", root, kernel))
 
     def stats(self) -> dict[str, Any]:
         return {

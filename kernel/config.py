@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 import tomllib
+from collections.abc import Mapping
 from dataclasses import dataclass, field, fields, replace
 from pathlib import Path
 from typing import Any
@@ -11,6 +12,7 @@ from typing import Any
 from kernel.errors import InvalidArgument
 from kernel.llm.models import default_cache_dir
 from kernel.llm.scheduler import POLICIES
+from kernel.tools.mcp import McpServerConfig, parse_mcp_servers
 
 
 def default_data_dir() -> Path:
@@ -44,6 +46,9 @@ class KernelConfig:
     max_syscall_bytes: int = 1 << 20  # a bigger syscall write fails with EFBIG
     max_tokens_limit: int = 4096  # the largest max_tokens a syscall or config may ask for
     results_keep: int = 1000  # finished results kept per agent under results/
+    tool_dirs: tuple[Path, ...] = ()  # folders of executable tools, besides DATA_DIR/tools
+    # MCP servers over stdio, from the config file's [mcp.servers.NAME] tables
+    mcp_servers: Mapping[str, McpServerConfig] = field(default_factory=dict)
 
     @classmethod
     def from_toml(cls, path: Path, **overrides: Any) -> KernelConfig:
@@ -53,7 +58,12 @@ class KernelConfig:
                 data = tomllib.load(f)
         except (OSError, tomllib.TOMLDecodeError) as e:
             raise InvalidArgument(f"cannot read config {path}: {e}") from None
-        section = data.get("kernel", data)
+        section = dict(data.get("kernel", data))
+        section.pop("mcp", None)  # a file without a [kernel] table: its [mcp] is not a setting
+        mcp = data.get("mcp", {})
+        if not isinstance(mcp, dict) or set(mcp) - {"servers"}:
+            raise InvalidArgument("[mcp] holds only [mcp.servers.NAME] tables")
+        section["mcp_servers"] = parse_mcp_servers(mcp.get("servers"))
         given = {k: v for k, v in overrides.items() if v is not None}  # flags win
         return cls().with_overrides(**{**section, **given})
 
@@ -69,6 +79,10 @@ class KernelConfig:
                 value = Path(value).expanduser()
             elif key == "extra_models":
                 value = tuple(value)
+            elif key == "tool_dirs":
+                if isinstance(value, str) or not all(isinstance(v, str | Path) for v in value):
+                    raise InvalidArgument("tool_dirs must be a list of folders")
+                value = tuple(Path(v).expanduser() for v in value)
             changes[key] = value
         cfg = replace(self, **changes)
         positive = (

@@ -41,6 +41,7 @@ from kernel.errors import (
     InvalidArgument,
     KernelError,
     NotFound,
+    NotPermitted,
     ShuttingDown,
     TooLarge,
     WouldBlock,
@@ -56,6 +57,16 @@ from kernel.results import Result, ResultState
 from kernel.store import StorageManager
 from kernel.syscalls import CallEnv, LLMCall, SyscallLimits, ToolCall, builtin_table
 from kernel.syscalls.prompt import build_request, gather_context
+from kernel.tools import (
+    Caller,
+    ExecutableSource,
+    ToolManager,
+    ToolSource,
+    ask_agent_tool,
+    default_builtins,
+    kernel_call_tools,
+)
+from kernel.tools.mcp import McpSource
 from kernel.workers import Workers
 
 log = logging.getLogger(__name__)
@@ -111,6 +122,7 @@ class Kernel:
         self._teardown = contextlib.AsyncExitStack()
         # the managers as syscall handlers see them; made by start()
         self._env: CallEnv | None = None
+        self._tools: ToolManager | None = None
         self.started_at = time.time()
         self.stopping = False
         self.counts = {"submitted": 0, "done": 0, "failed": 0, "cancelled": 0, "invalid": 0}
@@ -154,6 +166,49 @@ class Kernel:
         )
         self._teardown.push_async_callback(self.workers.store, storage.close)
         self._env = CallEnv(memory, storage, self.workers)
+        self._tools = self._build_tools()
+        self._teardown.push_async_callback(self._tools.aclose)
+
+    def _build_tools(self) -> ToolManager:
+        """The tool manager over its three sources: the built-ins (the calculator, date and
+        time, the store and memory calls, ``ask_agent``), the executables of DATA_DIR/tools and
+        ``tool_dirs``, and the configured MCP servers (started on first use)."""
+        cfg = self.config
+        builtins = default_builtins()  # calculator, datetime
+        for tool in [*kernel_call_tools(self._tool_syscall), ask_agent_tool(self.ask_agent)]:
+            builtins.add(tool)
+        sources: list[ToolSource] = [
+            builtins,
+            ExecutableSource([cfg.data_dir / "tools", *cfg.tool_dirs]),
+            *(McpSource(name, server) for name, server in cfg.mcp_servers.items()),
+        ]
+        return ToolManager(sources)
+
+    async def _tool_syscall(self, call: str, agent: str, args: dict[str, Any]) -> str:
+        """A store or memory tool: the syscall of that name, checked as if it had been written
+        to ``agents/AGENT/syscall`` (paths and all)."""
+        assert self._env is not None
+        return await self.syscalls.run(self._env, agent, self.syscalls.check(call, args))
+
+    async def ask_agent(self, caller: Caller, name: str, prompt: str) -> str:
+        """Delegation: send ``prompt`` to agent ``name`` and wait for its answer. The caller
+        must be the agent's owner (or root); the answer is the caller's, never ``out``'s."""
+        agent = self.agent(name)
+        if caller.uid not in (None, 0) and caller.uid != agent.uid:
+            raise NotPermitted(f"agent {name!r} belongs to another user")
+        result = self.submit(name, prompt.encode(), reserved=True)
+        try:
+            await self.wait_result(agent, result)
+        finally:
+            agent.mark_delivered(result)
+        if result.state is not ResultState.DONE:
+            raise KernelError(f"agent {name!r} failed: {result.error}")
+        return result.body().decode(errors="replace")
+
+    @property
+    def tools(self) -> ToolManager:
+        assert self._tools is not None, "the kernel is not started"
+        return self._tools
 
     @staticmethod
     async def _stop_engine(engine: Engine) -> None:

@@ -94,6 +94,14 @@ class SyscallTable:
             return parse_llm(obj, limits)
         return ToolCall(name, parse_args(name, self._rows[name].fields, obj))
 
+    def check(self, name: str, args: Mapping[str, Any]) -> ToolCall:
+        """A call given as a name and its arguments (a tool built on a row), checked as if it
+        had been written to ``syscall``."""
+        row = self._rows.get(name)
+        if row is None:
+            raise InvalidArgument(f"unknown call {name!r}")
+        return ToolCall(name, parse_args(name, row.fields, args))
+
     async def run(self, env: CallEnv, agent: str, call: ToolCall) -> str:
         """Answer a call that ``parse`` accepted."""
         row = self._rows.get(call.call)

@@ -297,8 +297,31 @@ class ExecutableSource:
     ) -> Any:
         spec = tool.spec
         rlimits = tool.limits.rlimits(spec.timeout_s)
-        argv = [str(tool.executable)]
-        kwargs: dict[str, Any] = {}
+        # The program is opened here and run through its descriptor (as fexecve does), so the
+        # user it runs as needs no path to it: the tools folder usually sits in the daemon's
+        # own data dir, which other users cannot enter.
+        try:
+            program = os.open(tool.executable, os.O_RDONLY)
+        except OSError as e:
+            raise ToolError(f"{spec.name}: cannot open {tool.executable}: {e}") from None
+        try:
+            return await self._spawn(tool, args, caller, user, cwd, rlimits, program)
+        finally:
+            os.close(program)
+
+    async def _spawn(
+        self,
+        tool: ExecTool,
+        args: dict[str, Any],
+        caller: Caller,
+        user: tuple[int, int] | None,
+        cwd: Path,
+        rlimits: list[tuple[int, int]],
+        program: int,
+    ) -> Any:
+        spec = tool.spec
+        argv = [f"/proc/self/fd/{program}"]
+        kwargs: dict[str, Any] = {"pass_fds": (program,)}
         if self._prlimit:
             argv = [self._prlimit, *_prlimit_args(rlimits), "--", *argv]
         else:

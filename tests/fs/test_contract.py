@@ -35,7 +35,7 @@ def oserror(fn, *args) -> int:
 
 
 def test_root_layout(mount: Mount) -> None:
-    assert sorted(os.listdir(mount.path)) == ["README", "agents", "mem", "store", "sys"]
+    assert sorted(os.listdir(mount.path)) == ["README", "agents", "mem", "store", "sys", "tools"]
     for d in ("agents", "mem", "store", "sys"):
         assert os.path.isdir(mount.p(d))
     assert "mkdir agents/NAME" in mount.read("README")
