@@ -67,6 +67,22 @@ class Reporter:
             self.fd = None
 
 
+class LateReplies(logging.Filter):
+    """pyfuse3 logs an ERROR when the OS kernel no longer knows a request it answers. For the
+    requests nobody waits for (release, releasedir, forget) that is harmless: the kernel dropped
+    them because the mount was going away or the file's last user had gone. Logged as a
+    warning, so the log keeps ERROR for what is wrong."""
+
+    HARMLESS = ("fuse_release(", "fuse_releasedir(", "fuse_forget", "fuse_flush(")
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        if record.levelno >= logging.ERROR and record.name.startswith("pyfuse3"):
+            text = record.getMessage()
+            if "failed with No such file or directory" in text and text.startswith(self.HARMLESS):
+                record.levelno, record.levelname = logging.WARNING, "WARNING"
+        return True
+
+
 def setup_logging(data_dir: Path, foreground: bool, level: str = "INFO") -> Path:
     data_dir.mkdir(parents=True, exist_ok=True)
     path = data_dir / "aiosfs.log"
@@ -79,6 +95,7 @@ def setup_logging(data_dir: Path, foreground: bool, level: str = "INFO") -> Path
         handlers=handlers,
         force=True,
     )
+    logging.getLogger("pyfuse3").addFilter(LateReplies())
     return path
 
 

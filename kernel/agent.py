@@ -41,6 +41,7 @@ class Agent:
         self.removed = False
         self.tokens_in = 0
         self.tokens_out = 0
+        self.tool_calls = 0  # tool calls made for this agent's llm calls
         self.counts = {s.value: 0 for s in ResultState if s is not ResultState.QUEUED}
         self.last_error: dict[str, Any] | None = None
         self.changed = ChangeSignal()
@@ -127,6 +128,7 @@ class Agent:
             "syscalls": self.next_id - 1,
             "tokens_in": self.tokens_in,
             "tokens_out": self.tokens_out,
+            "tool_calls": self.tool_calls,
             "history_turns": self.conversation.turns,
             "results_kept": sum(1 for r in self.results.values() if r.finished),
             "last_error": self.last_error,

@@ -21,11 +21,12 @@ from __future__ import annotations
 import contextlib
 import errno
 import itertools
+import json
 import logging
 import os
 import time
 from collections.abc import Awaitable, Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Any
 
 import trio
@@ -48,6 +49,7 @@ from kernel.errors import (
 )
 from kernel.llm.core import LLMCore, TransformersCore
 from kernel.llm.engine import Engine, EngineConfig
+from kernel.llm.grammar import compile_schema
 from kernel.llm.models import resolve_model
 from kernel.llm.request import Update
 from kernel.llm.scheduler import SCHEDULERS, Limits
@@ -61,15 +63,29 @@ from kernel.tools import (
     Caller,
     ExecutableSource,
     ToolManager,
+    ToolResult,
     ToolSource,
+    ToolSpec,
     ask_agent_tool,
     default_builtins,
     kernel_call_tools,
+)
+from kernel.tools.calling import (
+    MAX_CALLS_PER_STEP,
+    call_record,
+    parse_step,
+    render_results,
+    render_tools,
+    step_schema,
+    transcript_line,
+    unique_calls,
 )
 from kernel.tools.mcp import McpSource
 from kernel.workers import Workers
 
 log = logging.getLogger(__name__)
+
+DEFAULT_TOOL_ROUNDS = 4  # rounds of tool calls an llm call gets unless it says otherwise
 
 CoreFactory = Callable[[str, KernelConfig], LLMCore]
 
@@ -83,6 +99,23 @@ class Inflight:
     result: Result
     engine: Engine
     epoch: int
+    round: Round | None = None  # a tool-calling round: its text goes here, not to the result
+
+
+class Round:
+    """One generation of a call with tools: its text, collected as it comes (the result's own
+    text is the transcript the kernel writes), and an event for when it ends."""
+
+    def __init__(self) -> None:
+        self.text: list[str] = []
+        self.finish: str | None = None  # the engine's finish reason, or "error"
+        self.error = ""
+        self.done = trio.Event()
+
+    def end(self, finish: str, error: str = "") -> None:
+        if self.finish is None:
+            self.finish, self.error = finish, error
+            self.done.set()
 
 
 def engine_config(config: KernelConfig, model: str) -> EngineConfig:
@@ -320,7 +353,9 @@ class Kernel:
         assert isinstance(call, LLMCall)
         if call.chat:
             agent.chat_active = result  # the next turn waits for this one, context and all
-        if call.memory or call.retrieve is not None:
+        if call.tools:
+            self._spawn(agent, result, self._run_with_tools)
+        elif call.memory or call.retrieve is not None:
             self._spawn(agent, result, self._gather_then_start)
         else:
             self._start_llm(agent, result)
@@ -357,6 +392,147 @@ class Kernel:
         result.sources = sources
         if not result.finished and not self.stopping:  # not cancelled meanwhile
             self._start_llm(agent, result, context)
+
+    async def _run_with_tools(self, agent: Agent, result: Result) -> None:
+        """An ``llm`` call with ``tools``: rounds of constrained steps (kernel/tools/calling.py).
+        Each round the model either calls tools, which the kernel validates and runs (in
+        parallel where their limits allow) and whose results go back to it, or answers. The
+        result's text is the transcript: one line per tool call, then the answer; in
+        ``manual`` mode the answer is the step's tool calls as JSON, for the client to run."""
+        assert self._env is not None
+        call = result.syscall
+        assert isinstance(call, LLMCall)
+        context = ""
+        if call.memory or call.retrieve is not None:
+            context, result.sources = await gather_context(self._env, agent.name, call)
+        specs = [await self.tools.spec(name) for name in call.tools]
+        caller = Caller(agent.name, agent.uid, agent.gid)
+        rounds = call.max_tool_rounds or DEFAULT_TOOL_ROUNDS
+        system = render_tools(
+            specs, call.system if call.system is not None else agent.config.system
+        )
+        turns: list[dict[str, str]] = []  # the rounds so far: step, results, step, ...
+        made: set[str] = set()  # every call made so far (name and arguments)
+        stuck = False  # the last step only asked again what it had been told
+        result.mark_running()
+        for round_no in range(1, rounds + 2):
+            choice = call.tool_choice if round_no == 1 else "auto"
+            if round_no > rounds or call.tool_choice == "none" or stuck:
+                choice = "none"  # out of rounds, or going round in circles: now answer
+            text = await self._round(agent, result, call, context, system, turns, specs, choice)
+            if text is None:
+                return  # cancelled, failed or the kernel is stopping: already finished
+            try:
+                step = parse_step(text)
+            except ValueError:
+                self._finish(
+                    agent, result, ResultState.FAILED,
+                    f"round {round_no}: the model's step was cut off before it was complete "
+                    "JSON (raise max_tokens)", errno.EIO,
+                )  # fmt: skip
+                return
+            if step.answer is not None:
+                self._answer(agent, result, call, step.answer)
+                return
+            if call.tool_mode == "manual":
+                wanted = [{"tool": n, "arguments": a} for n, a in step.calls]
+                result.append(json.dumps({"tool_calls": wanted}, ensure_ascii=False) + "\n")
+                self._finish(agent, result, ResultState.DONE, reason="tool_calls")
+                return
+            calls = unique_calls(step.calls)
+            keys = {name + json.dumps(args, sort_keys=True) for name, args in calls}
+            stuck = keys <= made
+            made |= keys
+            done = await self._call_tools(agent, result, caller, calls, round_no)
+            if result.finished:
+                return
+            turns.append({"role": "assistant", "content": text})
+            turns.append({"role": "user", "content": render_results(calls, done, call.prompt)})
+
+    async def _round(
+        self,
+        agent: Agent,
+        result: Result,
+        call: LLMCall,
+        context: str,
+        system: str,
+        turns: list[dict[str, str]],
+        specs: list[ToolSpec],
+        choice: str,
+    ) -> str | None:
+        """Generate one step under the grammar of ``choice``; its text, or None when the
+        result was finished meanwhile (cancelled, failed, shutting down)."""
+        model = agent.config.model or self.default_model
+        engine = self.engines.get(model)
+        if engine is None:
+            self._finish(
+                agent, result, ResultState.FAILED, f"model {model!r} is not loaded", errno.ENOENT
+            )
+            return None
+        most = MAX_CALLS_PER_STEP if call.parallel_tool_calls else 1
+        # An answer reads better spaced; tool arguments stay on track compact.
+        grammar = compile_schema(step_schema(specs, choice, most), spaced=choice == "none")
+        request = build_request(
+            next(self._request_ids), agent.name, call, agent.config,
+            agent.conversation.messages, context,
+        )  # fmt: skip
+        request = replace(
+            request,
+            messages=(*request.messages, *turns),
+            system=system,
+            sampling=replace(request.sampling, grammar=grammar),
+        )
+        step = Round()
+        self._inflight[request.request_id] = Inflight(
+            agent, result, engine, agent.conversation.epoch, step
+        )
+        engine.submit(request)
+        while not step.done.is_set():
+            if result.finished or self.stopping:
+                if self._inflight.pop(request.request_id, None) is not None:
+                    engine.cancel([request.request_id])
+                return None
+            with trio.move_on_after(0.2):  # a cancel finishes the result; look again soon
+                await step.done.wait()
+        if step.finish == "error":
+            self._finish(agent, result, ResultState.FAILED, step.error or "engine error", errno.EIO)
+            return None
+        if step.finish == "cancelled" or result.finished:
+            return None
+        return "".join(step.text)
+
+    async def _call_tools(
+        self,
+        agent: Agent,
+        result: Result,
+        caller: Caller,
+        calls: list[tuple[str, dict[str, Any]]],
+        round_no: int,
+    ) -> list[ToolResult]:
+        """Run one step's tool calls, in parallel (the tool manager applies each tool's limits);
+        each shows in the transcript and in ``results/N.json`` as it finishes."""
+        done: list[ToolResult | None] = [None] * len(calls)
+
+        async def one(i: int, name: str, args: dict[str, Any]) -> None:
+            out = await self.tools.call(name, args, caller)
+            done[i] = out
+            result.tool_calls.append(call_record(name, args, out, round_no))
+            agent.tool_calls += 1
+            if not result.finished:
+                result.append(transcript_line(name, args, out))
+            agent.notify()
+
+        async with trio.open_nursery() as nursery:
+            for i, (name, args) in enumerate(calls):
+                nursery.start_soon(one, i, name, args)
+        return [d for d in done if d is not None]
+
+    def _answer(self, agent: Agent, result: Result, call: LLMCall, answer: str) -> None:
+        """The final step: the answer ends the transcript, and a chat turn keeps it."""
+        result.append(answer)
+        if call.chat and call.prompt is not None:
+            agent.conversation.add_turn(call.prompt, answer)
+        self._finish(agent, result, ResultState.DONE, reason="stop")
 
     def check_syscall(self, data: bytes) -> None:
         """Validate without submitting (raises InvalidArgument / TooLarge)."""
@@ -442,6 +618,13 @@ class Kernel:
             result.tokens_out += u.tokens_out
             agent.tokens_out += u.tokens_out
             self.tokens_out += u.tokens_out
+            if entry.round is not None:  # a tool-calling round: the loop reads it
+                entry.round.text.append(u.text)
+                if u.finished is not None:
+                    del self._inflight[u.request_id]
+                    entry.round.end(u.finished, u.error or "")
+                    touched.add(agent)
+                continue
             result.append(u.text)
             if u.finished is None:
                 continue
@@ -495,6 +678,8 @@ class Kernel:
             if entry.agent is agent:
                 del self._inflight[rid]
                 by_engine.setdefault(entry.engine, []).append(rid)
+                if entry.round is not None:
+                    entry.round.end("cancelled")
         for engine, rids in by_engine.items():
             engine.cancel(rids)
         agent.chat_backlog.clear()

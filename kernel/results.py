@@ -58,6 +58,7 @@ class Result:
         self.reserved = reserved
         self.delivered = False
         self.sources: list[str] = []  # memory files and store passages put in the prompt
+        self.tool_calls: list[dict[str, Any]] = []  # an llm call's tool calls, as they finish
         self.changed = ChangeSignal()
 
     # ---- state changes (trio thread only) ---------------------------------------------------
@@ -154,4 +155,5 @@ class Result:
             "latency_s": None if latency is None else round(latency, 4),
             "delivered": self.delivered,
             "sources": self.sources,
+            "tool_calls": self.tool_calls,
         }

@@ -32,11 +32,14 @@ from __future__ import annotations
 
 import json
 from dataclasses import dataclass
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import llguidance
 
 from kernel.errors import InvalidArgument
+
+if TYPE_CHECKING:  # a type of the stubs only
+    from llguidance._lib import JsonCompileOptions
 
 FORMAT_TYPES = ("text", "json_object", "json_schema")
 
@@ -102,17 +105,28 @@ def parse_response_format(value: Any) -> ResponseFormat:
     return ResponseFormat("json_schema", name, schema, strict, _compile(schema))
 
 
-def _compile(schema: dict[str, Any]) -> str:
+def compile_schema(schema: dict[str, Any], spaced: bool = True) -> str:
+    """The grammar for a JSON Schema the kernel itself builds (tool-calling steps). ``spaced``:
+    one space after ':' and ',' (better prose in string values from a small model); compact
+    (none) keeps short structured values such as tool arguments from wandering."""
+    return _compile(schema, spaced)
+
+
+def _compile(schema: dict[str, Any], spaced: bool = True) -> str:
     """The grammar for a schema, validated now (an invalid schema fails the submission)."""
     text = json.dumps(schema)
     if len(text) > _MAX_SCHEMA_BYTES:
         raise _bad(f"schema is {len(text)} bytes; at most {_MAX_SCHEMA_BYTES}")
     try:
-        # No whitespace between JSON tokens: it carries no meaning, and a weak model given the
-        # choice can spend its whole token budget on spaces and newlines inside an object.
-        grammar = llguidance.LLMatcher.grammar_from_json_schema(
-            text, overrides={"whitespace_flexible": False}
-        )
+        # No free whitespace between JSON tokens: it carries no meaning, and a weak model
+        # given the choice can spend its whole token budget on spaces and newlines inside an
+        # object. But one space after ':' and ',', as json.dumps writes and as models have
+        # mostly seen JSON: without it a small model's next-token guesses go astray.
+        overrides: JsonCompileOptions = {"whitespace_flexible": False}
+        if spaced:
+            overrides["key_separator"] = ": "
+            overrides["item_separator"] = ", "
+        grammar = llguidance.LLMatcher.grammar_from_json_schema(text, overrides=overrides)
     except ValueError as e:
         raise _bad(f"invalid schema: {e}") from None
     error = llguidance.LLMatcher.validate_grammar(grammar)

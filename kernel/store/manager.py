@@ -879,7 +879,7 @@ class StorageManager:
             _cut_blocks(db, ino, size)  # nothing past the end
             db.execute(
                 "UPDATE inodes SET size = ?, version = ?, mtime_ns = ?, ctime_ns = ? WHERE ino = ?",
-                (size, new.version, now, now, ino),
+                (size, new.version, mtime, now, ino),
             )
             for p in names:  # no stale passages under any name; index the new text
                 db.execute("DELETE FROM chunks WHERE path = ?", (p,))

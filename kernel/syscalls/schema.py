@@ -65,6 +65,11 @@ class LLMCall:
     memory: tuple[str, ...] = ()  # the agent's memory files to put in front of the prompt
     retrieve: Retrieve | None = None  # passages from /store to put in front of the prompt
     response_format: ResponseFormat | None = None  # None and type "text": free text
+    tools: tuple[str, ...] = ()  # tools the model may call (kernel/tools/calling.py)
+    tool_choice: str = "auto"  # auto (call or answer), required (call first), none
+    tool_mode: str = "auto"  # auto: the kernel runs the tools; manual: the answer is the calls
+    max_tool_rounds: int | None = None  # rounds of tool calls before the model must answer
+    parallel_tool_calls: bool = True  # false: one tool call per step (OpenAI's field)
 
     call = "llm"
 
@@ -237,6 +242,26 @@ def sampling_fields(limits: SyscallLimits) -> dict[str, Callable[[Any], Any]]:
     }
 
 
+MAX_TOOL_ROUNDS = 16
+MAX_TOOLS = 32
+
+
+def _one_of(field: str, value: Any, allowed: tuple[str, ...]) -> str:
+    if value not in allowed:
+        raise InvalidArgument(f'field "{field}" must be one of {", ".join(allowed)}; got {value!r}')
+    return str(value)
+
+
+def _tools(value: Any) -> tuple[str, ...]:
+    """A list of tool names (as ``ls tools/`` shows them); whether each exists is checked when
+    the call starts, since tools come and go."""
+    if not isinstance(value, list) or not all(isinstance(v, str) and v for v in value):
+        raise fail_type("tools", "a list of tool names", value)
+    if len(value) > MAX_TOOLS:
+        raise InvalidArgument(f'field "tools" lists at most {MAX_TOOLS} tools')
+    return tuple(dict.fromkeys(value))
+
+
 def parse_llm(obj: dict[str, Any], limits: SyscallLimits) -> LLMCall:
     checkers: dict[str, Callable[[Any], Any]] = {
         "prompt": lambda v: check_string("prompt", v),
@@ -248,6 +273,11 @@ def parse_llm(obj: dict[str, Any], limits: SyscallLimits) -> LLMCall:
         "memory": _memory_paths,
         "retrieve": _retrieve,
         "response_format": parse_response_format,
+        "tools": _tools,
+        "tool_choice": lambda v: _one_of("tool_choice", v, ("auto", "required", "none")),
+        "tool_mode": lambda v: _one_of("tool_mode", v, ("auto", "manual")),
+        "max_tool_rounds": lambda v: check_int("max_tool_rounds", v, 1, MAX_TOOL_ROUNDS),
+        "parallel_tool_calls": lambda v: check_bool("parallel_tool_calls", v),
         **sampling_fields(limits),
     }
     fields: dict[str, Any] = {}
@@ -274,6 +304,14 @@ def parse_llm(obj: dict[str, Any], limits: SyscallLimits) -> LLMCall:
         raise InvalidArgument('put the system prompt inside "messages", not in "system"')
     if "messages" in fields and fields["messages"][-1].role == "assistant":
         raise InvalidArgument('the last of "messages" must not be an assistant message')
+    if fields.get("tools"):
+        if fields.get("response_format") is not None:
+            raise InvalidArgument(
+                '"tools" and "response_format" cannot be combined (with tools, '
+                "the kernel decides the format of each step)"
+            )
+        if "stop" in fields:
+            raise InvalidArgument('"stop" cannot be combined with "tools"')
     fmt = fields.get("response_format")
     if fmt is not None and fmt.grammar is not None and "stop" in fields:
         # a stop string met inside the document would cut it short and leave it invalid
