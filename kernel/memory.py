@@ -30,11 +30,20 @@ because a rename would split the link, so a crash in the middle of such a save c
 old and new bytes. ``flush`` carries mode, owner and atime over to the file that replaces the old
 one; ctime is the host's.
 
-**Never outside the data dir.** Every backing path is checked component by component with
-``lstat`` (a symbolic link in the middle of a path is ELOOP), final components are never followed
-(``O_NOFOLLOW``, ``lstat``, ``follow_symlinks=False``), and content is read only from regular
+**Never outside the data dir, at any depth.** No host call is given a whole backing path: the
+daemon walks to an entry's directory one component at a time, each opened ``O_PATH |
+O_NOFOLLOW | O_DIRECTORY`` relative to the one before (a symbolic link on the way is ELOOP, a
+file ENOTDIR), and names the entry by that directory descriptor and its own name (the ``*at``
+calls, ``follow_symlinks=False``, ``O_NOFOLLOW``). So a tree deeper than PATH_MAX works (the
+data dir's path in front of a path near PATH_MAX within the mount would be over it: ENAMETOOLONG,
+as pjdfstest's ``*/03.t`` found), and no link can be swapped in between a check and a use. What
+has no ``*at`` form (chmod without following, which Linux lacks; extended attributes) goes
+through ``/proc/self/fd/N`` of an ``O_PATH | O_NOFOLLOW`` descriptor of the entry itself, which the
+OS kernel resolves to exactly that inode, a link included. Content is read only from regular
 files (never opening a FIFO or a device node), so a link in memory that points at ``/etc/passwd``
 is only ever a link: the OS kernel follows it, on the client's side, with the client's rights.
+Every descriptor is closed before the call returns (none is cached: a cached one could outlive a
+rename); an open file whose last name is gone keeps one until its last handle closes.
 
 **Durability.** After each change to a directory (create, mkdir, unlink, rename, link, symlink,
 mknod, a save's rename) the backing directory is fsynced, and after chmod, chown or utimensat the
@@ -93,7 +102,6 @@ R = TypeVar("R")
 
 RENAME_NOREPLACE = 1  # renameat2(2) flags
 RENAME_EXCHANGE = 2
-AT_FDCWD = -100
 HOLE = 4096  # a run of zeros this long and aligned is left as a hole in a saved file
 _ZEROS = bytes(HOLE)
 # Extended-attribute namespaces kept on the backing files. ``system.*`` (POSIX ACLs) is not: the
@@ -140,26 +148,90 @@ if _renameat2 is not None:
     _renameat2.restype = ctypes.c_int
 
 
-def renameat2(src: Path, dst: Path, flags: int) -> None:
-    """rename(2), or renameat2(2) with RENAME_NOREPLACE / RENAME_EXCHANGE through libc (glibc
+# A directory on the way, opened only to name things relative to it: O_PATH needs no read
+# permission on it (search on its parent, as a path walk), and O_NOFOLLOW | O_DIRECTORY refuse
+# a symbolic link (ENOTDIR, told apart from a file with one fstatat).
+O_WALK = os.O_PATH | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC
+O_ENTRY = os.O_PATH | os.O_NOFOLLOW | os.O_CLOEXEC  # an entry itself, a link or a FIFO included
+
+
+@dataclass(frozen=True)
+class At:
+    """An entry named as the ``*at`` calls name it: a descriptor of its directory (``O_PATH``,
+    owned by whoever made this, closed when they are done) and its own name, so that no host
+    call sees a path longer than one name, however deep the tree."""
+
+    dir: int
+    name: str
+
+    def stat(self) -> os.stat_result | None:
+        """The entry's own stat (never a link's target), or None if there is no such name."""
+        try:
+            return os.stat(self.name, dir_fd=self.dir, follow_symlinks=False)
+        except FileNotFoundError:
+            return None
+        except OSError as e:
+            raise os_error(e, self.name) from None
+
+    def open(self, flags: int, mode: int = 0o777) -> int:
+        """openat(2) of the entry; the caller closes it (add ``O_NOFOLLOW``: it is not implied)."""
+        return os.open(self.name, flags | os.O_CLOEXEC, mode, dir_fd=self.dir)
+
+
+@contextlib.contextmanager
+def entry_path(place: At | int) -> Iterator[str | int]:
+    """What chmod and the xattr calls may be given for the entry itself: a descriptor held for
+    an unlinked file, else ``/proc/self/fd/N`` of an ``O_PATH | O_NOFOLLOW`` descriptor of it,
+    which resolves to exactly that inode (a link itself, never its target), at any depth."""
+    if isinstance(place, int):
+        yield place
+        return
+    fd = place.open(O_ENTRY)
+    try:
+        yield f"/proc/self/fd/{fd}"
+    finally:
+        os.close(fd)
+
+
+def chmod_at(at: At, mode: int) -> None:
+    """chmod(2) of the entry itself, race-free (Linux has no lchmod, and a mode on a link is
+    EOPNOTSUPP, as fchmodat says)."""
+    fd = at.open(O_ENTRY)
+    try:
+        if stat.S_ISLNK(os.fstat(fd).st_mode):
+            raise OSError(errno.EOPNOTSUPP, "a symbolic link has no mode of its own")
+        os.chmod(f"/proc/self/fd/{fd}", mode & 0o7777)
+    finally:
+        os.close(fd)
+
+
+def renameat2(src: At, dst: At, flags: int) -> None:
+    """renameat(2), or renameat2(2) with RENAME_NOREPLACE / RENAME_EXCHANGE through libc (glibc
     2.28+; Python has no binding). Without it in libc, flags are EINVAL, as an old kernel says."""
     if not flags:
-        os.rename(src, dst)
+        os.rename(src.name, dst.name, src_dir_fd=src.dir, dst_dir_fd=dst.dir)
         return
     if _renameat2 is None:
         raise OSError(errno.EINVAL, "renameat2 is not available")
-    if _renameat2(AT_FDCWD, os.fsencode(src), AT_FDCWD, os.fsencode(dst), flags) != 0:
+    names = os.fsencode(src.name), os.fsencode(dst.name)
+    if _renameat2(src.dir, names[0], dst.dir, names[1], flags) != 0:
         code = ctypes.get_errno()
         raise OSError(code, os.strerror(code))
 
 
-def sync_dir(path: Path) -> None:
-    """fsync a backing directory: the entries it holds now survive a power loss."""
-    fd = os.open(path, os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC)
+def sync_dir(dir_fd: int) -> None:
+    """fsync a backing directory (given by any descriptor of it, ``O_PATH`` included, which
+    cannot be fsynced itself): the entries it holds now survive a power loss."""
+    fd = os.open(".", os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC, dir_fd=dir_fd)
     try:
         os.fsync(fd)
     finally:
         os.close(fd)
+
+
+def same_dir(a: int, b: int) -> bool:
+    sa, sb = os.fstat(a), os.fstat(b)
+    return (sa.st_dev, sa.st_ino) == (sb.st_dev, sb.st_ino)
 
 
 def write_sparse(fd: int, data: bytes | bytearray) -> None:
@@ -281,20 +353,20 @@ class MemoryManager:
         """Make ``AGENT/`` unless it exists (an existing one keeps its metadata), owned by
         ``owner`` or else by the daemon (see ``claim_agent``)."""
         validate_agent_name(agent)
-        disk = self.root / agent
-        try:
-            os.mkdir(disk, 0o700)
-        except FileExistsError:
-            return
-        except OSError as e:
-            raise os_error(e, agent) from None
-        try:
-            owner = owner or (os.geteuid(), os.getegid())
-            self._settle(disk, None, mode, owner, setgid_parent=False)
-            sync_dir(self.root)
-        except OSError as e:
-            os.rmdir(disk)
-            raise os_error(e, agent) from None
+        with self._at(agent, "") as at:
+            try:
+                os.mkdir(at.name, 0o700, dir_fd=at.dir)
+            except FileExistsError:
+                return
+            except OSError as e:
+                raise os_error(e, agent) from None
+            try:
+                owner = owner or (os.geteuid(), os.getegid())
+                self._settle(at, None, mode, owner, setgid_parent=False)
+                sync_dir(at.dir)
+            except OSError as e:
+                os.rmdir(at.name, dir_fd=at.dir)
+                raise os_error(e, agent) from None
 
     @_serialized
     def claim_agent(self, agent: str, owner: tuple[int, int]) -> None:
@@ -303,14 +375,14 @@ class MemoryManager:
         whoever creates the agent; memory a user made stays theirs. Called by the kernel when
         it creates an agent. One stat and at most one chown, no fsync: cheap enough for the trio
         thread, as ``stat`` is. A daemon that is not root cannot give it away and leaves it."""
-        disk = self.root / agent
         try:
-            st = os.lstat(disk)
-            if not stat.S_ISDIR(st.st_mode):
-                return
-            if (st.st_uid, st.st_gid) == (os.geteuid(), os.getegid()) != owner:
-                os.chown(disk, *owner, follow_symlinks=False)
-                os.chmod(disk, stat.S_IMODE(st.st_mode))
+            with self._at(agent, "") as at:
+                st = at.stat()
+                if st is None or not stat.S_ISDIR(st.st_mode):
+                    return
+                if (st.st_uid, st.st_gid) == (os.geteuid(), os.getegid()) != owner:
+                    os.chown(at.name, *owner, dir_fd=at.dir, follow_symlinks=False)
+                    chmod_at(at, stat.S_IMODE(st.st_mode))
         except PermissionError:
             if os.geteuid() == 0:
                 raise
@@ -321,7 +393,9 @@ class MemoryManager:
 
     @_serialized
     def remove_agent(self, agent: str) -> None:
-        """``rm -r mem/AGENT`` done in one step (also used when the tree is removed)."""
+        """``rm -r mem/AGENT`` done in one step (also used when the tree is removed). rmtree
+        works by directory descriptors on Linux, so it reaches any depth without following
+        links."""
         validate_agent_name(agent)
         for block in list(self.blocks.values()):
             block.names = {n for n in block.names if n[0] != agent}
@@ -329,37 +403,58 @@ class MemoryManager:
                 self._drop(block)
         shutil.rmtree(self.root / agent, ignore_errors=True)
 
-    def _disk(self, agent: str, path: str) -> Path:
-        """The backing path of ``AGENT/path``, with no symbolic link on the way to it: each
-        directory on the way is checked with lstat (ELOOP if one is a link), so the daemon
-        never leaves the data dir, whatever a link in memory points at. A missing component is
-        left for the operation itself to report (ENOENT)."""
-        base = self.root / agent
-        parts = split_path(path)
-        here = base
-        for part in [None, *parts[:-1]]:
-            if part is not None:
-                here = here / part
-            try:
-                mode = os.lstat(here).st_mode
-            except FileNotFoundError:
-                break
-            except OSError as e:
-                raise os_error(e, path) from None
-            if stat.S_ISLNK(mode):
-                raise error(errno.ELOOP, f"{path}: a symbolic link on the way")
-            if not stat.S_ISDIR(mode):
-                raise NotADirectory(f"{path}: not a directory on the way")
-        return base.joinpath(*parts) if parts else base
-
-    def _lstat(self, agent: str, path: str) -> tuple[Path, os.stat_result | None]:
-        disk = self._disk(agent, path)
+    def _walk_step(self, dir_fd: int | None, name: str, path: str) -> int:
+        """Open one directory on the way (``O_WALK``), with the errno a path walk would give:
+        ENOENT if missing, ELOOP for a symbolic link (never followed), ENOTDIR for a file."""
         try:
-            return disk, os.lstat(disk)
+            return os.open(name, O_WALK, dir_fd=dir_fd)
         except FileNotFoundError:
-            return disk, None
+            raise NotFound(f"no such memory entry {path!r}") from None
+        except NotADirectoryError:
+            with contextlib.suppress(OSError):
+                if stat.S_ISLNK(os.stat(name, dir_fd=dir_fd, follow_symlinks=False).st_mode):
+                    raise error(errno.ELOOP, f"{path}: a symbolic link on the way") from None
+            raise NotADirectory(f"{path}: not a directory on the way") from None
         except OSError as e:
             raise os_error(e, path) from None
+
+    def _open_at(self, agent: str, path: str) -> At:
+        """``AGENT/path`` as an ``At`` whose directory descriptor the caller closes. The walk
+        starts at the agent's directory (the data dir itself is the daemon's configuration and
+        may be reached through links) and opens one component at a time, so no host call sees
+        more than the data dir's path and one name: any depth works, and nothing on the way can
+        be a symbolic link (ELOOP). ``''`` is the agent's directory itself, named in the data
+        dir. A missing directory on the way is NotFound (ENOENT), as the operation would say."""
+        parts = split_path(path)
+        if not parts:
+            return At(os.open(self.root, os.O_PATH | os.O_DIRECTORY | os.O_CLOEXEC), agent)
+        fd = self._walk_step(None, os.fspath(self.root / agent), path)
+        try:
+            for part in parts[:-1]:
+                step = self._walk_step(fd, part, path)
+                os.close(fd)
+                fd = step
+        except BaseException:
+            os.close(fd)
+            raise
+        return At(fd, parts[-1])
+
+    @contextlib.contextmanager
+    def _at(self, agent: str, path: str) -> Iterator[At]:
+        """``_open_at`` for a ``with`` block: the directory descriptor is closed at its end."""
+        at = self._open_at(agent, path)
+        try:
+            yield at
+        finally:
+            os.close(at.dir)
+
+    def _lstat(self, agent: str, path: str) -> os.stat_result | None:
+        """The backing entry's own stat, or None if it or a directory on the way is missing."""
+        try:
+            with self._at(agent, path) as at:
+                return at.stat()
+        except NotFound:
+            return None
 
     def _record(self, agent: str, path: str, st: os.stat_result) -> Block:
         """The block of the backing inode ``st`` (made on first sight), reached by ``path``."""
@@ -373,11 +468,9 @@ class MemoryManager:
         block.names.add((agent, path))
         return block
 
-    def _fresh(self, agent: str, path: str) -> int:
-        """The id of an entry just made: its inode is new, so a block still recorded under
-        the same key (an inode number the host reused) is stale and goes."""
-        _, st = self._lstat(agent, path)
-        assert st is not None
+    def _fresh(self, agent: str, path: str, st: os.stat_result) -> int:
+        """The id of an entry just made (``st``): its inode is new, so a block still recorded
+        under the same key (an inode number the host reused) is stale and goes."""
         stale = self._by_key.get((st.st_dev, st.st_ino))
         if stale is not None:
             self._drop(stale)
@@ -385,7 +478,7 @@ class MemoryManager:
 
     def _resolve(self, agent: str, path: str) -> Block:
         """The block a name (not a directory) refers to."""
-        _, st = self._lstat(agent, path)
+        st = self._lstat(agent, path)
         if st is None:
             raise NotFound(f"no such memory block {path!r}")
         if stat.S_ISDIR(st.st_mode):
@@ -398,40 +491,59 @@ class MemoryManager:
             raise NotFound(f"memory file {fid} is gone")
         return block
 
-    def _host(self, block: Block) -> tuple[Path | int, os.stat_result]:
-        """Where the block's inode is now: a backing path that still names it (names that no
-        longer do are forgotten), else the descriptor held for an open, unlinked file."""
+    @contextlib.contextmanager
+    def _host(self, block: Block) -> Iterator[tuple[At | int, os.stat_result]]:
+        """Where the block's inode is now: a backing name that still names it (names that no
+        longer do are forgotten), its directory open for the ``with`` block, else the
+        descriptor held for an open, unlinked file."""
         for name in sorted(block.names):
             try:
-                disk, st = self._lstat(*name)
+                at = self._open_at(*name)
+            except KernelError:
+                block.names.discard(name)
+                continue
+            try:
+                st = at.stat()
             except KernelError:
                 st = None
             if st is not None and (st.st_dev, st.st_ino) == block.key:
-                return disk, st
+                try:
+                    yield at, st
+                finally:
+                    os.close(at.dir)
+                return
+            os.close(at.dir)
             block.names.discard(name)
         if block.fd is not None:
-            return block.fd, os.fstat(block.fd)
+            yield block.fd, os.fstat(block.fd)
+            return
         raise NotFound("the memory file has no name left")
 
-    def _where(self, where: Where) -> tuple[Path | int, os.stat_result, Block | None]:
+    @contextlib.contextmanager
+    def _where(self, where: Where) -> Iterator[tuple[At | int, os.stat_result, Block | None]]:
+        """A block id's or an (agent, path)'s entry, as ``_host`` gives it, and its block."""
         if isinstance(where, int):
             found = self._get(where)
-            return (*self._host(found), found)
-        disk, st = self._lstat(*where)
-        if st is None:
-            raise NotFound(f"no such memory entry {where[1]!r}")
-        return disk, st, None if stat.S_ISDIR(st.st_mode) else self._record(*where, st)
+            with self._host(found) as (place, st):
+                yield place, st, found
+            return
+        with self._at(*where) as at:
+            found_st = at.stat()
+            if found_st is None:
+                raise NotFound(f"no such memory entry {where[1]!r}")
+            block = None if stat.S_ISDIR(found_st.st_mode) else self._record(*where, found_st)
+            yield at, found_st, block
 
     @_serialized
     def is_dir(self, agent: str, path: str) -> bool:
-        st = self._lstat(agent, path)[1]
+        st = self._lstat(agent, path)
         return st is not None and stat.S_ISDIR(st.st_mode)
 
     @_serialized
     def lookup(self, agent: str, path: str) -> tuple[int, int] | None:
         """What ``AGENT/path`` is: (file type bits, block id; 0 for a directory), or None. The
         id is the same for every name of a hard-linked file, and across saves."""
-        _, st = self._lstat(agent, path)
+        st = self._lstat(agent, path)
         if st is None:
             return None
         fmt = stat.S_IFMT(st.st_mode)
@@ -442,7 +554,7 @@ class MemoryManager:
     @_serialized
     def stat(self, agent: str, path: str) -> os.stat_result | None:
         """The backing entry's lstat (its own, never a link's target), or None."""
-        return self._lstat(agent, path)[1]
+        return self._lstat(agent, path)
 
     @_serialized
     def size(self, agent: str, path: str, st: os.stat_result) -> int:
@@ -459,7 +571,8 @@ class MemoryManager:
         if block is None:
             return None
         try:
-            _, st = self._host(block)
+            with self._host(block) as (_, st):
+                pass
         except (KernelError, OSError):
             return None
         size = len(block.data) if block.data is not None and block.dirty else st.st_size
@@ -467,8 +580,20 @@ class MemoryManager:
 
     @_serialized
     def listdir(self, agent: str, path: str) -> list[str]:
+        """The names in a directory; a symbolic link is ELOOP (never listed through)."""
         try:
-            names = os.listdir(self._disk(agent, path))
+            with self._at(agent, path) as at:
+                try:
+                    fd = at.open(os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW)
+                except NotADirectoryError:
+                    st = at.stat()
+                    if st is not None and stat.S_ISLNK(st.st_mode):
+                        raise error(errno.ELOOP, f"{path} is a symbolic link") from None
+                    raise
+            try:
+                names = os.listdir(fd)
+            finally:
+                os.close(fd)
             return sorted(n for n in names if not n.endswith(TMP_SUFFIX))
         except NotADirectoryError:
             raise NotADirectory(f"{path} is not a directory") from None
@@ -480,17 +605,17 @@ class MemoryManager:
     @_serialized
     def readlink(self, where: Where) -> bytes:
         """A symbolic link's target, as bytes (never followed: it may point anywhere)."""
-        place, st, _ = self._where(where)
-        if not stat.S_ISLNK(st.st_mode) or isinstance(place, int):
-            raise error(errno.EINVAL, "not a symbolic link")
-        with host_errors("readlink"):
-            return os.readlink(os.fsencode(place))
+        with self._where(where) as (place, st, _):
+            if not stat.S_ISLNK(st.st_mode) or isinstance(place, int):
+                raise error(errno.EINVAL, "not a symbolic link")
+            with host_errors("readlink"):
+                return os.readlink(os.fsencode(place.name), dir_fd=place.dir)
 
     # ---- namespace operations ---------------------------------------------------------------
 
     def _settle(
         self,
-        disk: Path,
+        at: At,
         fd: int | None,
         mode: int,
         owner: tuple[int, int] | None,
@@ -500,9 +625,11 @@ class MemoryManager:
         setgid directory it takes the directory's group, and a new directory stays setgid. The
         owner goes first: changing it clears setuid/setgid on the host. A symbolic link gets
         only its owner (its mode is always 0777)."""
-        parent = os.lstat(disk.parent)
+        parent = os.fstat(at.dir)
         uid, gid = owner if owner is not None else (parent.st_uid, parent.st_gid)
-        current = os.fstat(fd) if fd is not None else os.lstat(disk)
+        current = os.fstat(fd) if fd is not None else at.stat()
+        if current is None:
+            raise FileNotFoundError(errno.ENOENT, "the new entry is gone")
         if setgid_parent and parent.st_mode & stat.S_ISGID:
             gid = parent.st_gid
             if stat.S_ISDIR(current.st_mode):
@@ -512,7 +639,7 @@ class MemoryManager:
                 if fd is not None:
                     os.fchown(fd, uid, gid)
                 else:
-                    os.chown(disk, uid, gid, follow_symlinks=False)
+                    os.chown(at.name, uid, gid, dir_fd=at.dir, follow_symlinks=False)
             except PermissionError:
                 if os.geteuid() == 0:
                     raise
@@ -520,18 +647,18 @@ class MemoryManager:
         if fd is not None:
             os.fchmod(fd, mode & 0o7777)
         elif not stat.S_ISLNK(current.st_mode):
-            os.chmod(disk, mode & 0o7777)
+            chmod_at(at, mode)
 
     def _new_entry(
         self,
-        disk: Path,
+        at: At,
         path: str,
         make: Callable[[], int | None],
         mode: int,
         owner: tuple[int, int] | None,
-    ) -> None:
+    ) -> os.stat_result:
         """Make an entry with ``make`` (which returns a descriptor or None), give it its owner
-        and mode, undo it if that fails, and fsync its directory."""
+        and mode, undo it if that fails, and fsync its directory. Returns its stat."""
         try:
             fd = make()
         except FileExistsError:
@@ -539,16 +666,20 @@ class MemoryManager:
         except OSError as e:
             raise os_error(e, path) from None
         try:
-            self._settle(disk, fd, mode, owner)
+            self._settle(at, fd, mode, owner)
             if fd is not None:
                 os.fsync(fd)
-            sync_dir(disk.parent)
+            st = os.fstat(fd) if fd is not None else at.stat()
+            if st is None:
+                raise FileNotFoundError(errno.ENOENT, "the new entry is gone")
+            sync_dir(at.dir)
+            return st
         except OSError as e:
             with contextlib.suppress(OSError):
-                if stat.S_ISDIR(os.lstat(disk).st_mode):
-                    os.rmdir(disk)
+                if stat.S_ISDIR(os.stat(at.name, dir_fd=at.dir, follow_symlinks=False).st_mode):
+                    os.rmdir(at.name, dir_fd=at.dir)
                 else:
-                    os.unlink(disk)
+                    os.unlink(at.name, dir_fd=at.dir)
             raise os_error(e, path) from None
         finally:
             if fd is not None:
@@ -560,10 +691,10 @@ class MemoryManager:
     ) -> int:
         """A new empty block with ``mode`` as given (no umask: the caller applied its own) and
         ``owner`` (uid, gid), or its directory's owner. Returns its id."""
-        disk = self._disk(agent, path)
-        flags = os.O_CREAT | os.O_EXCL | os.O_WRONLY | os.O_NOFOLLOW | os.O_CLOEXEC
-        self._new_entry(disk, path, lambda: os.open(disk, flags, 0o600), mode, owner)
-        block = self._get(self._fresh(agent, path))
+        flags = os.O_CREAT | os.O_EXCL | os.O_WRONLY | os.O_NOFOLLOW
+        with self._at(agent, path) as at:
+            st = self._new_entry(at, path, lambda: at.open(flags, 0o600), mode, owner)
+        block = self._get(self._fresh(agent, path, st))
         block.data, block.dirty = bytearray(), False
         self._touch(block)
         return block.id
@@ -573,12 +704,12 @@ class MemoryManager:
         self, agent: str, path: str, mode: int = 0o755, owner: tuple[int, int] | None = None
     ) -> None:
         """A new directory; ``mode`` and ``owner`` as for ``create``."""
-        disk = self._disk(agent, path)
+        with self._at(agent, path) as at:
 
-        def make() -> None:
-            os.mkdir(disk, 0o700)
+            def make() -> None:
+                os.mkdir(at.name, 0o700, dir_fd=at.dir)
 
-        self._new_entry(disk, path, make, mode, owner)
+            self._new_entry(at, path, make, mode, owner)
 
     @_serialized
     def symlink(
@@ -586,13 +717,13 @@ class MemoryManager:
     ) -> int:
         """A symbolic link to ``target`` (relative, absolute or dangling: it is never followed
         here), owned by ``owner``. Returns its id."""
-        disk = self._disk(agent, path)
+        with self._at(agent, path) as at:
 
-        def make() -> None:
-            os.symlink(target, os.fsencode(disk))
+            def make() -> None:
+                os.symlink(target, os.fsencode(at.name), dir_fd=at.dir)
 
-        self._new_entry(disk, path, make, 0o777, owner)
-        return self._fresh(agent, path)
+            st = self._new_entry(at, path, make, 0o777, owner)
+        return self._fresh(agent, path, st)
 
     @_serialized
     def mknod(
@@ -606,13 +737,13 @@ class MemoryManager:
             return self.create(agent, path, stat.S_IMODE(mode), owner)
         if fmt not in (stat.S_IFIFO, stat.S_IFSOCK, stat.S_IFCHR, stat.S_IFBLK):
             raise error(errno.EINVAL, f"{path}: cannot make a node of type {fmt:o}")
-        disk = self._disk(agent, path)
+        with self._at(agent, path) as at:
 
-        def make() -> None:
-            os.mknod(disk, fmt | 0o600, rdev)
+            def make() -> None:
+                os.mknod(at.name, fmt | 0o600, rdev, dir_fd=at.dir)
 
-        self._new_entry(disk, path, make, stat.S_IMODE(mode), owner)
-        return self._fresh(agent, path)
+            st = self._new_entry(at, path, make, stat.S_IMODE(mode), owner)
+        return self._fresh(agent, path, st)
 
     @_serialized
     def link(self, fid: int, agent: str, path: str) -> None:
@@ -620,23 +751,28 @@ class MemoryManager:
         inode, one block in RAM, one link count). A file whose every name is gone cannot get a
         new one (ENOENT, as link(2) says)."""
         block = self._get(fid)
-        place, _ = self._host(block)
-        if isinstance(place, int):
-            raise NotFound("the memory file has no name left")
-        disk = self._disk(agent, path)
-        try:
-            os.link(place, disk, follow_symlinks=False)
-        except FileExistsError:
-            raise AlreadyExists(f"{path} exists") from None
-        except OSError as e:
-            raise os_error(e, path) from None
-        block.names.add((agent, path))
-        with host_errors(path):
-            sync_dir(disk.parent)
+        with self._host(block) as (place, _), self._at(agent, path) as at:
+            if isinstance(place, int):
+                raise NotFound("the memory file has no name left")
+            try:
+                os.link(
+                    place.name,
+                    at.name,
+                    src_dir_fd=place.dir,
+                    dst_dir_fd=at.dir,
+                    follow_symlinks=False,
+                )
+            except FileExistsError:
+                raise AlreadyExists(f"{path} exists") from None
+            except OSError as e:
+                raise os_error(e, path) from None
+            block.names.add((agent, path))
+            with host_errors(path):
+                sync_dir(at.dir)
 
     def _set(
         self,
-        place: Path | int,
+        place: At | int,
         st: os.stat_result,
         block: Block | None,
         mode: int | None,
@@ -649,20 +785,23 @@ class MemoryManager:
             if isinstance(place, int):
                 os.fchown(place, uid, gid)
             else:
-                os.chown(place, uid, gid, follow_symlinks=False)
+                os.chown(place.name, uid, gid, dir_fd=place.dir, follow_symlinks=False)
         if mode is not None:
             if stat.S_ISLNK(st.st_mode):
                 raise error(errno.EOPNOTSUPP, "a symbolic link has no mode of its own")
             if isinstance(place, int):
                 os.fchmod(place, mode & 0o7777)
             else:
-                os.chmod(place, mode & 0o7777)  # not a link (lstat): nothing to follow
+                chmod_at(place, mode)
         if atime_ns is not None or mtime_ns is not None:
             if block is not None:
-                self._save(block)  # a later save would replace the times with its own
-                place, st = self._host(block)
-            else:
-                st = os.lstat(place) if not isinstance(place, int) else os.fstat(place)
+                # A later save would replace the times with its own. A save keeps the name
+                # (a rename over it in the same directory), so ``place`` still names the file.
+                self._save(block)
+            now = os.fstat(place) if isinstance(place, int) else place.stat()
+            if now is None:
+                raise FileNotFoundError(errno.ENOENT, "the memory entry is gone")
+            st = now
             times = (
                 st.st_atime_ns if atime_ns is None else atime_ns,
                 st.st_mtime_ns if mtime_ns is None else mtime_ns,
@@ -670,24 +809,24 @@ class MemoryManager:
             if isinstance(place, int):
                 os.utime(place, ns=times)
             else:
-                os.utime(place, ns=times, follow_symlinks=False)
+                os.utime(place.name, ns=times, dir_fd=place.dir, follow_symlinks=False)
         self._sync_entry(place, st)
 
     @staticmethod
-    def _sync_entry(place: Path | int, st: os.stat_result) -> None:
+    def _sync_entry(place: At | int, st: os.stat_result) -> None:
         """Make an entry's metadata durable: fsync the entry where it can be opened without
         side effects (a regular file, a directory), else its directory (on a journalling host
         that commits the entry's inode with it)."""
         if isinstance(place, int):
             os.fsync(place)
         elif stat.S_ISREG(st.st_mode) or stat.S_ISDIR(st.st_mode):
-            fd = os.open(place, os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC)
+            fd = place.open(os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK)
             try:
                 os.fsync(fd)
             finally:
                 os.close(fd)
         else:
-            sync_dir(place.parent)
+            sync_dir(place.dir)
 
     @_serialized
     def set_metadata(
@@ -718,20 +857,21 @@ class MemoryManager:
         mtime_ns: int | None = None,
     ) -> None:
         """``set_metadata`` on a block id or an (agent, path)."""
-        with host_errors("setattr"):
-            self._set(*self._where(where), mode, uid, gid, atime_ns, mtime_ns)
+        with host_errors("setattr"), self._where(where) as (place, st, block):
+            self._set(place, st, block, mode, uid, gid, atime_ns, mtime_ns)
 
-    def _name_gone(self, block: Block, name: Name, place: Path, nlink_left: int) -> bool:
+    def _name_gone(self, block: Block, name: Name, place: At, nlink_left: int) -> bool:
         """Before ``name`` of ``block`` goes (at ``place``): an open file about to lose its last
         name keeps a descriptor, so it works until closed. True if it is its last name."""
         if nlink_left > 0:
             return False
-        if block.opens and block.fd is None and stat.S_ISREG(os.lstat(place).st_mode):
-            flags = os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC
+        now = place.stat()
+        if block.opens and block.fd is None and now is not None and stat.S_ISREG(now.st_mode):
+            flags = os.O_NOFOLLOW | os.O_NONBLOCK
             try:
-                block.fd = os.open(place, os.O_RDWR | flags)
+                block.fd = place.open(os.O_RDWR | flags)
             except PermissionError:
-                block.fd = os.open(place, os.O_RDONLY | flags)
+                block.fd = place.open(os.O_RDONLY | flags)
         return True
 
     def _forget_name(self, block: Block, name: Name, last: bool) -> int | None:
@@ -747,54 +887,57 @@ class MemoryManager:
     def unlink(self, agent: str, path: str) -> int | None:
         """Remove a name; returns the block id if it was the file's last name (an open file
         lives on until closed), else None."""
-        disk, st = self._lstat(agent, path)
-        if st is None:
-            raise NotFound(f"no such memory block {path!r}")
-        if stat.S_ISDIR(st.st_mode):
-            raise IsADirectory(f"{path} is a directory")
-        block = self._record(agent, path, st)
-        with host_errors(path):
-            last = self._name_gone(block, (agent, path), disk, st.st_nlink - 1)
-            os.unlink(disk)
-        gone = self._forget_name(block, (agent, path), last)
-        with host_errors(path):
-            sync_dir(disk.parent)
+        with self._at(agent, path) as at:
+            st = at.stat()
+            if st is None:
+                raise NotFound(f"no such memory block {path!r}")
+            if stat.S_ISDIR(st.st_mode):
+                raise IsADirectory(f"{path} is a directory")
+            block = self._record(agent, path, st)
+            with host_errors(path):
+                last = self._name_gone(block, (agent, path), at, st.st_nlink - 1)
+                os.unlink(at.name, dir_fd=at.dir)
+            gone = self._forget_name(block, (agent, path), last)
+            with host_errors(path):
+                sync_dir(at.dir)
         return gone
 
     @_serialized
     def rmdir(self, agent: str, path: str) -> None:
-        disk = self._disk(agent, path)
-        try:
-            os.rmdir(disk)
-        except OSError as e:
-            if e.errno == errno.ENOTEMPTY:
-                raise NotEmpty(f"{path} is not empty") from None
-            raise os_error(e, path) from None
-        with host_errors(path):
-            sync_dir(disk.parent)
+        with self._at(agent, path) as at:
+            try:
+                os.rmdir(at.name, dir_fd=at.dir)
+            except OSError as e:
+                if e.errno == errno.ENOTEMPTY:
+                    raise NotEmpty(f"{path} is not empty") from None
+                raise os_error(e, path) from None
+            with host_errors(path):
+                sync_dir(at.dir)
 
     @_serialized
     def rename(self, agent: str, old: str, new_agent: str, new: str, flags: int = 0) -> int | None:
         """rename(2) on the backing tree (renameat2 with ``flags``: RENAME_NOREPLACE fails with
         EEXIST if ``new`` exists, RENAME_EXCHANGE swaps the two atomically). Blocks follow their
         names; returns the id of a file whose last name was replaced, else None."""
-        src, sst = self._lstat(agent, old)
-        dst, dst_st = self._lstat(new_agent, new)
+        with self._at(agent, old) as src, self._at(new_agent, new) as dst:
+            return self._rename(src, dst, (agent, old), (new_agent, new), flags)
+
+    def _rename(self, src: At, dst: At, a: Name, b: Name, flags: int) -> int | None:
+        sst, dst_st = src.stat(), dst.stat()
         if sst is None:
-            raise NotFound(f"no such memory entry {old!r}")
-        moving = None if stat.S_ISDIR(sst.st_mode) else self._record(agent, old, sst)
+            raise NotFound(f"no such memory entry {a[1]!r}")
+        moving = None if stat.S_ISDIR(sst.st_mode) else self._record(*a, sst)
         replaced = None
         if dst_st is not None and not stat.S_ISDIR(dst_st.st_mode):
-            replaced = self._record(new_agent, new, dst_st)
+            replaced = self._record(*b, dst_st)
         if moving is not None and moving is replaced:  # two names of one file: a no-op
             return None
         last = False
-        with host_errors(f"{old} -> {new}"):
+        with host_errors(f"{a[1]} -> {b[1]}"):
             if replaced is not None and dst_st is not None and not flags:
-                last = self._name_gone(replaced, (new_agent, new), dst, dst_st.st_nlink - 1)
+                last = self._name_gone(replaced, b, dst, dst_st.st_nlink - 1)
             renameat2(src, dst, flags)
         exchange = bool(flags & RENAME_EXCHANGE)
-        a, b = (agent, old), (new_agent, new)
         for block in self.blocks.values():
             block.names = {self._moved(n, a, b, exchange) for n in block.names}
         gone = None
@@ -802,10 +945,10 @@ class MemoryManager:
             gone = self._forget_name(replaced, b, last)
             if moving is not None:
                 moving.names.add(b)
-        with host_errors(f"{old} -> {new}"):
-            sync_dir(src.parent)
-            if dst.parent != src.parent:
-                sync_dir(dst.parent)
+        with host_errors(f"{a[1]} -> {b[1]}"):
+            sync_dir(src.dir)
+            if not same_dir(src.dir, dst.dir):
+                sync_dir(dst.dir)
         return gone
 
     @staticmethod
@@ -824,8 +967,12 @@ class MemoryManager:
     @_serialized
     def fsync_dir(self, agent: str, path: str) -> None:
         """fsync(2) of a directory: its backing directory, and the blocks saved meanwhile."""
-        with host_errors(path):
-            sync_dir(self._disk(agent, path))
+        with host_errors(path), self._at(agent, path) as at:
+            fd = at.open(os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW)
+            try:
+                os.fsync(fd)
+            finally:
+                os.close(fd)
 
     # ---- extended attributes ----------------------------------------------------------------
 
@@ -838,45 +985,40 @@ class MemoryManager:
     def getxattr(self, where: Where, name: bytes) -> bytes:
         """An extended attribute of the backing entry itself (never a link's target)."""
         self._xattr_name(name, setting=False)
-        with host_errors("getxattr"):
-            place = self._where(where)[0]
-            if isinstance(place, int):
-                return os.getxattr(place, name)
-            return os.getxattr(place, name, follow_symlinks=False)
+        with (
+            host_errors("getxattr"),
+            self._where(where) as (place, _, _),
+            entry_path(place) as target,
+        ):
+            return os.getxattr(target, name)
 
     @_serialized
     def setxattr(self, where: Where, name: bytes, value: bytes) -> None:
         """Set an extended attribute; the host answers for what it refuses (EPERM for user.* on a
         link or a special file, ENOSPC/E2BIG for a value too big, ENOTSUP without support)."""
         self._xattr_name(name, setting=True)
-        with host_errors("setxattr"):
-            place, st, _ = self._where(where)
-            if isinstance(place, int):
-                os.setxattr(place, name, value)
-            else:
-                os.setxattr(place, name, value, follow_symlinks=False)
+        with host_errors("setxattr"), self._where(where) as (place, st, _):
+            with entry_path(place) as target:
+                os.setxattr(target, name, value)
             self._sync_entry(place, st)
 
     @_serialized
     def listxattr(self, where: Where) -> list[bytes]:
-        with host_errors("listxattr"):
-            place = self._where(where)[0]
-            if isinstance(place, int):
-                names = os.listxattr(place)
-            else:
-                names = os.listxattr(place, follow_symlinks=False)
+        with (
+            host_errors("listxattr"),
+            self._where(where) as (place, _, _),
+            entry_path(place) as target,
+        ):
+            names = os.listxattr(target)
         encoded = [os.fsencode(n) for n in names]
         return [n for n in encoded if n.startswith(XATTR_NAMESPACES)]
 
     @_serialized
     def removexattr(self, where: Where, name: bytes) -> None:
         self._xattr_name(name, setting=False)
-        with host_errors("removexattr"):
-            place, st, _ = self._where(where)
-            if isinstance(place, int):
-                os.removexattr(place, name)
-            else:
-                os.removexattr(place, name, follow_symlinks=False)
+        with host_errors("removexattr"), self._where(where) as (place, st, _):
+            with entry_path(place) as target:
+                os.removexattr(target, name)
             self._sync_entry(place, st)
 
     # ---- contents ---------------------------------------------------------------------------
@@ -891,8 +1033,7 @@ class MemoryManager:
             self._touch(block)
             return block.data
         start = time.perf_counter()
-        with host_errors("load"):
-            place, info = self._host(block)
+        with host_errors("load"), self._host(block) as (place, info):
             if stat.S_ISLNK(info.st_mode):
                 raise error(errno.ELOOP, "a symbolic link is never followed in memory")
             if not stat.S_ISREG(info.st_mode):
@@ -900,7 +1041,7 @@ class MemoryManager:
             if isinstance(place, int):
                 fd = os.dup(place)
             else:
-                fd = os.open(place, os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC)
+                fd = place.open(os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK)
             with open(fd, "rb") as f:
                 if (os.fstat(fd).st_dev, os.fstat(fd).st_ino) != block.key:
                     raise NotFound("the memory file changed under us")
@@ -1009,12 +1150,11 @@ class MemoryManager:
         in place, since a rename would split the link."""
         if block.data is None or not block.dirty:
             return
-        with host_errors("save"):
-            place, old = self._host(block)
+        with host_errors("save"), self._host(block) as (place, old):
             if isinstance(place, int):
                 write_in_place(place, block.data)
             elif old.st_nlink > 1:
-                fd = os.open(place, os.O_WRONLY | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC)
+                fd = place.open(os.O_WRONLY | os.O_NOFOLLOW | os.O_NONBLOCK)
                 try:
                     write_in_place(fd, block.data)
                 finally:
@@ -1023,35 +1163,36 @@ class MemoryManager:
                 self._replace(block, place, old)
         block.dirty = False
 
-    def _replace(self, block: Block, disk: Path, old: os.stat_result) -> None:
+    def _replace(self, block: Block, at: At, old: os.stat_result) -> None:
+        """Save atomically: a temporary file in the same directory (by its descriptor), renamed
+        over the old one, then the directory fsynced."""
         # A fixed-length name: the block's own may already be 255 bytes, the most a name can be.
         # Calls are serialised, so two saves never share a temporary file.
-        digest = hashlib.sha256(disk.name.encode()).hexdigest()[:24]
-        tmp = disk.with_name(f".{digest}{TMP_SUFFIX}")
+        digest = hashlib.sha256(os.fsencode(at.name)).hexdigest()[:24]
+        tmp = At(at.dir, f".{digest}{TMP_SUFFIX}")
         assert block.data is not None
         with contextlib.suppress(FileNotFoundError):
-            os.unlink(tmp)  # a crash's leftover
-        flags = os.O_CREAT | os.O_EXCL | os.O_WRONLY | os.O_NOFOLLOW | os.O_CLOEXEC
-        fd = os.open(tmp, flags, 0o600)
+            os.unlink(tmp.name, dir_fd=at.dir)  # a crash's leftover
+        fd = tmp.open(os.O_CREAT | os.O_EXCL | os.O_WRONLY | os.O_NOFOLLOW, 0o600)
         try:
             write_sparse(fd, block.data)
-            self._carry_over(fd, disk, old)
+            self._carry_over(fd, at, old)
             os.fsync(fd)
             new = os.fstat(fd)
-            os.replace(tmp, disk)
+            os.replace(tmp.name, at.name, src_dir_fd=at.dir, dst_dir_fd=at.dir)
         except BaseException:
             with contextlib.suppress(OSError):
-                os.unlink(tmp)
+                os.unlink(tmp.name, dir_fd=at.dir)
             raise
         finally:
             os.close(fd)
         del self._by_key[block.key]
         block.key = (new.st_dev, new.st_ino)
         self._by_key[block.key] = block
-        sync_dir(disk.parent)
+        sync_dir(at.dir)
 
     @staticmethod
-    def _carry_over(fd: int, disk: Path, old: os.stat_result) -> None:
+    def _carry_over(fd: int, at: At, old: os.stat_result) -> None:
         """Give a save's new file the metadata of the file it replaces. The owner goes first
         (changing it clears setuid/setgid); a daemon that is not root may fail to set it only
         where the old file was not its to give, and then the new file is the daemon's."""
@@ -1062,9 +1203,9 @@ class MemoryManager:
             except PermissionError:
                 if os.geteuid() == 0:
                     raise
-        with contextlib.suppress(OSError):  # a host without xattrs has none to carry
-            for name in os.listxattr(disk, follow_symlinks=False):
-                value = os.getxattr(disk, name, follow_symlinks=False)
+        with contextlib.suppress(OSError), entry_path(at) as source:  # none without xattrs
+            for name in os.listxattr(source):
+                value = os.getxattr(source, name)
                 with contextlib.suppress(OSError):
                     os.setxattr(fd, name, value)
         os.fchmod(fd, stat.S_IMODE(old.st_mode))
@@ -1194,10 +1335,11 @@ class MemoryManager:
         agents: dict[str, Any] = {}
         for agent in self.agents():
             on_disk = 0
-            for top, _dirs, files in os.walk(self.root / agent):  # never into a link
+            # By directory descriptors (any depth), never into a link.
+            for _top, _dirs, files, dir_fd in os.fwalk(self.root / agent):
                 for name in files:
                     with contextlib.suppress(OSError):
-                        st = os.lstat(os.path.join(top, name))
+                        st = os.stat(name, dir_fd=dir_fd, follow_symlinks=False)
                         if stat.S_ISREG(st.st_mode):
                             on_disk += st.st_size
             st_agent = self.stats.get(agent, AgentMemStats())

@@ -691,3 +691,75 @@ def test_fsyncdir_and_names_with_links_survive_kill_9(tmp_path: Path) -> None:
         assert os.readlink(d / "sub" / "soft") == "../f"
         assert (d / "sub" / "soft").read_text() == "content\n"
         assert os.getxattr(d / "f", "user.k") == b"v"
+
+
+DEEP_SCRIPT = r"""
+import errno, os, stat, sys
+name = "d" * 255
+depth = 0
+while depth < 16 * 256:  # each step goes down one 255-byte name: 4096 bytes
+    os.mkdir(name, 0o755)
+    os.chdir(name)
+    depth += 256
+leaf = "f" * 150  # at 4246 bytes, over PATH_MAX with the data dir or not
+fd = os.open(leaf, os.O_CREAT | os.O_WRONLY | os.O_EXCL, 0o644)
+os.write(fd, b"deep content\n")
+os.close(fd)
+with open(leaf, "rb") as f:
+    assert f.read() == b"deep content\n"
+assert os.stat(leaf).st_size == 13
+os.chmod(leaf, 0o600)
+assert stat.S_IMODE(os.stat(leaf).st_mode) == 0o600
+uid, gid = (1234, 5678) if os.geteuid() == 0 else (os.geteuid(), os.getegid())
+os.chown(leaf, uid, gid)
+assert (os.stat(leaf).st_uid, os.stat(leaf).st_gid) == (uid, gid)
+os.link(leaf, "hard")
+assert os.stat("hard").st_nlink == 2 and os.stat("hard").st_ino == os.stat(leaf).st_ino
+os.symlink(leaf, "soft")
+assert os.readlink("soft") == leaf and open("soft", "rb").read() == b"deep content\n"
+os.lchown("soft", uid, gid)
+os.mkfifo("fifo", 0o640)
+assert stat.S_ISFIFO(os.lstat("fifo").st_mode)
+os.setxattr(leaf, "user.k", b"v")
+assert os.getxattr(leaf, "user.k") == b"v"
+os.utime(leaf, ns=(10**18, 10**18))
+assert os.stat(leaf).st_mtime_ns == 10**18
+os.rename(leaf, "renamed")
+assert not os.path.exists(leaf) and open("renamed", "rb").read() == b"deep content\n"
+with open("renamed", "ab") as f:  # a save (temporary file and rename) at this depth
+    f.write(b"more\n")
+assert os.getxattr("hard", "user.k") == b"v"
+os.unlink("hard")  # one name left: the next save replaces the file atomically
+with open("renamed", "r+b") as f:
+    f.write(b"DEEP")
+assert open("renamed", "rb").read() == b"DEEP content\nmore\n"
+assert os.getxattr("renamed", "user.k") == b"v" and os.stat("renamed").st_uid == uid
+os.mkdir("sub")
+os.rename("sub", "sub2")
+assert sorted(os.listdir(".")) == ["fifo", "renamed", "soft", "sub2"]
+for n in ("fifo", "renamed", "soft"):
+    os.unlink(n)
+os.rmdir("sub2")
+while depth:
+    os.chdir("..")
+    os.rmdir(name)
+    depth -= 256
+assert os.listdir(".") == []
+print("ok")
+"""
+
+
+def test_a_tree_as_deep_as_path_max(mem_mount: Mount) -> None:
+    """A tree whose path inside ``mem/NAME/`` is over 4096 bytes (each call names a short path,
+    relative to its cwd, as pjdfstest's */03.t do) works like any other, down and back up: with
+    the data dir in front, the daemon's host paths would be over PATH_MAX (ENAMETOOLONG, then
+    ENOENT for lookups), so it works relative to directory descriptors."""
+    m = mem_mount
+    name = m.agent()
+    cwd = m.p("mem", name)
+    out = subprocess.run(
+        ["python3", "-c", DEEP_SCRIPT], cwd=cwd, capture_output=True, text=True, timeout=120
+    )
+    assert out.returncode == 0, out.stderr
+    assert out.stdout.strip() == "ok"
+    assert os.listdir(cwd) == []

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import errno
+import functools
 import os
 import stat
 import time
@@ -270,3 +271,85 @@ def test_a_saved_hole_is_sparse(tmp_path: Path) -> None:
     assert m.read_all("a", "h") == bytes(500_000) + b"end"
     again = MemoryManager(tmp_path / "mem", 1 << 20, 1 << 30)
     assert again.read_all("a", "h") == bytes(500_000) + b"end"
+
+
+def open_fds() -> int:
+    return len(os.listdir("/proc/self/fd"))
+
+
+def test_every_operation_works_deeper_than_path_max_and_leaks_no_descriptor(
+    tmp_path: Path,
+) -> None:
+    """The manager names entries by directory descriptors, so a tree whose backing paths are
+    far over PATH_MAX (20 levels of 255-byte names) works, and every descriptor is closed."""
+    m = mm(tmp_path)
+    before = open_fds()
+    deep = "/".join(["d" * 255] * 20)
+    parts = deep.split("/")
+    for i in range(1, len(parts) + 1):
+        m.mkdir("a", "/".join(parts[:i]), 0o750)
+    assert len(str(tmp_path / "mem/a" / deep)) > 5000
+    f = f"{deep}/f"
+    fid = m.create("a", f, 0o640)
+    m.write_id(fid, 0, b"deep")
+    m.flush_id(fid)  # an atomic save at this depth
+    assert m.read_all("a", f) == b"deep"
+    st = m.stat("a", f)
+    assert st is not None and stat.S_IMODE(st.st_mode) == 0o640 and st.st_size == 4
+    m.set_metadata("a", f, mode=0o600, uid=os.geteuid(), gid=os.getegid(), mtime_ns=10**18)
+    st = m.stat("a", f)
+    assert st is not None and stat.S_IMODE(st.st_mode) == 0o600 and st.st_mtime_ns == 10**18
+    m.setxattr(fid, b"user.k", b"v")
+    m.write_id(fid, 4, b"er")
+    m.flush_id(fid)  # the save carries the xattr and the mode over
+    assert m.getxattr(fid, b"user.k") == b"v" and b"user.k" in m.listxattr(fid)
+    assert m.read_id(fid, 0, 100) == b"deeper"
+    m.link(fid, "a", f"{deep}/hard")
+    hard = m.stat("a", f"{deep}/hard")
+    assert hard is not None and hard.st_nlink == 2
+    lid = m.symlink("a", f"{deep}/soft", b"f")
+    assert m.readlink(lid) == b"f"
+    with pytest.raises(KernelError) as e:
+        m.set_metadata("a", f"{deep}/soft", mode=0o600)
+    assert e.value.errno == errno.EOPNOTSUPP
+    m.mknod("a", f"{deep}/fifo", stat.S_IFIFO | 0o600)
+    m.rename("a", f, "a", f"{deep}/g")
+    m.rename("a", f"{deep}/g", "a", f"{deep}/hard", RENAME_EXCHANGE)
+    assert m.listdir("a", deep) == ["fifo", "g", "hard", "soft"]
+    assert m.info()["agents"]["a"]["evicted_bytes"] >= 0
+    m.fsync_dir("a", deep)
+    with pytest.raises(KernelError) as e:
+        m.read_all("a", f"{deep}/soft")
+    assert e.value.errno == errno.ELOOP
+    for name in ("fifo", "g", "soft"):
+        m.unlink("a", f"{deep}/{name}")
+    m.removexattr(("a", f"{deep}/hard"), b"user.k")
+    m.unlink("a", f"{deep}/hard")
+    for i in range(len(parts), 0, -1):
+        m.rmdir("a", "/".join(parts[:i]))
+    assert m.listdir("a", "") == [] and open_fds() == before
+
+
+def test_a_link_or_a_file_on_the_way_is_eloop_or_enotdir_at_any_depth(tmp_path: Path) -> None:
+    outside = tmp_path / "outside"
+    outside.mkdir()
+    m = mm(tmp_path)
+    deep = "/".join(["d" * 255] * 17)
+    parts = deep.split("/")
+    for i in range(1, len(parts) + 1):
+        m.mkdir("a", "/".join(parts[:i]))
+    m.symlink("a", f"{deep}/out", str(outside).encode())
+    m.write_file("a", f"{deep}/file", b"x")
+    for name, code in (("out", errno.ELOOP), ("file", errno.ENOTDIR)):
+        for call in (
+            functools.partial(m.write_file, "a", f"{deep}/{name}/new", b"no"),
+            functools.partial(m.mkdir, "a", f"{deep}/{name}/new"),
+            functools.partial(m.listdir, "a", f"{deep}/{name}"),
+        ):
+            with pytest.raises(KernelError) as e:
+                call()
+            assert e.value.errno == code, name
+    assert os.listdir(outside) == []
+    assert m.stat("a", f"{deep}/missing/x") is None
+    m.remove_agent("a")
+    assert m.agents() == []
