@@ -47,6 +47,8 @@ class KernelConfig:
     max_tokens_limit: int = 4096  # the largest max_tokens a syscall or config may ask for
     results_keep: int = 1000  # finished results kept per agent under results/
     tool_dirs: tuple[Path, ...] = ()  # folders of executable tools, besides DATA_DIR/tools
+    # the benchmark's baseline (AIOS's design): every tool call waits for one global lock
+    tools_global_lock: bool = False
     # MCP servers over stdio, from the config file's [mcp.servers.NAME] tables
     mcp_servers: Mapping[str, McpServerConfig] = field(default_factory=dict)
 
@@ -101,6 +103,8 @@ class KernelConfig:
             raise InvalidArgument(
                 f"unknown scheduler {cfg.scheduler!r}; available: {', '.join(POLICIES)}"
             )
+        if not isinstance(cfg.tools_global_lock, bool):
+            raise InvalidArgument("tools_global_lock must be true or false")
         if cfg.store_embedder not in ("minilm", "hashing"):
             raise InvalidArgument("store_embedder must be minilm or hashing")
         for key in ("mem_agent_mb", "mem_total_mb", "mem_k", "store_versions", "store_max_file_mb"):

@@ -215,7 +215,7 @@ class Kernel:
             ExecutableSource([cfg.data_dir / "tools", *cfg.tool_dirs]),
             *(McpSource(name, server) for name, server in cfg.mcp_servers.items()),
         ]
-        return ToolManager(sources)
+        return ToolManager(sources, global_lock=cfg.tools_global_lock)
 
     async def _tool_syscall(self, call: str, agent: str, args: dict[str, Any]) -> str:
         """A store or memory tool: the syscall of that name, checked as if it had been written

@@ -21,6 +21,7 @@ from aiosfs.bench.llm import run_contexts, run_llm
 from aiosfs.bench.overhead import run_overhead
 from aiosfs.bench.report import machine, plot, print_summary, say
 from aiosfs.bench.storage import run_storage
+from aiosfs.bench.tools import print_tools_summary, run_tools
 
 OVERHEAD_CALLS_PER_BLOCK = 50
 
@@ -40,6 +41,10 @@ def run_bench(args: argparse.Namespace) -> dict[str, Any]:
     }
     if args.only_storage:
         args.skip_scaling = args.skip_fairness = args.skip_overhead = args.skip_contexts = True
+        args.skip_tools = True
+    if args.only_tools:
+        args.skip_scaling = args.skip_fairness = args.skip_overhead = args.skip_contexts = True
+        args.skip_storage = True
     if not (args.skip_scaling and args.skip_fairness):
         run_llm(args, workdir, results)
     if not args.skip_overhead:
@@ -50,6 +55,8 @@ def run_bench(args: argparse.Namespace) -> dict[str, Any]:
         results["storage"] = run_storage(args, workdir)
     if not args.skip_contexts:
         results["contexts"] = run_contexts(args)
+    if not args.skip_tools:
+        results["tools"] = run_tools(args, workdir)
     results["finished"] = time.strftime("%Y-%m-%d %H:%M:%S")
     results["machine"]["load_avg_at_end"] = os.getloadavg()
     (out / "results.json").write_text(json.dumps(results, indent=2, default=str))
@@ -86,9 +93,11 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--skip-overhead", action="store_true")
     p.add_argument("--skip-contexts", action="store_true")
     p.add_argument("--skip-storage", action="store_true")
+    p.add_argument("--skip-tools", action="store_true")
     p.add_argument(
         "--only-storage", action="store_true", help="only the memory and storage measurements"
     )
+    p.add_argument("--only-tools", action="store_true", help="only the tool measurements")
     p.add_argument("--embedder", default="minilm", choices=("minilm", "hashing"))
     p.add_argument("--ingest", type=int, default=1000, help="small text files to write first")
     p.add_argument("--search-queries", type=int, default=50)
@@ -106,6 +115,24 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
         help="MiB of the large file streamed through store/ (0: skip)",
     )
     p.add_argument(
+        "--tool-calls",
+        type=int,
+        default=300,
+        help="sequential calls of each tool for the tool-call overhead",
+    )
+    p.add_argument(
+        "--tool-agents", type=int, default=16, help="concurrent callers of the tool workload"
+    )
+    p.add_argument(
+        "--tool-rounds", type=int, default=4, help="rounds of 4 tool calls per concurrent caller"
+    )
+    p.add_argument(
+        "--tool-pairs",
+        type=int,
+        default=3,
+        help="alternating runs of per-tool limits and the global-lock baseline",
+    )
+    p.add_argument(
         "--context-lengths",
         default="128,512,2048",
         help="context lengths for the preemption-cost measurement",
@@ -116,5 +143,6 @@ def main(args: argparse.Namespace) -> int:
     """``aiosfs bench``: run, print the summary, say where the results are."""
     results = run_bench(args)
     print_summary(results)
+    print_tools_summary(results)
     print(f"bench: results in {args.out}/results.json and {args.out}/bench.png", file=sys.stderr)
     return 0

@@ -14,7 +14,7 @@ rule is enforced once, for every source alike, in ``ToolManager.call``:
    names it. A call takes its slot first (so a call waiting for a slot holds no resource), then
    its resources in sorted order (``ToolSpec`` sorts them), so two tools sharing resources can
    never deadlock. Calls that share a resource never overlap; everything else runs in parallel.
-   There is no global lock.
+   There is no global lock (``global_lock=True`` adds one, as a benchmark baseline only).
 4. **Per-tool timeout** on the tool's run (not on the wait: every call ahead in the queue is
    bounded by its own timeout). The source is cancelled at the limit: processes are killed.
 5. **Failure is a result.** A tool that raises, hangs, or returns something that is not JSON
@@ -137,7 +137,13 @@ class ToolManager:
         *,
         history: int = HISTORY,
         clock: Callable[[], float] = time.monotonic,
+        global_lock: bool = False,
     ) -> None:
+        """``global_lock`` is the benchmark's baseline, AIOS's design: every call of every tool
+        waits for one lock, on top of its own limits, so calls never overlap at all. It exists
+        so that ``aiosfs bench`` can measure what per-tool limits gain against it on the same
+        workload (config key ``tools_global_lock``); never use it to make a tool safe — give
+        the tool a ``parallel`` limit or a resource instead."""
         self._sources: list[ToolSource] = list(sources)
         names = [s.name for s in self._sources]
         if len(set(names)) != len(names):
@@ -149,6 +155,7 @@ class ToolManager:
         self._listing_broken: dict[str, list[BrokenTool]] = {}
         self._stats: dict[str, ToolStats] = {}
         self._resources: dict[str, trio.Lock] = {}
+        self._global: trio.Lock | None = trio.Lock() if global_lock else None
         self._listed = False
         self._refresh_lock = trio.Lock()
 
@@ -282,6 +289,16 @@ class ToolManager:
                 await stack.enter_async_context(lock)
             yield
 
+    @asynccontextmanager
+    async def _serialised(self) -> AsyncIterator[None]:
+        # the baseline's one lock, taken first (AIOS takes it before anything else); no-op
+        # otherwise
+        if self._global is None:
+            yield
+            return
+        async with self._global:
+            yield
+
     async def call(self, name: str, args: object, caller: Caller) -> ToolResult:
         """Run one call under every rule and say how it ended. Never raises for anything the
         tool does; only the caller's own cancellation propagates."""
@@ -300,7 +317,7 @@ class ToolManager:
         stats.waiting += 1
         waiting = True
         try:
-            async with tool.limiter, self._hold(spec.resources):
+            async with self._serialised(), tool.limiter, self._hold(spec.resources):
                 stats.waiting -= 1
                 waiting = False
                 started = self._clock()

@@ -35,7 +35,8 @@ def test_bench_runs_and_writes_results(tmp_path: Path) -> None:
     args = shlex.split(
         "bench --model tiny-random --agents 1,2 --reps 1 --turns 1 --max-tokens 4 --flood 4 "
         "--overhead-blocks 2 --context-lengths 64,128 --embedder hashing --ingest 100 "
-        "--search-large 150 --search-queries 5 --mem-ops 20 --large-mib 4"
+        "--search-large 150 --search-queries 5 --mem-ops 20 --large-mib 4 "
+        "--tool-calls 10 --tool-agents 4 --tool-rounds 1 --tool-pairs 1"
     )
     res = subprocess.run(
         [sys.executable, "-m", "aiosfs", *args, "--out", str(out)],
@@ -61,3 +62,14 @@ def test_bench_runs_and_writes_results(tmp_path: Path) -> None:
     assert large["mib"] == 4 and large["write_mb_s"] > 0 and large["read_mb_s"] > 0
     assert (out / "bench.png").stat().st_size > 10_000
     assert "speed-up vs serial" in res.stdout
+    tools = results["tools"]
+    assert set(tools["overhead"]) == {"builtin", "exec", "mcp"}
+    assert all(o["calls"] == 10 and o["errors"] == 0 for o in tools["overhead"].values())
+    assert set(tools["first_mcp_call_ms"]) == {"limits", "global_lock"}
+    conc = tools["concurrent"]
+    assert [r["config"] for r in conc["runs"]] == ["limits", "global_lock"]
+    assert conc["errors"] == 0 and all(r["calls"] == 16 for r in conc["runs"])
+    # what the executables' timestamps prove, whatever the timings
+    assert conc["printer_never_overlapped"] and conc["exec_max_overlap_global_lock"] == 1
+    assert conc["nap_max_overlap_limits"] <= 4 and conc["ratio_median"] > 0
+    assert "callers at once" in res.stdout

@@ -385,6 +385,31 @@ async def test_shared_resources_never_overlap_and_others_do() -> None:
     assert any(overlaps(c, o) for c in runs["c"] for o in ab)  # no global lock
 
 
+async def test_global_lock_baseline_serialises_every_call() -> None:
+    # the benchmark's AIOS baseline: tools that would run in parallel (two slots, separate
+    # resources, different sources) never overlap at all, and still all succeed
+    iv = Intervals()
+    src, other = FakeSource(), FakeSource("other")
+    src.add(spec("p", parallel=2), iv.body("p", 0.03))
+    src.add(spec("c", resources=("s",)), iv.body("c", 0.03))
+    other.add(spec("o"), iv.body("o", 0.03))
+    m = ToolManager([src, other], global_lock=True)
+    with trio.fail_after(10):
+        async with trio.open_nursery() as n:
+            for name in ("p", "p", "c", "o") * 2:
+                n.start_soon(m.call, name, {}, CALLER)
+    assert len(iv.runs) == 8
+    assert max_overlap([(s, e) for _, s, e in iv.runs]) == 1
+    assert m.stats("p")["max_running"] == 1 and m.stats("p")["ok"] == 4
+    # the default has no such lock: the same calls overlap
+    iv.runs.clear()
+    m = ToolManager([src, other])
+    async with trio.open_nursery() as n:
+        for name in ("p", "p", "c", "o"):
+            n.start_soon(m.call, name, {}, CALLER)
+    assert max_overlap([(s, e) for _, s, e in iv.runs]) == 4
+
+
 async def test_listing_failures_and_clashes_are_reported() -> None:
     good, bad, clash = FakeSource("good"), FakeSource("bad"), FakeSource("clash")
 
