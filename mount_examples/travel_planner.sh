@@ -13,7 +13,10 @@
 #     kernel decodes them together;
 #   * cat agents/NAME/out blocks until that agent's next answer is complete;
 #   * a plain-text syscall is a chat turn, so the itinerary agent's final turn is answered with
-#     its first answer still in its conversation.
+#     its first answer still in its conversation;
+#   * tools/NAME/call is a transaction file: today's date comes from the datetime tool
+#     (write the JSON arguments, read the JSON result on the same descriptor), and the
+#     itinerary question includes it.
 set -euo pipefail
 
 MNT=${1:-./mnt}
@@ -80,12 +83,30 @@ answer() {
     fi
 }
 
+# tool NAME ARGUMENTS: call a tool through its transaction file and print its JSON result.
+tool() {
+    local result
+    exec 3<>"$MNT/tools/$1/call" || return 1
+    printf '%s' "$2" >&3 || return 1 # EINVAL: the arguments do not fit tools/NAME/schema
+    result=$(cat <&3)
+    exec 3>&-
+    printf '%s\n' "$result"
+}
+
 heading() {
     printf '\n=== %s ===\n' "$1"
 }
 
 echo "Planning: $REQUEST"
 echo "(agents $FLIGHTS, $HOTEL, $ITINERARY; max_tokens=$MAX_TOKENS)"
+
+# Today's date, from the datetime tool: {"format": …} adds a "formatted" field to its result.
+DATE_JSON=$(tool datetime '{"format": "%A %d %B %Y"}') || {
+    echo "travel_planner: the datetime tool failed (is $MNT/tools there?)" >&2
+    exit 1
+}
+TODAY=$(printf '%s' "$DATE_JSON" | sed -nE 's/.*"formatted": "([^"]*)".*/\1/p')
+echo "Today is $TODAY (from tools/datetime/call)"
 
 new_agent "$FLIGHTS" "You are a flight booking assistant. Suggest concrete flights briefly."
 new_agent "$HOTEL" "You are a hotel booking assistant. Suggest concrete hotels briefly."
@@ -97,7 +118,7 @@ ask "$FLIGHTS" "Which flights should I take for $REQUEST?" &
 p1=$!
 ask "$HOTEL" "Which hotel should I stay at for $REQUEST?" &
 p2=$!
-ask "$ITINERARY" "Give me a day-by-day itinerary for $REQUEST." &
+ask "$ITINERARY" "Today is $TODAY. Give me a day-by-day itinerary for $REQUEST, starting next week." &
 p3=$!
 wait "$p1"
 wait "$p2"
