@@ -22,6 +22,7 @@ from typing import Any
 
 from kernel.tools.tool import ToolResult, ToolSpec
 
+ARGUMENT_CHARS = 256  # the longest string argument the grammar lets a step write
 MAX_CALLS_PER_STEP = 4  # tool calls one step may make (run in parallel where limits allow)
 ANSWER_CHARS = 2000  # the longest answer a step may give (bounds the grammar)
 RESULT_CHARS = 2000  # how much of each tool result goes back to the model
@@ -51,7 +52,7 @@ def step_schema(
     call_of = [
         {
             "type": "object",
-            "properties": {"tool": {"const": spec.name}, "arguments": spec.schema},
+            "properties": {"tool": {"const": spec.name}, "arguments": bounded(spec.schema)},
             "required": ["tool", "arguments"],
             "additionalProperties": False,
         }
@@ -73,6 +74,20 @@ def step_schema(
     if choice == "required":
         return calls
     return {"anyOf": [calls, answer]}
+
+
+def bounded(schema: Any) -> Any:
+    """``schema`` with every string bounded by ARGUMENT_CHARS (or its own smaller bound): what
+    the grammar lets a step write, a subset of what the tool accepts, so a model cannot spend
+    its whole token budget inside one argument."""
+    if isinstance(schema, list):
+        return [bounded(s) for s in schema]
+    if not isinstance(schema, dict):
+        return schema
+    out = {k: bounded(v) for k, v in schema.items()}
+    if out.get("type") == "string" and "enum" not in out and "const" not in out:
+        out["maxLength"] = min(int(out.get("maxLength", ARGUMENT_CHARS)), ARGUMENT_CHARS)
+    return out
 
 
 def render_tools(specs: Sequence[ToolSpec], system: str | None) -> str:

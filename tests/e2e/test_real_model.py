@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 from collections.abc import Iterator
 
 import pytest
@@ -39,3 +40,30 @@ def test_the_conversation_carries_over(smol: Mount) -> None:
         "echo 'And of Germany?' > agents/chat/syscall; cat agents/chat/out", timeout=120
     ).stdout
     assert "Berlin" in answer
+
+
+def test_a_question_for_the_calculator_is_answered_with_its_number(smol: Mount) -> None:
+    """SmolLM2 is offered the calculator and must call it first (tool_choice "required"); the
+    kernel runs it and feeds 9801 back; the model's answer uses it. Greedy, so the run is
+    reproducible. (A 135M model often answers from its own wrong arithmetic instead of the
+    tool's number; docs/filesystem.md says so.)"""
+    smol.sh("mkdir agents/calc")
+    call = {
+        "call": "llm",
+        "prompt": "What is 99 * 99?",
+        "tools": ["calculator"],
+        "tool_choice": "required",
+        "parallel_tool_calls": False,
+        "max_tool_rounds": 1,
+        "max_tokens": 100,
+        "temperature": 0,
+    }
+    (smol.path / "agents/calc/syscall").write_text(json.dumps(call) + "\n")
+    text = smol.sh("cat agents/calc/out", timeout=300).stdout
+    meta = smol.json("agents/calc/results/1.json")
+    assert meta["state"] == "done", meta
+    calls = meta["tool_calls"]
+    assert calls and calls[0]["tool"] == "calculator" and calls[0]["result"] == 9801, calls
+    transcript, _, answer = text.partition("\n")
+    assert transcript.startswith("[tool calculator") and "9801" in transcript
+    assert "9801" in answer, text

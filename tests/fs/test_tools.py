@@ -158,3 +158,74 @@ def test_ask_agent_delegates_through_the_kernel(tools_mount: Mount) -> None:
     missing = call(m, "ask_agent", {"agent": "nobody-here", "prompt": "hi"})
     assert not missing["ok"]
     assert os.listdir(m.p("agents/helper/results"))  # the answer is a result of that agent
+
+
+# ---- tool calling inside llm calls ------------------------------------------------------------
+
+
+def llm(m: Mount, agent: str, **fields: Any) -> tuple[str, dict[str, Any]]:
+    """One llm call through the agent's transaction file: its text and its results/N.json."""
+    fd = os.open(m.p("agents", agent, "syscall"), os.O_RDWR)
+    try:
+        os.write(fd, json.dumps({"call": "llm", **fields}).encode())
+        out = b""
+        while chunk := os.read(fd, 65536):
+            out += chunk
+    finally:
+        os.close(fd)
+    results = sorted(
+        (n for n in os.listdir(m.p("agents", agent, "results")) if n.endswith(".json")),
+        key=lambda n: int(n[:-5]),
+    )
+    return out.decode(), json.loads(m.read("agents", agent, "results", results[-1]))
+
+
+def test_an_llm_call_with_tools_runs_them_and_answers(tools_mount: Mount) -> None:
+    """The tiny random model writes nonsense, but every step parses and its arguments fit the
+    schema (the grammar sees to it), so the kernel runs the tool, feeds the result back, and
+    the model's forced last step is an answer."""
+    m = tools_mount
+    os.mkdir(m.p("agents/caller"))
+    text, meta = llm(
+        m, "caller", prompt="What is 37 * 91?", tools=["calculator"], tool_choice="required",
+        parallel_tool_calls=False, max_tool_rounds=1, max_tokens=3000,
+    )  # fmt: skip
+    assert meta["state"] == "done" and meta["finish_reason"] == "stop", meta
+    calls = meta["tool_calls"]
+    assert len(calls) == 1 and calls[0]["tool"] == "calculator" and calls[0]["round"] == 1
+    assert isinstance(calls[0]["arguments"]["expression"], str)
+    assert text.startswith("[tool calculator ")  # the transcript, then the answer
+    status = json.loads(m.read("agents/caller/status"))
+    assert status["tool_calls"] == 1
+
+
+def test_manual_mode_answers_with_the_calls(tools_mount: Mount) -> None:
+    m = tools_mount
+    os.makedirs(m.p("agents/manual"), exist_ok=True)
+    text, meta = llm(
+        m, "manual", prompt="What time is it?", tools=["datetime"], tool_choice="required",
+        tool_mode="manual", max_tokens=2000,
+    )  # fmt: skip
+    assert meta["finish_reason"] == "tool_calls" and meta["tool_calls"] == []
+    step = json.loads(text)
+    assert [c["tool"] for c in step["tool_calls"]] == ["datetime"] * len(step["tool_calls"])
+
+
+def test_bad_tool_fields_are_refused(tools_mount: Mount) -> None:
+    m = tools_mount
+    os.makedirs(m.p("agents/bad"), exist_ok=True)
+    for fields in (
+        {"tools": "calculator"},
+        {"tools": ["calculator"], "tool_choice": "always"},
+        {"tools": ["calculator"], "response_format": {"type": "json_object"}},
+        {"tools": ["calculator"], "max_tool_rounds": 0},
+    ):
+        fd = os.open(m.p("agents/bad/syscall"), os.O_WRONLY)
+        with pytest.raises(OSError) as e:
+            os.write(fd, json.dumps({"call": "llm", "prompt": "x", **fields}).encode() + b"\n")
+        assert e.value.errno == errno.EINVAL
+        with pytest.raises(OSError):
+            os.close(fd)
+    text, meta = llm(m, "bad", prompt="x", tools=["no-such-tool"])
+    assert meta["state"] == "failed" and meta["errno"] == errno.ENOENT
+    assert "no tool named 'no-such-tool'" in text
