@@ -32,6 +32,7 @@ class AgentConfig:
     repetition_penalty: float = 1.1
     system: str | None = None
     priority: int = 0
+    tools: tuple[str, ...] = ()  # tools the agent's llm calls offer when they name none
 
     def as_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -54,17 +55,26 @@ def _checkers(limits: SyscallLimits) -> dict[str, Callable[[Any], Any]]:
             raise InvalidArgument('config "priority" must be an integer from -100 to 100')
         return v
 
+    def tools(v: Any) -> tuple[str, ...]:
+        """A list of tool names, or (from a ``key=value`` line) names separated by commas."""
+        if isinstance(v, str):
+            v = [name.strip() for name in v.split(",") if name.strip()]
+        if not isinstance(v, list) or not all(isinstance(n, str) and n for n in v):
+            raise InvalidArgument('config "tools" must be a list of tool names')
+        return tuple(dict.fromkeys(v))
+
     return {
         "model": text("model"),
         "system": text("system"),
         "priority": priority,
+        "tools": tools,
         **sampling_fields(limits),
     }
 
 
 def _coerce(key: str, raw: str) -> Any:
     """Turn the text after ``key=`` into the JSON value the checker expects."""
-    if key in ("model", "system"):
+    if key in ("model", "system", "tools"):
         return raw
     for parse in (int, float):
         try:

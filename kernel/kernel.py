@@ -353,6 +353,9 @@ class Kernel:
         assert isinstance(call, LLMCall)
         if call.chat:
             agent.chat_active = result  # the next turn waits for this one, context and all
+        if not call.tools and agent.config.tools and call.response_format is None and not call.stop:
+            # the agent's default tools, for calls that name none (a plain-text syscall too)
+            call = result.syscall = replace(call, tools=agent.config.tools)
         if call.tools:
             self._spawn(agent, result, self._run_with_tools)
         elif call.memory or call.retrieve is not None:

@@ -155,5 +155,6 @@ class Result:
             "latency_s": None if latency is None else round(latency, 4),
             "delivered": self.delivered,
             "sources": self.sources,
+            "tools": list(getattr(self.syscall, "tools", ())),  # offered to the model
             "tool_calls": self.tool_calls,
         }

@@ -23,6 +23,7 @@ from typing import Any
 from kernel.tools.tool import ToolResult, ToolSpec
 
 ARGUMENT_CHARS = 256  # the longest string argument the grammar lets a step write
+ARGUMENT_NUMBER = 10**15  # the largest number argument, likewise (unless the schema says)
 MAX_CALLS_PER_STEP = 4  # tool calls one step may make (run in parallel where limits allow)
 ANSWER_CHARS = 2000  # the longest answer a step may give (bounds the grammar)
 RESULT_CHARS = 2000  # how much of each tool result goes back to the model
@@ -77,16 +78,22 @@ def step_schema(
 
 
 def bounded(schema: Any) -> Any:
-    """``schema`` with every string bounded by ARGUMENT_CHARS (or its own smaller bound): what
-    the grammar lets a step write, a subset of what the tool accepts, so a model cannot spend
-    its whole token budget inside one argument."""
+    """``schema`` with every string bounded by ARGUMENT_CHARS (or its own smaller bound) and
+    every number by ARGUMENT_NUMBER (unless it has bounds): what the grammar lets a step write,
+    a subset of what the tool accepts, so a model cannot spend its whole token budget inside
+    one argument."""
     if isinstance(schema, list):
         return [bounded(s) for s in schema]
     if not isinstance(schema, dict):
         return schema
     out = {k: bounded(v) for k, v in schema.items()}
-    if out.get("type") == "string" and "enum" not in out and "const" not in out:
+    if "enum" in out or "const" in out:
+        return out
+    if out.get("type") == "string":
         out["maxLength"] = min(int(out.get("maxLength", ARGUMENT_CHARS)), ARGUMENT_CHARS)
+    elif out.get("type") in ("integer", "number"):  # no endless runs of digits either
+        out.setdefault("minimum", -ARGUMENT_NUMBER)
+        out.setdefault("maximum", ARGUMENT_NUMBER)
     return out
 
 

@@ -229,3 +229,27 @@ def test_bad_tool_fields_are_refused(tools_mount: Mount) -> None:
     text, meta = llm(m, "bad", prompt="x", tools=["no-such-tool"])
     assert meta["state"] == "failed" and meta["errno"] == errno.ENOENT
     assert "no tool named 'no-such-tool'" in text
+
+
+def test_an_agents_default_tools_serve_a_plain_text_question(tools_mount: Mount) -> None:
+    """``tools=`` in the agent's config: then even ``echo QUESTION > syscall`` may use them,
+    here an MCP server's tool (started by the kernel on first use)."""
+    m = tools_mount
+    os.makedirs(m.p("agents/plain"), exist_ok=True)
+    m.sh("printf 'tools=demo.add\\nmax_tokens=1200\\n' > agents/plain/config")
+    assert json.loads(m.read("agents/plain/config"))["tools"] == ["demo.add"]
+    before = json.loads(m.read("tools/demo.add/status"))["calls"]
+    m.sh("echo 'Add 2 and 40.' > agents/plain/syscall")
+    text = m.sh("cat agents/plain/out", timeout=120).stdout
+    meta = m.json("agents/plain/results/1.json")
+    # The random model fills every string to its bound, so its later steps may not fit its
+    # small context: a clear error then, never a wrong "done".
+    assert meta["state"] == "done" or "cut off" in text, (meta, text)
+    assert meta["tools"] == ["demo.add"]  # offered, from the config
+    assert meta["tool_calls"] and text.startswith("[tool demo.add ")
+    made = json.loads(m.read("tools/demo.add/status"))["calls"] - before
+    assert made == len(meta["tool_calls"]) and all(
+        c["tool"] == "demo.add" for c in meta["tool_calls"]
+    )
+    m.sh("echo 'tools=' > agents/plain/config")  # back to none
+    assert json.loads(m.read("agents/plain/config"))["tools"] == []

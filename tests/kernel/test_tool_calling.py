@@ -72,6 +72,8 @@ def test_the_grammar_bounds_every_string_argument() -> None:
     assert CALC.schema["properties"]["expression"] == {"type": "string"}  # the tool's is kept
     enum = bounded({"type": "string", "enum": ["a", "b"]})
     assert "maxLength" not in enum
+    assert bounded({"type": "integer"})["maximum"] == 10**15
+    assert bounded({"type": "number", "minimum": 0})["minimum"] == 0
 
 
 def test_reading_a_step() -> None:
