@@ -279,24 +279,6 @@ class ExecutableSource:
         if tool is None:
             raise ToolError(f"the executable tool {spec.name!r} is gone (its manifest changed)")
         user = run_as(caller)
-        tmp = Path(tempfile.mkdtemp(prefix=f"aiosfs-tool-{spec.name}-", dir=self._work_dir))
-        try:
-            if user is not None:
-                os.chown(tmp, *user)
-            return await self._run(tool, args, caller, user, tmp)
-        finally:
-            await trio.to_thread.run_sync(shutil.rmtree, tmp, True)
-
-    async def _run(
-        self,
-        tool: ExecTool,
-        args: dict[str, Any],
-        caller: Caller,
-        user: tuple[int, int] | None,
-        cwd: Path,
-    ) -> Any:
-        spec = tool.spec
-        rlimits = tool.limits.rlimits(spec.timeout_s)
         # The program is opened here and run through its descriptor (as fexecve does), so the
         # user it runs as needs no path to it: the tools folder usually sits in the daemon's
         # own data dir, which other users cannot enter.
@@ -304,10 +286,15 @@ class ExecutableSource:
             program = os.open(tool.executable, os.O_RDONLY)
         except OSError as e:
             raise ToolError(f"{spec.name}: cannot open {tool.executable}: {e}") from None
+        tmp = Path(tempfile.mkdtemp(prefix=f"aiosfs-tool-{spec.name}-", dir=self._work_dir))
         try:
-            return await self._spawn(tool, args, caller, user, cwd, rlimits, program)
+            if user is not None:
+                os.chown(tmp, *user)
+            rlimits = tool.limits.rlimits(spec.timeout_s)
+            return await self._spawn(tool, args, caller, user, tmp, rlimits, program)
         finally:
             os.close(program)
+            await trio.to_thread.run_sync(shutil.rmtree, tmp, True)
 
     async def _spawn(
         self,
