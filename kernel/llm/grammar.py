@@ -105,14 +105,14 @@ def parse_response_format(value: Any) -> ResponseFormat:
     return ResponseFormat("json_schema", name, schema, strict, _compile(schema))
 
 
-def compile_schema(schema: dict[str, Any], spaced: bool = True) -> str:
+def compile_schema(schema: dict[str, Any], spaced: bool) -> str:
     """The grammar for a JSON Schema the kernel itself builds (tool-calling steps). ``spaced``:
     one space after ':' and ',' (better prose in string values from a small model); compact
     (none) keeps short structured values such as tool arguments from wandering."""
     return _compile(schema, spaced)
 
 
-def _compile(schema: dict[str, Any], spaced: bool = True) -> str:
+def _compile(schema: dict[str, Any], spaced: bool = False) -> str:
     """The grammar for a schema, validated now (an invalid schema fails the submission)."""
     text = json.dumps(schema)
     if len(text) > _MAX_SCHEMA_BYTES:
@@ -120,8 +120,9 @@ def _compile(schema: dict[str, Any], spaced: bool = True) -> str:
     try:
         # No free whitespace between JSON tokens: it carries no meaning, and a weak model
         # given the choice can spend its whole token budget on spaces and newlines inside an
-        # object. But one space after ':' and ',', as json.dumps writes and as models have
-        # mostly seen JSON: without it a small model's next-token guesses go astray.
+        # object. ``spaced`` puts one space after ':' and ',', as json.dumps writes and as
+        # models have mostly seen JSON: a small model's prose inside strings is better for it.
+        # A client's response_format is compact (what scripts that take it apart expect).
         overrides: JsonCompileOptions = {"whitespace_flexible": False}
         if spaced:
             overrides["key_separator"] = ": "
