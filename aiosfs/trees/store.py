@@ -79,6 +79,9 @@ class StoreNodes:
     def put(self, node: StoreNode) -> None:
         self._nodes[node.ino] = node
 
+    def get(self, ino: int) -> StoreNode | None:
+        return self._nodes.get(ino)
+
     def gone(self, ino: int) -> None:
         """Inode ``ino`` no longer exists in the store."""
         node = self._nodes.pop(ino, None)
@@ -97,6 +100,8 @@ class StoreNode(StoreCalls):
 
     if TYPE_CHECKING:  # what the Node each store node also is provides
         detached: bool
+        name: str
+        parent: Dir | None
 
         def mark_detached(self) -> None: ...
 
@@ -315,11 +320,9 @@ class StoreDir(StoreNode, Dir):
         if dst is not None:
             self.forget_if_gone(dst.ino)
         if src is not None:
-            moved = self.nodes._nodes.get(src.ino)
+            moved = self.nodes.get(src.ino)
             if moved is not None:
-                moved_node = moved
-                assert isinstance(moved_node, Node)
-                moved_node.name, moved_node.parent = new_name, new_parent
+                moved.name, moved.parent = new_name, new_parent
 
     async def fsync_dir(self) -> None:
         """Every change of a directory is committed already; fsync makes it durable against
