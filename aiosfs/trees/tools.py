@@ -17,6 +17,7 @@ process's user: an executable tool runs as that uid (never as root: root's calls
 
 from __future__ import annotations
 
+import contextlib
 import errno
 import json
 import stat
@@ -123,6 +124,14 @@ class CallFile(Node):
         return CallHandle(self, flags, ctx.pid, Caller("", ctx.uid, ctx.gid))
 
 
+def is_json(data: bytes) -> bool:
+    try:
+        json.loads(data)
+    except ValueError:
+        return False
+    return True
+
+
 def complete(data: bytes) -> bool:
     """Whether the arguments written so far can be checked now: they parse as JSON (arguments
     are one JSON document), or they end a line as ``echo`` does and look whole."""
@@ -167,7 +176,14 @@ class CallHandle(Handle):
 
     async def _check(self) -> dict[str, Any]:
         try:
-            args = parse_arguments(bytes(self.pending))
+            data = bytes(self.pending)
+            try:
+                args = parse_arguments(data)
+            except KernelError as refused:
+                if is_json(data):  # JSON, but not an object: a refused call all the same
+                    with contextlib.suppress(KernelError):
+                        await self.tools.check(self.call_file.spec.name, json.loads(data))
+                raise refused
             await self.tools.check(self.call_file.spec.name, args)
         except KernelError as e:
             self.pending.clear()

@@ -268,11 +268,13 @@ class ToolManager:
 
     async def check(self, name: str, args: object) -> ToolSpec:
         """Validate a call without running it: ``NotFound`` for an unknown tool,
-        ``InvalidArgument`` (EINVAL) with the schema's message for bad arguments. A ``call``
-        file runs this at write time so that a bad write itself fails."""
+        ``InvalidArgument`` (EINVAL) with the schema's message for bad arguments, counted
+        under ``invalid`` in the tool's stats. A ``call`` file runs this at write time so that
+        a bad write itself fails."""
         tool = await self._tool(name)
         problem = self._problem(tool, args)
         if problem is not None:
+            self._stats[name].record("invalid", None)  # a refused call counts, as in ``call``
             raise InvalidArgument(problem)
         return tool.spec
 

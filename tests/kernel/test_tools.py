@@ -270,7 +270,7 @@ async def test_validation_comes_before_anything_runs() -> None:
             await m.check("double", bad)
         assert info.value.errno == errno.EINVAL
     assert ran == [{"n": 4}]
-    assert m.stats("double")["failures"]["invalid"] == 5
+    assert m.stats("double")["failures"]["invalid"] == 10  # the refused calls and checks
     r = await m.call("nope", {}, CALLER)
     assert r.outcome == "invalid" and "no tool" in r.error
     with pytest.raises(NotFound):
