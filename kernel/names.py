@@ -16,7 +16,6 @@ from kernel.errors import InvalidArgument, NameTooLong
 AGENT_NAME_RE = re.compile(r"[A-Za-z0-9._-]{1,64}")
 
 NAME_MAX = 255  # bytes in one path component, as in POSIX filesystems
-PATH_MAX = 4096  # bytes in the path one system call names (checked by the OS kernel)
 
 # The memory manager saves a block as ``.NAME`` + TMP_SUFFIX and renames it into place; a user
 # name with this suffix could collide with (or be overwritten by) such a temporary file.
@@ -65,10 +64,10 @@ def split_store_path(path: str) -> list[str]:
     ignored and [] is the root.
 
     Stricter than ``split_path``: the reserved names of STORE_RESERVED are refused. The whole
-    path is not bounded: PATH_MAX limits the path one system call names (the OS kernel checks
-    it, relative to the caller's directory), not the depth of a tree, and the store, like tmpfs,
-    keeps trees of any depth. The checks run in this order, so that each bad path gets the
-    message that names its first problem.
+    path is not bounded: PATH_MAX (4096 bytes) limits the path one system call names (the OS
+    kernel checks it, relative to the caller's directory), not the depth of a tree, and the
+    store, like tmpfs, keeps trees of any depth. The checks run in this order, so that each bad
+    path gets the message that names its first problem.
     """
     if "\0" in path:
         raise InvalidArgument("a path may not contain NUL")

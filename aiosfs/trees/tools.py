@@ -135,11 +135,7 @@ def is_json(data: bytes) -> bool:
 def complete(data: bytes) -> bool:
     """Whether the arguments written so far can be checked now: they parse as JSON (arguments
     are one JSON document), or they end a line as ``echo`` does and look whole."""
-    try:
-        json.loads(data)
-    except ValueError:
-        return not is_incomplete(data)
-    return True
+    return is_json(data) or not is_incomplete(data)
 
 
 class CallHandle(Handle):

@@ -122,11 +122,7 @@ class McpServerConfig:
             )
         if not isinstance(table, Mapping):
             raise InvalidArgument(f"{where} must be a table, not {type(table).__name__}")
-        unknown = sorted(set(table) - set(_SERVER_KEYS))
-        if unknown:
-            raise InvalidArgument(
-                f"{where}: unknown key(s) {', '.join(unknown)}; known: {', '.join(_SERVER_KEYS)}"
-            )
+        _known_keys(where, table, _SERVER_KEYS)
         if "command" not in table:
             raise InvalidArgument(
                 f'{where}: "command" is required, e.g. command = ["python", "srv.py"]'
@@ -193,15 +189,20 @@ def _count(table: Mapping[str, Any], key: str, default: int, where: str) -> int:
     return value
 
 
+def _known_keys(where: str, table: Mapping[str, Any], known: tuple[str, ...]) -> None:
+    """A config table names only keys it may have (a typo must not silently drop a setting)."""
+    unknown = sorted(set(table) - set(known))
+    if unknown:
+        raise InvalidArgument(
+            f"{where}: unknown key(s) {', '.join(unknown)}; known: {', '.join(known)}"
+        )
+
+
 def _tool_override(where: str, tool: str, table: Any) -> McpToolOverride:
     here = f"{where[:-1]}.tools.{tool}]"
     if not isinstance(table, Mapping):
         raise InvalidArgument(f"{here} must be a table with keys {', '.join(_TOOL_KEYS)}")
-    unknown = sorted(set(table) - set(_TOOL_KEYS))
-    if unknown:
-        raise InvalidArgument(
-            f"{here}: unknown key(s) {', '.join(unknown)}; known: {', '.join(_TOOL_KEYS)}"
-        )
+    _known_keys(here, table, _TOOL_KEYS)
     resources = table.get("resources")
     if resources is not None and (
         not isinstance(resources, list) or not all(isinstance(r, str) and r for r in resources)
