@@ -14,6 +14,7 @@ from typing import Any
 
 import trio
 
+from kernel.access import TokenWindow
 from kernel.agent_config import AgentConfig
 from kernel.conversation import Conversation
 from kernel.notify import ChangeSignal
@@ -24,10 +25,16 @@ from kernel.syscalls import Syscall
 class Agent:
     """One agent's kernel state. Lives on the trio thread."""
 
+    DEFAULT_MODE = 0o700  # the agent directory's: closed to everyone but its owner
+
     def __init__(self, name: str, uid: int, gid: int, results_keep: int) -> None:
         self.name = name
         self.uid = uid
         self.gid = gid
+        # permission bits of agents/NAME/, which cap what the group and others may do with
+        # each of its files (chmod and chgrp on the directory change them)
+        self.mode = self.DEFAULT_MODE
+        self.tokens_window = TokenWindow()  # for the max_tokens_per_hour capability
         self.created = time.time()
         self.config = AgentConfig()
         self.conversation = Conversation()
@@ -118,6 +125,7 @@ class Agent:
             "name": self.name,
             "state": state,
             "uid": self.uid,
+            "gid": self.gid,
             "created": self.created,
             "queued": queued,
             "running": running,

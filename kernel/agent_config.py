@@ -12,8 +12,12 @@ from collections.abc import Callable
 from dataclasses import asdict, dataclass, fields, replace
 from typing import Any
 
+from kernel.access import check_capabilities, check_capability
 from kernel.errors import InvalidArgument
 from kernel.syscalls import SyscallLimits, decode_text, sampling_fields
+
+PRIVILEGED_KEYS = ("group", "capabilities")
+"""Keys only the agent's owner (or root) may change: they widen or narrow what it may do."""
 
 
 @dataclass(frozen=True)
@@ -33,9 +37,20 @@ class AgentConfig:
     system: str | None = None
     priority: int = 0
     tools: tuple[str, ...] = ()  # tools the agent's llm calls offer when they name none
+    group: str | None = None  # a privilege group of the kernel config ([groups.NAME])
+    # capabilities set for this agent alone, over its group's (kernel/access.py); only the
+    # keys set are kept, so a group's later change still reaches the keys left to it
+    capabilities: tuple[tuple[str, Any], ...] = ()
 
     def as_dict(self) -> dict[str, Any]:
-        return asdict(self)
+        out = asdict(self)
+        out["capabilities"] = {
+            k: list(v) if isinstance(v, tuple) else v for k, v in self.capabilities
+        }
+        return out
+
+    def capability_overrides(self) -> dict[str, Any]:
+        return dict(self.capabilities)
 
 
 CONFIG_KEYS = tuple(f.name for f in fields(AgentConfig))
@@ -63,18 +78,23 @@ def _checkers(limits: SyscallLimits) -> dict[str, Callable[[Any], Any]]:
             raise InvalidArgument('config "tools" must be a list of tool names')
         return tuple(dict.fromkeys(v))
 
+    def capabilities(v: Any) -> dict[str, Any]:
+        return check_capabilities(v)
+
     return {
         "model": text("model"),
         "system": text("system"),
         "priority": priority,
         "tools": tools,
+        "group": text("group"),
+        "capabilities": capabilities,
         **sampling_fields(limits),
     }
 
 
 def _coerce(key: str, raw: str) -> Any:
     """Turn the text after ``key=`` into the JSON value the checker expects."""
-    if key in ("model", "system", "tools"):
+    if key in ("model", "system", "tools", "group"):
         return raw
     for parse in (int, float):
         try:
@@ -109,6 +129,13 @@ def parse_config_update(data: bytes, limits: SyscallLimits | None = None) -> dic
             if not sep:
                 raise InvalidArgument(f"config line {n}: expected key=value, got {line[:60]!r}")
             value = value.strip()
+            cap, dot, sub = key.partition(".")
+            if dot and cap == "capabilities":  # capabilities.store_write=notes,drafts
+                caps = raw.setdefault("capabilities", {})
+                if not isinstance(caps, dict):
+                    raise InvalidArgument(f"config line {n}: capabilities set twice")
+                caps[sub] = None if value == "" else check_capability(sub, value)
+                continue
             raw[key] = None if value == "" else _coerce(key, value)
     checkers = _checkers(limits)
     update: dict[str, Any] = {}
@@ -120,7 +147,17 @@ def parse_config_update(data: bytes, limits: SyscallLimits | None = None) -> dic
 
 
 def apply_config_update(config: AgentConfig, update: dict[str, Any]) -> AgentConfig:
-    """Return ``config`` with ``update`` applied; None values restore defaults."""
+    """Return ``config`` with ``update`` applied; None values restore defaults. Capabilities
+    merge key by key (a key set to None goes back to the group's or the default)."""
     defaults = AgentConfig()
     changes = {k: (getattr(defaults, k) if v is None else v) for k, v in update.items()}
+    caps = update.get("capabilities")
+    if caps is not None:
+        merged = dict(config.capabilities)
+        for key, value in caps.items():
+            if value is None:
+                merged.pop(key, None)
+            else:
+                merged[key] = value
+        changes["capabilities"] = tuple(sorted(merged.items()))
     return replace(config, **changes)

@@ -9,6 +9,7 @@ from dataclasses import dataclass, field, fields, replace
 from pathlib import Path
 from typing import Any
 
+from kernel.access import Capabilities, parse_groups
 from kernel.errors import InvalidArgument
 from kernel.llm.models import default_cache_dir
 from kernel.llm.scheduler import POLICIES
@@ -51,6 +52,8 @@ class KernelConfig:
     tools_global_lock: bool = False
     # MCP servers over stdio, from the config file's [mcp.servers.NAME] tables
     mcp_servers: Mapping[str, McpServerConfig] = field(default_factory=dict)
+    # named privilege groups, from the config file's [groups.NAME] tables (kernel/access.py)
+    groups: Mapping[str, Capabilities] = field(default_factory=dict)
 
     @classmethod
     def from_toml(cls, path: Path, **overrides: Any) -> KernelConfig:
@@ -62,6 +65,8 @@ class KernelConfig:
             raise InvalidArgument(f"cannot read config {path}: {e}") from None
         section = dict(data.get("kernel", data))
         section.pop("mcp", None)  # a file without a [kernel] table: its [mcp] is not a setting
+        section.pop("groups", None)
+        section["groups"] = parse_groups(data.get("groups"))
         mcp = data.get("mcp", {})
         if not isinstance(mcp, dict) or set(mcp) - {"servers"}:
             raise InvalidArgument("[mcp] holds only [mcp.servers.NAME] tables")

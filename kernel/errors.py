@@ -115,3 +115,14 @@ class NotSupported(KernelError):
     """The entry or namespace does not support the operation (e.g. ``system.*`` xattrs)."""
 
     errno = _errno.ENOTSUP
+
+
+class AccessDenied(KernelError):
+    """The caller may not do this: a file permission of the user the call acts for, or a
+    capability of the calling agent (``capability`` names it; ``None`` for a file permission)."""
+
+    errno = _errno.EACCES
+
+    def __init__(self, message: str, capability: str | None = None) -> None:
+        super().__init__(message)
+        self.capability = capability

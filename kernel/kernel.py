@@ -32,11 +32,27 @@ from typing import Any
 import trio
 
 from kernel import __version__
+from kernel.access import (
+    DEFAULT_CAPABILITIES,
+    UNRESTRICTED,
+    W_OK,
+    Actor,
+    Capabilities,
+    Cred,
+    capabilities_from,
+    user_cred,
+)
 from kernel.agent import Agent
-from kernel.agent_config import AgentConfig, apply_config_update, parse_config_update
+from kernel.agent_config import (
+    PRIVILEGED_KEYS,
+    AgentConfig,
+    apply_config_update,
+    parse_config_update,
+)
 from kernel.config import KernelConfig
 from kernel.conversation import parse_jsonl
 from kernel.errors import (
+    AccessDenied,
     AgentRemoved,
     AlreadyExists,
     InvalidArgument,
@@ -156,6 +172,8 @@ class Kernel:
         # the managers as syscall handlers see them; made by start()
         self._env: CallEnv | None = None
         self._tools: ToolManager | None = None
+        # the built-in tools not marked destructive: what an agent may call by default
+        self.safe_tools: frozenset[str] = frozenset()
         self.started_at = time.time()
         self.stopping = False
         self.counts = {"submitted": 0, "done": 0, "failed": 0, "cancelled": 0, "invalid": 0}
@@ -201,6 +219,8 @@ class Kernel:
         self._env = CallEnv(memory, storage, self.workers)
         self._tools = self._build_tools()
         self._teardown.push_async_callback(self._tools.aclose)
+        builtin = self._tools.sources[0]
+        self.safe_tools = frozenset(s.name for s in await builtin.tools() if not s.destructive)
 
     def _build_tools(self) -> ToolManager:
         """The tool manager over its three sources: the built-ins (the calculator, date and
@@ -217,18 +237,26 @@ class Kernel:
         ]
         return ToolManager(sources, global_lock=cfg.tools_global_lock)
 
-    async def _tool_syscall(self, call: str, agent: str, args: dict[str, Any]) -> str:
+    async def _tool_syscall(self, call: str, caller: Caller, args: dict[str, Any]) -> str:
         """A store or memory tool: the syscall of that name, checked as if it had been written
-        to ``agents/AGENT/syscall`` (paths and all)."""
+        to ``agents/AGENT/syscall`` (paths, capabilities and permissions all)."""
         assert self._env is not None
-        return await self.syscalls.run(self._env, agent, self.syscalls.check(call, args))
+        actor = self.actor_for(caller)
+        return await self.syscalls.run(self._env, actor, self.syscalls.check(call, args))
 
     async def ask_agent(self, caller: Caller, name: str, prompt: str) -> str:
-        """Delegation: send ``prompt`` to agent ``name`` and wait for its answer. The caller
-        must be the agent's owner (or root); the answer is the caller's, never ``out``'s."""
+        """Delegation: send ``prompt`` to agent ``name`` and wait for its answer. The asking
+        agent needs the ``agents`` capability for ``name``, and its owner the right to write
+        ``name``'s syscall file (its own agent, or one shared with it by the directory's mode);
+        the answer is the caller's, never ``out``'s. The asked agent acts with its own
+        capabilities, never the caller's: asking cannot widen what either may do."""
         agent = self.agent(name)
-        if caller.uid not in (None, 0) and caller.uid != agent.uid:
-            raise NotPermitted(f"agent {name!r} belongs to another user")
+        actor = self.actor_for(caller)
+        if actor.agent and not actor.caps.may_ask(name):
+            raise actor.deny("agents", f"agent {name!r}")
+        if not self.agent_permits(agent, actor.cred, W_OK):
+            raise AccessDenied(f"agent {name!r} belongs to another user", None)
+        self.spend_check(agent)
         result = self.submit(name, prompt.encode(), reserved=True)
         try:
             await self.wait_result(agent, result)
@@ -285,6 +313,57 @@ class Kernel:
 
     # ---- agents -----------------------------------------------------------------------------
 
+    # ---- access: capabilities and the agent's own files ---------------------------------------
+
+    def capabilities(self, agent: Agent) -> Capabilities:
+        """The agent's capabilities: its group's (or the ``default`` group's, or the safe
+        defaults), with the keys its own config sets in place."""
+        groups = self.config.groups
+        base = groups.get(agent.config.group or "default", DEFAULT_CAPABILITIES)
+        return capabilities_from(base, agent.config.capability_overrides())
+
+    def actor(self, agent: Agent) -> Actor:
+        """The agent as the kernel's checks see it: its owner's credentials, its capabilities."""
+        return Actor(agent.name, user_cred(agent.uid, agent.gid), self.capabilities(agent))
+
+    def actor_for(self, caller: Caller) -> Actor:
+        """An agent's actor, or for a person calling a tool directly (no agent) their own
+        credentials and no capability limits: only their file permissions bind them."""
+        if caller.agent:
+            return self.actor(self.agent(caller.agent))
+        uid = 65534 if caller.uid is None else caller.uid
+        gid = 65534 if caller.gid is None else caller.gid
+        return Actor("", user_cred(uid, gid), UNRESTRICTED)
+
+    @staticmethod
+    def agent_permits(agent: Agent, cred: Cred, want: int, natural: int = 0o6) -> bool:
+        """May ``cred`` do ``want`` to one of the agent's files whose owner bits are
+        ``natural`` (``syscall`` is read-write)? The directory's mode caps the group's and
+        others' bits and they need its search bit, as ``chmod`` on a directory would make a
+        person expect; the owner and root always may."""
+        if cred.root or cred.uid == agent.uid:
+            return True
+        shift = 3 if cred.in_group(agent.gid) else 0
+        bits = (agent.mode >> shift) & 7
+        return bool(bits & 1) and (bits & natural & want) == want
+
+    def spend_check(self, agent: Agent) -> None:
+        """Refuse a model call for an agent whose ``max_tokens_per_hour`` is spent."""
+        budget = self.capabilities(agent).max_tokens_per_hour
+        if budget is not None:
+            used = agent.tokens_window.used()
+            if used >= budget:
+                raise self.actor(agent).deny(
+                    "max_tokens_per_hour", f"another model call ({used} of {budget} used)"
+                )
+
+    def token_allowance(self, agent: Agent, max_tokens: int) -> int:
+        """``max_tokens`` cut to what is left of the agent's hourly budget."""
+        budget = self.capabilities(agent).max_tokens_per_hour
+        if budget is None:
+            return max_tokens
+        return max(1, min(max_tokens, budget - agent.tokens_window.used()))
+
     def create_agent(self, name: str, uid: int = 0, gid: int = 0) -> Agent:
         self._check_running()
         validate_agent_name(name)
@@ -338,6 +417,14 @@ class Kernel:
             e.result = result
             raise
         call = result.syscall
+        if isinstance(call, LLMCall):
+            try:
+                self.spend_check(agent)
+            except KernelError as e:
+                self._finish(agent, result, ResultState.FAILED, e.message, e.errno)
+                agent.notify()
+                e.result = result
+                raise
         if isinstance(call, ToolCall):  # a row of the syscall table
             self._spawn(agent, result, self._run_tool)
         elif call.chat and agent.chat_active is not None:
@@ -384,14 +471,14 @@ class Kernel:
         """Answer a table call with its row's handler; its text is the whole result."""
         assert self._env is not None and isinstance(result.syscall, ToolCall)
         result.mark_running()
-        text = await self.syscalls.run(self._env, agent.name, result.syscall)
+        text = await self.syscalls.run(self._env, self.actor(agent), result.syscall)
         if not result.finished:
             result.append(text)
             self._finish(agent, result, ResultState.DONE, reason="done")
 
     async def _gather_then_start(self, agent: Agent, result: Result) -> None:
         assert self._env is not None and isinstance(result.syscall, LLMCall)
-        context, sources = await gather_context(self._env, agent.name, result.syscall)
+        context, sources = await gather_context(self._env, self.actor(agent), result.syscall)
         result.sources = sources
         if not result.finished and not self.stopping:  # not cancelled meanwhile
             self._start_llm(agent, result, context)
@@ -405,9 +492,13 @@ class Kernel:
         assert self._env is not None
         call = result.syscall
         assert isinstance(call, LLMCall)
+        actor = self.actor(agent)
+        for name in call.tools:
+            if not actor.caps.may_call(name, self.safe_tools):
+                raise actor.deny("tools", f"tool {name!r}")
         context = ""
         if call.memory or call.retrieve is not None:
-            context, result.sources = await gather_context(self._env, agent.name, call)
+            context, result.sources = await gather_context(self._env, actor, call)
         specs = [await self.tools.spec(name) for name in call.tools]
         caller = Caller(agent.name, agent.uid, agent.gid)
         rounds = call.max_tool_rounds or DEFAULT_TOOL_ROUNDS
@@ -483,7 +574,11 @@ class Kernel:
             request,
             messages=(*request.messages, *turns),
             system=system,
-            sampling=replace(request.sampling, grammar=grammar),
+            sampling=replace(
+                request.sampling,
+                grammar=grammar,
+                max_tokens=self.token_allowance(agent, request.sampling.max_tokens),
+            ),
         )
         step = Round()
         self._inflight[request.request_id] = Inflight(
@@ -576,6 +671,9 @@ class Kernel:
             agent.conversation.messages,
             context,
         )
+        allowed = self.token_allowance(agent, request.sampling.max_tokens)
+        if allowed != request.sampling.max_tokens:
+            request = replace(request, sampling=replace(request.sampling, max_tokens=allowed))
         self._inflight[request.request_id] = Inflight(
             agent, result, engine, agent.conversation.epoch
         )
@@ -617,7 +715,9 @@ class Kernel:
                 result.tokens_cached = u.tokens_cached
                 agent.tokens_in += u.tokens_in
                 self.tokens_in += u.tokens_in
+                agent.tokens_window.add(u.tokens_in - u.tokens_cached)
                 touched.add(agent)
+            agent.tokens_window.add(u.tokens_out)
             result.tokens_out += u.tokens_out
             agent.tokens_out += u.tokens_out
             self.tokens_out += u.tokens_out
@@ -765,11 +865,28 @@ class Kernel:
             raise InvalidArgument(
                 f"model {model!r} is not loaded; loaded: {', '.join(self.engines)}"
             )
+        group = update.get("group")
+        if group is not None and group not in self.config.groups:
+            known = ", ".join(self.config.groups) or "none are configured"
+            raise InvalidArgument(f"unknown privilege group {group!r}; known: {known}")
         return update
 
-    def update_config(self, name: str, data: bytes) -> AgentConfig:
+    def check_config_change(self, name: str, update: dict[str, Any], uid: int) -> None:
+        """Only the agent's owner (or root) changes what the agent may do: a ``group`` or
+        ``capabilities`` key from anyone else is refused (EPERM), even where the directory's
+        mode lets them write the rest of the config."""
         agent = self.agent(name)
-        agent.config = apply_config_update(agent.config, self.check_config(data))
+        if uid not in (0, agent.uid) and any(k in update for k in PRIVILEGED_KEYS):
+            raise NotPermitted(
+                f"only the owner of agent {name!r} (uid {agent.uid}) or root may change its "
+                "group or capabilities"
+            )
+
+    def update_config(self, name: str, data: bytes, uid: int = 0) -> AgentConfig:
+        agent = self.agent(name)
+        update = self.check_config(data)
+        self.check_config_change(name, update, uid)
+        agent.config = apply_config_update(agent.config, update)
         return agent.config
 
     def reset_history(self, name: str) -> None:
@@ -804,9 +921,14 @@ class Kernel:
         return {name: engine.kv_info for name, engine in self.engines.items()}
 
     def agent_status(self, name: str) -> dict[str, Any]:
-        """An agent's status plus where it stands with its model's scheduler."""
+        """An agent's status plus where it stands with its model's scheduler, and what it may
+        do (its effective capabilities, and its token budget's use)."""
         agent = self.agent(name)
         status = agent.status()
+        caps = self.capabilities(agent)
+        status["capabilities"] = caps.as_dict(self.safe_tools)
+        status["group"] = agent.config.group
+        status["tokens_last_hour"] = agent.tokens_window.used()
         model = agent.config.model or self.default_model
         engine = self.engines.get(model)
         if engine is not None:

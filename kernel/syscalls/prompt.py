@@ -19,15 +19,18 @@ from kernel.llm.request import GenerationRequest, SamplingParams
 from kernel.syscalls.schema import LLMCall, Message
 
 if TYPE_CHECKING:  # types only: kernel.agent_config imports kernel.syscalls
+    from kernel.access import Actor
     from kernel.agent_config import AgentConfig
     from kernel.syscalls.table import CallEnv
 
 CONTEXT_HEADER = "Use the following context to answer.\n\n"
 
 
-async def gather_context(env: CallEnv, agent: str, call: LLMCall) -> tuple[str, list[str]]:
+async def gather_context(env: CallEnv, actor: Actor, call: LLMCall) -> tuple[str, list[str]]:
     """The text to put in front of the prompt, and where it came from (``mem/AGENT/PATH`` and
-    ``store/PATH``, for the result's ``sources``). A missing memory file fails the call."""
+    ``store/PATH``, for the result's ``sources``), read for ``actor`` (its capabilities and its
+    owner's permissions). A missing or unreadable memory file fails the call."""
+    agent = actor.agent
     parts: list[str] = []
     sources: list[str] = []
     for path in call.memory:

@@ -38,6 +38,7 @@ from kernel.syscalls.schema import (
 )
 
 if TYPE_CHECKING:  # types only: the table needs no manager to parse a call
+    from kernel.access import Actor
     from kernel.memory import MemoryManager
     from kernel.store import Hit, StorageManager
     from kernel.workers import Workers
@@ -52,9 +53,10 @@ class CallEnv:
     workers: Workers
 
 
-Handler = Callable[[CallEnv, str, dict[str, Any]], Awaitable[str]]
-"""``handler(env, agent, args)``: the answer text of a call made by ``agent`` with checked
-``args``. A KernelError it raises becomes the call's error (its message and errno)."""
+Handler = Callable[[CallEnv, "Actor", dict[str, Any]], Awaitable[str]]
+"""``handler(env, actor, args)``: the answer text of a call made by ``actor`` (the agent, the
+credentials of its owner and its capabilities, ``kernel/access.py``) with checked ``args``. A
+KernelError it raises becomes the call's error (its message and errno)."""
 
 
 @dataclass(frozen=True)
@@ -102,12 +104,12 @@ class SyscallTable:
             raise InvalidArgument(f"unknown call {name!r}")
         return ToolCall(name, parse_args(name, row.fields, args))
 
-    async def run(self, env: CallEnv, agent: str, call: ToolCall) -> str:
-        """Answer a call that ``parse`` accepted."""
+    async def run(self, env: CallEnv, actor: Actor, call: ToolCall) -> str:
+        """Answer a call that ``parse`` accepted, for ``actor``."""
         row = self._rows.get(call.call)
         if row is None:
             raise InvalidArgument(f"unknown call {call.call!r}")
-        return await row.handler(env, agent, call.args)
+        return await row.handler(env, actor, call.args)
 
 
 def jsonl(rows: list[dict[str, Any]]) -> str:
@@ -118,35 +120,36 @@ def jsonl(rows: list[dict[str, Any]]) -> str:
 # ---- memory: the calling agent's own files ----------------------------------------------------
 
 
-async def _mem_read(env: CallEnv, agent: str, a: dict[str, Any]) -> str:
-    return (await env.workers.mem(env.memory.read_all, agent, a["path"])).decode(errors="replace")
+async def _mem_read(env: CallEnv, actor: Actor, a: dict[str, Any]) -> str:
+    data = await env.workers.mem(env.memory.read_all, actor.agent, a["path"])
+    return data.decode(errors="replace")
 
 
-async def _mem_write(env: CallEnv, agent: str, a: dict[str, Any]) -> str:
+async def _mem_write(env: CallEnv, actor: Actor, a: dict[str, Any]) -> str:
     data = a["content"].encode()
     size = await env.workers.mem(
-        env.memory.write_file, agent, a["path"], data, a.get("append", False)
+        env.memory.write_file, actor.agent, a["path"], data, a.get("append", False)
     )
     return f"ok: {a['path']} is {size} bytes\n"
 
 
-async def _mem_list(env: CallEnv, agent: str, a: dict[str, Any]) -> str:
-    return jsonl(await env.workers.mem(env.memory.list_entries, agent, a.get("path", "")))
+async def _mem_list(env: CallEnv, actor: Actor, a: dict[str, Any]) -> str:
+    return jsonl(await env.workers.mem(env.memory.list_entries, actor.agent, a.get("path", "")))
 
 
-async def _mem_delete(env: CallEnv, agent: str, a: dict[str, Any]) -> str:
-    await env.workers.mem(env.memory.delete, agent, a["path"])
+async def _mem_delete(env: CallEnv, actor: Actor, a: dict[str, Any]) -> str:
+    await env.workers.mem(env.memory.delete, actor.agent, a["path"])
     return f"ok: deleted {a['path']}\n"
 
 
 # ---- storage: the store shared by every agent ---------------------------------------------------
 
 
-async def _store_read(env: CallEnv, agent: str, a: dict[str, Any]) -> str:
+async def _store_read(env: CallEnv, actor: Actor, a: dict[str, Any]) -> str:
     return (await env.workers.store(env.storage.read, a["path"])).decode(errors="replace")
 
 
-async def _store_write(env: CallEnv, agent: str, a: dict[str, Any]) -> str:
+async def _store_write(env: CallEnv, actor: Actor, a: dict[str, Any]) -> str:
     # create the file if need be, and its directories: an agent has no mkdir call
     entry = await env.workers.store(env.storage.write, a["path"], a["content"].encode(), True, True)
     return f"ok: {a['path']} version {entry.version}, {entry.size} bytes\n"
@@ -156,17 +159,17 @@ def _hits(hits: list[Hit]) -> str:
     return jsonl([{"path": h.path, "score": round(h.score, 4), "passage": h.passage} for h in hits])
 
 
-async def _store_search(env: CallEnv, agent: str, a: dict[str, Any]) -> str:
+async def _store_search(env: CallEnv, actor: Actor, a: dict[str, Any]) -> str:
     s = env.storage
     return _hits(await env.workers.store(s.search, a["query"], a.get("k", 5), a.get("path", "")))
 
 
-async def _store_grep(env: CallEnv, agent: str, a: dict[str, Any]) -> str:
+async def _store_grep(env: CallEnv, actor: Actor, a: dict[str, Any]) -> str:
     s = env.storage
     return _hits(await env.workers.store(s.grep, a["word"], a.get("k", 5), a.get("path", "")))
 
 
-async def _store_versions(env: CallEnv, agent: str, a: dict[str, Any]) -> str:
+async def _store_versions(env: CallEnv, actor: Actor, a: dict[str, Any]) -> str:
     rows = await env.workers.store(env.storage.versions, a["path"])
     return jsonl(
         [
@@ -176,7 +179,7 @@ async def _store_versions(env: CallEnv, agent: str, a: dict[str, Any]) -> str:
     )
 
 
-async def _store_rollback(env: CallEnv, agent: str, a: dict[str, Any]) -> str:
+async def _store_rollback(env: CallEnv, actor: Actor, a: dict[str, Any]) -> str:
     entry = await env.workers.store(env.storage.rollback, a["path"], a["version"])
     return f"ok: {a['path']} restored from version {a['version']} as version {entry.version}\n"
 

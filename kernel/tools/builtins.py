@@ -327,9 +327,10 @@ def datetime_tool(now: Callable[[], datetime] | None = None) -> BuiltinTool:
 
 # ---- the store and memory calls, as tools ---------------------------------------------------
 
-SyscallFn = Callable[[str, str, dict[str, Any]], Awaitable[str]]
-"""``run(call, agent, args) -> text``: answer the kernel call ``call`` (``store_read``, ...)
-for ``agent`` with ``args``, as the syscall table does (raising a ``KernelError`` on refusal).
+SyscallFn = Callable[[str, Caller, dict[str, Any]], Awaitable[str]]
+"""``run(call, caller, args) -> text``: answer the kernel call ``call`` (``store_read``, ...)
+for ``caller`` with ``args``, as the syscall table does (raising a ``KernelError`` on refusal:
+the kernel checks the caller's capabilities and its owner's file permissions).
 The kernel passes ``SyscallTable.run`` bound to its ``CallEnv``; arguments are already checked
 against the tool's schema, which mirrors the call's fields."""
 
@@ -349,7 +350,7 @@ _KERNEL_CALLS: dict[str, tuple[str, dict[str, Any], list[str], bool]] = {
         "Write (create or replace) a file of the shared store; earlier versions are kept.",
         {"path": _PATH, "content": {"type": "string", "description": "the whole new text"}},
         ["path", "content"],
-        True,
+        False,  # earlier versions are kept: store_rollback undoes it
     ),
     "store_search": (
         "Semantic search over the store: the passages closest in meaning to the query.",
@@ -373,7 +374,7 @@ _KERNEL_CALLS: dict[str, tuple[str, dict[str, Any], list[str], bool]] = {
         "Write a file of your own memory (append: add to its end instead of replacing it).",
         {"path": _PATH, "content": {"type": "string"}, "append": {"type": "boolean"}},
         ["path", "content"],
-        True,
+        False,  # the agent's own memory, its to change
     ),
     "mem_list": (
         "List the files and folders of your own memory, under a folder (the root if left out).",
@@ -406,7 +407,7 @@ def kernel_call_tools(
         description, props, required, destructive = _KERNEL_CALLS[name]
 
         async def call(args: dict[str, Any], caller: Caller, _name: str = name) -> Any:
-            text = await run(_name, caller.agent, args)
+            text = await run(_name, caller, args)
             return _json_lines(text) if _name in _JSON_LINES else text
 
         spec = ToolSpec(

@@ -146,8 +146,8 @@ async def test_builtins_through_the_manager() -> None:
 async def test_kernel_calls_and_ask_agent_as_tools() -> None:
     seen: list[tuple[str, str, dict[str, Any]]] = []
 
-    async def run(call: str, agent: str, args: dict[str, Any]) -> str:
-        seen.append((call, agent, args))
+    async def run(call: str, caller: Caller, args: dict[str, Any]) -> str:
+        seen.append((call, caller.agent, args))
         if call == "store_read":
             raise NotFound(f"no file {args['path']}")
         return '{"path": "a", "score": 1.0, "passage": "x"}\n' if call == "store_grep" else "ok\n"
@@ -159,7 +159,10 @@ async def test_kernel_calls_and_ask_agent_as_tools() -> None:
     m = ToolManager([source])
     names = {s.name for s in await m.specs()}
     assert {"store_read", "store_write", "mem_list", "ask_agent"} <= names
-    assert (await m.spec("store_write")).destructive
+    # a store write keeps the earlier versions and a memory write stays in the agent's own
+    # memory: neither is beyond undoing, so neither waits for a person
+    assert not (await m.spec("store_write")).destructive
+    assert not (await m.spec("mem_write")).destructive
     r = await m.call("store_grep", {"word": "x"}, CALLER)
     assert r.value == [{"path": "a", "score": 1.0, "passage": "x"}]
     r = await m.call("store_read", {"path": "missing"}, CALLER)
