@@ -126,3 +126,9 @@ class AccessDenied(KernelError):
     def __init__(self, message: str, capability: str | None = None) -> None:
         super().__init__(message)
         self.capability = capability
+
+
+class TooManyLinks(KernelError):
+    """A path that follows more symbolic links than a process may (40, as Linux allows)."""
+
+    errno = _errno.ELOOP

@@ -41,7 +41,8 @@ BLOCK = 64 << 10
 # with their full-text index ``chunks_fts`` kept in step by triggers, and ``pending`` the names
 # whose current version is not yet fully indexed. ``staged`` holds blocks a writer has not
 # committed yet (a large write goes to disk before its close commits it); nothing in it
-# survives a restart.
+# survives a restart. ``root`` is the one row of the root's mode and owner (the root is no
+# inode: it has no name, no content and no history).
 SCHEMA = """
 CREATE TABLE IF NOT EXISTS inodes (
     ino INTEGER PRIMARY KEY, kind TEXT NOT NULL, size INTEGER NOT NULL,
@@ -71,6 +72,9 @@ CREATE TABLE IF NOT EXISTS chunks (
 CREATE INDEX IF NOT EXISTS chunks_path ON chunks(path);
 CREATE INDEX IF NOT EXISTS chunks_unembedded ON chunks(id) WHERE embedding IS NULL;
 CREATE TABLE IF NOT EXISTS pending (path TEXT PRIMARY KEY, version INTEGER NOT NULL);
+CREATE TABLE IF NOT EXISTS root (
+    id INTEGER PRIMARY KEY CHECK (id = 0), mode INTEGER NOT NULL, uid INTEGER NOT NULL,
+    gid INTEGER NOT NULL);
 CREATE VIRTUAL TABLE IF NOT EXISTS chunks_fts USING fts5(
     text, content='chunks', content_rowid='id');
 CREATE TRIGGER IF NOT EXISTS chunks_ai AFTER INSERT ON chunks BEGIN
@@ -172,6 +176,25 @@ def _convert_files(db: sqlite3.Connection) -> int:
             )
     db.execute("DROP TABLE files")
     return len(rows)
+
+
+ROOT_MODE = 0o1777  # like /tmp: anyone may create, only an entry's owner may remove it
+
+
+def root_metadata(db: sqlite3.Connection) -> tuple[int, int, int]:
+    """The store root's (mode, uid, gid), made at first open: 0o1777 and root's. A store from
+    before the root was kept had an implicit 0o777 root, which let anyone delete anyone's
+    files in it; a root that is still exactly 0o777 is made sticky (one chmod'ed to anything
+    else stays as it is)."""
+    row = db.execute("SELECT mode, uid, gid FROM root WHERE id = 0").fetchone()
+    if row is None or row[0] == 0o777:
+        uid, gid = (row[1], row[2]) if row is not None else (0, 0)
+        db.execute(
+            "INSERT OR REPLACE INTO root (id, mode, uid, gid) VALUES (0, ?, ?, ?)",
+            (ROOT_MODE, uid, gid),
+        )
+        return ROOT_MODE, uid, gid
+    return int(row[0]), int(row[1]), int(row[2])
 
 
 def connect(path: Path) -> sqlite3.Connection:

@@ -54,6 +54,7 @@ from __future__ import annotations
 
 import itertools
 import logging
+import os
 import sqlite3
 import stat
 import threading
@@ -63,7 +64,9 @@ from dataclasses import replace
 from pathlib import Path
 from typing import Any, TypeVar
 
+from kernel.access import R_OK, W_OK, X_OK, Cred
 from kernel.errors import (
+    AccessDenied,
     AlreadyExists,
     InvalidArgument,
     IsADirectory,
@@ -75,9 +78,17 @@ from kernel.errors import (
     NotPermitted,
     NotSupported,
     TooLarge,
+    TooManyLinks,
 )
 from kernel.store.ballast import Ballast
-from kernel.store.db import BLOCK, Database, like_prefix, read_range, split_blocks
+from kernel.store.db import (
+    BLOCK,
+    Database,
+    like_prefix,
+    read_range,
+    root_metadata,
+    split_blocks,
+)
 from kernel.store.embedders import EMBEDDERS, Embedder
 from kernel.store.index import Indexer
 from kernel.store.search import Hit, Search
@@ -87,6 +98,13 @@ from kernel.store.versions import Versions, keep_version
 log = logging.getLogger(__name__)
 
 T = TypeVar("T")
+
+Allow = Callable[[str, bool], None]
+"""A capability check: ``allow(path, write)`` raises (``AccessDenied``) unless the caller may
+read (or write) the normalised store path ``path``, reached after every symbolic link. The
+kernel's handlers pass ``Actor.need_store``."""
+
+MAX_LINKS = 40  # symbolic links one path may follow, as on Linux (then ELOOP)
 
 # renameat2 flags, as Linux numbers them.
 RENAME_NOREPLACE = 1
@@ -149,9 +167,10 @@ class StorageManager:
         chosen = EMBEDDERS[embedder]()
         self.db = Database(db_path)
         self._collect_garbage()
-        # The root is not a row: it is the shared top of the tree, 0o777 and root's, never
-        # changed (its times are when the store was opened).
-        root = Entry.new(ROOT, "dir", 0o777, 0, 0, time.time_ns(), 0)
+        # The root is no inode: the shared top of the tree, sticky (0o1777) and root's unless
+        # chmod'ed or chown'ed (kept in the ``root`` row); its times are when the store opened.
+        mode, uid, gid = root_metadata(self.db.conn)
+        root = Entry.new(ROOT, "dir", mode, uid, gid, time.time_ns(), 0)
         self.tree = Tree(
             root,
             (_entry(row) for row in self.db.rows(f"SELECT {INODE_COLUMNS} FROM inodes")),
@@ -664,8 +683,6 @@ class StorageManager:
                 raise NotFound(f"no such path {target!r} in the store")
             target = named.ino
         ino = target
-        if ino == ROOT:
-            raise InvalidArgument("the store's root has fixed metadata")
         with self.db.lock:
             entry = self.tree.inode(ino)
             if entry is None:
@@ -679,6 +696,16 @@ class StorageManager:
                 mtime_ns=entry.mtime_ns if mtime_ns is None else mtime_ns,
                 ctime_ns=time.time_ns(),
             )
+            if ino == ROOT:  # its mode and owner are kept; its times are the mount's
+                self.db.tx(
+                    "set the root's metadata",
+                    lambda db: db.execute(
+                        "UPDATE root SET mode = ?, uid = ?, gid = ? WHERE id = 0",
+                        (new.mode, new.uid, new.gid),
+                    ),
+                )
+                self.tree.put(new)
+                return new
             self.db.tx(
                 "set metadata",
                 lambda db: db.execute(
@@ -741,6 +768,112 @@ class StorageManager:
             self.db.tx(what, tx)
             self.tree.put(replace(entry, ctime_ns=now))
 
+    # ---- access: the kernel's calls, for the owner of the calling agent ------------------------
+
+    def resolve(
+        self,
+        path: str,
+        cred: Cred | None = None,
+        allow: Allow | None = None,
+        write: bool = False,
+        parents: bool = False,
+    ) -> str:
+        """The normalised path ``path`` leads to, every symbolic link on the way (the last one
+        included) followed as a process would, with ``cred``'s search permission checked on
+        every directory traversed, and ``allow(result, write)`` applied to where it leads. The
+        result may not exist (a file to create); with ``parents`` neither may its directories.
+        A link's relative target is resolved against the link's directory; ``..`` may climb
+        but never above the store's root, and an absolute target is refused likewise (EACCES:
+        the store cannot know what is outside it); more than ``MAX_LINKS`` links is ELOOP."""
+        with self.db.lock:
+            real = self._resolve(path, cred, parents)
+            if allow is not None:
+                allow(real, write)
+            return real
+
+    def _resolve(self, path: str, cred: Cred | None, parents: bool = False) -> str:
+        """``resolve`` under the database lock, without the capability check."""
+        asked = normalize(path)
+        todo = list(reversed(asked.split("/"))) if asked else []  # next component last
+        cur, links = "", 0  # cur: a directory, reached without links
+        while todo:
+            part = todo.pop()
+            if part in ("", "."):
+                continue
+            self._need_search(cred, cur, asked)
+            if part == "..":
+                if not cur:
+                    raise AccessDenied(f"store/{asked} leads outside the store")
+                cur = parent_of(cur)
+                continue
+            nxt = f"{cur}/{part}" if cur else part
+            entry = self.tree.get(nxt)
+            rest = [p for p in reversed(todo) if p not in ("", ".")]
+            if entry is None:
+                if not rest or (parents and ".." not in rest):
+                    return normalize("/".join([nxt, *rest]))
+                raise NotFound(f"no such directory store/{nxt} (on the way to store/{asked})")
+            if entry.kind == "symlink":
+                links += 1
+                if links > MAX_LINKS:
+                    raise TooManyLinks(f"store/{asked}: more than {MAX_LINKS} symbolic links")
+                target = os.fsdecode(entry.target or b"")
+                if target.startswith("/"):
+                    raise AccessDenied(
+                        f"store/{asked} leads outside the store (store/{nxt} -> {target})"
+                    )
+                todo.extend(reversed(target.split("/")))
+                continue
+            if rest and entry.kind != "dir":
+                raise NotADirectory(f"store/{nxt} is not a directory")
+            cur = nxt
+        return cur
+
+    def _need_search(self, cred: Cred | None, directory: str, asked: str) -> None:
+        if cred is None:
+            return
+        entry = self.tree.get(directory)
+        if entry is not None and not self._permits(cred, entry, X_OK):
+            raise AccessDenied(
+                f"{cred.describe()} may not search store/{directory} "
+                f"(on the way to store/{asked}): permission denied"
+            )
+
+    @staticmethod
+    def _permits(cred: Cred, entry: Entry, want: int) -> bool:
+        return cred.permits(entry.type_bits | entry.mode, entry.uid, entry.gid, want)
+
+    def _may(self, cred: Cred | None, entry: Entry, want: int, what: str, path: str) -> None:
+        """Raise AccessDenied unless ``cred`` (None: no check) may ``want`` on ``entry``."""
+        if cred is not None and not self._permits(cred, entry, want):
+            raise AccessDenied(f"{cred.describe()} may not {what} store/{path}: permission denied")
+
+    def readable(self, path: str, cred: Cred) -> bool:
+        """Could ``cred`` open the name ``path`` (no links in it) for reading: search on every
+        directory above it, read on it? What a search shows of a file needs exactly that."""
+        parts = path.split("/")
+        for i in range(len(parts)):
+            entry = self.tree.get("/".join(parts[:i]))
+            if entry is None or not self._permits(cred, entry, X_OK):
+                return False
+        entry = self.tree.get(path)
+        return entry is not None and self._permits(cred, entry, R_OK)
+
+    def _visible(self, cred: Cred | None, allow: Allow | None) -> Callable[[str], bool] | None:
+        """The filter of search hits for ``cred`` and ``allow`` (None: nothing to filter)."""
+        if cred is None and allow is None:
+            return None
+
+        def visible(path: str) -> bool:
+            if allow is not None:
+                try:
+                    allow(path, False)
+                except AccessDenied:
+                    return False
+            return cred is None or self.readable(path, cred)
+
+        return visible
+
     # ---- content ----------------------------------------------------------------------------
 
     def _file(self, path: str) -> Entry:
@@ -753,10 +886,16 @@ class StorageManager:
             raise InvalidArgument(f"{path} is not a regular file")
         return entry
 
-    def read(self, path: str) -> bytes:
-        """The whole content of a file (the kernel's ``store_read``; files are read by range)."""
-        entry = self._file(normalize(path))
-        return self.read_at(entry.ino, 0, entry.size)
+    def read(self, path: str, cred: Cred | None = None, allow: Allow | None = None) -> bytes:
+        """The whole content of a file (the kernel's ``store_read``; files are read by range),
+        symbolic links followed, checked for ``cred`` and ``allow`` (see ``resolve``)."""
+        with self.db.lock:
+            real = self._resolve(path, cred)
+            if allow is not None:
+                allow(real, False)
+            entry = self._file(real)
+            self._may(cred, entry, R_OK, "read", real)
+            return self.read_at(entry.ino, 0, entry.size)
 
     def read_at(self, ino: int, off: int, size: int) -> bytes:
         """Bytes ``[off, off + size)`` of inode ``ino``'s committed content (holes as zeros)."""
@@ -897,37 +1036,52 @@ class StorageManager:
         hole, which costs nothing."""
         return self.commit(ino, size, {}, cut=size)
 
-    def write(self, path: str, content: bytes, create: bool = True, parents: bool = False) -> Entry:
+    def write(
+        self,
+        path: str,
+        content: bytes,
+        create: bool = True,
+        parents: bool = False,
+        cred: Cred | None = None,
+        allow: Allow | None = None,
+    ) -> Entry:
         """Replace a file's content as one transaction; the old content becomes a version.
-        ``parents``: create missing directories on the way (in the same transaction). An
-        existing file keeps its mode, owner and atime; mtime and ctime become now. What this
-        creates gets the defaults (0o644 files, 0o755 directories, root's), since only the
-        kernel's own ``store_write`` and rollback create by writing."""
-        path = normalize(path)
-        if not path:
+        ``parents``: create missing directories on the way (in the same transaction). Symbolic
+        links are followed and ``cred`` and ``allow`` checked as ``resolve`` says: write
+        permission on an existing file, write and search on the directory a new entry goes in.
+        An existing file keeps its mode, owner and atime; mtime and ctime become now. What this
+        creates is ``cred``'s (root's without one), 0o644 files and 0o755 directories (a 022
+        umask), the group inherited from a setgid directory (see ``inherit``)."""
+        if not normalize(path):
             raise IsADirectory("the store's root is a directory")
         if len(content) > self.max_file_bytes:
             raise TooLarge(
                 f"file of {len(content)} bytes is over the {self.max_file_bytes}-byte limit"
             )
         with self.db.lock:
+            path = self._resolve(path, cred, parents)
+            if allow is not None:
+                allow(path, True)
+            if not path:
+                raise IsADirectory("the store's root is a directory")
             entry = self.tree.get(path)
             if entry is not None:
                 self._file(path)
+                self._may(cred, entry, W_OK, "write", path)
                 new = self._commit(
                     entry, len(content), dict(split_blocks(content)), None, [], 0, path
                 )
             else:
                 if not create:
                     raise NotFound(f"no such file {path!r} in the store")
-                new = self._write_new(path, content, parents)
+                new = self._write_new(path, content, parents, cred)
         self.ballast.restore()
         self._index.wake()
         return new
 
-    def _write_new(self, path: str, content: bytes, parents: bool) -> Entry:
+    def _write_new(self, path: str, content: bytes, parents: bool, cred: Cred | None) -> Entry:
         """``write`` of a path that does not exist (under the database lock): the file, and
-        with ``parents`` its missing directories, in one transaction."""
+        with ``parents`` its missing directories, in one transaction, owned by ``cred``."""
         missing: list[str] = []
         d = parent_of(path)
         while parents and d and d not in self.tree:
@@ -935,6 +1089,10 @@ class StorageManager:
             d = parent_of(d)
         self.tree.need_dir(d if missing else parent_of(path))
         top = parent_of(missing[-1] if missing else path)
+        top_entry = self.tree.get(top)
+        assert top_entry is not None
+        self._may(cred, top_entry, W_OK | X_OK, "create entries in", top)
+        uid, gid0 = (cred.uid, cred.gid) if cred is not None else (0, 0)
         now, touched = time.time_ns(), self._dir_inos({top})
         made: list[tuple[str, Entry]] = []  # the directories, then the file
 
@@ -943,19 +1101,19 @@ class StorageManager:
             parent = self.tree.get(top)
             for p in [*reversed(missing), path]:
                 kind = "dir" if p != path else "file"
-                mode, gid = self.inherit(parent, kind, 0o755 if kind == "dir" else 0o644, 0)
+                mode, gid = self.inherit(parent, kind, 0o755 if kind == "dir" else 0o644, gid0)
                 size, version = 0, 0
                 if kind == "file":  # a file made where one was deleted: its numbers go on
                     size, version = len(content), self._history_top(db, p) + 1
                 cur = db.execute(
                     "INSERT INTO inodes (kind, size, version, mode, uid, gid, atime_ns, "
-                    "mtime_ns, ctime_ns, nlink) VALUES (?, ?, ?, ?, 0, ?, ?, ?, ?, 1)",
-                    (kind, size, version, mode, gid, now, now, now),
+                    "mtime_ns, ctime_ns, nlink) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, 1)",
+                    (kind, size, version, mode, uid, gid, now, now, now),
                 )
                 assert cur.lastrowid is not None
                 db.execute("INSERT INTO names (path, ino) VALUES (?, ?)", (p, cur.lastrowid))
                 parent = replace(
-                    Entry.new(cur.lastrowid, kind, mode, 0, gid, now, version), size=size
+                    Entry.new(cur.lastrowid, kind, mode, uid, gid, now, version), size=size
                 )
                 made.append((p, parent))
             db.executemany(
@@ -981,9 +1139,34 @@ class StorageManager:
 
     # ---- versions ---------------------------------------------------------------------------
 
-    def versions(self, path: str) -> list[tuple[int, float, int]]:
-        """(version, mtime, size) of every kept earlier version, oldest first."""
-        return self._versions.kept(path)
+    def versions(
+        self, path: str, cred: Cred | None = None, allow: Allow | None = None
+    ) -> list[tuple[int, float, int]]:
+        """(version, mtime, size) of every kept earlier version, oldest first. Links are
+        followed; ``cred`` needs read permission on the file (see ``_history_of``)."""
+        with self.db.lock:
+            real = self._resolve(path, cred)
+            if allow is not None:
+                allow(real, False)
+            kept = self._versions.kept(real)
+            if kept:
+                self._history_of(cred, real, R_OK, "read the versions of")
+            return kept
+
+    def _history_of(self, cred: Cred | None, path: str, want: int, what: str) -> None:
+        """May ``cred`` reach name ``path``'s history: ``want`` on the file it names now; a
+        removed file's history (its owner and mode are not kept with it) root's alone."""
+        if cred is None:
+            return
+        entry = self.tree.get(path)
+        if entry is None:
+            if not cred.root:
+                raise AccessDenied(
+                    f"{cred.describe()} may not {what} store/{path}: the file was removed, and "
+                    "only root may reach the history of a removed file"
+                )
+            return
+        self._may(cred, entry, want, what, path)
 
     def version_content(self, path: str, version: int) -> bytes:
         return self._versions.content(path, version)
@@ -995,9 +1178,18 @@ class StorageManager:
         """Paths under ``prefix`` that have versions (deleted files included)."""
         return self._versions.paths(prefix)
 
-    def rollback(self, path: str, version: int) -> Entry:
-        """Make an earlier version current again (as a new version; nothing is lost)."""
-        return self.write(path, self.version_content(path, version))
+    def rollback(
+        self, path: str, version: int, cred: Cred | None = None, allow: Allow | None = None
+    ) -> Entry:
+        """Make an earlier version current again (as a new version; nothing is lost). Links
+        are followed; ``cred`` needs write permission on the file."""
+        with self.db.lock:
+            real = self._resolve(path, cred)
+            if allow is not None:
+                allow(real, True)
+            self._history_of(cred, real, W_OK, "restore a version of")
+            content = self.version_content(real, version)
+            return self.write(real, content, cred=cred)
 
     # ---- index and search -------------------------------------------------------------------
 
@@ -1008,13 +1200,31 @@ class StorageManager:
     def wait_indexed(self, timeout: float = 60.0) -> bool:
         return self._index.wait_indexed(timeout)
 
-    def search(self, query: str, k: int = 5, under: str = "") -> list[Hit]:
-        """The files whose passages are closest in meaning to ``query`` (one hit per name)."""
-        return self._search.search(query, k, under)
+    def search(
+        self,
+        query: str,
+        k: int = 5,
+        under: str = "",
+        cred: Cred | None = None,
+        allow: Allow | None = None,
+    ) -> list[Hit]:
+        """The files whose passages are closest in meaning to ``query`` (one hit per name),
+        up to ``k`` of those ``cred`` could read and ``allow`` lets it read: a search never
+        shows the name or a passage of a file its caller could not open."""
+        under = self.resolve(under, cred) if under else ""
+        return self._search.search(query, k, under, self._visible(cred, allow))
 
-    def grep(self, word: str, k: int = 20, under: str = "") -> list[Hit]:
-        """Files containing ``word`` (full-text index, ranked by BM25)."""
-        return self._search.grep(word, k, under)
+    def grep(
+        self,
+        word: str,
+        k: int = 20,
+        under: str = "",
+        cred: Cred | None = None,
+        allow: Allow | None = None,
+    ) -> list[Hit]:
+        """Files containing ``word`` (full-text index, ranked by BM25), filtered as ``search``."""
+        under = self.resolve(under, cred) if under else ""
+        return self._search.grep(word, k, under, self._visible(cred, allow))
 
     def info(self) -> dict[str, Any]:
         files, directories, size = self.tree.totals()

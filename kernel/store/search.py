@@ -15,8 +15,10 @@ that, so ``invalidate`` may be called with any other lock held.
 
 from __future__ import annotations
 
+import itertools
 import re
 import threading
+from collections.abc import Callable
 from dataclasses import dataclass
 
 import numpy as np
@@ -24,6 +26,11 @@ import numpy as np
 from kernel.store.db import Database
 from kernel.store.embedders import Embedder
 from kernel.store.tree import is_below, normalize
+
+GREP_PAGE = 500  # passages read per query of the full-text index
+
+Visible = Callable[[str], bool]
+"""Whether the caller may see a hit on the name ``path`` (see ``StorageManager.search``)."""
 
 
 @dataclass
@@ -80,8 +87,11 @@ class Search:
                 )
             return self._vec_ids, self._vec_paths, self._vecs
 
-    def search(self, query: str, k: int = 5, under: str = "") -> list[Hit]:
-        """The files whose passages are closest in meaning to ``query`` (one hit per file)."""
+    def search(
+        self, query: str, k: int = 5, under: str = "", visible: Visible | None = None
+    ) -> list[Hit]:
+        """The files whose passages are closest in meaning to ``query`` (one hit per file),
+        only those ``visible`` accepts (up to ``k`` of them, however many it turns down)."""
         under = normalize(under)
         ids, paths, vecs = self._vectors()
         if not len(ids) or not query.strip():
@@ -89,11 +99,15 @@ class Search:
         q = self.embedder.embed([query])[0]
         scores = vecs @ q
         best: dict[str, tuple[float, int]] = {}
+        hidden: set[str] = set()
         for j in np.argsort(-scores):
             if scores[j] <= 0:
                 break  # nothing in common with the query
             path = paths[j]
-            if under and not is_below(path, under):
+            if path in best or path in hidden or (under and not is_below(path, under)):
+                continue
+            if visible is not None and not visible(path):
+                hidden.add(path)
                 continue
             if path not in best:
                 best[path] = (float(scores[j]), ids[j])
@@ -101,27 +115,36 @@ class Search:
                     break
         return self._hits(best)
 
-    def grep(self, word: str, k: int = 20, under: str = "") -> list[Hit]:
-        """Files containing ``word`` (full-text index, ranked by BM25)."""
+    def grep(
+        self, word: str, k: int = 20, under: str = "", visible: Visible | None = None
+    ) -> list[Hit]:
+        """Files containing ``word`` (full-text index, ranked by BM25), filtered by ``visible``
+        as ``search`` is: the passages are read a page at a time until ``k`` files are found."""
         under = normalize(under)
         terms = re.findall(r"\w+", word)
         if not terms:
             return []
         match = " ".join(f'"{t}"' for t in terms)
-        rows = self.db.rows(
-            "SELECT c.path, c.id, bm25(chunks_fts) AS rank FROM chunks_fts "
-            "JOIN chunks c ON c.id = chunks_fts.rowid WHERE chunks_fts MATCH ? "
-            "ORDER BY rank LIMIT 500",
-            (match,),
-        )
         best: dict[str, tuple[float, int]] = {}
-        for path, cid, rank in rows:
-            if under and not is_below(path, under):
-                continue
-            if path not in best:
+        hidden: set[str] = set()
+        for offset in itertools.count(0, GREP_PAGE):
+            rows = self.db.rows(
+                "SELECT c.path, c.id, bm25(chunks_fts) AS rank FROM chunks_fts "
+                "JOIN chunks c ON c.id = chunks_fts.rowid WHERE chunks_fts MATCH ? "
+                "ORDER BY rank, c.id LIMIT ? OFFSET ?",
+                (match, GREP_PAGE, offset),
+            )
+            for path, cid, rank in rows:
+                if path in best or path in hidden or (under and not is_below(path, under)):
+                    continue
+                if visible is not None and not visible(path):
+                    hidden.add(path)
+                    continue
                 best[path] = (-float(rank), cid)
                 if len(best) >= k:
-                    break
+                    return self._hits(best)
+            if len(rows) < GREP_PAGE:
+                break
         return self._hits(best)
 
     def _hits(self, best: dict[str, tuple[float, int]]) -> list[Hit]:

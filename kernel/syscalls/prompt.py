@@ -40,7 +40,9 @@ async def gather_context(env: CallEnv, actor: Actor, call: LLMCall) -> tuple[str
     if call.retrieve is not None:
         r = call.retrieve
         query = r.query or call.prompt or ""
-        hits = await env.workers.store(env.storage.search, query, r.k, r.path)
+        # only passages of files the agent's owner could read, within its capabilities
+        s = env.storage
+        hits = await env.workers.store(s.search, query, r.k, r.path, actor.cred, actor.need_store)
         for i, hit in enumerate(hits, 1):
             parts.append(f"[document {i}: {hit.path}]\n{hit.passage}")
             sources.append(f"store/{hit.path}")

@@ -145,13 +145,24 @@ async def _mem_delete(env: CallEnv, actor: Actor, a: dict[str, Any]) -> str:
 # ---- storage: the store shared by every agent ---------------------------------------------------
 
 
+# Every store call acts for the agent's owner (``actor.cred``: search permission on the way,
+# read or write on the file, as the OS kernel would check a process of that user) and within
+# the agent's capabilities (``actor.need_store``, applied to where symbolic links lead). Search
+# results leave out what either would refuse.
+
+
 async def _store_read(env: CallEnv, actor: Actor, a: dict[str, Any]) -> str:
-    return (await env.workers.store(env.storage.read, a["path"])).decode(errors="replace")
+    s = env.storage
+    data = await env.workers.store(s.read, a["path"], actor.cred, actor.need_store)
+    return data.decode(errors="replace")
 
 
 async def _store_write(env: CallEnv, actor: Actor, a: dict[str, Any]) -> str:
     # create the file if need be, and its directories: an agent has no mkdir call
-    entry = await env.workers.store(env.storage.write, a["path"], a["content"].encode(), True, True)
+    s, data = env.storage, a["content"].encode()
+    entry = await env.workers.store(
+        s.write, a["path"], data, True, True, actor.cred, actor.need_store
+    )
     return f"ok: {a['path']} version {entry.version}, {entry.size} bytes\n"
 
 
@@ -160,17 +171,20 @@ def _hits(hits: list[Hit]) -> str:
 
 
 async def _store_search(env: CallEnv, actor: Actor, a: dict[str, Any]) -> str:
-    s = env.storage
-    return _hits(await env.workers.store(s.search, a["query"], a.get("k", 5), a.get("path", "")))
+    s, k, under = env.storage, a.get("k", 5), a.get("path", "")
+    hits = await env.workers.store(s.search, a["query"], k, under, actor.cred, actor.need_store)
+    return _hits(hits)
 
 
 async def _store_grep(env: CallEnv, actor: Actor, a: dict[str, Any]) -> str:
-    s = env.storage
-    return _hits(await env.workers.store(s.grep, a["word"], a.get("k", 5), a.get("path", "")))
+    s, k, under = env.storage, a.get("k", 5), a.get("path", "")
+    hits = await env.workers.store(s.grep, a["word"], k, under, actor.cred, actor.need_store)
+    return _hits(hits)
 
 
 async def _store_versions(env: CallEnv, actor: Actor, a: dict[str, Any]) -> str:
-    rows = await env.workers.store(env.storage.versions, a["path"])
+    s = env.storage
+    rows = await env.workers.store(s.versions, a["path"], actor.cred, actor.need_store)
     return jsonl(
         [
             {"version": v, "time": time.strftime("%Y-%m-%dT%H:%M:%S", time.localtime(t)), "size": n}
@@ -180,7 +194,10 @@ async def _store_versions(env: CallEnv, actor: Actor, a: dict[str, Any]) -> str:
 
 
 async def _store_rollback(env: CallEnv, actor: Actor, a: dict[str, Any]) -> str:
-    entry = await env.workers.store(env.storage.rollback, a["path"], a["version"])
+    s = env.storage
+    entry = await env.workers.store(
+        s.rollback, a["path"], a["version"], actor.cred, actor.need_store
+    )
     return f"ok: {a['path']} restored from version {a['version']} as version {entry.version}\n"
 
 

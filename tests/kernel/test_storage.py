@@ -14,6 +14,7 @@ import numpy as np
 import pytest
 
 from kernel.errors import (
+    AccessDenied,
     AlreadyExists,
     InvalidArgument,
     IsADirectory,
@@ -227,14 +228,15 @@ def test_metadata_is_kept_changed_and_persisted(tmp_path: Path) -> None:
     )
     with pytest.raises(NotFound):
         s.set_metadata("nope", mode=0o600)
-    with pytest.raises(InvalidArgument):
-        s.set_metadata("", mode=0o700)  # the root is fixed
+    root = s.entry("")
+    assert root is not None and root.mode == 0o1777  # sticky, like /tmp
+    s.set_metadata("", mode=0o755, gid=7)  # the root's mode and owner are kept too
     now_d = s.entry("d")
     s.close()
     again = sm(tmp_path)
     assert again.entry("d/g") == moved and again.entry("d") == now_d
     root = again.entry("")
-    assert root is not None and root.mode == 0o777
+    assert root is not None and (root.mode, root.uid, root.gid) == (0o755, 0, 7)
     again.close()
 
 
@@ -368,8 +370,10 @@ def test_symlinks_and_special_files(tmp_path: Path) -> None:
     fifo = s.mknod("p", "fifo", 0o640)
     dev = s.mknod("c", "chr", 0o600, rdev=os.makedev(4, 1))
     assert (fifo.kind, fifo.mode, dev.rdev) == ("fifo", 0o640, os.makedev(4, 1))
-    with pytest.raises(InvalidArgument):
+    with pytest.raises(AccessDenied):  # followed: out of the store
         s.read("l")
+    with pytest.raises(InvalidArgument):
+        s.read("p")
     with pytest.raises(InvalidArgument):
         s.symlink("bad", b"")
     s.close()
