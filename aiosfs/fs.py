@@ -36,6 +36,7 @@ from aiosfs.vfs import (
     Node,
     StaticDir,
     VfsEnv,
+    acting_for,
     fuse_error,
 )
 from kernel import Kernel
@@ -151,7 +152,8 @@ class AiosFS(pyfuse3.Operations):
             return self._entry(parent)
         if text == "..":
             return self._entry(parent.parent or parent)
-        return self._entry(await parent.find(text))
+        with acting_for(ctx):  # search results depend on who asks
+            return self._entry(await parent.find(text))
 
     @guarded
     async def forget(self, inode_list: Sequence[tuple[int, int]]) -> None:
@@ -283,7 +285,9 @@ class AiosFS(pyfuse3.Operations):
     async def opendir(self, inode: int, ctx: pyfuse3.RequestContext) -> int:
         directory = self._dir(inode)
         fh = next(self._fh)
-        self._dir_handles[fh] = sorted(await directory.named(), key=lambda entry: entry[0])
+        with acting_for(ctx):
+            named = await directory.named()
+        self._dir_handles[fh] = sorted(named, key=lambda entry: entry[0])
         self._dir_nodes[fh] = directory
         return fh
 

@@ -15,8 +15,14 @@ Nodes are the store's inodes: one node per store inode number (``StoreNodes``), 
 of a hard-linked file share one FUSE inode, a rename keeps it, and a file unlinked while open
 keeps working through it. Entries report the mode, owner, times, link count and device number
 the store keeps for them (read from its in-memory tree, so ``stat`` never waits for the
-database); chmod, chown, utimensat and the xattr calls change them. ``store/`` itself is not an
-entry of the store: it stays 0o777 and root's, fixed.
+database); chmod, chown, utimensat and the xattr calls change them. ``store/`` itself is the
+store's root: sticky (0o1777) and root's, like /tmp, so anyone may create in it and only an
+entry's owner may remove or rename it; its mode and owner can be changed and are kept.
+
+``.versions/`` shows each kept history with the mode and owner of what its name holds now (a
+directory's, a file's without its write bits), so the OS kernel's permission check keeps an
+old version as private as the file; a removed file's history, whose owner is not kept, is
+root's alone.
 
 An open file is a descriptor's own view (``StoreHandle``): the blocks it changed over what was
 committed, kept in memory up to ``STAGE_BYTES`` and staged in the database beyond that, so a
@@ -146,9 +152,6 @@ class StoreNode(StoreCalls):
         """chmod, chown/chgrp and utimensat, as one change of the inode's row. The OS kernel
         has checked who may do it (``default_permissions``), pyfuse3 has turned UTIME_NOW into
         a time, and UTIME_OMIT arrives as a field not to update."""
-        if self.ino == ROOT:  # store/ itself: fixed
-            await super().set_metadata(attr, fields, ctx)  # type: ignore[misc]
-            return
         changes = {
             "mode": attr.st_mode & 0o7777 if fields.update_mode else None,
             "uid": attr.st_uid if fields.update_uid else None,
@@ -600,6 +603,17 @@ class StoreHandle(Handle):
 # ---- versions ---------------------------------------------------------------------------------
 
 
+def history_metadata(storage: StorageManager, path: str, is_dir: bool) -> Metadata:
+    """How ``.versions/PATH`` shows: what ``store/PATH`` is now (read-only), or root's alone
+    if nothing is there now (a removed file's or directory's history)."""
+    entry = storage.entry(path)
+    if entry is None or (entry.kind == "dir") != is_dir:
+        perm, uid, gid, t = (0o500 if is_dir else 0o400), 0, 0, 0
+    else:
+        perm, uid, gid, t = entry.mode & 0o7555, entry.uid, entry.gid, entry.mtime_ns
+    return Metadata(perm, uid, gid, t, t, t)
+
+
 class VersionsDir(StoreCalls, Dir):
     """``.versions/PREFIX/``: the paths below PREFIX that have earlier versions."""
 
@@ -611,6 +625,9 @@ class VersionsDir(StoreCalls, Dir):
         self.prefix = prefix
         self.mode = stat.S_IFDIR | 0o555
         self.cache: dict[tuple[str, bool], Node] = {}  # (name, has versions) -> node
+
+    def metadata(self) -> Metadata | None:
+        return history_metadata(self.storage, self.prefix, True)
 
     async def _names(self) -> dict[str, bool]:
         """Immediate names below the prefix -> True if that name itself has versions."""
@@ -654,6 +671,12 @@ class VersionList(StoreCalls, Dir):
         self.mode = stat.S_IFDIR | 0o555
         self.entries: dict[str, VersionFile] = {}
 
+    def metadata(self) -> Metadata | None:
+        # a directory whose file's reader may enter: search where the file may be read
+        meta = history_metadata(self.storage, self.path, False)
+        perm = meta.perm | ((meta.perm & 0o444) >> 2)
+        return Metadata(perm, meta.uid, meta.gid, meta.atime_ns, meta.mtime_ns, meta.ctime_ns)
+
     async def list(self) -> list[Node]:
         rows = await self.call(self.storage.versions, self.path)
         current = {str(v) for v, _, _ in rows}
@@ -695,6 +718,11 @@ class VersionFile(StoreCalls, Node):
 
     def size(self) -> int:
         return self._size
+
+    def metadata(self) -> Metadata | None:
+        meta = history_metadata(self.storage, self.path, False)
+        t = self.mtime_ns  # when this version was the content
+        return Metadata(meta.perm & 0o444, meta.uid, meta.gid, t, t, t)
 
     async def open(self, flags: int, ctx: pyfuse3.RequestContext) -> Handle:
         check_access(self, flags)

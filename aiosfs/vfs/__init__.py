@@ -19,9 +19,11 @@ from aiosfs.vfs.node import (
     StaticDir,
     Symlink,
     VfsEnv,
+    acting_for,
     as_json,
     check_access,
     fuse_error,
+    requester,
 )
 from aiosfs.vfs.paths import PathCache
 
@@ -41,9 +43,11 @@ __all__ = [
     "StaticDir",
     "Symlink",
     "VfsEnv",
+    "acting_for",
     "as_json",
     "check_access",
     "fuse_error",
     "notify_later",
     "process_alive",
+    "requester",
 ]

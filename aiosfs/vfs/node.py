@@ -12,12 +12,14 @@ node holds the whole filesystem object.
 from __future__ import annotations
 
 import builtins
+import contextlib
 import errno
 import json
 import os
 import stat
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextvars import ContextVar
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
@@ -52,6 +54,28 @@ class Metadata:
     atime_ns: int
     mtime_ns: int
     ctime_ns: int
+
+
+# The request being answered, for the few nodes whose answer depends on who asks (search
+# results show each reader only what it could read). A context variable, because ``find`` and
+# ``named`` take no context: each request runs in its own trio task, so one request's caller
+# never shows through in another's.
+_REQUESTER: ContextVar[pyfuse3.RequestContext | None] = ContextVar("requester", default=None)
+
+
+@contextlib.contextmanager
+def acting_for(ctx: pyfuse3.RequestContext) -> Iterator[None]:
+    """While answering one request (lookup, opendir): ``requester()`` is its context."""
+    token = _REQUESTER.set(ctx)
+    try:
+        yield
+    finally:
+        _REQUESTER.reset(token)
+
+
+def requester() -> pyfuse3.RequestContext | None:
+    """The context of the lookup or opendir being answered (None outside one)."""
+    return _REQUESTER.get()
 
 
 def fuse_error(code: int) -> pyfuse3.FUSEError:

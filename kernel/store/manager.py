@@ -705,16 +705,18 @@ class StorageManager:
                     ),
                 )
                 self.tree.put(new)
-                return new
-            self.db.tx(
-                "set metadata",
-                lambda db: db.execute(
-                    "UPDATE inodes SET mode = ?, uid = ?, gid = ?, atime_ns = ?, mtime_ns = ?, "
-                    "ctime_ns = ? WHERE ino = ?",
-                    (new.mode, new.uid, new.gid, new.atime_ns, new.mtime_ns, new.ctime_ns, ino),
-                ),
-            )
-            self.tree.put(new)
+            else:
+                self.db.tx(
+                    "set metadata",
+                    lambda db: db.execute(
+                        "UPDATE inodes SET mode = ?, uid = ?, gid = ?, atime_ns = ?, "
+                        "mtime_ns = ?, ctime_ns = ? WHERE ino = ?",
+                        (new.mode, new.uid, new.gid, new.atime_ns, new.mtime_ns, new.ctime_ns, ino),
+                    ),
+                )
+                self.tree.put(new)
+        if (new.mode, new.uid, new.gid) != (entry.mode, entry.uid, entry.gid):
+            self._search.touch()  # who may see a file in search results may have changed
         return new
 
     # ---- extended attributes --------------------------------------------------------------

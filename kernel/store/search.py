@@ -66,6 +66,12 @@ class Search:
             self._vec_dirty = True
             self._generation += 1
 
+    def touch(self) -> None:
+        """Who may see which passages changed (a chmod, a chown), not the passages: results
+        must be fetched again, the vectors need no reload."""
+        with self._gen_lock:
+            self._generation += 1
+
     def _vectors(self) -> tuple[list[int], list[str], np.ndarray]:
         with self._vec_lock:
             with self._gen_lock:
