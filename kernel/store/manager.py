@@ -17,15 +17,24 @@ while it is open (``hold``) lives on, nameless, until its last ``release``; one 
 crash is removed at the next open. Versions, passages and search belong to names.
 
 Metadata. The caller of ``mkdir``/``create``/``mknod``/``symlink`` gives the mode and owner
-(the filesystem passes the requesting process's, with its umask applied); the defaults, 0o644
-files and 0o755 directories owned by root (uid/gid 0), are what the kernel's own ``store_write``
-gets, since agents have no identity of their own yet. Inside a setgid directory a new entry
-takes the directory's group, and a new directory its setgid bit, as on any Unix filesystem.
+(the filesystem passes the requesting process's, with its umask applied); what the kernel's
+own ``store_write`` creates is 0o644 (directories on the way 0o755) and belongs to the ``Cred``
+it acts for. Inside a setgid directory a new entry takes the directory's group, and a new
+directory its setgid bit, as on any Unix filesystem. The root is no inode: its mode and owner
+are one row (``root``), sticky 0o1777 and root's unless changed.
 ``set_metadata`` (chmod, chown, utimensat) is not a new version of the content. A committed
 write sets mtime and ctime, any change ctime (a link or unlink: the inode's), and adding,
 removing or renaming an entry sets its directory's mtime and ctime; reads never update atime
-(as if mounted ``noatime``). Who may change what is checked by the OS kernel before a request
-reaches the filesystem (``default_permissions``), so none of it is checked here.
+(as if mounted ``noatime``).
+
+Access. Who may change what through the filesystem is checked by the OS kernel before a
+request arrives (``default_permissions``), so the namespace and metadata calls check nothing.
+The kernel's own calls (``read``, ``write``, ``versions``, ``rollback``, ``search``, ``grep``,
+``resolve``) take an optional ``Cred`` and capability check (``Allow``) and apply them as the OS
+kernel would for a process of that user: symbolic links followed within the store (never out
+of it), search permission on every directory traversed, read or write on the file, write and
+search on the directory a new entry goes in; checks and the operation happen under one hold of
+the database lock. Searches leave out the hits the caller could not read.
 
 Threads: one documented way in.
 
@@ -1145,9 +1154,10 @@ class StorageManager:
         self, path: str, cred: Cred | None = None, allow: Allow | None = None
     ) -> list[tuple[int, float, int]]:
         """(version, mtime, size) of every kept earlier version, oldest first. Links are
-        followed; ``cred`` needs read permission on the file (see ``_history_of``)."""
+        followed for a kernel call (with ``cred`` or ``allow``; ``.versions/`` lists a name's own
+        history); ``cred`` needs read permission on the file (see ``_history_of``)."""
         with self.db.lock:
-            real = self._resolve(path, cred)
+            real = normalize(path) if cred is None and allow is None else self._resolve(path, cred)
             if allow is not None:
                 allow(real, False)
             kept = self._versions.kept(real)
