@@ -239,7 +239,12 @@ def parse_groups(raw: Any) -> dict[str, Capabilities]:
         raise InvalidArgument("[groups] holds only [groups.NAME] tables")
     groups: dict[str, Capabilities] = {}
     for name, table in raw.items():
-        caps = check_capabilities(table, f"[groups.{name}]")
+        where = f"[groups.{name}]"
+        try:
+            caps = check_capabilities(table, where)
+        except InvalidArgument as e:
+            message = e.message if e.message.startswith(where) else f"{where}: {e.message}"
+            raise InvalidArgument(message) from None
         groups[name] = capabilities_from(DEFAULT_CAPABILITIES, caps)
     return groups
 

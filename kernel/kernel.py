@@ -493,13 +493,13 @@ class Kernel:
         call = result.syscall
         assert isinstance(call, LLMCall)
         actor = self.actor(agent)
+        specs = [await self.tools.spec(name) for name in call.tools]  # ENOENT for no such tool
         for name in call.tools:
             if not actor.caps.may_call(name, self.safe_tools):
                 raise actor.deny("tools", f"tool {name!r}")
         context = ""
         if call.memory or call.retrieve is not None:
             context, result.sources = await gather_context(self._env, actor, call)
-        specs = [await self.tools.spec(name) for name in call.tools]
         caller = Caller(agent.name, agent.uid, agent.gid)
         rounds = call.max_tool_rounds or DEFAULT_TOOL_ROUNDS
         system = render_tools(
