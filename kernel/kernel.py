@@ -34,11 +34,13 @@ import trio
 from kernel import __version__
 from kernel.access import (
     DEFAULT_CAPABILITIES,
+    R_OK,
     UNRESTRICTED,
     W_OK,
     Actor,
     Capabilities,
     Cred,
+    agent_permits,
     capabilities_from,
     user_cred,
 )
@@ -336,16 +338,55 @@ class Kernel:
         return Actor("", user_cred(uid, gid), UNRESTRICTED)
 
     @staticmethod
-    def agent_permits(agent: Agent, cred: Cred, want: int, natural: int = 0o6) -> bool:
+    def agent_permits(agent: Agent, cred: Cred, want: int, natural: int = R_OK | W_OK) -> bool:
         """May ``cred`` do ``want`` to one of the agent's files whose owner bits are
-        ``natural`` (``syscall`` is read-write)? The directory's mode caps the group's and
-        others' bits and they need its search bit, as ``chmod`` on a directory would make a
-        person expect; the owner and root always may."""
-        if cred.root or cred.uid == agent.uid:
-            return True
-        shift = 3 if cred.in_group(agent.gid) else 0
-        bits = (agent.mode >> shift) & 7
-        return bool(bits & 1) and (bits & natural & want) == want
+        ``natural`` (``syscall`` is read-write)? ``access.agent_file_mode``'s rule: the
+        directory's mode caps the group's and others' bits and they need its search bit, so the
+        answer is the one the OS kernel gives for the modes ``ls -l`` shows."""
+        return agent_permits(cred, agent.uid, agent.gid, agent.mode, want, natural)
+
+    def change_agent_access(
+        self,
+        name: str,
+        cred: Cred,
+        mode: int | None = None,
+        uid: int | None = None,
+        gid: int | None = None,
+    ) -> Agent:
+        """``chmod``, ``chown`` and ``chgrp`` of ``agents/NAME`` by ``cred``, by chown(2)'s
+        rules: the mode by the owner or root; the group by root, or by the owner to a group
+        they are in; the owner by root only (the agent then acts for the new uid; its memory
+        keeps its owner). Only the 0777 bits of a mode mean anything here (see
+        ``access.agent_file_mode``); setuid, setgid and sticky are dropped. Everything is
+        checked before anything changes (NotPermitted, EPERM)."""
+        agent = self.agent(name)
+        owner = cred.root or cred.uid == agent.uid
+        if uid is not None and uid != agent.uid and not cred.root:
+            raise NotPermitted(f"only root may give agent {name!r} to another user")
+        if (
+            gid is not None
+            and gid != agent.gid
+            and not (cred.root or (owner and cred.in_group(gid)))
+        ):
+            raise NotPermitted(
+                f"only the owner of agent {name!r} (uid {agent.uid}) may change its group, "
+                f"and only to a group they belong to (not gid {gid})"
+            )
+        if mode is not None and not owner:
+            raise NotPermitted(
+                f"only the owner of agent {name!r} (uid {agent.uid}) or root may change its mode"
+            )
+        if mode is not None:
+            agent.mode = mode & 0o777
+        if uid is not None:
+            agent.uid = uid
+        if gid is not None:
+            agent.gid = gid
+        log.info(
+            "agent %s: mode %04o, owner %d:%d (changed by uid %d)",
+            name, agent.mode, agent.uid, agent.gid, cred.uid,
+        )  # fmt: skip
+        return agent
 
     def spend_check(self, agent: Agent) -> None:
         """Refuse a model call for an agent whose ``max_tokens_per_hour`` is spent."""
