@@ -45,7 +45,11 @@ class AgentConfig:
     def as_dict(self) -> dict[str, Any]:
         out = asdict(self)
         out["capabilities"] = {
-            k: list(v) if isinstance(v, tuple) else v for k, v in self.capabilities
+            # store subtrees read back with their leading slash, as status shows them
+            k: (["/" + p for p in v] if k in ("store_read", "store_write") else list(v))
+            if isinstance(v, tuple)
+            else v
+            for k, v in self.capabilities
         }
         return out
 

@@ -914,10 +914,14 @@ class Kernel:
 
     def check_config_change(self, name: str, update: dict[str, Any], uid: int) -> None:
         """Only the agent's owner (or root) changes what the agent may do: a ``group`` or
-        ``capabilities`` key from anyone else is refused (EPERM), even where the directory's
-        mode lets them write the rest of the config."""
+        ``capabilities`` change from anyone else is refused (EPERM), even where the
+        directory's mode lets them write the rest of the config. Keys written back unchanged
+        (a whole config read, edited and written again) are no change."""
         agent = self.agent(name)
-        if uid not in (0, agent.uid) and any(k in update for k in PRIVILEGED_KEYS):
+        if uid in (0, agent.uid) or not any(k in update for k in PRIVILEGED_KEYS):
+            return
+        old, new = agent.config, apply_config_update(agent.config, update)
+        if (old.group, old.capabilities) != (new.group, new.capabilities):
             raise NotPermitted(
                 f"only the owner of agent {name!r} (uid {agent.uid}) or root may change its "
                 "group or capabilities"

@@ -189,8 +189,13 @@ async def test_only_the_owner_or_root_changes_capabilities(kernel: Kernel) -> No
         kernel.update_config("a", b"capabilities.store_write=/", uid=1001)
     assert e.value.errno == errno.EPERM
     with pytest.raises(NotPermitted):
-        kernel.update_config("a", b'{"group": null}', uid=1001)
+        kernel.update_config("a", b'{"capabilities": {"agents": ["*"]}}', uid=1001)
+    kernel.update_config("a", b'{"group": null}', uid=1001)  # no change: nothing to refuse
     kernel.update_config("a", b"max_tokens=7", uid=1001)  # the rest is the file mode's matter
+    kernel.update_config("a", b"capabilities.store_write=/notes", uid=1000)
+    whole = json.dumps({**kernel.agent("a").config.as_dict(), "max_tokens": 9}).encode()
+    kernel.update_config("a", whole, uid=1001)  # read, edited, written back: no change of caps
+    assert kernel.agent("a").config.max_tokens == 9
     kernel.update_config("a", b"capabilities.store_write=/notes", uid=1000)
     kernel.update_config("a", b"capabilities.store_write=", uid=0)
     assert kernel.agent("a").config.capability_overrides() == {}
