@@ -103,6 +103,12 @@ from kernel.workers import Workers
 
 log = logging.getLogger(__name__)
 
+PUBLIC_STATUS = frozenset(
+    {"name", "state", "uid", "queued", "running", "done", "failed", "cancelled", "syscalls",
+     "tokens_in", "tokens_out"}
+)  # fmt: skip
+"""The parts of an agent's status that sys/status shows every user."""
+
 DEFAULT_TOOL_ROUNDS = 4  # rounds of tool calls an llm call gets unless it says otherwise
 
 CoreFactory = Callable[[str, KernelConfig], LLMCore]
@@ -1021,5 +1027,10 @@ class Kernel:
             "context": self.context_info(),
             "mem": self.memory.info() if self._env else None,
             "store": self.storage.info() if self._env else None,
-            "agents": {name: self.agent_status(name) for name in self.agents},
+            # what ``ps`` would show of another user's processes: counts, never the agent's
+            # errors, settings or capabilities (those are in agents/NAME/status, behind its mode)
+            "agents": {
+                name: {k: v for k, v in agent.status().items() if k in PUBLIC_STATUS}
+                for name, agent in self.agents.items()
+            },
         }
