@@ -134,12 +134,21 @@ async def test_cancel_agent_and_close_answer_no() -> None:
 
 @pytest.fixture
 async def guarded(tiny_core: LLMCore) -> AsyncIterator[Kernel]:
-    """A kernel with two protected subtrees of the store."""
+    """A kernel with two protected subtrees of the store, open to every user's writes (so that
+    only the approvals stand in the way)."""
     k = make_kernel(tiny_core, store_protected=["contracts", "/finance/2026/"])
     await k.start()
     await k.wait_loaded()
+    for d in ("contracts", "finance", "finance/2025", "finance/2026"):
+        k.storage.mkdir(d, 0o777)
     yield k
     await k.shutdown()
+
+
+def writer(k: Kernel, name: str, uid: int) -> None:
+    """An agent that may write anywhere in the store (its capabilities say so)."""
+    k.create_agent(name, uid=uid, gid=uid)
+    k.update_config(name, b'{"capabilities": {"store_write": ["/"]}}')
 
 
 def syscall(call: str, **fields: Any) -> bytes:
@@ -149,7 +158,7 @@ def syscall(call: str, **fields: Any) -> bytes:
 async def test_a_write_in_a_protected_subtree_waits_for_the_owner(guarded: Kernel) -> None:
     k = guarded
     assert k.config.store_protected == ("contracts", "finance/2026")
-    k.create_agent("clerk", uid=ALICE, gid=ALICE)
+    writer(k, "clerk", ALICE)
     # outside the protected subtrees nothing waits
     free = k.submit("clerk", syscall("store_write", path="finance/2025/q1", content="ok"))
     await free.wait_finished()
@@ -176,15 +185,16 @@ async def test_a_write_in_a_protected_subtree_waits_for_the_owner(guarded: Kerne
     assert k.agent_status("clerk")["awaiting_approval"] == []
 
     # a no: EACCES, the capability named, nothing written
-    result = k.submit("clerk", syscall("store_write", path="contracts/lease.txt", content="v2"))
+    result = k.submit("clerk", syscall("store_write", path="contracts/other.txt", content="v2"))
     k.approvals.decide((await first_waiting(k.approvals)).id, False, ALICE)
     await result.wait_finished()
     assert result.state is ResultState.FAILED and result.errno == errno.EACCES
     assert "approval" in (result.error or "") and "refused" in (result.error or "")
-    assert k.storage.read("contracts/lease.txt") == b"v1"
+    assert k.storage.entry("contracts/other.txt") is None
 
     # a rollback is a change too
-    result = k.submit("clerk", syscall("store_rollback", path="contracts/lease.txt", version=1))
+    writer(k, "boss", 0)
+    result = k.submit("boss", syscall("store_rollback", path="contracts/lease.txt", version=1))
     rollback = await first_waiting(k.approvals)
     assert rollback.kind == "store_rollback"
     k.approvals.decide(rollback.id, False, 0)
@@ -194,7 +204,7 @@ async def test_a_write_in_a_protected_subtree_waits_for_the_owner(guarded: Kerne
 
 async def test_a_cancelled_call_or_removed_agent_takes_its_request_away(guarded: Kernel) -> None:
     k = guarded
-    k.create_agent("clerk", uid=ALICE, gid=ALICE)
+    writer(k, "clerk", ALICE)
     result = k.submit("clerk", syscall("store_write", path="contracts/x", content="x"))
     await first_waiting(k.approvals)
     k.cancel("clerk", reason="cancelled by ctl")
