@@ -77,6 +77,13 @@ class ApprovalFile(Node):
     def size(self) -> int:
         return len(self.render())
 
+    def attributes(self) -> pyfuse3.EntryAttributes:
+        # the name is looked up afresh on every path walk: once decided, N is gone at once,
+        # not after the OS kernel's cached entry times out
+        a = super().attributes()
+        a.entry_timeout = 0
+        return a
+
     async def open(self, flags: int, ctx: pyfuse3.RequestContext) -> Handle:
         check_access(self, flags)
         n, uid, approvals = self.approval.id, ctx.uid, self.kernel.approvals

@@ -92,6 +92,19 @@ def wait_for_request(m: Mount, before: list[int]) -> int:
     return n
 
 
+def after_the_call(m: Mount, owner: User, agent: str) -> dict:
+    """Once the agent's tool call has ended (run or refused), cancel the rest of its llm call
+    (the random model's answer, which only costs time) and return the result's metadata."""
+
+    def called() -> bool:
+        return json.loads(owner.ok(f"cat {m.p('agents', agent, 'status')}"))["tool_calls"] >= 1
+
+    eventually(called, 60, "the tool call to end")
+    owner.ok(f"echo cancel > {m.p('agents', agent, 'ctl')}")
+    owner.ok(f"cat {m.p('agents', agent, 'out')}")
+    return last_meta(m, agent)
+
+
 def last_meta(m: Mount, agent: str) -> dict:
     results = [n for n in os.listdir(m.p("agents", agent, "results")) if n.endswith(".json")]
     newest = max(results, key=lambda n: int(n[:-5]))
@@ -140,9 +153,7 @@ def test_a_destructive_tool_waits_for_its_owners_yes(
     assert n in waiting_ids(m) and os.listdir(effects) == []  # nothing decided, nothing ran
 
     alice.ok(f"echo yes > {path}")
-    out = alice.ok(f"cat {m.p('agents/ops/out')}")
-    assert out.startswith("[tool wipe ")
-    meta = last_meta(m, "ops")
+    meta = after_the_call(m, alice, "ops")
     assert meta["tool_calls"][0]["outcome"] == "ok", meta
     assert [f.startswith(f"wiped-by-{alice.uid}-") for f in os.listdir(effects)] == [True]
     assert n not in waiting_ids(m)  # decided: gone
@@ -162,8 +173,7 @@ def test_a_no_means_the_tool_never_runs(
     alice.ok(f"echo '{CALL}' > {m.p('agents/ops2/syscall')}")
     n = wait_for_request(m, before)
     alice.ok(f"echo NO > {m.p('sys/approvals', str(n))}")
-    alice.ok(f"cat {m.p('agents/ops2/out')}")
-    call = last_meta(m, "ops2")["tool_calls"][0]
+    call = after_the_call(m, alice, "ops2")["tool_calls"][0]
     assert call["outcome"] == "denied" and not call["ok"] and "refused" in call["error"]
     assert len(os.listdir(effects)) == ran_before
     assert answer(alice, m.p("sys/approvals", str(n)), "yes\n") == errno.ENOENT  # decided
@@ -221,7 +231,7 @@ def test_poll_on_waiting_wakes_when_something_new_waits(
     finally:
         os.close(fd)
     alice.ok(f"echo no > {m.p('sys/approvals', str(n))}")
-    alice.ok(f"cat {m.p('agents/ops3/out')}")
+    after_the_call(m, alice, "ops3")
 
 
 def test_no_answer_in_time_is_no(tmp_path_factory: pytest.TempPathFactory) -> None:
@@ -232,6 +242,8 @@ def test_no_answer_in_time_is_no(tmp_path_factory: pytest.TempPathFactory) -> No
         os.mkdir(m.p("agents/ops"))
         m.write("agents/ops/config", '{"capabilities": {"tools": ["wipe"]}}')
         m.write("agents/ops/syscall", CALL)
+        eventually(lambda: m.json("agents/ops/status")["tool_calls"] >= 1, 60, "the call to end")
+        m.write("agents/ops/ctl", "cancel\n")
         m.read("agents/ops/out")
         call = last_meta(m, "ops")["tool_calls"][0]
         assert call["outcome"] == "denied" and "within 0.5 s" in call["error"]
