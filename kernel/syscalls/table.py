@@ -44,13 +44,21 @@ if TYPE_CHECKING:  # types only: the table needs no manager to parse a call
     from kernel.workers import Workers
 
 
+Approver = Callable[["Actor", str, str, dict[str, Any]], Awaitable[None]]
+"""``approve(actor, call, path, args)``: before ``call`` changes ``store/PATH`` for ``actor``,
+wait for a person where the path is in a protected subtree (the kernel's ``approve``); raises
+``AccessDenied`` (capability ``"approval"``) on a no, returns at once elsewhere."""
+
+
 @dataclass(frozen=True)
 class CallEnv:
-    """What a handler works with: the managers, and the worker threads their calls run on."""
+    """What a handler works with: the managers, the worker threads their calls run on, and the
+    kernel's gate for changes that wait for a person."""
 
     memory: MemoryManager
     storage: StorageManager
     workers: Workers
+    approve: Approver
 
 
 Handler = Callable[[CallEnv, "Actor", dict[str, Any]], Awaitable[str]]
@@ -150,6 +158,7 @@ async def _store_read(env: CallEnv, actor: Actor, a: dict[str, Any]) -> str:
 
 
 async def _store_write(env: CallEnv, actor: Actor, a: dict[str, Any]) -> str:
+    await env.approve(actor, "store_write", a["path"], a)  # a protected subtree waits for a person
     # create the file if need be, and its directories: an agent has no mkdir call
     entry = await env.workers.store(env.storage.write, a["path"], a["content"].encode(), True, True)
     return f"ok: {a['path']} version {entry.version}, {entry.size} bytes\n"
@@ -180,6 +189,7 @@ async def _store_versions(env: CallEnv, actor: Actor, a: dict[str, Any]) -> str:
 
 
 async def _store_rollback(env: CallEnv, actor: Actor, a: dict[str, Any]) -> str:
+    await env.approve(actor, "store_rollback", a["path"], a)
     entry = await env.workers.store(env.storage.rollback, a["path"], a["version"])
     return f"ok: {a['path']} restored from version {a['version']} as version {entry.version}\n"
 
