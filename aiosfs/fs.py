@@ -23,6 +23,7 @@ from typing import Any, ParamSpec, TypeVar
 import pyfuse3
 
 from aiosfs.trees.agents import AgentsDir
+from aiosfs.trees.approvals import ApprovalsDir
 from aiosfs.trees.mem import MemRoot
 from aiosfs.trees.store import StoreDir
 from aiosfs.trees.sys import build_sys
@@ -112,7 +113,9 @@ class AiosFS(pyfuse3.Operations):
         assert root.inode == pyfuse3.ROOT_INODE
         root.add(FixedFile("README", root, lambda: README, time.time()))
         root.add(AgentsDir("agents", root, kernel))
-        root.add(build_sys(root, kernel, self.stats, mountpoint))
+        sys_dir = build_sys(root, kernel, self.stats, mountpoint)
+        sys_dir.add(ApprovalsDir("approvals", sys_dir, kernel))  # what waits for a person
+        root.add(sys_dir)
         root.add(MemRoot("mem", root, kernel))
         root.add(StoreDir.root("store", root, kernel))
         root.add(ToolsDir("tools", root, kernel))

@@ -114,6 +114,40 @@ def process_cred(uid: int, gid: int, pid: int) -> Cred:
     return user_cred(uid, gid)
 
 
+# ---- an agent's files -------------------------------------------------------------------------
+
+DIR_TYPE, FILE_TYPE = 0o040000, 0o100000
+
+
+def agent_file_mode(natural: int, dir_mode: int) -> int:
+    """The permission bits of one of an agent's files (``syscall``, ``out``, ``results/N`` …).
+
+    ``natural`` is what the file allows its owner (``R_OK | W_OK`` for ``syscall``, ``R_OK`` for
+    ``out``; ``X_OK`` too for ``results/``); ``dir_mode`` the permission bits of the agent's
+    directory, the one control its owner has (``chmod``/``chgrp`` on ``agents/NAME``). The owner
+    keeps the natural bits; the group's and others' are the natural bits cut to the directory's
+    bits of that class, and nothing at all without the directory's search bit: so ``chmod 750``
+    lends the group what reads, ``770`` everything, ``700`` nothing, as a person expects from a
+    directory. One rule for what ``ls -l`` shows and what the kernel's own checks allow."""
+    mode = (natural & 7) << 6
+    for shift in (3, 0):
+        bits = (dir_mode >> shift) & 7
+        if bits & X_OK:
+            mode |= (natural & bits) << shift
+    return mode
+
+
+def agent_permits(
+    cred: Cred, uid: int, gid: int, dir_mode: int, want: int, natural: int = R_OK | W_OK
+) -> bool:
+    """May ``cred`` do ``want`` to the file of ``natural`` owner bits of an agent owned by
+    ``uid``:``gid`` whose directory has ``dir_mode``? Exactly what the OS kernel would decide
+    from the modes the mount shows: search on the directory, then the file's derived bits."""
+    if not cred.permits(DIR_TYPE | dir_mode, uid, gid, X_OK):
+        return False
+    return cred.permits(FILE_TYPE | agent_file_mode(natural, dir_mode), uid, gid, want)
+
+
 # ---- capabilities -----------------------------------------------------------------------------
 
 ANY = "*"
@@ -239,7 +273,12 @@ def parse_groups(raw: Any) -> dict[str, Capabilities]:
         raise InvalidArgument("[groups] holds only [groups.NAME] tables")
     groups: dict[str, Capabilities] = {}
     for name, table in raw.items():
-        caps = check_capabilities(table, f"[groups.{name}]")
+        where = f"[groups.{name}]"
+        try:
+            caps = check_capabilities(table, where)
+        except InvalidArgument as e:
+            message = e.message if e.message.startswith(where) else f"{where}: {e.message}"
+            raise InvalidArgument(message) from None
         groups[name] = capabilities_from(DEFAULT_CAPABILITIES, caps)
     return groups
 

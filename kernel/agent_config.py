@@ -12,7 +12,7 @@ from collections.abc import Callable
 from dataclasses import asdict, dataclass, fields, replace
 from typing import Any
 
-from kernel.access import check_capabilities, check_capability
+from kernel.access import check_capabilities
 from kernel.errors import InvalidArgument
 from kernel.syscalls import SyscallLimits, decode_text, sampling_fields
 
@@ -45,7 +45,11 @@ class AgentConfig:
     def as_dict(self) -> dict[str, Any]:
         out = asdict(self)
         out["capabilities"] = {
-            k: list(v) if isinstance(v, tuple) else v for k, v in self.capabilities
+            # store subtrees read back with their leading slash, as status shows them
+            k: (["/" + p for p in v] if k in ("store_read", "store_write") else list(v))
+            if isinstance(v, tuple)
+            else v
+            for k, v in self.capabilities
         }
         return out
 
@@ -134,7 +138,7 @@ def parse_config_update(data: bytes, limits: SyscallLimits | None = None) -> dic
                 caps = raw.setdefault("capabilities", {})
                 if not isinstance(caps, dict):
                     raise InvalidArgument(f"config line {n}: capabilities set twice")
-                caps[sub] = None if value == "" else check_capability(sub, value)
+                caps[sub] = None if value == "" else value  # checked with the rest below
                 continue
             raw[key] = None if value == "" else _coerce(key, value)
     checkers = _checkers(limits)

@@ -54,6 +54,10 @@ class KernelConfig:
     mcp_servers: Mapping[str, McpServerConfig] = field(default_factory=dict)
     # named privilege groups, from the config file's [groups.NAME] tables (kernel/access.py)
     groups: Mapping[str, Capabilities] = field(default_factory=dict)
+    # a person in the loop (kernel/approvals.py): seconds a request waits before the answer is
+    # no, and the store/ subtrees whose kernel-path writes wait for a person
+    approval_timeout_s: float = 300.0
+    store_protected: tuple[str, ...] = ()
 
     @classmethod
     def from_toml(cls, path: Path, **overrides: Any) -> KernelConfig:
@@ -90,6 +94,8 @@ class KernelConfig:
                 if isinstance(value, str) or not all(isinstance(v, str | Path) for v in value):
                     raise InvalidArgument("tool_dirs must be a list of folders")
                 value = tuple(Path(v).expanduser() for v in value)
+            elif key == "store_protected":
+                value = protected_paths(value)
             changes[key] = value
         cfg = replace(self, **changes)
         positive = (
@@ -110,6 +116,9 @@ class KernelConfig:
             )
         if not isinstance(cfg.tools_global_lock, bool):
             raise InvalidArgument("tools_global_lock must be true or false")
+        timeout = cfg.approval_timeout_s
+        if isinstance(timeout, bool) or not isinstance(timeout, int | float) or not timeout > 0:
+            raise InvalidArgument("approval_timeout_s must be a positive number of seconds")
         if cfg.store_embedder not in ("minilm", "hashing"):
             raise InvalidArgument("store_embedder must be minilm or hashing")
         for key in ("mem_agent_mb", "mem_total_mb", "mem_k", "store_versions", "store_max_file_mb"):
@@ -119,3 +128,20 @@ class KernelConfig:
             if not isinstance(getattr(cfg, key), int) or getattr(cfg, key) < 0:
                 raise InvalidArgument(f"{key} must be a non-negative integer")
         return cfg
+
+
+def protected_paths(value: Any) -> tuple[str, ...]:
+    """``store_protected`` as the kernel keeps it: store/ subtrees without leading, trailing or
+    doubled slashes (``""``, from ``"/"``, is the whole store). ``.`` and ``..`` are refused: a
+    protected subtree names a place, and a route through ``..`` could name two."""
+    if isinstance(value, str) or not isinstance(value, list | tuple):
+        raise InvalidArgument('store_protected must be a list of store/ paths, e.g. ["contracts"]')
+    kept: list[str] = []
+    for path in value:
+        if not isinstance(path, str):
+            raise InvalidArgument(f"store_protected: {path!r} is not a path")
+        parts = [p for p in path.split("/") if p]
+        if any(p in (".", "..") for p in parts):
+            raise InvalidArgument(f"store_protected: {path!r} may not contain '.' or '..'")
+        kept.append("/".join(parts))
+    return tuple(dict.fromkeys(kept))

@@ -34,12 +34,15 @@ import trio
 from kernel import __version__
 from kernel.access import (
     DEFAULT_CAPABILITIES,
+    R_OK,
     UNRESTRICTED,
     W_OK,
     Actor,
     Capabilities,
     Cred,
+    agent_permits,
     capabilities_from,
+    under,
     user_cred,
 )
 from kernel.agent import Agent
@@ -49,6 +52,8 @@ from kernel.agent_config import (
     apply_config_update,
     parse_config_update,
 )
+from kernel.approvals import PREAPPROVED, PROTECTED_CALLS, Approval, Approvals
+from kernel.approvals import Event as ApprovalEvent
 from kernel.config import KernelConfig
 from kernel.conversation import parse_jsonl
 from kernel.errors import (
@@ -101,6 +106,12 @@ from kernel.workers import Workers
 
 log = logging.getLogger(__name__)
 
+PUBLIC_STATUS = frozenset(
+    {"name", "state", "uid", "queued", "running", "done", "failed", "cancelled", "syscalls",
+     "tokens_in", "tokens_out"}
+)  # fmt: skip
+"""The parts of an agent's status that sys/status shows every user."""
+
 DEFAULT_TOOL_ROUNDS = 4  # rounds of tool calls an llm call gets unless it says otherwise
 
 CoreFactory = Callable[[str, KernelConfig], LLMCore]
@@ -132,6 +143,12 @@ class Round:
         if self.finish is None:
             self.finish, self.error = finish, error
             self.done.set()
+
+
+def store_key(path: str) -> str:
+    """A store path as the protected subtrees are compared with it: no empty components (the
+    syscall's path check has already refused ``.`` and ``..``)."""
+    return "/".join(p for p in path.split("/") if p)
 
 
 def engine_config(config: KernelConfig, model: str) -> EngineConfig:
@@ -179,6 +196,8 @@ class Kernel:
         self.counts = {"submitted": 0, "done": 0, "failed": 0, "cancelled": 0, "invalid": 0}
         self.tokens_in = 0
         self.tokens_out = 0
+        # requests waiting for a person (destructive tools, protected store subtrees)
+        self.approvals = Approvals(config.approval_timeout_s, self._record_approval)
 
     # ---- life cycle -------------------------------------------------------------------------
 
@@ -216,7 +235,7 @@ class Kernel:
             )
         )
         self._teardown.push_async_callback(self.workers.store, storage.close)
-        self._env = CallEnv(memory, storage, self.workers)
+        self._env = CallEnv(memory, storage, self.workers, approve=self.approve)
         self._tools = self._build_tools()
         self._teardown.push_async_callback(self._tools.aclose)
         builtin = self._tools.sources[0]
@@ -301,6 +320,7 @@ class Kernel:
         if self.stopping:
             return
         self.stopping = True
+        self.approvals.close()  # every call waiting for a person ends with a no
         for agent in self.agents.values():
             for result in agent.unfinished():
                 self._finish(agent, result, ResultState.FAILED, "kernel shutting down", errno.EIO)
@@ -336,16 +356,55 @@ class Kernel:
         return Actor("", user_cred(uid, gid), UNRESTRICTED)
 
     @staticmethod
-    def agent_permits(agent: Agent, cred: Cred, want: int, natural: int = 0o6) -> bool:
+    def agent_permits(agent: Agent, cred: Cred, want: int, natural: int = R_OK | W_OK) -> bool:
         """May ``cred`` do ``want`` to one of the agent's files whose owner bits are
-        ``natural`` (``syscall`` is read-write)? The directory's mode caps the group's and
-        others' bits and they need its search bit, as ``chmod`` on a directory would make a
-        person expect; the owner and root always may."""
-        if cred.root or cred.uid == agent.uid:
-            return True
-        shift = 3 if cred.in_group(agent.gid) else 0
-        bits = (agent.mode >> shift) & 7
-        return bool(bits & 1) and (bits & natural & want) == want
+        ``natural`` (``syscall`` is read-write)? ``access.agent_file_mode``'s rule: the
+        directory's mode caps the group's and others' bits and they need its search bit, so the
+        answer is the one the OS kernel gives for the modes ``ls -l`` shows."""
+        return agent_permits(cred, agent.uid, agent.gid, agent.mode, want, natural)
+
+    def change_agent_access(
+        self,
+        name: str,
+        cred: Cred,
+        mode: int | None = None,
+        uid: int | None = None,
+        gid: int | None = None,
+    ) -> Agent:
+        """``chmod``, ``chown`` and ``chgrp`` of ``agents/NAME`` by ``cred``, by chown(2)'s
+        rules: the mode by the owner or root; the group by root, or by the owner to a group
+        they are in; the owner by root only (the agent then acts for the new uid; its memory
+        keeps its owner). Only the 0777 bits of a mode mean anything here (see
+        ``access.agent_file_mode``); setuid, setgid and sticky are dropped. Everything is
+        checked before anything changes (NotPermitted, EPERM)."""
+        agent = self.agent(name)
+        owner = cred.root or cred.uid == agent.uid
+        if uid is not None and uid != agent.uid and not cred.root:
+            raise NotPermitted(f"only root may give agent {name!r} to another user")
+        if (
+            gid is not None
+            and gid != agent.gid
+            and not (cred.root or (owner and cred.in_group(gid)))
+        ):
+            raise NotPermitted(
+                f"only the owner of agent {name!r} (uid {agent.uid}) may change its group, "
+                f"and only to a group they belong to (not gid {gid})"
+            )
+        if mode is not None and not owner:
+            raise NotPermitted(
+                f"only the owner of agent {name!r} (uid {agent.uid}) or root may change its mode"
+            )
+        if mode is not None:
+            agent.mode = mode & 0o777
+        if uid is not None:
+            agent.uid = uid
+        if gid is not None:
+            agent.gid = gid
+        log.info(
+            "agent %s: mode %04o, owner %d:%d (changed by uid %d)",
+            name, agent.mode, agent.uid, agent.gid, cred.uid,
+        )  # fmt: skip
+        return agent
 
     def spend_check(self, agent: Agent) -> None:
         """Refuse a model call for an agent whose ``max_tokens_per_hour`` is spent."""
@@ -363,6 +422,67 @@ class Kernel:
         if budget is None:
             return max_tokens
         return max(1, min(max_tokens, budget - agent.tokens_window.used()))
+
+    # ---- approvals: a person in the loop (kernel/approvals.py) -------------------------------
+
+    def protected(self, path: str) -> bool:
+        """Is the store path ``path`` in a subtree of ``store_protected``?"""
+        return under(store_key(path), self.config.store_protected)
+
+    async def approve(self, actor: Actor, call: str, path: str, args: dict[str, Any]) -> None:
+        """Before ``call`` changes ``store/PATH`` for ``actor``: in a protected subtree, wait
+        for the agent's owner (or root) to say yes; raise ``AccessDenied`` (capability
+        ``approval``) on a no, a timeout, a cancel or a stop. A person acting directly (no
+        agent) is not asked: they are the person. Nor is a call the tool loop already asked
+        about (``PREAPPROVED``)."""
+        if not actor.agent or not self.protected(path):
+            return
+        key = store_key(path)
+        if (call, key) in PREAPPROVED.get():
+            return
+        agent = self.agent(actor.agent)
+        decided = await self.approvals.request(
+            agent.name, agent.uid, call, key, args, owner_gid=agent.gid
+        )
+        if not decided.approved:
+            raise AccessDenied(
+                f"{call} of store/{key} is in a protected subtree and needs a person's "
+                f"approval: {decided.reason(self.approvals.timeout_s)}",
+                "approval",
+            )
+
+    def _record_approval(self, approval: Approval, event: ApprovalEvent, uid: int) -> None:
+        """Every request asked and every end goes to the audit log."""
+        args = {"id": approval.id, "kind": approval.kind, "what": approval.what,
+                "arguments": approval.args}  # fmt: skip
+        self.audit_event(
+            uid,
+            approval.agent,
+            "approval",
+            args,
+            event,
+            errno=0 if event in ("asked", "approved") else errno.EACCES,
+            duration_s=0.0 if event == "asked" else max(0.0, time.time() - approval.since),
+            detail=f"approval {approval.id}: {approval.kind} {approval.what}",
+        )
+
+    def audit_event(
+        self,
+        uid: int,
+        agent: str,
+        call: str,
+        args: dict[str, Any],
+        outcome: str,
+        errno: int = 0,
+        duration_s: float = 0.0,
+        detail: str = "",
+    ) -> None:
+        """PLACEHOLDER until the audit log (issue 11, "The audit trail") is merged: it only logs.
+        The audit log's own ``audit_event`` of this signature replaces it."""
+        log.info(
+            "audit: uid %d agent %s %s %s errno %d %.3fs %s",
+            uid, agent, call, outcome, errno, duration_s, detail,
+        )  # fmt: skip
 
     def create_agent(self, name: str, uid: int = 0, gid: int = 0) -> Agent:
         self._check_running()
@@ -493,13 +613,13 @@ class Kernel:
         call = result.syscall
         assert isinstance(call, LLMCall)
         actor = self.actor(agent)
+        specs = [await self.tools.spec(name) for name in call.tools]  # ENOENT for no such tool
         for name in call.tools:
             if not actor.caps.may_call(name, self.safe_tools):
                 raise actor.deny("tools", f"tool {name!r}")
         context = ""
         if call.memory or call.retrieve is not None:
             context, result.sources = await gather_context(self._env, actor, call)
-        specs = [await self.tools.spec(name) for name in call.tools]
         caller = Caller(agent.name, agent.uid, agent.gid)
         rounds = call.max_tool_rounds or DEFAULT_TOOL_ROUNDS
         system = render_tools(
@@ -612,7 +732,7 @@ class Kernel:
         done: list[ToolResult | None] = [None] * len(calls)
 
         async def one(i: int, name: str, args: dict[str, Any]) -> None:
-            out = await self.tools.call(name, args, caller)
+            out = await self._gated_call(agent, caller, name, args)
             done[i] = out
             result.tool_calls.append(call_record(name, args, out, round_no))
             agent.tool_calls += 1
@@ -624,6 +744,35 @@ class Kernel:
             for i, (name, args) in enumerate(calls):
                 nursery.start_soon(one, i, name, args)
         return [d for d in done if d is not None]
+
+    async def _gated_call(
+        self, agent: Agent, caller: Caller, name: str, args: dict[str, Any]
+    ) -> ToolResult:
+        """One tool call of the tool loop, after a person's yes where one is needed: a tool
+        marked destructive, or a store change in a protected subtree (asked here, before the
+        tool runs, so that waiting for the person does not count against the tool's timeout).
+        On a no the tool never runs and the model reads a ``denied`` result saying why. Each
+        call asks on its own, parallel calls of one step included."""
+        try:
+            spec = await self.tools.check(name, args)
+        except KernelError as e:  # no such tool, arguments that do not fit: nothing to ask
+            return ToolResult(name, False, "invalid", error=e.message)
+        asks: list[tuple[str, str]] = []
+        if spec.destructive:
+            asks.append(("tool", name))
+        path = args.get("path")
+        store_call = name in PROTECTED_CALLS and spec.source == "builtin"
+        if store_call and isinstance(path, str) and self.protected(path):
+            asks.append((name, store_key(path)))
+        for kind, what in asks:
+            decided = await self.approvals.request(
+                agent.name, agent.uid, kind, what, args, owner_gid=agent.gid
+            )
+            if not decided.approved:
+                reason = decided.reason(self.approvals.timeout_s)
+                return ToolResult(name, False, "denied", error=f"not run: {reason}")
+        PREAPPROVED.set(frozenset((k, w) for k, w in asks if k != "tool"))  # this task only
+        return await self.tools.call(name, args, caller)
 
     def _answer(self, agent: Agent, result: Result, call: LLMCall, answer: str) -> None:
         """The final step: the answer ends the transcript, and a chat turn keeps it."""
@@ -775,6 +924,7 @@ class Kernel:
     def cancel(self, name: str, reason: str = "cancelled") -> int:
         """Cancel every queued and running syscall of an agent; returns how many."""
         agent = self.agent(name)
+        self.approvals.cancel_agent(name)  # its calls waiting for a person end with a no
         victims = agent.unfinished()
         by_engine: dict[Engine, list[int]] = {}
         for rid, entry in list(self._inflight.items()):
@@ -873,10 +1023,14 @@ class Kernel:
 
     def check_config_change(self, name: str, update: dict[str, Any], uid: int) -> None:
         """Only the agent's owner (or root) changes what the agent may do: a ``group`` or
-        ``capabilities`` key from anyone else is refused (EPERM), even where the directory's
-        mode lets them write the rest of the config."""
+        ``capabilities`` change from anyone else is refused (EPERM), even where the
+        directory's mode lets them write the rest of the config. Keys written back unchanged
+        (a whole config read, edited and written again) are no change."""
         agent = self.agent(name)
-        if uid not in (0, agent.uid) and any(k in update for k in PRIVILEGED_KEYS):
+        if uid in (0, agent.uid) or not any(k in update for k in PRIVILEGED_KEYS):
+            return
+        old, new = agent.config, apply_config_update(agent.config, update)
+        if (old.group, old.capabilities) != (new.group, new.capabilities):
             raise NotPermitted(
                 f"only the owner of agent {name!r} (uid {agent.uid}) or root may change its "
                 "group or capabilities"
@@ -929,6 +1083,10 @@ class Kernel:
         status["capabilities"] = caps.as_dict(self.safe_tools)
         status["group"] = agent.config.group
         status["tokens_last_hour"] = agent.tokens_window.used()
+        waiting = self.approvals.of_agent(name)
+        status["awaiting_approval"] = waiting
+        if waiting:
+            status["state"] = "awaiting_approval"
         model = agent.config.model or self.default_model
         engine = self.engines.get(model)
         if engine is not None:
@@ -976,5 +1134,10 @@ class Kernel:
             "context": self.context_info(),
             "mem": self.memory.info() if self._env else None,
             "store": self.storage.info() if self._env else None,
-            "agents": {name: self.agent_status(name) for name in self.agents},
+            # what ``ps`` would show of another user's processes: counts, never the agent's
+            # errors, settings or capabilities (those are in agents/NAME/status, behind its mode)
+            "agents": {
+                name: {k: v for k, v in agent.status().items() if k in PUBLIC_STATUS}
+                for name, agent in self.agents.items()
+            },
         }

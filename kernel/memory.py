@@ -50,10 +50,21 @@ mknod, a save's rename) the backing directory is fsynced, and after chmod, chown
 entry (or, for what cannot be opened safely, its directory), so that whatever a call has
 answered survives a power loss, not only a crash of the daemon.
 
-Entries made without an explicit owner (the ``mem_write`` syscall) take their directory's owner;
-the kernel gives a new agent's directory to the agent's owner when it creates the agent
-(``ensure_agent`` with an owner, ``claim_agent`` for one the daemon made earlier: the manager
-itself knows no agents).
+Entries made without an explicit owner take their directory's owner; the kernel gives a new
+agent's directory, mode 0700, to the agent's owner when it creates the agent (``ensure_agent``
+with an owner, ``claim_agent`` for one the daemon made earlier: the manager itself knows no
+agents), so an agent's memory is closed to other users until its owner opens it with ``chmod``.
+
+**Kernel calls check permissions.** The filesystem's own calls are checked before they arrive
+(the OS kernel's ``default_permissions``), but the kernel's calls for an agent (``read_all``,
+``write_file``, ``list_entries``, ``delete``: the ``mem_*`` syscalls and tools, an ``llm``
+call's ``memory``) run as the daemon, which may be root. Given a ``Cred`` (the agent's owner's),
+these check the backing entries' modes as the OS kernel would for that user: search on every
+directory of the walk (checked on the descriptor the walk opened, so the check and the use see
+the same directory), read on a file to read it, read and search on a directory to list it,
+write on a file to change it, write on its directory to create or delete in it (and the sticky
+bit's rule there). A refusal is ``AccessDenied`` (EACCES) naming the path. ``None`` checks
+nothing: the filesystem's path, already checked.
 
 Threads: one documented way in. Every public method takes the manager's lock (a re-entrant
 ``threading.RLock``, so public methods may call each other), which makes the manager safe to call
@@ -85,7 +96,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Concatenate, ParamSpec, TypeVar
 
+from kernel.access import R_OK, W_OK, X_OK, Cred
 from kernel.errors import (
+    AccessDenied,
     AlreadyExists,
     IsADirectory,
     KernelError,
@@ -348,10 +361,11 @@ class MemoryManager:
 
     @_serialized
     def ensure_agent(
-        self, agent: str, mode: int = 0o755, owner: tuple[int, int] | None = None
+        self, agent: str, mode: int = 0o700, owner: tuple[int, int] | None = None
     ) -> None:
         """Make ``AGENT/`` unless it exists (an existing one keeps its metadata), owned by
-        ``owner`` or else by the daemon (see ``claim_agent``)."""
+        ``owner`` or else by the daemon (see ``claim_agent``). 0700 unless told otherwise (a
+        ``mkdir mem/NAME`` gives its own mode): an agent's memory is its owner's to share."""
         validate_agent_name(agent)
         with self._at(agent, "") as at:
             try:
@@ -372,9 +386,11 @@ class MemoryManager:
     def claim_agent(self, agent: str, owner: tuple[int, int]) -> None:
         """Give ``AGENT/`` to the agent's owner if it is still the daemon's: memory made before
         the agent existed (by the daemon, e.g. a ``mem_*`` call or an earlier run) goes to
-        whoever creates the agent; memory a user made stays theirs. Called by the kernel when
-        it creates an agent. One stat and at most one chown, no fsync: cheap enough for the trio
-        thread, as ``stat`` is. A daemon that is not root cannot give it away and leaves it."""
+        whoever creates the agent, closed to others (0700, as a new one is: what the daemon
+        made was never the owner's choice); memory a user made stays theirs, with its mode.
+        Called by the kernel when it creates an agent. One stat and at most one chown, no
+        fsync: cheap enough for the trio thread, as ``stat`` is. A daemon that is not root
+        cannot give it away and leaves it."""
         try:
             with self._at(agent, "") as at:
                 st = at.stat()
@@ -382,7 +398,7 @@ class MemoryManager:
                     return
                 if (st.st_uid, st.st_gid) == (os.geteuid(), os.getegid()) != owner:
                     os.chown(at.name, *owner, dir_fd=at.dir, follow_symlinks=False)
-                    chmod_at(at, stat.S_IMODE(st.st_mode))
+                    chmod_at(at, 0o700)
         except PermissionError:
             if os.geteuid() == 0:
                 raise
@@ -418,31 +434,51 @@ class MemoryManager:
         except OSError as e:
             raise os_error(e, path) from None
 
-    def _open_at(self, agent: str, path: str) -> At:
+    @staticmethod
+    def _search(fd: int, cred: Cred | None, agent: str, path: str, upto: list[str]) -> None:
+        """Refuse the walk unless ``cred`` may search the directory ``fd`` (``AGENT/upto``),
+        checked on the descriptor the walk goes on from, so the check and the use see the
+        same directory."""
+        if cred is None:
+            return
+        st = os.fstat(fd)
+        if not cred.permits(st.st_mode, st.st_uid, st.st_gid, X_OK):
+            where = "/".join([agent, *upto])
+            raise AccessDenied(
+                f"mem/{agent}/{path}: permission denied ({cred.describe()} may not search "
+                f"mem/{where})"
+            )
+
+    def _open_at(self, agent: str, path: str, cred: Cred | None = None) -> At:
         """``AGENT/path`` as an ``At`` whose directory descriptor the caller closes. The walk
         starts at the agent's directory (the data dir itself is the daemon's configuration and
         may be reached through links) and opens one component at a time, so no host call sees
         more than the data dir's path and one name: any depth works, and nothing on the way can
         be a symbolic link (ELOOP). ``''`` is the agent's directory itself, named in the data
-        dir. A missing directory on the way is NotFound (ENOENT), as the operation would say."""
+        dir. A missing directory on the way is NotFound (ENOENT), as the operation would say.
+        With ``cred``, each directory on the way must be searchable by it (AccessDenied), as
+        the OS kernel's path walk would check: a missing name behind a closed directory is
+        EACCES, not ENOENT, so nothing about it leaks."""
         parts = split_path(path)
         if not parts:
             return At(os.open(self.root, os.O_PATH | os.O_DIRECTORY | os.O_CLOEXEC), agent)
         fd = self._walk_step(None, os.fspath(self.root / agent), path)
         try:
-            for part in parts[:-1]:
+            self._search(fd, cred, agent, path, [])
+            for i, part in enumerate(parts[:-1]):
                 step = self._walk_step(fd, part, path)
                 os.close(fd)
                 fd = step
+                self._search(fd, cred, agent, path, parts[: i + 1])
         except BaseException:
             os.close(fd)
             raise
         return At(fd, parts[-1])
 
     @contextlib.contextmanager
-    def _at(self, agent: str, path: str) -> Iterator[At]:
+    def _at(self, agent: str, path: str, cred: Cred | None = None) -> Iterator[At]:
         """``_open_at`` for a ``with`` block: the directory descriptor is closed at its end."""
-        at = self._open_at(agent, path)
+        at = self._open_at(agent, path, cred)
         try:
             yield at
         finally:
@@ -1081,10 +1117,6 @@ class MemoryManager:
         return bytes(data[offset : offset + size])
 
     @_serialized
-    def read_all(self, agent: str, path: str) -> bytes:
-        return bytes(self._load(self._resolve(agent, path)))
-
-    @_serialized
     def write(self, agent: str, path: str, offset: int, data: bytes) -> int:
         return self.write_id(self._resolve(agent, path).id, offset, data)
 
@@ -1213,11 +1245,59 @@ class MemoryManager:
 
     # ---- whole-file helpers for syscalls ------------------------------------------------------
 
+    def _checked(
+        self, agent: str, path: str, cred: Cred
+    ) -> tuple[os.stat_result | None, os.stat_result]:
+        """Walk to ``AGENT/path`` as ``cred`` (search on every directory on the way): the
+        entry's own lstat (None if there is no such name) and its directory's."""
+        with self._at(agent, path, cred) as at:
+            return at.stat(), os.fstat(at.dir)
+
+    @staticmethod
+    def _need(cred: Cred, st: os.stat_result, want: int, what: str, agent: str, path: str) -> None:
+        if not cred.permits(st.st_mode, st.st_uid, st.st_gid, want):
+            raise AccessDenied(
+                f"mem/{agent}/{path}: permission denied ({cred.describe()} may not {what})"
+            )
+
+    def _may_read(self, agent: str, path: str, cred: Cred | None) -> None:
+        """Refuse unless ``cred`` may read the file ``AGENT/path``. What is not a regular file
+        is left to the read itself, which refuses it with its own errno (a link ELOOP)."""
+        if cred is None:
+            return
+        st, _ = self._checked(agent, path, cred)
+        if st is not None and stat.S_ISREG(st.st_mode):
+            self._need(cred, st, R_OK, "read it", agent, path)
+
     @_serialized
-    def write_file(self, agent: str, path: str, data: bytes, append: bool = False) -> int:
-        """Create or replace (or extend) a memory file and save it; returns its size."""
+    def read_all(self, agent: str, path: str, cred: Cred | None = None) -> bytes:
+        """A whole memory file; with ``cred``, only if that user may read it."""
+        self._may_read(agent, path, cred)
+        return bytes(self._load(self._resolve(agent, path)))
+
+    @_serialized
+    def write_file(
+        self,
+        agent: str,
+        path: str,
+        data: bytes,
+        append: bool = False,
+        cred: Cred | None = None,
+    ) -> int:
+        """Create or replace (or extend) a memory file and save it; returns its size. With
+        ``cred``: a new file needs write permission on its directory and is that user's (mode
+        0644), an existing one needs write permission on itself. Without: a new file takes its
+        directory's owner."""
+        owner = None
+        if cred is not None:
+            st, parent = self._checked(agent, path, cred)
+            if st is None:
+                self._need(cred, parent, W_OK, "create files in its directory", agent, path)
+                owner = (cred.uid, cred.gid)
+            elif stat.S_ISREG(st.st_mode):
+                self._need(cred, st, W_OK, "write it", agent, path)
         if self.stat(agent, path) is None:
-            self.create(agent, path)
+            self.create(agent, path, 0o644, owner)
         block = self._resolve(agent, path)
         if append:
             self.write_id(block.id, len(self._load(block)), data)
@@ -1228,7 +1308,13 @@ class MemoryManager:
         return len(self._load(block))
 
     @_serialized
-    def list_entries(self, agent: str, path: str) -> list[dict[str, Any]]:
+    def list_entries(self, agent: str, path: str, cred: Cred | None = None) -> list[dict[str, Any]]:
+        """One entry a name of a directory (``''``: the agent's own); with ``cred``, only if
+        that user may read and search the directory."""
+        if cred is not None:
+            st, _ = self._checked(agent, path, cred)
+            if st is not None and stat.S_ISDIR(st.st_mode):
+                self._need(cred, st, R_OK | X_OK, "list it", agent, path)
         out = []
         kinds = {stat.S_IFDIR: "dir", stat.S_IFREG: "file", stat.S_IFLNK: "symlink"}
         for name in self.listdir(agent, path):
@@ -1248,8 +1334,19 @@ class MemoryManager:
         return out
 
     @_serialized
-    def delete(self, agent: str, path: str) -> None:
-        """Remove a file, or an empty directory."""
+    def delete(self, agent: str, path: str, cred: Cred | None = None) -> None:
+        """Remove a file, or an empty directory. With ``cred``: write permission on its
+        directory, and in a sticky directory ownership of the entry or of the directory."""
+        if cred is not None:
+            st, parent = self._checked(agent, path, cred)
+            if st is not None:
+                self._need(cred, parent, W_OK, "delete in its directory", agent, path)
+                sticky = parent.st_mode & stat.S_ISVTX
+                if sticky and not cred.root and cred.uid not in (st.st_uid, parent.st_uid):
+                    raise AccessDenied(
+                        f"mem/{agent}/{path}: permission denied ({cred.describe()} may not "
+                        "delete another user's entry in a sticky directory)"
+                    )
         if self.is_dir(agent, path):
             self.rmdir(agent, path)
         else:

@@ -17,6 +17,7 @@ import time
 from pathlib import Path
 from typing import Any
 
+from aiosfs.bench.access import run_access
 from aiosfs.bench.llm import run_contexts, run_llm
 from aiosfs.bench.overhead import run_overhead
 from aiosfs.bench.report import machine, plot, print_summary, say
@@ -24,6 +25,7 @@ from aiosfs.bench.storage import run_storage
 from aiosfs.bench.tools import print_tools_summary, run_tools
 
 OVERHEAD_CALLS_PER_BLOCK = 50
+ACCESS_CALLS_PER_BLOCK = 100
 
 
 def run_bench(args: argparse.Namespace) -> dict[str, Any]:
@@ -41,10 +43,13 @@ def run_bench(args: argparse.Namespace) -> dict[str, Any]:
     }
     if args.only_storage:
         args.skip_scaling = args.skip_fairness = args.skip_overhead = args.skip_contexts = True
-        args.skip_tools = True
+        args.skip_tools = args.skip_access = True
     if args.only_tools:
         args.skip_scaling = args.skip_fairness = args.skip_overhead = args.skip_contexts = True
-        args.skip_storage = True
+        args.skip_storage = args.skip_access = True
+    if args.only_access:
+        args.skip_scaling = args.skip_fairness = args.skip_overhead = args.skip_contexts = True
+        args.skip_storage = args.skip_tools = True
     if not (args.skip_scaling and args.skip_fairness):
         run_llm(args, workdir, results)
     if not args.skip_overhead:
@@ -57,6 +62,10 @@ def run_bench(args: argparse.Namespace) -> dict[str, Any]:
         results["contexts"] = run_contexts(args)
     if not args.skip_tools:
         results["tools"] = run_tools(args, workdir)
+    if not args.skip_access:
+        results["access"] = run_access(
+            workdir, args.access_blocks, ACCESS_CALLS_PER_BLOCK, args.threads
+        )
     results["finished"] = time.strftime("%Y-%m-%d %H:%M:%S")
     results["machine"]["load_avg_at_end"] = os.getloadavg()
     (out / "results.json").write_text(json.dumps(results, indent=2, default=str))
@@ -94,10 +103,17 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--skip-contexts", action="store_true")
     p.add_argument("--skip-storage", action="store_true")
     p.add_argument("--skip-tools", action="store_true")
+    p.add_argument("--skip-access", action="store_true")
     p.add_argument(
         "--only-storage", action="store_true", help="only the memory and storage measurements"
     )
     p.add_argument("--only-tools", action="store_true", help="only the tool measurements")
+    p.add_argument(
+        "--only-access",
+        action="store_true",
+        help="only what the access manager and the audit log cost",
+    )
+    p.add_argument("--access-blocks", type=int, default=10)
     p.add_argument("--embedder", default="minilm", choices=("minilm", "hashing"))
     p.add_argument("--ingest", type=int, default=1000, help="small text files to write first")
     p.add_argument("--search-queries", type=int, default=50)

@@ -1,7 +1,8 @@
-"""The trees of the mount, one module each: ``agents``, ``sys``, ``mem``, ``store`` and
-``search`` (store queries). Each builds its nodes and handles on ``aiosfs.vfs`` and talks to the
-kernel facade it is given. No tree imports another (``store`` reaches ``search``, whose query
-directories hang below it), and only ``aiosfs.fs`` imports them.
+"""The trees of the mount, one module each: ``agents``, ``sys``, ``approvals``
+(``sys/approvals/``), ``mem``, ``store``, ``tools`` and ``search`` (store queries). Each builds
+its nodes and handles on ``aiosfs.vfs`` and talks to the kernel facade it is given. No tree
+imports another (``store`` reaches ``search``, whose query directories hang below it), and only
+``aiosfs.fs`` imports them.
 
 This package module holds the helpers more than one tree needs.
 """

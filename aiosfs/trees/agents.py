@@ -8,6 +8,13 @@ agents/NAME/status     JSON: state, counts, tokens, last error
 agents/NAME/config     JSON; write JSON or key=value lines to change settings
 agents/NAME/history    the conversation as JSON lines; truncate it to reset the agent
 agents/NAME/ctl        write "cancel" (queued and running work) or "reset" (history)
+
+Everything in ``agents/NAME`` belongs to the agent's owner, and the directory's mode is the
+one control over who else may use it: ``AgentDir`` governs the metadata of every node built
+below it (``Node.governed``), each file's modes being its natural owner bits cut to the
+directory's group and other bits (``kernel.access.agent_file_mode``). The OS kernel enforces
+them (``default_permissions``); ``chmod``/``chgrp``/``chown`` of the directory go to the kernel
+(``Kernel.change_agent_access``), those of the files inside are EPERM.
 """
 
 from __future__ import annotations
@@ -30,6 +37,7 @@ from aiosfs.vfs import (
     FixedFile,
     GeneratedFile,
     Handle,
+    Metadata,
     Node,
     as_json,
     check_access,
@@ -38,6 +46,7 @@ from aiosfs.vfs import (
     process_alive,
 )
 from kernel import Kernel
+from kernel.access import agent_file_mode, process_cred
 from kernel.conversation import parse_jsonl
 from kernel.errors import InvalidArgument, KernelError
 from kernel.results import Result
@@ -68,12 +77,14 @@ class AgentsDir(Dir):
         agents = self.kernel.agents
         for name in [n for n in self.agent_nodes if n not in agents]:
             self.agent_nodes.pop(name).detach()
-        for name, agent in agents.items():
+        for name in agents:
             if name not in self.agent_nodes:
-                self.agent_nodes[name] = AgentDir(name, self, self.kernel, agent.uid, agent.gid)
+                self.agent_nodes[name] = AgentDir(name, self, self.kernel)
         return dict(self.agent_nodes)
 
     async def mkdir(self, name: str, mode: int, ctx: pyfuse3.RequestContext) -> Node:
+        # the mode mkdir asks for is not taken: an agent starts closed (Agent.DEFAULT_MODE), and
+        # its owner opens it with chmod
         self.kernel.create_agent(name, ctx.uid, ctx.gid)
         return self.children()[name]
 
@@ -86,15 +97,16 @@ class AgentsDir(Dir):
 
 
 class AgentDir(Dir):
-    """One agent's directory; its files are fixed, its ``results/`` grows."""
+    """One agent's directory; its files are fixed, its ``results/`` grows. Its owner, group and
+    mode are the agent's (kept by the kernel), and they govern every node below it."""
 
-    def __init__(self, name: str, parent: Dir, kernel: Kernel, uid: int, gid: int) -> None:
+    def __init__(self, name: str, parent: Dir, kernel: Kernel) -> None:
         super().__init__(name, parent)
         self.kernel = kernel
-        self.uid, self.gid = uid, gid
-        self.mode = stat.S_IFDIR | 0o755
+        self.mode = stat.S_IFDIR | 0o700  # the type; the permission bits are the agent's
         agent = kernel.agent(name)
         self.mtime_ns = int(agent.created * 1e9)
+        self.governs = self._governed_metadata  # before the children are built: they inherit it
         self.entries: dict[str, Node] = {}
         for node in (
             AgentFile("syscall", self, SyscallHandle, 0o600),
@@ -105,9 +117,9 @@ class AgentDir(Dir):
                 "config",
                 self,
                 lambda: as_json(kernel.agent(name).config.as_dict()),
-                apply=self._recording("config", self._write_config),
-                mode=0o644,
-                check=when_complete(self._recording("config", kernel.check_config)),
+                apply_as=self._recording("config", self._write_config),
+                mode=0o600,
+                check_as=self._recording("config", self._check_config),
             ),
             GeneratedFile(
                 "history",
@@ -130,6 +142,41 @@ class AgentDir(Dir):
         ):
             self.entries[node.name] = node
 
+    def metadata(self) -> Metadata | None:
+        agent = self.kernel.agents.get(self.name)
+        if agent is None:  # removed; the node goes with its last reference
+            return None
+        t = self.mtime_ns
+        return Metadata(agent.mode, agent.uid, agent.gid, t, t, t)
+
+    def _governed_metadata(self, node: Node) -> Metadata | None:
+        """A node below: the agent's owner, and the node's natural owner bits (its ``mode``)
+        cut for the group and others to this directory's mode."""
+        natural = (stat.S_IMODE(node.mode) >> 6) & 7
+        t = node.times_ns()
+        agent = self.kernel.agents.get(self.name)
+        if agent is None:  # removed (a descriptor still open): its owner's bits alone
+            return Metadata(natural << 6, node.uid, node.gid, t, t, t)
+        return Metadata(agent_file_mode(natural, agent.mode), agent.uid, agent.gid, t, t, t)
+
+    async def set_metadata(
+        self,
+        attr: pyfuse3.EntryAttributes,
+        fields: pyfuse3.SetattrFields,
+        ctx: pyfuse3.RequestContext,
+    ) -> None:
+        """chmod, chown and chgrp of the agent: the kernel decides who may (chown(2)'s rules,
+        the caller's groups as its process has them); times are accepted and ignored."""
+        if not (fields.update_mode or fields.update_uid or fields.update_gid):
+            return
+        self.kernel.change_agent_access(
+            self.name,
+            process_cred(ctx.uid, ctx.gid, ctx.pid),
+            mode=stat.S_IMODE(attr.st_mode) if fields.update_mode else None,
+            uid=attr.st_uid if fields.update_uid else None,
+            gid=attr.st_gid if fields.update_gid else None,
+        )
+
     def children(self) -> dict[str, Node]:
         return self.entries
 
@@ -147,8 +194,14 @@ class AgentDir(Dir):
 
         return wrapped
 
-    def _write_config(self, data: bytes, _append: bool) -> None:
-        self.kernel.update_config(self.name, data)
+    def _write_config(self, uid: int, data: bytes, _append: bool) -> None:
+        self.kernel.update_config(self.name, data, uid)
+
+    def _check_config(self, uid: int, data: bytes) -> None:
+        """A complete update is checked whole at the write, who may make it included: a
+        ``group`` or ``capabilities`` key from anyone but the owner or root fails there (EPERM)."""
+        if not is_incomplete(data):
+            self.kernel.check_config_change(self.name, self.kernel.check_config(data), uid)
 
     def _write_history(self, data: bytes, append: bool) -> None:
         kernel = self.kernel
@@ -205,6 +258,7 @@ class ResultsDir(Dir):
 
     def __init__(self, name: str, parent: AgentDir) -> None:
         super().__init__(name, parent)
+        self.mode = stat.S_IFDIR | 0o500  # nothing may be made in it, not even by its owner
         self.kernel = parent.kernel
         self.agent_name = parent.name
         self.cache: dict[str, Node] = {}

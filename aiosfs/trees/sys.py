@@ -6,6 +6,7 @@ sys/scheduler  the policy (write a name to switch)
 sys/queue      JSON: waiting and running sequences per model and agent
 sys/stats      JSON: syscall counts, tokens, tokens per second, blocked readers
 sys/status     JSON: all of the above, for ``aiosfs status``
+sys/approvals/ calls waiting for a person (``aiosfs/trees/approvals.py``; ``fs.py`` adds it)
 """
 
 from __future__ import annotations

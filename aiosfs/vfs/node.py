@@ -14,6 +14,7 @@ from __future__ import annotations
 import builtins
 import contextlib
 import errno
+import functools
 import json
 import os
 import stat
@@ -95,6 +96,11 @@ class Node:
     env: VfsEnv
     uid: int
     gid: int
+    # Where this node's metadata comes from when a directory above governs it (an agent's
+    # files follow ``agents/NAME``: its owner, modes cut to its directory's); None: its own.
+    governed: Callable[[Node], Metadata | None] | None
+    # what the nodes built below this one inherit as theirs; a governing directory sets it
+    governs: Callable[[Node], Metadata | None] | None
 
     def __init__(self, name: str, parent: Dir | None, env: VfsEnv | None = None) -> None:
         """Children take their parent's environment; only the root is given one."""
@@ -107,6 +113,8 @@ class Node:
         self.uid = parent.uid if parent else os.getuid()
         self.gid = parent.gid if parent else os.getgid()
         self.mtime_ns = time.time_ns()
+        self.governed = parent.governs if parent else None
+        self.governs = self.governed
         self.detached = False
         self.inode = env.inodes.add(self)
 
@@ -133,9 +141,10 @@ class Node:
         return self.mtime_ns
 
     def metadata(self) -> Metadata | None:
-        """The kept mode bits, owner and times, for nodes of trees that keep them. ``None``:
-        the node's own fixed ``mode``, ``uid`` and ``gid``, and ``times_ns()`` for all times."""
-        return None
+        """The kept mode bits, owner and times, for nodes of trees that keep them, or those the
+        governing directory above gives (``governed``). ``None``: the node's own fixed
+        ``mode``, ``uid`` and ``gid``, and ``times_ns()`` for all times."""
+        return None if self.governed is None else self.governed(self)
 
     def attributes(self) -> pyfuse3.EntryAttributes:
         a = pyfuse3.EntryAttributes()
@@ -161,8 +170,11 @@ class Node:
         # A file whose size or content changes must be re-read each time. A directory's
         # attributes may be cached: its listing never is, and with default_permissions the kernel
         # checks every directory on a path, so uncached directory attributes would cost a
-        # request per path component on every access.
-        timeout = 0.0 if self.dynamic and not self.is_dir else STABLE_TIMEOUT
+        # request per path component on every access. A governed node's modes change with a
+        # chmod of another node (its governing directory), which the kernel's cache of this
+        # one would not see: never cached.
+        changing = (self.dynamic and not self.is_dir) or self.governed is not None
+        timeout = 0.0 if changing else STABLE_TIMEOUT
         a.entry_timeout = STABLE_TIMEOUT
         a.attr_timeout = timeout
         return a
@@ -320,7 +332,9 @@ class GeneratedFile(Node):
     to fail that close; ``check`` validates what has been written so far without applying it,
     so that a complete but invalid write fails at write() already (shells ignore errors from
     close) — it returns quietly for input that is merely incomplete; ``on_truncate`` is called
-    for O_TRUNC / truncate(2).
+    for O_TRUNC / truncate(2). A file whose rules depend on who writes (an agent's ``config``:
+    some keys are its owner's alone) passes ``apply_as`` and ``check_as`` instead, which also
+    receive the uid of the process that opened the file.
     """
 
     dynamic = True
@@ -334,13 +348,18 @@ class GeneratedFile(Node):
         on_truncate: Callable[[], None] | None = None,
         mode: int = 0o444,
         check: Callable[[bytes], object] | None = None,
+        apply_as: Callable[[int, bytes, bool], None] | None = None,
+        check_as: Callable[[int, bytes], object] | None = None,
     ) -> None:
         super().__init__(name, parent)
         self.render = render
         self.apply = apply
         self.check = check
+        self.apply_as = apply_as
+        self.check_as = check_as
         self.on_truncate = on_truncate
-        self.mode = stat.S_IFREG | (mode if apply else mode & 0o555)
+        writable = apply is not None or apply_as is not None
+        self.mode = stat.S_IFREG | (mode if writable else mode & 0o555)
 
     def size(self) -> int:
         return len(self.render())
@@ -358,7 +377,12 @@ class GeneratedFile(Node):
         check_access(self, flags)
         if flags & os.O_TRUNC:
             self.truncate(0)
-        return BytesHandle(self, flags, ctx.pid, self.render, self.apply, self.check)
+        apply, check = self.apply, self.check
+        if self.apply_as is not None:
+            apply = functools.partial(self.apply_as, ctx.uid)
+        if self.check_as is not None:
+            check = functools.partial(self.check_as, ctx.uid)
+        return BytesHandle(self, flags, ctx.pid, self.render, apply, check)
 
 
 class FixedFile(Node):

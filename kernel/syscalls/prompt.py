@@ -29,12 +29,13 @@ CONTEXT_HEADER = "Use the following context to answer.\n\n"
 async def gather_context(env: CallEnv, actor: Actor, call: LLMCall) -> tuple[str, list[str]]:
     """The text to put in front of the prompt, and where it came from (``mem/AGENT/PATH`` and
     ``store/PATH``, for the result's ``sources``), read for ``actor`` (its capabilities and its
-    owner's permissions). A missing or unreadable memory file fails the call."""
+    owner's permissions: a memory file the owner may not read is EACCES, even in the agent's
+    own memory). A missing or unreadable memory file fails the call."""
     agent = actor.agent
     parts: list[str] = []
     sources: list[str] = []
     for path in call.memory:
-        data = await env.workers.mem(env.memory.read_all, agent, path)
+        data = await env.workers.mem(env.memory.read_all, agent, path, actor.cred)
         parts.append(f"[memory {path}]\n{data.decode(errors='replace').strip()}")
         sources.append(f"mem/{agent}/{path}")
     if call.retrieve is not None:

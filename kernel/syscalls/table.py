@@ -21,6 +21,7 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
 from kernel.errors import InvalidArgument
+from kernel.names import validate_agent_name
 from kernel.syscalls.schema import (
     Field,
     LLMCall,
@@ -44,13 +45,21 @@ if TYPE_CHECKING:  # types only: the table needs no manager to parse a call
     from kernel.workers import Workers
 
 
+Approver = Callable[["Actor", str, str, dict[str, Any]], Awaitable[None]]
+"""``approve(actor, call, path, args)``: before ``call`` changes ``store/PATH`` for ``actor``,
+wait for a person where the path is in a protected subtree (the kernel's ``approve``); raises
+``AccessDenied`` (capability ``"approval"``) on a no, returns at once elsewhere."""
+
+
 @dataclass(frozen=True)
 class CallEnv:
-    """What a handler works with: the managers, and the worker threads their calls run on."""
+    """What a handler works with: the managers, the worker threads their calls run on, and the
+    kernel's gate for changes that wait for a person."""
 
     memory: MemoryManager
     storage: StorageManager
     workers: Workers
+    approve: Approver
 
 
 Handler = Callable[[CallEnv, "Actor", dict[str, Any]], Awaitable[str]]
@@ -117,28 +126,52 @@ def jsonl(rows: list[dict[str, Any]]) -> str:
     return "".join(json.dumps(r, ensure_ascii=False) + "\n" for r in rows)
 
 
-# ---- memory: the calling agent's own files ----------------------------------------------------
+# ---- memory: the calling agent's own files (and, to read, others' it is allowed) ---------------
+
+
+def _own_memory(actor: Actor, call: str) -> str:
+    """The memory a call changes: the calling agent's own, never another's. A person calling
+    the tool directly has none (their files are changed through ``mem/``)."""
+    if not actor.agent:
+        raise InvalidArgument(f"{call} changes an agent's own memory: call it as an agent")
+    return actor.agent
+
+
+def _readable_memory(actor: Actor, a: dict[str, Any], call: str) -> str:
+    """Whose memory a read looks at: the ``agent`` field's (the ``mem_read`` capability must
+    name it, unless it is the caller itself), else the caller's own. A person calling the tool
+    directly names the agent; only their file permissions bind them."""
+    other = a.get("agent") or actor.agent
+    if not other:
+        raise InvalidArgument(f'{call} called directly needs the field "agent": whose memory')
+    actor.need_mem(other)
+    return other
 
 
 async def _mem_read(env: CallEnv, actor: Actor, a: dict[str, Any]) -> str:
-    data = await env.workers.mem(env.memory.read_all, actor.agent, a["path"])
+    agent = _readable_memory(actor, a, "mem_read")
+    data = await env.workers.mem(env.memory.read_all, agent, a["path"], actor.cred)
     return data.decode(errors="replace")
 
 
 async def _mem_write(env: CallEnv, actor: Actor, a: dict[str, Any]) -> str:
+    agent = _own_memory(actor, "mem_write")
     data = a["content"].encode()
     size = await env.workers.mem(
-        env.memory.write_file, actor.agent, a["path"], data, a.get("append", False)
+        env.memory.write_file, agent, a["path"], data, a.get("append", False), actor.cred
     )
     return f"ok: {a['path']} is {size} bytes\n"
 
 
 async def _mem_list(env: CallEnv, actor: Actor, a: dict[str, Any]) -> str:
-    return jsonl(await env.workers.mem(env.memory.list_entries, actor.agent, a.get("path", "")))
+    agent = _readable_memory(actor, a, "mem_list")
+    m = env.memory
+    return jsonl(await env.workers.mem(m.list_entries, agent, a.get("path", ""), actor.cred))
 
 
 async def _mem_delete(env: CallEnv, actor: Actor, a: dict[str, Any]) -> str:
-    await env.workers.mem(env.memory.delete, actor.agent, a["path"])
+    agent = _own_memory(actor, "mem_delete")
+    await env.workers.mem(env.memory.delete, agent, a["path"], actor.cred)
     return f"ok: deleted {a['path']}\n"
 
 
@@ -158,11 +191,13 @@ async def _store_read(env: CallEnv, actor: Actor, a: dict[str, Any]) -> str:
 
 
 async def _store_write(env: CallEnv, actor: Actor, a: dict[str, Any]) -> str:
-    # create the file if need be, and its directories: an agent has no mkdir call
     s, data = env.storage, a["content"].encode()
-    entry = await env.workers.store(
-        s.write, a["path"], data, True, True, actor.cred, actor.need_store
-    )
+    # where the path leads (links followed, permissions and capabilities checked) is what a
+    # protected subtree is judged by, and what is written
+    real = await env.workers.store(s.resolve, a["path"], actor.cred, actor.need_store, True, True)
+    await env.approve(actor, "store_write", real, a)  # a protected subtree waits for a person
+    # create the file if need be, and its directories: an agent has no mkdir call
+    entry = await env.workers.store(s.write, real, data, True, True, actor.cred, actor.need_store)
     return f"ok: {a['path']} version {entry.version}, {entry.size} bytes\n"
 
 
@@ -195,9 +230,9 @@ async def _store_versions(env: CallEnv, actor: Actor, a: dict[str, Any]) -> str:
 
 async def _store_rollback(env: CallEnv, actor: Actor, a: dict[str, Any]) -> str:
     s = env.storage
-    entry = await env.workers.store(
-        s.rollback, a["path"], a["version"], actor.cred, actor.need_store
-    )
+    real = await env.workers.store(s.resolve, a["path"], actor.cred, actor.need_store, True)
+    await env.approve(actor, "store_rollback", real, a)
+    entry = await env.workers.store(s.rollback, real, a["version"], actor.cred, actor.need_store)
     return f"ok: {a['path']} restored from version {a['version']} as version {entry.version}\n"
 
 
@@ -208,10 +243,22 @@ _UNDER = Field(check_dir)  # a directory to work in; the root when left out
 _TEXT = Field(check_string, required=True)
 _K = Field(int_between(1, 100))
 
+
+def check_agent(field: str, value: Any) -> str:
+    """An agent's name (whose memory to read): the rules of ``kernel.names``, so no ``/``,
+    ``.`` or ``..`` can lead anywhere but ``mem/NAME``."""
+    try:
+        return validate_agent_name(check_string(field, value))
+    except InvalidArgument as e:
+        raise InvalidArgument(f'field "{field}": {e.message}') from None
+
+
+_AGENT = Field(check_agent)  # another agent whose memory to read; the caller's own if left out
+
 BUILTIN_CALLS: tuple[tuple[str, Row], ...] = (
-    ("mem_read", Row({"path": _FILE}, _mem_read)),
+    ("mem_read", Row({"path": _FILE, "agent": _AGENT}, _mem_read)),
     ("mem_write", Row({"path": _FILE, "content": _TEXT, "append": Field(check_bool)}, _mem_write)),
-    ("mem_list", Row({"path": _UNDER}, _mem_list)),
+    ("mem_list", Row({"path": _UNDER, "agent": _AGENT}, _mem_list)),
     ("mem_delete", Row({"path": _FILE}, _mem_delete)),
     ("store_read", Row({"path": _FILE}, _store_read)),
     ("store_write", Row({"path": _FILE, "content": _TEXT}, _store_write)),

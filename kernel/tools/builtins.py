@@ -337,6 +337,12 @@ against the tool's schema, which mirrors the call's fields."""
 _PATH = {"type": "string", "minLength": 1, "maxLength": 4096}
 _DIR = {"type": "string", "maxLength": 4096, "description": "a directory; the root if left out"}
 _K = {"type": "integer", "minimum": 1, "maximum": 100, "description": "how many hits (5)"}
+_AGENT = {
+    "type": "string",
+    "minLength": 1,
+    "maxLength": 64,
+    "description": "another agent whose memory to read (your own if left out)",
+}
 
 _KERNEL_CALLS: dict[str, tuple[str, dict[str, Any], list[str], bool]] = {
     # name: (description, properties, required, destructive)
@@ -365,8 +371,9 @@ _KERNEL_CALLS: dict[str, tuple[str, dict[str, Any], list[str], bool]] = {
         False,
     ),
     "mem_read": (
-        "Read a file of your own memory as text.",
-        {"path": _PATH},
+        "Read a file of your own memory as text (or of another agent's, named by agent, if you "
+        "may).",
+        {"path": _PATH, "agent": _AGENT},
         ["path"],
         False,
     ),
@@ -377,8 +384,9 @@ _KERNEL_CALLS: dict[str, tuple[str, dict[str, Any], list[str], bool]] = {
         False,  # the agent's own memory, its to change
     ),
     "mem_list": (
-        "List the files and folders of your own memory, under a folder (the root if left out).",
-        {"path": _DIR},
+        "List the files and folders of your own memory (or of another agent's, named by agent, "
+        "if you may), under a folder (the root if left out).",
+        {"path": _DIR, "agent": _AGENT},
         [],
         False,
     ),

@@ -19,13 +19,16 @@ from typing import Any, Literal, Protocol, runtime_checkable
 from jsonschema import SchemaError
 from jsonschema.validators import validator_for
 
-Outcome = Literal["ok", "invalid", "error", "timeout", "crashed", "garbage"]
+Outcome = Literal["ok", "invalid", "error", "timeout", "crashed", "garbage", "denied"]
 """How a call ended: ``ok``; ``invalid`` (arguments refused by the schema, or no such tool; the
 tool never ran); ``error`` (the tool ran and failed); ``timeout`` (it ran past its limit and was
 stopped); ``crashed`` (its process died or exited non-zero); ``garbage`` (it answered something
-that is not JSON, or too much of it)."""
+that is not JSON, or too much of it); ``denied`` (a destructive tool a person refused, or did
+not approve in time: the tool never ran; the kernel's tool loop gives it, never the manager, so
+it is not among ``OUTCOMES``, the manager's own, that a tool's ``status`` counts)."""
 
 OUTCOMES: tuple[Outcome, ...] = ("ok", "invalid", "error", "timeout", "crashed", "garbage")
+"""The outcomes the tool manager gives (and counts in a tool's ``status``)."""
 FAILURES: tuple[Outcome, ...] = OUTCOMES[1:]
 
 TOOL_NAME = re.compile(r"[A-Za-z0-9_][A-Za-z0-9_.\-]{0,127}")

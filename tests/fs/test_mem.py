@@ -236,7 +236,7 @@ def test_new_entries_take_the_callers_mode_umask_and_owner(mem_mount: Mount) -> 
     m = mem_mount
     name = m.agent()
     top = os.stat(m.p("mem", name))
-    assert stat.S_IMODE(top.st_mode) == 0o755 and top.st_uid == os.geteuid()  # agent's owner
+    assert stat.S_IMODE(top.st_mode) == 0o700 and top.st_uid == os.geteuid()  # agent's owner
     m.sh(f"umask 027; echo x > mem/{name}/f; mkdir mem/{name}/d")
     fd = os.open(m.p("mem", name, "p"), os.O_CREAT | os.O_WRONLY, 0o606)  # this process's umask
     os.close(fd)
@@ -311,11 +311,14 @@ def test_owners_and_modes_are_enforced_for_other_users(tmp_path: Path) -> None:
 
         assert as_user(1000, "mkdir agents/mine").returncode == 0
         top = os.stat(m.p("mem", "mine"))
-        assert (top.st_uid, top.st_gid, stat.S_IMODE(top.st_mode)) == (1000, 1000, 0o755)
+        assert (top.st_uid, top.st_gid, stat.S_IMODE(top.st_mode)) == (1000, 1000, 0o700)
         made = as_user(1000, "umask 022 && echo private > mem/mine/f && mkdir mem/mine/d")
         assert made.returncode == 0, made.stderr
         st = os.stat(m.p("mem", "mine", "f"))
         assert (st.st_uid, st.st_gid, stat.S_IMODE(st.st_mode)) == (1000, 1000, 0o644)
+        denied = as_user(1001, "cat mem/mine/f")  # closed to others until its owner opens it
+        assert denied.returncode != 0 and "Permission denied" in denied.stderr
+        assert as_user(1000, "chmod 755 mem/mine").returncode == 0
         assert as_user(1001, "cat mem/mine/f").stdout == "private\n"  # 0644: others read
         denied = as_user(1001, "echo no >> mem/mine/f")
         assert denied.returncode != 0 and "Permission denied" in denied.stderr

@@ -238,7 +238,11 @@ def test_an_agents_default_tools_serve_a_plain_text_question(tools_mount: Mount)
     here an MCP server's tool (started by the kernel on first use)."""
     m = tools_mount
     os.makedirs(m.p("agents/plain"), exist_ok=True)
-    m.sh("printf 'tools=demo.add\\nmax_tokens=1200\\n' > agents/plain/config")
+    # an MCP tool is not among the safe defaults: the owner grants it, then offers it
+    m.sh(
+        "printf 'capabilities.tools=demo.add\\ntools=demo.add\\nmax_tokens=1200\\n'"
+        " > agents/plain/config"
+    )
     assert json.loads(m.read("agents/plain/config"))["tools"] == ["demo.add"]
     before = json.loads(m.read("tools/demo.add/status"))["calls"]
     m.sh("echo 'Add 2 and 40.' > agents/plain/syscall")

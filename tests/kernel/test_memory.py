@@ -165,7 +165,7 @@ def test_defaults_owners_and_setgid_directories(tmp_path: Path) -> None:
     m = mm(tmp_path)
     m.write_file("a", "syscall-made", b"x")  # the mem_write syscall: today's 0644
     assert stat.S_IMODE((tmp_path / "mem/a/syscall-made").stat().st_mode) == 0o644
-    assert stat.S_IMODE((tmp_path / "mem/a").stat().st_mode) == 0o755
+    assert stat.S_IMODE((tmp_path / "mem/a").stat().st_mode) == 0o700  # closed to others
     m.mkdir("a", "shared", 0o2770, (os.geteuid(), os.getegid()))
     if ROOT:
         m.set_metadata("a", "shared", gid=4321)
@@ -177,10 +177,10 @@ def test_defaults_owners_and_setgid_directories(tmp_path: Path) -> None:
     assert not (tmp_path / "mem/a/shared/file").stat().st_mode & stat.S_ISGID
     if ROOT:
         assert sub.st_gid == 4321 and (tmp_path / "mem/a/shared/file").stat().st_gid == 4321
-        m.ensure_agent("b")  # the kernel's: the daemon's until claimed for the agent's owner
-        m.claim_agent("b", (777, 888))
+        m.ensure_agent("b", 0o755)  # the daemon's (a mkdir of root's) until claimed for the
+        m.claim_agent("b", (777, 888))  # agent's owner: then theirs, and closed to others
         st = (tmp_path / "mem/b").stat()
-        assert (st.st_uid, st.st_gid, stat.S_IMODE(st.st_mode)) == (777, 888, 0o755)
+        assert (st.st_uid, st.st_gid, stat.S_IMODE(st.st_mode)) == (777, 888, 0o700)
         m.claim_agent("b", (1, 1))  # claimed once: an owner already given is kept
         assert (tmp_path / "mem/b").stat().st_uid == 777
         m.write_file("b", "x", b"1")  # a syscall-made file takes its directory's owner
