@@ -289,10 +289,12 @@ def parse_groups(raw: Any) -> dict[str, Capabilities]:
 @dataclass(frozen=True)
 class Actor:
     """Who a kernel call is made for: the agent (``""`` for a person acting directly), the
-    credentials its files are checked with, and its capabilities."""
+    credentials its files are checked with, and its capabilities. ``cred`` None checks no file
+    permission: only with ``access_control = false``, a setting for measuring what the checks
+    cost."""
 
     agent: str
-    cred: Cred
+    cred: Cred | None
     caps: Capabilities = UNRESTRICTED
 
     def deny(self, capability: str, what: str) -> AccessDenied:

@@ -56,6 +56,9 @@ class KernelConfig:
     groups: Mapping[str, Capabilities] = field(default_factory=dict)
     # a person in the loop (kernel/approvals.py): seconds a request waits before the answer is
     # no, and the store/ subtrees whose kernel-path writes wait for a person
+    # access control on kernel paths (capabilities, the owner's file permissions); off only to
+    # measure what it costs (aiosfs bench --only-access): nothing is checked then
+    access_control: bool = True
     approval_timeout_s: float = 300.0
     store_protected: tuple[str, ...] = ()
 
@@ -114,8 +117,9 @@ class KernelConfig:
             raise InvalidArgument(
                 f"unknown scheduler {cfg.scheduler!r}; available: {', '.join(POLICIES)}"
             )
-        if not isinstance(cfg.tools_global_lock, bool):
-            raise InvalidArgument("tools_global_lock must be true or false")
+        for key in ("tools_global_lock", "access_control"):
+            if not isinstance(getattr(cfg, key), bool):
+                raise InvalidArgument(f"{key} must be true or false")
         timeout = cfg.approval_timeout_s
         if isinstance(timeout, bool) or not isinstance(timeout, int | float) or not timeout > 0:
             raise InvalidArgument("approval_timeout_s must be a positive number of seconds")
