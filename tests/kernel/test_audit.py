@@ -208,6 +208,14 @@ async def test_reopening_keeps_every_record(tiny_core: LLMCore) -> None:
         assert audit.read(0, len(first)) == first  # the old offsets still hold
     finally:
         await again.shutdown()
+    # retention runs at start: with a cap of 3 records only the newest 3 stay
+    capped = Kernel(kernel.config.with_overrides(audit_max_records=3), lambda _n, _c: tiny_core)
+    await capped.start()
+    try:
+        assert capped.audit_log is not None
+        assert [r["seq"] for r in capped.audit_log.records()] == [4, 5, 6]
+    finally:
+        await capped.shutdown()
 
 
 async def test_a_log_that_cannot_be_written_fails_no_syscall(
