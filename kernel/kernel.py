@@ -49,7 +49,7 @@ from kernel.agent_config import (
     apply_config_update,
     parse_config_update,
 )
-from kernel.audit import PRUNE_EVERY_S, AuditLog, digest
+from kernel.audit import PRUNE_BATCH, PRUNE_EVERY_S, AuditLog, digest
 from kernel.config import KernelConfig
 from kernel.conversation import parse_jsonl
 from kernel.errors import (
@@ -255,7 +255,9 @@ class Kernel:
             with scope:
                 while True:
                     await trio.sleep(PRUNE_EVERY_S)
-                    audit.prune()
+                    cut = audit.prune_cut()
+                    while audit.prune_step(cut) == PRUNE_BATCH:
+                        await trio.sleep(0)  # a batch at a time: the syscalls go on between
 
         trio.lowlevel.spawn_system_task(prune_periodically)
 

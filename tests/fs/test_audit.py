@@ -108,15 +108,20 @@ def test_sys_audit_and_each_agents_part(shared: Mount) -> None:
 def test_a_persons_tool_calls_are_recorded_as_theirs(shared: Mount) -> None:
     alice, _bob, _carol = three_users()
     call = shared.p("tools/calculator/call")
-    out = alice.ok(f"exec 3<>{call}; echo '{{\"expression\": \"6*7\"}}' >&3; cat <&3")
+    good, bad = json.dumps({"expression": "6*7"}), json.dumps({"expr": SECRET})
+    out = alice.ok(f"exec 3<>{call}; echo '{good}' >&3; cat <&3")
     assert json.loads(out)["value"] == 42
-    refused = alice.sh(f"exec 3<>{call}; echo '{{\"expr\": \"{SECRET}\"}}' >&3")
+    refused = alice.sh(f"exec 3<>{call}; echo '{bad}' >&3")
     assert refused.returncode != 0  # the write that completes bad arguments fails (EINVAL)
     got = [(r["uid"], r["agent"], r["call"], r["outcome"])
            for r in lines(shared.read_bytes("sys/audit"))[-2:]]  # fmt: skip
     assert got == [(alice.uid, "", "tool:calculator", "ok"),
                    (alice.uid, "", "tool:calculator", "invalid")]  # fmt: skip
     assert SECRET not in shared.read("sys/audit")
+
+
+def calls(seen: list[dict[str, Any]], agent: str) -> int:
+    return sum(r["agent"] == agent and r["call"] == "mem_list" for r in seen)
 
 
 def test_tail_f_follows_the_log(shared: Mount) -> None:
@@ -140,8 +145,7 @@ def test_tail_f_follows_the_log(shared: Mount) -> None:
         for n in range(3):
             assert b"error" not in syscall(m, agent, {"call": "mem_list", "path": ""})
             eventually(
-                lambda n=n: sum(r["agent"] == agent and r["call"] == "mem_list" for r in seen)
-                > n,
+                lambda n=n: calls(seen, agent) > n,
                 timeout=10,
                 what=f"tail -f to show syscall {n + 1}",
             )
