@@ -345,6 +345,7 @@ def test_ctl_cancel_and_reset(mount: Mount) -> None:
 
 def test_sys_files(mount: Mount) -> None:
     assert sorted(os.listdir(mount.p("sys"))) == [
+        "audit",
         "context",
         "mem",
         "models",
