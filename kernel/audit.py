@@ -17,8 +17,9 @@ Durability and cost. SQLite in WAL mode with ``synchronous=NORMAL``; each record
 transaction, committed on the trio thread by the kernel code that finishes the call, before the
 call's result becomes visible to anyone (nothing else runs on the trio thread in between). A
 committed transaction is in the WAL file, so a record survives a crash of the process
-(``kill -9``) though not necessarily a power loss. A record costs ~40-60 µs on the 2-core test
-machine under load (digest ~12 µs, the line ~11 µs, the insert and commit the rest). Checkpoints,
+(``kill -9``) though not necessarily a power loss. A record costs ~50 µs alone on the 2-core
+test machine under load (digest ~12 µs, the line ~11 µs, the insert and commit the rest), ~90 µs
+inside a busy kernel (docs/design.md has the syscall round trips). Checkpoints,
 which sync the disk, run on a thread of their own (``_checkpoints``) so that a commit never
 waits for one, except the short RESTART that keeps the WAL under ``WAL_LIMIT`` when commits
 never pause. A record that cannot be written (full disk) is counted and reported as a
