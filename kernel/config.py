@@ -61,6 +61,10 @@ class KernelConfig:
     access_control: bool = True
     approval_timeout_s: float = 300.0
     store_protected: tuple[str, ...] = ()
+    # the audit log, DATA_DIR/audit.db (kernel/audit.py): off only to measure what it costs
+    audit: bool = True
+    audit_retention_days: int = 90  # records older than this are deleted; 0 keeps them all
+    audit_max_records: int = 1_000_000  # beyond this many the oldest go; 0 is no limit
 
     @classmethod
     def from_toml(cls, path: Path, **overrides: Any) -> KernelConfig:
@@ -117,7 +121,7 @@ class KernelConfig:
             raise InvalidArgument(
                 f"unknown scheduler {cfg.scheduler!r}; available: {', '.join(POLICIES)}"
             )
-        for key in ("tools_global_lock", "access_control"):
+        for key in ("tools_global_lock", "access_control", "audit"):
             if not isinstance(getattr(cfg, key), bool):
                 raise InvalidArgument(f"{key} must be true or false")
         timeout = cfg.approval_timeout_s
@@ -128,7 +132,8 @@ class KernelConfig:
         for key in ("mem_agent_mb", "mem_total_mb", "mem_k", "store_versions", "store_max_file_mb"):
             if not isinstance(getattr(cfg, key), int) or getattr(cfg, key) < 1:
                 raise InvalidArgument(f"{key} must be a positive integer")
-        for key in ("prefix_cache_mb", "context_mb", "threads"):
+        for key in ("prefix_cache_mb", "context_mb", "threads", "audit_retention_days",
+                    "audit_max_records"):  # fmt: skip
             if not isinstance(getattr(cfg, key), int) or getattr(cfg, key) < 0:
                 raise InvalidArgument(f"{key} must be a non-negative integer")
         return cfg

@@ -54,6 +54,7 @@ from kernel.agent_config import (
 )
 from kernel.approvals import PREAPPROVED, PROTECTED_CALLS, Approval, Approvals
 from kernel.approvals import Event as ApprovalEvent
+from kernel.audit import PRUNE_BATCH, PRUNE_EVERY_S, AuditLog, digest
 from kernel.config import KernelConfig
 from kernel.conversation import parse_jsonl
 from kernel.errors import (
@@ -189,6 +190,8 @@ class Kernel:
         # the managers as syscall handlers see them; made by start()
         self._env: CallEnv | None = None
         self._tools: ToolManager | None = None
+        # the audit trail (kernel/audit.py); None until start(), and when ``audit`` is off
+        self.audit_log: AuditLog | None = None
         # the built-in tools not marked destructive: what an agent may call by default
         self.safe_tools: frozenset[str] = frozenset()
         self.started_at = time.time()
@@ -211,6 +214,8 @@ class Kernel:
         self._trio_token = trio.lowlevel.current_trio_token()
         if not self.config.access_control:
             log.warning("access_control is off: agents' calls are checked against nothing")
+        if self.config.audit:
+            await self._start_audit()
         names = [self.config.model, *self.config.extra_models]
         for name in names:
             core = self._core_factory(name, self.config)
@@ -243,6 +248,106 @@ class Kernel:
         builtin = self._tools.sources[0]
         self.safe_tools = frozenset(s.name for s in await builtin.tools() if not s.destructive)
 
+    async def _start_audit(self) -> None:
+        """Open the audit log first, so it is closed last and records everything in between;
+        prune it now (on a worker: an old log may have much to delete) and every
+        ``PRUNE_EVERY_S`` while the kernel runs."""
+        cfg = self.config
+
+        def open_log() -> AuditLog:
+            audit = AuditLog(
+                cfg.data_dir / "audit.db", cfg.audit_retention_days, cfg.audit_max_records
+            )
+            audit.prune()
+            return audit
+
+        audit = await trio.to_thread.run_sync(open_log)
+
+        def close_log() -> None:
+            self.audit_log = None
+            audit.close()
+
+        self._teardown.callback(close_log)
+        self.audit_log = audit
+        scope = trio.CancelScope()
+        self._teardown.callback(scope.cancel)
+
+        async def prune_periodically() -> None:
+            with scope:
+                while True:
+                    await trio.sleep(PRUNE_EVERY_S)
+                    cut = audit.prune_cut()
+                    while audit.prune_step(cut) == PRUNE_BATCH:
+                        await trio.sleep(0)  # a batch at a time: the syscalls go on between
+
+        trio.lowlevel.spawn_system_task(prune_periodically)
+
+    def audit_event(
+        self,
+        uid: int,
+        agent: str,
+        call: str,
+        args: Any,
+        outcome: str,
+        errno: int = 0,
+        duration_s: float = 0.0,
+        detail: str = "",
+    ) -> None:
+        """Append one record to the audit log (a no-op when ``audit`` is off): what the
+        syscalls and tool calls record for themselves, and what other parts record for events
+        that are neither (approvals asked and decided, permissions the filesystem refused).
+        ``args`` is digested, never kept. Never raises: the log's own failures are warnings."""
+        if self.audit_log is not None:
+            self.audit_log.record(
+                uid, agent, call, digest(args), outcome, errno, duration_s, detail
+            )
+
+    def _audit_result(self, agent: Agent, result: Result, raw: bytes | None) -> None:
+        """The record of a finished syscall: ``denied`` for a refusal of permission or
+        capability (EACCES, EPERM), ``invalid`` for one that never parsed (``raw`` is then
+        what was written); the duration runs from submission to the finish."""
+        audit = self.audit_log
+        if audit is None:
+            return
+        call = result.syscall
+        state = result.state
+        if state is ResultState.DONE:
+            outcome = "ok"
+        elif state is ResultState.CANCELLED:
+            outcome = "cancelled"
+        elif result.errno in (errno.EACCES, errno.EPERM):
+            outcome = "denied"
+        elif call is None:
+            outcome = "invalid"
+        else:
+            outcome = "failed"
+        args: Any = call if call is not None else (raw or b"")
+        duration = (result.finished_at or result.created) - result.created
+        audit.record(
+            agent.uid, agent.name, call.call if call is not None else "syscall", digest(args),
+            outcome, result.errno, duration, result.error or "",
+        )  # fmt: skip
+
+    async def call_tool(self, name: str, args: Any, caller: Caller) -> ToolResult:
+        """One tool call, by an agent's ``llm`` call or by a person through
+        ``tools/NAME/call``: the tool manager's answer, recorded as ``tool:NAME`` before the
+        caller sees it (a call the caller abandoned is recorded as cancelled)."""
+        started = time.monotonic()
+        uid = 65534 if caller.uid is None else caller.uid
+        try:
+            out = await self.tools.call(name, args, caller)
+        except trio.Cancelled:
+            self.audit_event(
+                uid, caller.agent, f"tool:{name}", args, "cancelled", errno.ECANCELED,
+                time.monotonic() - started,
+            )  # fmt: skip
+            raise
+        self.audit_event(
+            uid, caller.agent, f"tool:{name}", args, out.outcome, 0,
+            time.monotonic() - started, out.error,
+        )  # fmt: skip
+        return out
+
     def _build_tools(self) -> ToolManager:
         """The tool manager over its three sources: the built-ins (the calculator, date and
         time, the store and memory calls, ``ask_agent``), the executables of DATA_DIR/tools and
@@ -263,7 +368,14 @@ class Kernel:
         to ``agents/AGENT/syscall`` (paths, capabilities and permissions all)."""
         assert self._env is not None
         actor = self.actor_for(caller)
-        return await self.syscalls.run(self._env, actor, self.syscalls.check(call, args))
+        try:
+            return await self.syscalls.run(self._env, actor, self.syscalls.check(call, args))
+        except (AccessDenied, NotPermitted) as e:
+            # the tool call is recorded as failed; this says which check refused it
+            uid = 65534 if caller.uid is None else caller.uid
+            self.audit_event(uid, caller.agent, call, args, "denied", e.errno, 0.0,
+                             e.message)  # fmt: skip
+            raise
 
     async def ask_agent(self, caller: Caller, name: str, prompt: str) -> str:
         """Delegation: send ``prompt`` to agent ``name`` and wait for its answer. The asking
@@ -273,10 +385,16 @@ class Kernel:
         capabilities, never the caller's: asking cannot widen what either may do."""
         agent = self.agent(name)
         actor = self.actor_for(caller)
-        if actor.agent and not actor.caps.may_ask(name):
-            raise actor.deny("agents", f"agent {name!r}")
-        if actor.cred is not None and not self.agent_permits(agent, actor.cred, W_OK):
-            raise AccessDenied(f"agent {name!r} belongs to another user", None)
+        try:
+            if actor.agent and not actor.caps.may_ask(name):
+                raise actor.deny("agents", f"agent {name!r}")
+            if actor.cred is not None and not self.agent_permits(agent, actor.cred, W_OK):
+                raise AccessDenied(f"agent {name!r} belongs to another user", None)
+        except AccessDenied as e:
+            uid = caller.uid if caller.uid is not None else 65534
+            self.audit_event(uid, caller.agent, "ask_agent", {"agent": name},
+                             "denied", e.errno, 0.0, e.message)  # fmt: skip
+            raise
         self.spend_check(agent)
         result = self.submit(name, prompt.encode(), reserved=True)
         try:
@@ -471,24 +589,6 @@ class Kernel:
             detail=f"approval {approval.id}: {approval.kind} {approval.what}",
         )
 
-    def audit_event(
-        self,
-        uid: int,
-        agent: str,
-        call: str,
-        args: dict[str, Any],
-        outcome: str,
-        errno: int = 0,
-        duration_s: float = 0.0,
-        detail: str = "",
-    ) -> None:
-        """PLACEHOLDER until the audit log (issue 11, "The audit trail") is merged: it only logs.
-        The audit log's own ``audit_event`` of this signature replaces it."""
-        log.info(
-            "audit: uid %d agent %s %s %s errno %d %.3fs %s",
-            uid, agent, call, outcome, errno, duration_s, detail,
-        )  # fmt: skip
-
     def create_agent(self, name: str, uid: int = 0, gid: int = 0) -> Agent:
         self._check_running()
         validate_agent_name(name)
@@ -501,6 +601,9 @@ class Kernel:
             # the daemon made in advance is handed over; one a user made stays theirs)
             self.memory.ensure_agent(name, owner=(uid, gid))
             self.memory.claim_agent(name, (uid, gid))
+        if self.audit_log is not None:
+            self.audit_log.begin_agent(name)  # its own audit file starts with this record
+        self.audit_event(uid, name, "agent_create", {"agent": name}, "ok")
         log.info("agent %s created by uid %d", name, uid)
         return agent
 
@@ -510,13 +613,18 @@ class Kernel:
         except KeyError:
             raise NotFound(f"no agent {name!r}") from None
 
-    def remove_agent(self, name: str) -> None:
-        """Terminate an agent: cancel its queued and running work and wake its waiters."""
+    def remove_agent(self, name: str, uid: int | None = None) -> None:
+        """Terminate an agent: cancel its queued and running work and wake its waiters.
+        ``uid``: who removed it, for the audit log (the owner when not said)."""
         agent = self.agent(name)
         self.cancel(name, reason="agent removed")
         agent.removed = True
         del self.agents[name]
         agent.notify()
+        self.audit_event(agent.uid if uid is None else uid, name, "agent_remove",
+                         {"agent": name}, "ok")  # fmt: skip
+        if self.audit_log is not None:
+            self.audit_log.end_agent(name)
         log.info("agent %s removed", name)
 
     # ---- syscalls ---------------------------------------------------------------------------
@@ -537,7 +645,7 @@ class Kernel:
             result.syscall = self.syscalls.parse(data, self.limits)
         except KernelError as e:
             self.counts["invalid"] += 1
-            self._finish(agent, result, ResultState.FAILED, e.message, e.errno)
+            self._finish(agent, result, ResultState.FAILED, e.message, e.errno, raw=data)
             agent.notify()
             e.result = result
             raise
@@ -777,7 +885,7 @@ class Kernel:
                 reason = decided.reason(self.approvals.timeout_s)
                 return ToolResult(name, False, "denied", error=f"not run: {reason}")
         PREAPPROVED.set(frozenset((k, w) for k, w in asks if k != "tool"))  # this task only
-        return await self.tools.call(name, args, caller)
+        return await self.call_tool(name, args, caller)
 
     def _answer(self, agent: Agent, result: Result, call: LLMCall, answer: str) -> None:
         """The final step: the answer ends the transcript, and a chat turn keeps it."""
@@ -912,11 +1020,15 @@ class Kernel:
         error: str | None = None,
         code: int = 0,
         reason: str | None = None,
+        raw: bytes | None = None,
     ) -> None:
-        """Finish a result and do the bookkeeping; starts the agent's next chat turn."""
+        """Finish a result and do the bookkeeping (the audit record first, before any waiter
+        can run and show the result to anyone); starts the agent's next chat turn. ``raw``:
+        the bytes of a syscall that never parsed, for its record's digest."""
         if result.finished:
             return
         result.finish(state, error, code, reason)
+        self._audit_result(agent, result, raw)
         self.counts[state.value] += 1
         agent.record_finish(result)
         if agent.chat_active is result:
@@ -1036,10 +1148,12 @@ class Kernel:
             return
         old, new = agent.config, apply_config_update(agent.config, update)
         if (old.group, old.capabilities) != (new.group, new.capabilities):
-            raise NotPermitted(
+            e = NotPermitted(
                 f"only the owner of agent {name!r} (uid {agent.uid}) or root may change its "
                 "group or capabilities"
             )
+            self.audit_event(uid, name, "config", update, "denied", e.errno, 0.0, e.message)
+            raise e
 
     def update_config(self, name: str, data: bytes, uid: int = 0) -> AgentConfig:
         agent = self.agent(name)

@@ -8,6 +8,7 @@ agents/NAME/status     JSON: state, counts, tokens, last error
 agents/NAME/config     JSON; write JSON or key=value lines to change settings
 agents/NAME/history    the conversation as JSON lines; truncate it to reset the agent
 agents/NAME/ctl        write "cancel" (queued and running work) or "reset" (history)
+agents/NAME/audit      JSON lines: this agent's part of the audit log (sys/audit)
 
 Everything in ``agents/NAME`` belongs to the agent's owner, and the directory's mode is the
 one control over who else may use it: ``AgentDir`` governs the metadata of every node built
@@ -29,7 +30,7 @@ from typing import Any, NoReturn, TypeVar
 
 import pyfuse3
 
-from aiosfs.trees import when_complete
+from aiosfs.trees import LogFile, when_complete
 from aiosfs.vfs import (
     POLLIN,
     POLLOUT,
@@ -91,8 +92,10 @@ class AgentsDir(Dir):
     async def rmdir(self, name: str, ctx: pyfuse3.RequestContext) -> None:
         agent = self.kernel.agent(name)
         if ctx.uid not in (0, agent.uid):
+            self.kernel.audit_event(ctx.uid, name, "agent_remove", {"agent": name}, "denied",
+                                    errno.EPERM, 0.0, "not the agent's owner")  # fmt: skip
             raise fuse_error(errno.EPERM)
-        self.kernel.remove_agent(name)
+        self.kernel.remove_agent(name, ctx.uid)
         self.children()
 
 
@@ -139,6 +142,7 @@ class AgentDir(Dir):
                 check=when_complete(self._recording("ctl", parse_ctl)),
             ),
             ResultsDir("results", self),
+            LogFile("audit", self, self._audit_size, self._audit_read, mode=0o400),
         ):
             self.entries[node.name] = node
 
@@ -193,6 +197,14 @@ class AgentDir(Dir):
                 raise
 
         return wrapped
+
+    def _audit_size(self) -> int:
+        audit = self.kernel.audit_log
+        return 0 if audit is None else audit.agent_size(self.name)
+
+    def _audit_read(self, off: int, size: int) -> bytes:
+        audit = self.kernel.audit_log
+        return b"" if audit is None else audit.agent_read(self.name, off, size)
 
     def _write_config(self, uid: int, data: bytes, _append: bool) -> None:
         self.kernel.update_config(self.name, data, uid)

@@ -7,6 +7,7 @@ sys/queue      JSON: waiting and running sequences per model and agent
 sys/stats      JSON: syscall counts, tokens, tokens per second, blocked readers
 sys/status     JSON: all of the above, for ``aiosfs status``
 sys/approvals/ calls waiting for a person (``aiosfs/trees/approvals.py``; ``fs.py`` adds it)
+sys/audit      JSON lines: every syscall, tool call and access decision (the daemon's owner only)
 """
 
 from __future__ import annotations
@@ -16,7 +17,7 @@ import time
 from collections.abc import Callable
 from typing import Any
 
-from aiosfs.trees import when_complete
+from aiosfs.trees import LogFile, when_complete
 from aiosfs.vfs import Dir, GeneratedFile, StaticDir, as_json
 from kernel import Kernel, __version__
 from kernel.syscalls import decode_text
@@ -63,6 +64,17 @@ def build_sys(
     }
     for name, render in files.items():
         d.add(GeneratedFile(name, d, render))
+
+    def audit_size() -> int:
+        audit = kernel.audit_log
+        return 0 if audit is None else audit.size()
+
+    def audit_read(off: int, size: int) -> bytes:
+        audit = kernel.audit_log
+        return b"" if audit is None else audit.read(off, size)
+
+    # it names every user's agents and calls: the daemon's owner (and root) only
+    d.add(LogFile("audit", d, audit_size, audit_read, mode=0o400))
     d.add(
         GeneratedFile(
             "scheduler",

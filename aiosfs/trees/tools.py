@@ -182,6 +182,11 @@ class CallHandle(Handle):
                 raise refused
             await self.tools.check(self.call_file.spec.name, args)
         except KernelError as e:
+            caller, name = self.caller, self.call_file.spec.name
+            self.call_file.kernel.audit_event(
+                65534 if caller.uid is None else caller.uid, caller.agent, f"tool:{name}",
+                bytes(self.pending), "invalid", e.errno, 0.0, e.message,
+            )  # fmt: skip
             self.pending.clear()
             self.failed = e.errno
             raise fuse_error(e.errno) from None
@@ -196,7 +201,7 @@ class CallHandle(Handle):
 
     async def _run(self, args: dict[str, Any]) -> ToolResult:
         result: ToolResult = await self.blocking(
-            lambda: self.tools.call(self.call_file.spec.name, args, self.caller)
+            lambda: self.call_file.kernel.call_tool(self.call_file.spec.name, args, self.caller)
         )
         return result
 

@@ -49,6 +49,7 @@ def test_mkdir_ls_and_agent_files(mount: Mount) -> None:
     mount.sh("mkdir agents/alpha")
     assert "alpha" in mount.sh("ls agents").stdout.split()
     assert sorted(os.listdir(mount.p("agents/alpha"))) == [
+        "audit",
         "config",
         "ctl",
         "history",
@@ -345,6 +346,7 @@ def test_ctl_cancel_and_reset(mount: Mount) -> None:
 def test_sys_files(mount: Mount) -> None:
     assert sorted(os.listdir(mount.p("sys"))) == [
         "approvals",
+        "audit",
         "context",
         "mem",
         "models",
