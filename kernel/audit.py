@@ -1,30 +1,36 @@
 """The audit trail: who asked for what, whether it was allowed, and how it ended.
 
 Every syscall, tool call and kernel event that is not a syscall (an approval, a refused config
-change, an agent made or removed) becomes one ``AuditRecord``, appended to ``DATA_DIR/audit.db``
-and shown as JSON lines by ``sys/audit`` (everything) and ``agents/NAME/audit`` (one agent's).
+change, an agent made or removed) becomes one record, appended to ``DATA_DIR/audit.db`` and
+shown as JSON lines by ``sys/audit`` (everything) and ``agents/NAME/audit`` (one agent's).
 
 What a record keeps, and why only that:
 
-* ``digest`` is the first 16 hex digits of the SHA-256 of the call's arguments in canonical JSON
-  (sorted keys, no spaces). The same call written twice has the same digest, so a reader can
-  match records with what a client sent, but the log never holds a prompt, a file's content or
-  anything else a caller wrote: those stay as private as the files they came from.
+* ``digest`` is the first 16 hex digits of the SHA-256 of the call's arguments: of the bytes
+  as written for a syscall (the client can hash what it wrote), of the canonical JSON (sorted
+  keys, no spaces) of the arguments for a tool call or an event. The same call gives the same
+  digest, so a reader can match records with what a client sent, but the log never holds a
+  prompt, a file's content or anything else a caller wrote: those stay as private as the files
+  they came from.
 * ``detail`` is short (the error message, which names the capability of a denial), cut to
   ``DETAIL_LIMIT`` characters.
 
-Durability and cost. SQLite in WAL mode with ``synchronous=NORMAL``; each record is its own
-transaction, committed on the trio thread by the kernel code that finishes the call, before the
-call's result becomes visible to anyone (nothing else runs on the trio thread in between). A
-committed transaction is in the WAL file, so a record survives a crash of the process
-(``kill -9``) though not necessarily a power loss. A record costs ~50 µs alone on the 2-core
-test machine under load (digest ~12 µs, the line ~11 µs, the insert and commit the rest), ~90 µs
-inside a busy kernel (docs/design.md has the syscall round trips). Checkpoints,
-which sync the disk, run on a thread of their own (``_checkpoints``) so that a commit never
-waits for one, except the short RESTART that keeps the WAL under ``WAL_LIMIT`` when commits
-never pause. A record that cannot be written (full disk) is counted and reported as a
+Durability and cost. A record is first one ``write`` of its line to the tail file,
+``DATA_DIR/audit.db.tail`` (``O_APPEND``), on the trio thread, by the kernel code that finishes
+the call, before the call's result becomes visible to anyone (nothing else runs on the trio
+thread in between). Once ``write`` returns the line is the OS's, so it survives a crash of the
+process (``kill -9``), though not necessarily a power loss. That costs a few microseconds; the
+SQLite insert (~20 µs a row alone, ~60 with its commit, more on a busy machine) would have cost
+every syscall that much. Rows reach the database on the indexer thread (``_indexer``): every
+``FLUSH_EVERY_S``, many in one transaction (SQLite in WAL mode, ``synchronous=NORMAL``), which
+also checkpoints the WAL, so nothing of it runs on the trio thread. A reader of either file,
+and retention, first move what is still pending into the database (``_flush``), so they see
+every record there is. Once the tail is over ``TAIL_LIMIT`` and all its lines are in the
+database it is emptied; at start the lines a crash left in it that the database lacks are put
+in (``_replay``). A record that cannot be written (full disk) is counted and reported as a
 warning; the call it describes goes on as if nothing happened, because an audit log that could
-fail syscalls would be a way to stop the machine.
+fail syscalls would be a way to stop the machine. Rows the database refuses stay pending (and in
+the tail) and are tried again.
 
 The byte stream. Each row stores its line and the line's byte offset in the stream of all
 lines (``pos``, the row's key) and in its agent's stream (``apos``), so reading either file at
@@ -39,14 +45,16 @@ old name, perhaps another user's, does not see what its predecessor did.
 
 from __future__ import annotations
 
-import dataclasses
+import contextlib
 import hashlib
 import json
 import logging
+import os
 import sqlite3
 import threading
 import time
 from collections.abc import Iterator
+from json.encoder import encode_basestring
 from pathlib import Path
 from typing import Any
 
@@ -55,14 +63,24 @@ log = logging.getLogger(__name__)
 DETAIL_LIMIT = 200  # characters of a record's detail
 PRUNE_EVERY_S = 3600.0  # how often retention runs while the kernel is up (and once at start)
 PRUNE_BATCH = 1000  # rows deleted per transaction: a few milliseconds of the trio thread
-CHECKPOINT_EVERY = 256  # records between checkpoints of the WAL (on the checkpoint thread)
-WAL_LIMIT = 8 << 20  # a WAL bigger than this is restarted even if commits must wait for it
+FLUSH_EVERY_S = 0.05  # how long a row waits for the indexer: the rows of that time, one commit
+CHECKPOINT_EVERY = 1024  # rows between checkpoints of the WAL (on the indexer thread)
+WAL_LIMIT = 8 << 20  # a WAL bigger than this is restarted even if a reader must wait for it
+TAIL_LIMIT = 1 << 20  # bytes of the tail file past which it is emptied (its lines all in the db)
 WARN_EVERY_S = 60.0  # write failures are reported at most this often (with a count)
 
 FIELDS = (
     "seq", "time", "uid", "agent", "call", "digest", "outcome", "errno", "duration_s", "detail",
 )  # fmt: skip
 """The keys of a record's JSON line, in this order."""
+
+# The line, as ``json.dumps`` of a dict of FIELDS would write it (``", "`` and ``": "``), but
+# times to the microsecond (``%.6f``), by one format: five times faster than dumping a dict.
+_LINE = (
+    '{"seq": %d, "time": %.6f, "uid": %d, "agent": %s, "call": %s, "digest": %s, '
+    '"outcome": %s, "errno": %d, "duration_s": %.6f, "detail": %s}\n'
+)
+QUOTED_LIMIT = 4096  # agent, call and outcome names kept JSON-quoted, for the next line
 
 SCHEMA = """
 CREATE TABLE IF NOT EXISTS records (
@@ -76,33 +94,20 @@ CREATE TABLE IF NOT EXISTS records (
 CREATE INDEX IF NOT EXISTS records_by_agent ON records (agent, apos);
 """
 
+_INSERT = "INSERT INTO records (pos, seq, time, agent, apos, line) VALUES (?, ?, ?, ?, ?, ?)"
+
+Row = tuple[int, int, float, str, int, bytes]
+"""A row of ``records`` in the order of ``_INSERT``."""
+
 
 def canonical_json(args: Any) -> bytes:
-    """The arguments as one canonical JSON text: dataclasses as objects, keys sorted, no
-    spaces; bytes (an unparsed syscall) are taken as they are."""
+    """The arguments as one canonical JSON text: keys sorted, no spaces; bytes (a syscall as
+    written) are taken as they are."""
     if isinstance(args, bytes | bytearray):
         return bytes(args)
     return json.dumps(
-        _plain(args), sort_keys=True, separators=(",", ":"), ensure_ascii=False, default=str
+        args, sort_keys=True, separators=(",", ":"), ensure_ascii=False, default=str
     ).encode()
-
-
-def _plain(obj: Any) -> Any:
-    """JSON-able form of a call: a dataclass as the object of its fields that differ from
-    their defaults (what was asked, as short as it can be said; ``asdict`` copies deeply and
-    is several times slower, and this runs for every syscall)."""
-    if hasattr(obj, "__dataclass_fields__") and not isinstance(obj, type):
-        out = {}
-        for f in dataclasses.fields(obj):
-            value = getattr(obj, f.name)
-            if value is not f.default and value != f.default:
-                out[f.name] = _plain(value)
-        return out
-    if isinstance(obj, list | tuple):
-        return [_plain(v) for v in obj]
-    if isinstance(obj, dict):
-        return {str(k): _plain(v) for k, v in obj.items()}
-    return obj
 
 
 def digest(args: Any) -> str:
@@ -111,101 +116,67 @@ def digest(args: Any) -> str:
     return hashlib.sha256(canonical_json(args)).hexdigest()[:16]
 
 
-@dataclasses.dataclass(frozen=True)
-class AuditRecord:
-    """One line of the audit log (the keys of ``FIELDS``)."""
-
-    seq: int
-    time: float
-    uid: int
-    agent: str
-    call: str
-    digest: str
-    outcome: str
-    errno: int
-    duration_s: float
-    detail: str
-
-    def line(self) -> bytes:
-        obj = {name: getattr(self, name) for name in FIELDS}
-        return (json.dumps(obj, ensure_ascii=False) + "\n").encode()
-
-
 class AuditLog:
-    """The audit database and the two kinds of stream read from it. Used on the trio thread
-    only (``open`` and the first ``prune`` may run on a worker before it is handed over)."""
+    """The audit database, its tail file and the two kinds of stream read from it. Used on the
+    trio thread (``open`` and the first ``prune`` may run on a worker before it is handed over),
+    but for the indexer thread, which owns nothing but the moving of pending rows."""
 
     def __init__(self, path: Path, retention_days: int = 90, max_records: int = 0) -> None:
         """``retention_days`` 0 and ``max_records`` 0 each mean no limit of that kind."""
         self.path = path
+        self.tail_path = path.with_name(path.name + ".tail")
         self.retention_days = retention_days
         self.max_records = max_records
         self.lost = 0  # records that could not be written
         self._unreported = 0
         self._warned_at = 0.0
+        self._db_warned_at = 0.0
         self._db = sqlite3.connect(path, check_same_thread=False, isolation_level=None)
         try:
             self._db.execute("PRAGMA journal_mode=WAL")
             self._db.execute("PRAGMA synchronous=NORMAL")  # a commit survives a process crash
-            # A checkpoint syncs the disk (milliseconds, more on a busy one): never on the trio
-            # thread's commits, always on the checkpoint thread (``_checkpoints``).
-            self._db.execute("PRAGMA wal_autocheckpoint=0")
+            self._db.execute("PRAGMA wal_autocheckpoint=0")  # the indexer checkpoints
             self._db.execute("PRAGMA busy_timeout=1000")
             self._db.executescript(SCHEMA)
             last = self._db.execute(
                 "SELECT pos, seq, length(line) FROM records ORDER BY pos DESC LIMIT 1"
             ).fetchone()
-        except sqlite3.Error:
+            self._fd = os.open(
+                self.tail_path, os.O_RDWR | os.O_CREAT | os.O_APPEND | os.O_CLOEXEC, 0o600
+            )
+        except (sqlite3.Error, OSError):
             self._db.close()
             raise
+        # the connection: the indexer's inserts and checkpoints, every reader's queries
+        self._db_lock = threading.Lock()
+        # the tail file and the pending rows: ``record`` and whoever takes the pending rows
+        self._lock = threading.Lock()
+        self._pending: list[Row] = []  # rows in the tail, not yet in the database
+        self._tail_size = os.fstat(self._fd).st_size
         self._end: int = 0 if last is None else int(last[0] + last[2])  # where the next goes
         self._seq: int = 0 if last is None else int(last[1])  # the last record's number
-        self._start = self._first_pos()
         self._agent_end: dict[str, int] = {}  # the next apos of each agent seen so far
         self._agent_base: dict[str, int] = {}  # apos where each current agent's stream begins
         self._agent_first: dict[str, int] = {}  # the first apos still kept (after a prune)
         self._since_checkpoint = 0
-        self._checkpoint_due = threading.Event()
-        self._closing = False
-        self._checkpointer = threading.Thread(
-            target=self._checkpoints, name="audit-checkpoint", daemon=True
-        )
-        self._checkpointer.start()
+        self._quoted: dict[str, str] = {}  # name -> its JSON string (``record``)
+        self._replay()
+        self._start = self._first_pos()
+        self._wake = threading.Event()  # rows are pending
+        self._stop = threading.Event()
+        self._indexer = threading.Thread(target=self._indexes, name="audit-indexer", daemon=True)
+        self._indexer.start()
 
     def close(self) -> None:
-        """Stop the checkpoint thread (it checkpoints once more), then close the database."""
-        self._closing = True
-        self._checkpoint_due.set()
-        self._checkpointer.join()
+        """Stop the indexer, put every pending row in the database, empty the tail, close."""
+        self._stop.set()
+        self._wake.set()
+        self._indexer.join()
+        with self._db_lock:
+            self._flush_locked(empty_tail=True)
+            self._checkpoint(force=True)
+        os.close(self._fd)
         self._db.close()
-
-    def _checkpoints(self) -> None:
-        """The checkpoint thread: its own connection copies the WAL into the database when
-        enough records have gone by (a PASSIVE checkpoint never waits for, nor stops, the
-        trio thread's commits; the WAL starts over at the commit after a complete one)."""
-        try:
-            db = sqlite3.connect(self.path, isolation_level=None)
-            db.execute("PRAGMA busy_timeout=5000")
-            page = int(db.execute("PRAGMA page_size").fetchone()[0])
-        except sqlite3.Error as e:
-            log.warning("audit log %s: no checkpoint thread: %s", self.path, e)
-            return
-        try:
-            while True:
-                self._checkpoint_due.wait()
-                self._checkpoint_due.clear()
-                try:
-                    # PASSIVE cannot finish while commits keep coming; past WAL_LIMIT a RESTART
-                    # holds the next commit back for the moment it needs, and the WAL restarts
-                    _busy, frames, _done = db.execute("PRAGMA wal_checkpoint(PASSIVE)").fetchone()
-                    if frames * page > WAL_LIMIT:
-                        db.execute("PRAGMA wal_checkpoint(RESTART)")
-                except sqlite3.Error as e:
-                    log.warning("audit log %s: checkpoint failed: %s", self.path, e)
-                if self._closing:
-                    return
-        finally:
-            db.close()
 
     # ---- writing ----------------------------------------------------------------------------
 
@@ -220,61 +191,180 @@ class AuditLog:
         duration_s: float = 0.0,
         detail: str = "",
         now: float | None = None,
-    ) -> AuditRecord | None:
-        """Append one record and commit it; the record, or None if it could not be written
+    ) -> bytes | None:
+        """Append one record to the tail file; its line, or None if it could not be written
         (logged as a warning, never raised)."""
         if len(detail) > DETAIL_LIMIT:
             detail = detail[: DETAIL_LIMIT - 1] + "…"
-        rec = AuditRecord(
-            self._seq + 1,
-            round(time.time() if now is None else now, 6),
-            uid,
-            agent,
-            call,
-            args_digest,
-            outcome,
-            errno,
-            round(max(duration_s, 0.0), 6),
-            detail,
-        )
-        line = rec.line()
-        try:
-            apos = self._agent_end_of(agent)
-            self._db.execute(
-                "INSERT INTO records (pos, seq, time, agent, apos, line) VALUES (?, ?, ?, ?, ?, ?)",
-                (self._end, rec.seq, rec.time, agent, apos, line),
-            )
-        except sqlite3.Error as e:
-            self._lost(e)
-            return None
-        self._seq = rec.seq
+        seq = self._seq + 1
+        when = time.time() if now is None else now
+        quoted = self._quoted  # the names repeat: quoting them anew would cost each line ~1 µs
+        agent_q, call_q, outcome_q = quoted.get(agent), quoted.get(call), quoted.get(outcome)
+        if agent_q is None or call_q is None or outcome_q is None:
+            if len(quoted) > QUOTED_LIMIT:
+                quoted.clear()
+            agent_q = quoted[agent] = encode_basestring(agent)
+            call_q = quoted[call] = encode_basestring(call)
+            outcome_q = quoted[outcome] = encode_basestring(outcome)
+        fields = (
+            seq, when, uid, agent_q, call_q, encode_basestring(args_digest), outcome_q, errno,
+            duration_s if duration_s > 0.0 else 0.0, encode_basestring(detail),
+        )  # fmt: skip
+        line = (_LINE % fields).encode()
+        apos = self._agent_end.get(agent)
+        if apos is None:
+            try:
+                apos = self._agent_end_of(agent)
+            except sqlite3.Error as e:
+                self._lost(e)
+                return None
+        with self._lock:
+            try:
+                written = os.write(self._fd, line)
+            except OSError as e:
+                self._lost(e)
+                return None
+            if written != len(line):  # a disk that filled up mid-line: no half line stays
+                self._lost(OSError(f"{written} of {len(line)} bytes written"))
+                with contextlib.suppress(OSError):
+                    os.ftruncate(self._fd, self._tail_size)
+                return None
+            self._tail_size += written
+            if not self._pending:
+                self._wake.set()
+            self._pending.append((self._end, seq, when, agent, apos, line))
+        self._seq = seq
         self._end += len(line)
         self._agent_end[agent] = apos + len(line)
-        self._since_checkpoint += 1
-        if self._since_checkpoint >= CHECKPOINT_EVERY:
-            self._since_checkpoint = 0
-            self._checkpoint_due.set()
-        return rec
+        return line
 
-    def _lost(self, error: sqlite3.Error) -> None:
+    def _lost(self, error: Exception) -> None:
         self.lost += 1
         self._unreported += 1
         now = time.monotonic()
         if now - self._warned_at >= WARN_EVERY_S:
             log.warning(
                 "audit log %s: %d record(s) could not be written: %s",
-                self.path, self._unreported, error,
+                self.tail_path, self._unreported, error,
             )  # fmt: skip
             self._warned_at, self._unreported = now, 0
 
+    def flush(self) -> None:
+        """Put every pending row in the database now (what a reader of the database file
+        itself, rather than of the streams, may want first)."""
+        with self._db_lock:
+            self._flush_locked()
+
+    def _indexes(self) -> None:
+        """The indexer thread: every ``FLUSH_EVERY_S`` while rows are pending, they go into the
+        database in one transaction, the WAL is checkpointed now and then (a checkpoint syncs
+        the disk: milliseconds) and a long tail whose lines are all in the database emptied."""
+        while True:
+            self._wake.wait()
+            if self._stop.wait(FLUSH_EVERY_S):
+                return
+            self._wake.clear()  # before the rows are taken: a row after them wakes it again
+            with self._db_lock:
+                self._flush_locked()
+                self._checkpoint()
+
+    def _flush_locked(self, empty_tail: bool = False) -> bool:
+        """Move the pending rows into the database (``_db_lock`` held); whether all went in.
+        The tail is emptied, once it holds nothing the database lacks, when it has grown long
+        (or ``empty_tail``: at open and close)."""
+        with self._lock:
+            batch, self._pending = self._pending, []
+        if batch and not self._insert(batch):
+            with self._lock:
+                self._pending[:0] = batch  # tried again on the next flush
+            return False
+        if self._tail_size > TAIL_LIMIT or (empty_tail and self._tail_size):
+            with self._lock:  # ``record`` waits for these few rows and the truncation
+                if self._pending and not self._insert(self._pending):
+                    return False
+                self._pending = []
+                try:
+                    os.ftruncate(self._fd, 0)
+                    self._tail_size = 0
+                except OSError as e:
+                    log.warning("audit log %s: cannot empty it: %s", self.tail_path, e)
+        return True
+
+    def _insert(self, rows: list[Row]) -> bool:
+        """One transaction of rows; False (and a warning now and then) if it failed."""
+        try:
+            self._db.execute("BEGIN")
+            try:
+                self._db.executemany(_INSERT, rows)
+                self._db.execute("COMMIT")
+            except sqlite3.Error:
+                self._db.execute("ROLLBACK")
+                raise
+        except sqlite3.Error as e:
+            now = time.monotonic()
+            if now - self._db_warned_at >= WARN_EVERY_S:
+                log.warning(
+                    "audit log %s: %d record(s) not put in the database yet (they are in %s): "
+                    "%s", self.path, len(rows), self.tail_path.name, e,
+                )  # fmt: skip
+                self._db_warned_at = now
+            return False
+        self._since_checkpoint += len(rows)
+        return True
+
+    def _checkpoint(self, force: bool = False) -> None:
+        """Copy the WAL into the database when enough rows have gone by (``_db_lock`` held).
+        PASSIVE never waits for an outside reader of the file; past ``WAL_LIMIT`` a RESTART
+        does, so that the WAL starts over."""
+        if not force and self._since_checkpoint < CHECKPOINT_EVERY:
+            return
+        self._since_checkpoint = 0
+        try:
+            _busy, frames, _done = self._db.execute("PRAGMA wal_checkpoint(PASSIVE)").fetchone()
+            page = int(self._db.execute("PRAGMA page_size").fetchone()[0])
+            if frames * page > WAL_LIMIT:
+                self._db.execute("PRAGMA wal_checkpoint(RESTART)")
+        except sqlite3.Error as e:
+            log.warning("audit log %s: checkpoint failed: %s", self.path, e)
+
+    def _replay(self) -> None:
+        """At start: the tail's lines that a crash kept from the database go in now, at the
+        offsets they had (the stream is the database's rows, then the tail's, in order)."""
+        with open(self.tail_path, "rb") as f:
+            data = f.read()
+        for raw in data.splitlines(keepends=True):
+            if not raw.endswith(b"\n"):
+                break  # a line cut off mid-write was never a record
+            try:
+                rec = json.loads(raw)
+                seq, when, agent = int(rec["seq"]), float(rec["time"]), str(rec["agent"])
+            except (ValueError, KeyError, TypeError) as e:
+                log.warning("audit log %s: a line that is no record skipped: %s", self.tail_path, e)
+                continue
+            if seq <= self._seq:
+                continue  # in the database already
+            apos = self._agent_end_of(agent)
+            self._pending.append((self._end, seq, when, agent, apos, raw))
+            self._seq = seq
+            self._end += len(raw)
+            self._agent_end[agent] = apos + len(raw)
+        if self._pending:
+            n = len(self._pending)
+            log.info("audit log: %d record(s) recovered from %s", n, self.tail_path)
+        with self._db_lock:
+            self._flush_locked(empty_tail=True)
+
     def _agent_end_of(self, agent: str) -> int:
+        """The next apos of an agent not seen since the log was opened (its rows are all in
+        the database)."""
         end = self._agent_end.get(agent)
         if end is None:
-            row = self._db.execute(
-                "SELECT apos + length(line) FROM records WHERE agent = ? "
-                "ORDER BY apos DESC LIMIT 1",
-                (agent,),
-            ).fetchone()
+            with self._db_lock:
+                row = self._db.execute(
+                    "SELECT apos + length(line) FROM records WHERE agent = ? "
+                    "ORDER BY apos DESC LIMIT 1",
+                    (agent,),
+                ).fetchone()
             end = 0 if row is None else int(row[0])
             self._agent_end[agent] = end
         return end
@@ -309,46 +399,55 @@ class AuditLog:
         """The offset in the stream before which retention keeps nothing."""
         now = time.time() if now is None else now
         cut = self._start
-        try:
-            if self.retention_days > 0:
-                row = self._db.execute(
-                    "SELECT pos FROM records WHERE time >= ? ORDER BY pos LIMIT 1",
-                    (now - self.retention_days * 86400.0,),
-                ).fetchone()
-                cut = max(cut, self._end if row is None else row[0])
-            if self.max_records > 0 and self._seq > self.max_records:
-                row = self._db.execute(
-                    "SELECT pos FROM records WHERE seq > ? ORDER BY pos LIMIT 1",
-                    (self._seq - self.max_records,),
-                ).fetchone()
-                cut = max(cut, self._end if row is None else row[0])
-        except sqlite3.Error as e:
-            log.warning("audit log %s: pruning failed: %s", self.path, e)
+        with self._db_lock:
+            try:
+                self._flush_locked()
+                if self.retention_days > 0:
+                    row = self._db.execute(
+                        "SELECT pos FROM records WHERE time >= ? ORDER BY pos LIMIT 1",
+                        (now - self.retention_days * 86400.0,),
+                    ).fetchone()
+                    cut = max(cut, self._end if row is None else row[0])
+                if self.max_records > 0 and self._seq > self.max_records:
+                    row = self._db.execute(
+                        "SELECT pos FROM records WHERE seq > ? ORDER BY pos LIMIT 1",
+                        (self._seq - self.max_records,),
+                    ).fetchone()
+                    cut = max(cut, self._end if row is None else row[0])
+            except sqlite3.Error as e:
+                log.warning("audit log %s: pruning failed: %s", self.path, e)
         return int(cut)
 
     def prune_step(self, cut: int) -> int:
         """Delete up to ``PRUNE_BATCH`` of the oldest rows before ``cut`` in one transaction;
         how many. The streams start after them at once."""
-        try:
-            n = int(
-                self._db.execute(
-                    "DELETE FROM records WHERE pos IN "
-                    "(SELECT pos FROM records WHERE pos < ? ORDER BY pos LIMIT ?)",
-                    (cut, PRUNE_BATCH),
-                ).rowcount
-            )
-            self._start = self._first_pos()
-        except sqlite3.Error as e:
-            log.warning("audit log %s: pruning failed: %s", self.path, e)
-            return 0
+        with self._db_lock:
+            try:
+                if not self._flush_locked():
+                    return 0  # rows the database lacks could be among those to delete
+                n = int(
+                    self._db.execute(
+                        "DELETE FROM records WHERE pos IN "
+                        "(SELECT pos FROM records WHERE pos < ? ORDER BY pos LIMIT ?)",
+                        (cut, PRUNE_BATCH),
+                    ).rowcount
+                )
+            except sqlite3.Error as e:
+                log.warning("audit log %s: pruning failed: %s", self.path, e)
+                return 0
+        self._start = self._first_pos()
         if n:
             self._agent_first.clear()
             log.info("audit log: %d old record(s) pruned", n)
         return n
 
     def _first_pos(self) -> int:
-        row = self._db.execute("SELECT pos FROM records ORDER BY pos LIMIT 1").fetchone()
-        return self._end if row is None else int(row[0])
+        with self._db_lock:
+            row = self._db.execute("SELECT pos FROM records ORDER BY pos LIMIT 1").fetchone()
+        if row is not None:
+            return int(row[0])
+        with self._lock:
+            return self._pending[0][0] if self._pending else self._end
 
     # ---- reading: sys/audit and agents/NAME/audit ---------------------------------------------
 
@@ -376,9 +475,11 @@ class AuditLog:
         first = self._agent_first.get(agent)
         if first is None:
             try:
-                row = self._db.execute(
-                    "SELECT MIN(apos) FROM records WHERE agent = ?", (agent,)
-                ).fetchone()
+                with self._db_lock:
+                    self._flush_locked()
+                    row = self._db.execute(
+                        "SELECT MIN(apos) FROM records WHERE agent = ?", (agent,)
+                    ).fetchone()
             except sqlite3.Error:
                 return base
             first = self._agent_end.get(agent, 0) if row[0] is None else int(row[0])
@@ -392,17 +493,20 @@ class AuditLog:
             return b""
         out = bytearray()
         skip = -1
-        for start, line in self._lines_from(agent, at):
-            if skip < 0:
-                skip = max(0, at - start)
-            out += line
-            if len(out) - skip >= size:
-                break
+        with self._db_lock:
+            self._flush_locked()
+            for start, line in self._lines_from(agent, at):
+                if skip < 0:
+                    skip = max(0, at - start)
+                out += line
+                if len(out) - skip >= size:
+                    break
         if skip < 0:
             return b""
         return bytes(out[skip : skip + size])
 
     def _lines_from(self, agent: str | None, at: int) -> Iterator[tuple[int, bytes]]:
+        """The rows from the one that holds ``at`` (``_db_lock`` held)."""
         if agent is None:
             sql = (
                 "SELECT pos, line FROM records WHERE pos >= "

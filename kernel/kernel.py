@@ -304,8 +304,9 @@ class Kernel:
 
     def _audit_result(self, agent: Agent, result: Result, raw: bytes | None) -> None:
         """The record of a finished syscall: ``denied`` for a refusal of permission or
-        capability (EACCES, EPERM), ``invalid`` for one that never parsed (``raw`` is then
-        what was written); the duration runs from submission to the finish."""
+        capability (EACCES, EPERM), ``invalid`` for one that never parsed; the digest is of the
+        bytes as written (``raw`` where the result has none); the duration runs from
+        submission to the finish."""
         audit = self.audit_log
         if audit is None:
             return
@@ -321,11 +322,11 @@ class Kernel:
             outcome = "invalid"
         else:
             outcome = "failed"
-        args: Any = call if call is not None else (raw or b"")
-        duration = (result.finished_at or result.created) - result.created
+        end = result.finished_at or result.created
         audit.record(
-            agent.uid, agent.name, call.call if call is not None else "syscall", digest(args),
-            outcome, result.errno, duration, result.error or "",
+            agent.uid, agent.name, call.call if call is not None else "syscall",
+            result.args_digest or digest(raw or b""), outcome, result.errno,
+            end - result.created, result.error or "", end,
         )  # fmt: skip
 
     async def call_tool(self, name: str, args: Any, caller: Caller) -> ToolResult:
@@ -637,6 +638,8 @@ class Kernel:
         agent = self.agent(name)
         self.counts["submitted"] += 1
         result = agent.new_result(None, reserved)
+        if self.audit_log is not None:  # of the bytes as written: ~1 µs, the parsed call's ~8
+            result.args_digest = digest(data)
         try:
             if len(data) > self.limits.max_bytes:
                 raise TooLarge(

@@ -58,6 +58,7 @@ class Result:
         self.reserved = reserved
         self.delivered = False
         self.sources: list[str] = []  # memory files and store passages put in the prompt
+        self.args_digest = ""  # the audit log's digest of the syscall as written (kernel/audit.py)
         self.tool_calls: list[dict[str, Any]] = []  # an llm call's tool calls, as they finish
         self.changed = ChangeSignal()
 

@@ -7,6 +7,7 @@ from __future__ import annotations
 import errno
 import json
 import logging
+import os
 import random
 import sqlite3
 from pathlib import Path
@@ -69,7 +70,7 @@ async def test_each_outcome_is_recorded_with_its_errno(kernel: Kernel) -> None:
     assert [r["seq"] for r in records] == list(range(1, 7))
     assert "max_tokens_per_hour" in records[5]["detail"]  # the capability a denial names
     assert records[4]["duration_s"] > 0 and records[4]["time"] > 0
-    # the digest is of the parsed call: the same call made again has the same one
+    # the digest is of the syscall as written: the same call written again has the same one
     assert records[4]["digest"] == records[5]["digest"]
     assert len({r["digest"] for r in records}) == 5
 
@@ -224,18 +225,85 @@ async def test_a_log_that_cannot_be_written_fails_no_syscall(
     audit = kernel.audit_log
     assert audit is not None
     kernel.create_agent("a")
+    # what a full disk does to the tail file: /dev/full fails every write with ENOSPC
+    saved = os.dup(audit._fd)
+    full = os.open("/dev/full", os.O_WRONLY)
+    os.dup2(full, audit._fd)
+    try:
+        with caplog.at_level(logging.WARNING, logger="kernel.audit"):
+            for _ in range(20):
+                assert await finished(kernel, "a", call("mem_list", path="")) == "done"
+    finally:
+        os.dup2(saved, audit._fd)
+        os.close(saved)
+        os.close(full)
+    assert audit.lost == 20
+    assert any("could not be written" in r.getMessage() for r in caplog.records)
+    assert await finished(kernel, "a", call("mem_list", path="")) == "done"
+    whole = audit.read(0, audit.size()).splitlines()
+    assert json.loads(whole[-1])["seq"] == len(whole) == 2  # lost records took no number
+
+
+async def test_rows_the_database_refuses_are_kept_and_put_in_later(
+    kernel: Kernel, caplog: pytest.LogCaptureFixture
+) -> None:
+    audit = kernel.audit_log
+    assert audit is not None
+    kernel.create_agent("a")
+    audit.flush()
     # what a full disk does to SQLite: no page can be added ("database or disk is full")
-    pages = audit._db.execute("PRAGMA page_count").fetchone()[0]
-    audit._db.execute(f"PRAGMA max_page_count = {pages}")
+    with audit._db_lock:
+        pages = audit._db.execute("PRAGMA page_count").fetchone()[0]
+        audit._db.execute(f"PRAGMA max_page_count = {pages}")
     with caplog.at_level(logging.WARNING, logger="kernel.audit"):
         for _ in range(60):
             assert await finished(kernel, "a", call("mem_list", path="")) == "done"
-    assert audit.lost > 0
-    assert any("could not be written" in r.getMessage() for r in caplog.records)
-    audit._db.execute("PRAGMA max_page_count = 1073741823")
-    assert await finished(kernel, "a", call("mem_list", path="")) == "done"
+        audit.flush()
+    assert audit.lost == 0  # in the tail file: nothing is lost, the rows wait
+    assert any("not put in the database yet" in r.getMessage() for r in caplog.records)
+    with audit._db_lock:
+        audit._db.execute("PRAGMA max_page_count = 1073741823")
     whole = audit.read(0, audit.size()).splitlines()
-    assert json.loads(whole[-1])["seq"] == len(whole)  # no gap: lost records took no number
+    assert [json.loads(line)["seq"] for line in whole] == list(range(1, 62))
+
+
+def test_a_crash_leaves_the_tail_and_the_next_open_puts_it_in(tmp_path: Path) -> None:
+    """What ``kill -9`` leaves: lines in the tail file the database never got (and a line cut
+    off mid-write). Reopening puts them in at the offsets they had; the cut line is dropped."""
+    audit = AuditLog(tmp_path / "audit.db")
+    for i in range(5):
+        audit.record(i, "x", "llm", digest(i), "ok")
+    audit.close()  # everything in the database, the tail empty
+    assert audit.tail_path.stat().st_size == 0
+    audit = AuditLog(tmp_path / "audit.db")
+    audit.begin_agent("x")
+    lines = [audit.record(i, "x" if i % 2 else "y", "mem_read", digest(i), "ok")
+             for i in range(7)]  # fmt: skip
+    assert all(lines)
+    before = audit.read(0, audit.size())
+    # the crash: the indexer stops and never put the last lines in (taken back out of the db)
+    audit._stop.set()
+    audit._wake.set()
+    audit._indexer.join()
+    with audit._db_lock:
+        audit._db.execute("DELETE FROM records WHERE seq > 8")
+    os.close(audit._fd)
+    audit._db.close()
+    with open(audit.tail_path, "ab") as f:
+        f.write(b'{"seq": 13, "time"')  # a write the crash cut off
+    again = AuditLog(tmp_path / "audit.db")
+    try:
+        assert again.read(0, again.size()) == before
+        db = sqlite3.connect(tmp_path / "audit.db")
+        assert db.execute("SELECT count(*) FROM records").fetchone() == (12,)  # in at open
+        db.close()
+        again.begin_agent("x")
+        assert again.record(0, "x", "llm", digest(0), "ok")
+        assert [r["seq"] for r in again.records()] == list(range(1, 14))
+        assert [r["seq"] for r in again.records("x")] == [13]  # a stream since begin_agent
+    finally:
+        again.close()
+    assert again.tail_path.stat().st_size == 0
 
 
 async def test_audit_off_writes_nothing(tiny_core: LLMCore) -> None:
@@ -266,6 +334,7 @@ def test_the_database_is_plain_sqlite(tmp_path: Path) -> None:
     """Anyone may query it with sqlite3: one row a record, its line in ``line``."""
     audit = AuditLog(tmp_path / "audit.db")
     audit.record(5, "a", "llm", digest(1), "ok")
+    audit.flush()  # rows reach the database within FLUSH_EVERY_S; now at once
     db = sqlite3.connect(tmp_path / "audit.db")
     (line,) = db.execute("SELECT line FROM records").fetchone()
     assert json.loads(line)["uid"] == 5
