@@ -5,6 +5,7 @@ survive a ``kill -9`` of the daemon and a remount."""
 from __future__ import annotations
 
 import errno
+import hashlib
 import json
 import os
 import shutil
@@ -174,6 +175,8 @@ def test_records_survive_kill_9_and_remount(tmp_path: Path) -> None:
         assert after.startswith(before)
         writes = [r for r in lines(after) if r["agent"] == "k9" and r["call"] == "mem_write"]
         assert len(writes) == len(answered) and all(r["outcome"] == "ok" for r in writes)
+        body = json.dumps({"call": "mem_write", "path": "f0", "content": "x"}).encode()
+        assert writes[0]["digest"] == hashlib.sha256(body).hexdigest()[:16]  # of the bytes written
         # the agent is gone with the daemon; a new one of that name starts a fresh part
         os.mkdir(m.p("agents/k9"))
         assert [r["call"] for r in lines(m.read_bytes("agents/k9/audit"))] == ["agent_create"]
