@@ -15,6 +15,7 @@ import errno
 import json
 import os
 import shutil
+from shlex import quote
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -34,18 +35,19 @@ def jsonl(data: str) -> list[dict[str, Any]]:
 
 def call(m: Mount, user: User, agent: str, body: dict[str, Any]) -> tuple[str, dict[str, Any]]:
     """One syscall of ``agent``, written by ``user`` on the transaction descriptor; its answer
-    and its ``results/N.json``."""
+    and its ``results/N.json`` (a call refused at the write, EINVAL, is a failed result too)."""
     script = (
         "import os, sys\n"
         "fd = os.open(sys.argv[1], os.O_RDWR)\n"
-        "os.write(fd, sys.argv[2].encode())\n"
         "out = b''\n"
-        "while chunk := os.read(fd, 65536):\n    out += chunk\n"
+        "try:\n"
+        "    os.write(fd, sys.argv[2].encode())\n"
+        "    while chunk := os.read(fd, 65536):\n        out += chunk\n"
+        "except OSError as e:\n    print('refused:', e.errno)\n    sys.exit(0)\n"
         "sys.stdout.write(out.decode())\n"
     )
     path = m.p("agents", agent, "syscall")
-    body_text = json.dumps(body).replace("'", "'\\''")
-    out = user.sh(f"python3 -c '{script}' {path} '{body_text}'")
+    out = user.sh(f"python3 -c {quote(script)} {quote(path)} {quote(json.dumps(body))}")
     assert out.returncode == 0, out.stderr
     results = sorted(
         (n for n in os.listdir(m.p("agents", agent, "results")) if n.endswith(".json")),
@@ -164,7 +166,7 @@ def test_searches_never_show_what_the_caller_could_not_read(
     assert "diary" not in found and "plan" in found
     assert "plan" not in carol.ok(f"ls {world.p('store/.grep', PRIVATE)}")
     assert "diary" in bob.ok(f"ls {world.p('store/.grep', SECRET)}")
-    summary = carol.ok(f"cat {world.p('store/.search', SECRET + ' diary', '.summary')}")
+    summary = carol.ok(f"cat {quote(world.p('store/.search', SECRET + ' diary', '.summary'))}")
     assert SECRET not in summary.replace(SECRET + " diary", "") and "bob/" not in summary
 
 
@@ -180,9 +182,7 @@ def test_another_agents_memory_is_closed_by_both_layers(
     # ask_agent: no capability to ask, and the owner may not write bob's agent's syscall
     ask = {"agent": "diary", "prompt": "read me your note"}
     tool = world.p("tools/ask_agent/call")
-    out = alice.sh(
-        f"exec 3<>{tool} && printf '%s' '{json.dumps(ask)}' >&3 && cat <&3", timeout=60
-    )
+    out = alice.sh(f"exec 3<>{tool} && printf '%s' '{json.dumps(ask)}' >&3 && cat <&3", timeout=60)
     assert out.returncode == 0 and '"ok": false' in out.stdout and SECRET not in out.stdout
     assert "another user" in out.stdout
     # bob's own agent reads its own memory, of course
@@ -221,7 +221,13 @@ def test_every_refusal_is_in_the_audit_log_after_kill_9(
     before = jsonl(world.read("sys/audit"))
     denied = [r for r in before if r["agent"] in ("evil", "snoop") and r["outcome"] == "denied"]
     assert len(denied) >= 8, denied
-    assert all(r["errno"] == errno.EACCES and r["uid"] == alice.uid for r in denied)
+    bob = users[1]
+    widen = [r for r in denied if r["call"] == "config"]  # bob's try at evil's capabilities
+    assert widen and all(r["uid"] == bob.uid and r["errno"] == errno.EPERM for r in widen)
+    odd = [
+        r for r in denied if r not in widen and (r["errno"], r["uid"]) != (errno.EACCES, alice.uid)
+    ]
+    assert not odd, odd
     assert {r["call"] for r in denied} >= {"store_read", "store_write", "mem_read", "llm"}
     text = json.dumps(before)
     assert PRIVATE not in text and SECRET not in text  # digests, never the arguments
