@@ -15,9 +15,9 @@ import errno
 import json
 import os
 import shutil
-from shlex import quote
 from collections.abc import Iterator
 from pathlib import Path
+from shlex import quote
 from typing import Any
 
 import pytest
@@ -94,12 +94,12 @@ def world(tmp: Path, users: tuple[User, User, User]) -> Iterator[Mount]:
             f" && chmod 600 {s}/bob/diary.txt"
         )
         a = m.p("agents")
+        evil = {"capabilities": {"store_read": ["/public"], "store_write": ["/public/drafts"]}}
+        snoop = {"capabilities": {"mem_read": ["diary"]}}
         alice.ok(
-            f"mkdir {a}/evil {a}/snoop"
-            f" && echo '{json.dumps({'capabilities': {'store_read': ['/public'], 'store_write': ['/public/drafts']}})}'"
-            f" > {a}/evil/config"
-            f" && echo '{json.dumps({'capabilities': {'mem_read': ['diary']}})}' > {a}/snoop/config"
-        )  # fmt: skip
+            f"mkdir {a}/evil {a}/snoop && echo {quote(json.dumps(evil))} > {a}/evil/config"
+            f" && echo {quote(json.dumps(snoop))} > {a}/snoop/config"
+        )
         bob.ok(f"mkdir {a}/diary && echo 'my {SECRET} note' > {m.p('mem/diary/note')}")
         eventually(
             lambda: os.listdir(m.p("store/.grep", SECRET)) or None, what="bob's file indexed"
