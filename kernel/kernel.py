@@ -878,8 +878,17 @@ class Kernel:
             asks.append(("tool", name))
         path = args.get("path")
         store_call = name in PROTECTED_CALLS and spec.source == "builtin"
-        if store_call and isinstance(path, str) and self.protected(path):
-            asks.append((name, store_key(path)))
+        if store_call and isinstance(path, str):
+            # judged by where the path leads, as the handler will judge it (links followed)
+            actor, storage = self.actor(agent), self.storage
+            try:
+                path = await self.workers.store(
+                    storage.resolve, path, actor.cred, actor.need_store, True, True
+                )
+            except KernelError:
+                path = None  # refused anyway: the call itself fails with the same error
+            if path is not None and self.protected(path):
+                asks.append((name, store_key(path)))
         for kind, what in asks:
             decided = await self.approvals.request(
                 agent.name, agent.uid, kind, what, args, owner_gid=agent.gid
