@@ -818,7 +818,7 @@ class StorageManager:
                 cur = parent_of(cur)
                 continue
             nxt = f"{cur}/{part}" if cur else part
-            entry = self.tree.get(nxt)
+            entry = self.tree.peek(nxt)
             rest = [p for p in reversed(todo) if p not in ("", ".")]
             if entry is None:
                 if not rest or (parents and ".." not in rest):
@@ -843,7 +843,7 @@ class StorageManager:
     def _need_search(self, cred: Cred | None, directory: str, asked: str) -> None:
         if cred is None:
             return
-        entry = self.tree.get(directory)
+        entry = self.tree.peek(directory)
         if entry is not None and not self._permits(cred, entry, X_OK):
             raise AccessDenied(
                 f"{cred.describe()} may not search store/{directory} "
@@ -864,10 +864,10 @@ class StorageManager:
         directory above it, read on it? What a search shows of a file needs exactly that."""
         parts = path.split("/")
         for i in range(len(parts)):
-            entry = self.tree.get("/".join(parts[:i]))
+            entry = self.tree.peek("/".join(parts[:i]))
             if entry is None or not self._permits(cred, entry, X_OK):
                 return False
-        entry = self.tree.get(path)
+        entry = self.tree.peek(path)
         return entry is not None and self._permits(cred, entry, R_OK)
 
     def _visible(self, cred: Cred | None, allow: Allow | None) -> Callable[[str], bool] | None:

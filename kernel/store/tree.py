@@ -120,6 +120,14 @@ class Tree:
             ino = self._names.get(path)
             return None if ino is None else self._entry(ino)
 
+    def peek(self, path: str) -> Entry | None:
+        """The inode ``path`` names as kept, its link count not worked out (a directory's
+        counts its subdirectories, which costs a copy): for the permission checks of a path
+        walk, which read only kind, mode, owner and a link's target, many times a call."""
+        with self._lock:
+            ino = self._names.get(path)
+            return None if ino is None else self._inodes[ino]
+
     def inode(self, ino: int) -> Entry | None:
         """Inode ``ino`` (with no name left, if it is open after its last unlink), or None."""
         with self._lock:
