@@ -194,6 +194,7 @@ class Kernel:
         self.audit_log: AuditLog | None = None
         # the built-in tools not marked destructive: what an agent may call by default
         self.safe_tools: frozenset[str] = frozenset()
+        self._actors: dict[str, tuple[tuple[AgentConfig, int, int], Actor]] = {}  # see actor()
         self.started_at = time.time()
         self.stopping = False
         self.counts = {"submitted": 0, "done": 0, "failed": 0, "cancelled": 0, "invalid": 0}
@@ -468,7 +469,15 @@ class Kernel:
         (neither, with ``access_control`` off)."""
         if not self.config.access_control:
             return Actor(agent.name, None, UNRESTRICTED)
-        return Actor(agent.name, user_cred(agent.uid, agent.gid), self.capabilities(agent))
+        # made again only when what it is made of changes (the config is replaced whole on
+        # every update): every syscall asks for it, and building one costs a few microseconds
+        key = (agent.config, agent.uid, agent.gid)
+        cached = self._actors.get(agent.name)
+        if cached is not None and cached[0][0] is key[0] and cached[0][1:] == key[1:]:
+            return cached[1]
+        actor = Actor(agent.name, user_cred(agent.uid, agent.gid), self.capabilities(agent))
+        self._actors[agent.name] = (key, actor)
+        return actor
 
     def actor_for(self, caller: Caller) -> Actor:
         """An agent's actor, or for a person calling a tool directly (no agent) their own
@@ -621,6 +630,7 @@ class Kernel:
         self.cancel(name, reason="agent removed")
         agent.removed = True
         del self.agents[name]
+        self._actors.pop(name, None)
         agent.notify()
         self.audit_event(agent.uid if uid is None else uid, name, "agent_remove",
                          {"agent": name}, "ok")  # fmt: skip
