@@ -36,7 +36,7 @@ def test_bench_runs_and_writes_results(tmp_path: Path) -> None:
         "bench --model tiny-random --agents 1,2 --reps 1 --turns 1 --max-tokens 4 --flood 4 "
         "--overhead-blocks 2 --context-lengths 64,128 --embedder hashing --ingest 100 "
         "--search-large 150 --search-queries 5 --mem-ops 20 --large-mib 4 "
-        "--tool-calls 10 --tool-agents 4 --tool-rounds 1 --tool-pairs 1"
+        "--tool-calls 10 --tool-agents 4 --tool-rounds 1 --tool-pairs 1 --access-blocks 2"
     )
     res = subprocess.run(
         [sys.executable, "-m", "aiosfs", *args, "--out", str(out)],
@@ -73,3 +73,7 @@ def test_bench_runs_and_writes_results(tmp_path: Path) -> None:
     assert conc["printer_never_overlapped"] and conc["exec_max_overlap_global_lock"] == 1
     assert conc["nap_max_overlap_limits"] <= 4 and conc["ratio_median"] > 0
     assert "callers at once" in res.stdout
+    access = results["access"]
+    assert access["blocks"] == 2
+    for kind in ("syscall", "store_read", "fs_read"):
+        assert access[kind]["on_p50_ms"] > 0 and access[kind]["off_p50_ms"] > 0
