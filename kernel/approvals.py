@@ -137,19 +137,6 @@ class Approvals:
 
     # ---- asking ---------------------------------------------------------------------------
 
-    async def ask(
-        self,
-        agent: str,
-        owner_uid: int,
-        kind: str,
-        what: str,
-        args: dict[str, Any],
-        owner_gid: int = 0,
-    ) -> bool:
-        """Wait for a person's answer to ``kind`` ``what`` with ``args`` for ``agent``: True only
-        for a yes. See ``request`` for what ends the wait."""
-        return (await self.request(agent, owner_uid, kind, what, args, owner_gid)).approved
-
     async def request(
         self,
         agent: str,

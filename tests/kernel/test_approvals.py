@@ -55,7 +55,7 @@ async def test_ask_waits_for_the_owners_yes_or_no() -> None:
     async with trio.open_nursery() as nursery:
 
         async def ask(what: str) -> None:
-            answers.append(await approvals.ask("a", ALICE, "tool", what, {"x": 1}))
+            answers.append((await approvals.request("a", ALICE, "tool", what, {"x": 1})).approved)
 
         nursery.start_soon(ask, "rm")
         first = await first_waiting(approvals)
@@ -114,7 +114,7 @@ async def test_cancel_agent_and_close_answer_no() -> None:
     answers: dict[str, bool] = {}
 
     async def ask(agent: str) -> None:
-        answers[agent] = await approvals.ask(agent, ALICE, "tool", "rm", {})
+        answers[agent] = (await approvals.request(agent, ALICE, "tool", "rm", {})).approved
 
     async with trio.open_nursery() as nursery:
         nursery.start_soon(ask, "a")
