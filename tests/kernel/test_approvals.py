@@ -102,7 +102,7 @@ async def test_a_cancelled_wait_leaves_the_list() -> None:
         fired += 1
 
     async with trio.open_nursery() as nursery:
-        nursery.start_soon(approvals.ask, "a", ALICE, "tool", "rm", {})
+        nursery.start_soon(approvals.request, "a", ALICE, "tool", "rm", {})
         waiting = await first_waiting(approvals)
         approvals.changed.once(count)
         nursery.cancel_scope.cancel()  # the caller goes away
