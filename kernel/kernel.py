@@ -335,7 +335,7 @@ class Kernel:
         ``tools/NAME/call``: the tool manager's answer, recorded as ``tool:NAME`` before the
         caller sees it (a call the caller abandoned is recorded as cancelled)."""
         started = time.monotonic()
-        uid = 65534 if caller.uid is None else caller.uid
+        uid = caller.known_uid
         try:
             out = await self.tools.call(name, args, caller)
         except trio.Cancelled:
@@ -374,9 +374,8 @@ class Kernel:
             return await self.syscalls.run(self._env, actor, self.syscalls.check(call, args))
         except (AccessDenied, NotPermitted) as e:
             # the tool call is recorded as failed; this says which check refused it
-            uid = 65534 if caller.uid is None else caller.uid
-            self.audit_event(uid, caller.agent, call, args, "denied", e.errno, 0.0,
-                             e.message)  # fmt: skip
+            self.audit_event(caller.known_uid, caller.agent, call, args, "denied", e.errno,
+                             0.0, e.message)  # fmt: skip
             raise
 
     async def ask_agent(self, caller: Caller, name: str, prompt: str) -> str:
@@ -393,8 +392,7 @@ class Kernel:
             if actor.cred is not None and not self.agent_permits(agent, actor.cred, W_OK):
                 raise AccessDenied(f"agent {name!r} belongs to another user", None)
         except AccessDenied as e:
-            uid = caller.uid if caller.uid is not None else 65534
-            self.audit_event(uid, caller.agent, "ask_agent", {"agent": name},
+            self.audit_event(caller.known_uid, caller.agent, "ask_agent", {"agent": name},
                              "denied", e.errno, 0.0, e.message)  # fmt: skip
             raise
         self.spend_check(agent)
@@ -484,9 +482,7 @@ class Kernel:
         credentials and no capability limits: only their file permissions bind them."""
         if caller.agent:
             return self.actor(self.agent(caller.agent))
-        uid = 65534 if caller.uid is None else caller.uid
-        gid = 65534 if caller.gid is None else caller.gid
-        return Actor("", user_cred(uid, gid), UNRESTRICTED)
+        return Actor("", user_cred(caller.known_uid, caller.known_gid), UNRESTRICTED)
 
     @staticmethod
     def agent_permits(agent: Agent, cred: Cred, want: int, natural: int = R_OK | W_OK) -> bool:

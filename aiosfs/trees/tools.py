@@ -184,7 +184,7 @@ class CallHandle(Handle):
         except KernelError as e:
             caller, name = self.caller, self.call_file.spec.name
             self.call_file.kernel.audit_event(
-                65534 if caller.uid is None else caller.uid, caller.agent, f"tool:{name}",
+                caller.known_uid, caller.agent, f"tool:{name}",
                 bytes(self.pending), "invalid", e.errno, 0.0, e.message,
             )  # fmt: skip
             self.pending.clear()

@@ -68,11 +68,10 @@ from typing import Any
 
 import trio
 
-from kernel.tools.tool import BrokenTool, Caller, ToolError, ToolSpec, check_schema
+from kernel.tools.tool import NOBODY, BrokenTool, Caller, ToolError, ToolSpec, check_schema
 
 log = logging.getLogger(__name__)
 
-NOBODY = 65534
 """uid and gid of ``nobody``/``nogroup``: whom a tool runs as when its owner is root or unknown."""
 
 CLEAN_PATH = "/usr/local/bin:/usr/bin:/bin"

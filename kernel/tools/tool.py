@@ -123,6 +123,10 @@ class ToolSpec:
         }
 
 
+NOBODY = 65534
+"""The uid and gid of ``nobody``: who an unknown caller counts as."""
+
+
 @dataclass(frozen=True)
 class Caller:
     """Who makes a call: the agent, and the uid and gid of the person who owns it.
@@ -133,6 +137,15 @@ class Caller:
     agent: str
     uid: int | None = None
     gid: int | None = None
+
+    @property
+    def known_uid(self) -> int:
+        """The uid, or ``nobody``'s when not known (what the audit log records)."""
+        return NOBODY if self.uid is None else self.uid
+
+    @property
+    def known_gid(self) -> int:
+        return NOBODY if self.gid is None else self.gid
 
 
 @dataclass(frozen=True)
