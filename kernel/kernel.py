@@ -537,7 +537,7 @@ class Kernel:
 
     def spend_check(self, agent: Agent) -> None:
         """Refuse a model call for an agent whose ``max_tokens_per_hour`` is spent."""
-        budget = self.capabilities(agent).max_tokens_per_hour
+        budget = self.actor(agent).caps.max_tokens_per_hour  # the cached set
         if budget is not None:
             used = agent.tokens_window.used()
             if used >= budget:
@@ -547,7 +547,7 @@ class Kernel:
 
     def token_allowance(self, agent: Agent, max_tokens: int) -> int:
         """``max_tokens`` cut to what is left of the agent's hourly budget."""
-        budget = self.capabilities(agent).max_tokens_per_hour
+        budget = self.actor(agent).caps.max_tokens_per_hour  # the cached set
         if budget is None:
             return max_tokens
         return max(1, min(max_tokens, budget - agent.tokens_window.used()))
