@@ -44,7 +44,17 @@ def build_parser() -> argparse.ArgumentParser:
     m.add_argument("--model", help="default model: smollm2, tiny-random, a folder or .gguf")
     m.add_argument("--data-dir", type=Path, help="where state and the log live")
     m.add_argument("--scheduler", help=f"scheduling policy: {', '.join(POLICIES)} (default fifo)")
-    m.add_argument("--threads", type=int, help="torch threads per model (default: all cores)")
+    m.add_argument("--threads", type=int, help="threads per model (default: all cores)")
+    m.add_argument(
+        "--core",
+        choices=("auto", "llamacpp", "transformers"),
+        help="what runs the models: llama.cpp for GGUF, transformers otherwise (auto, default)",
+    )
+    m.add_argument(
+        "--gguf-weights",
+        choices=("f16", "native"),
+        help="llama.cpp core: weights dequantised to f16 (default) or the file's quantisation",
+    )
     m.add_argument("--max-running", type=int, help="sequences decoded together per model")
     m.add_argument(
         "--embedder",
@@ -102,6 +112,8 @@ def kernel_config(args: argparse.Namespace) -> Any:
         "data_dir": args.data_dir,
         "scheduler": args.scheduler,
         "threads": args.threads,
+        "core": args.core,
+        "gguf_weights": args.gguf_weights,
         "max_running": args.max_running,
         "store_embedder": args.embedder,
     }
@@ -194,6 +206,8 @@ def _daemon_argv(args: argparse.Namespace, mountpoint: str, ready_fd: int) -> li
         ("--data-dir", args.data_dir),
         ("--scheduler", args.scheduler),
         ("--threads", args.threads),
+        ("--core", args.core),
+        ("--gguf-weights", args.gguf_weights),
         ("--max-running", args.max_running),
         ("--embedder", args.embedder),
         ("--log-level", args.log_level),

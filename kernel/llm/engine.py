@@ -32,13 +32,12 @@ import time
 import traceback
 from collections import deque
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from kernel.llm.core import LLMCore
 from kernel.llm.grammar import Grammars, TokenConstraint
-from kernel.llm.kv import SeqKV
 from kernel.llm.prefix_cache import PrefixCache
 from kernel.llm.request import GenerationRequest, Update
 from kernel.llm.sampling import new_rng, sample
@@ -181,9 +180,8 @@ class Engine:
         self.state = "loading"
         try:
             self.core.load(self._set_progress)
-            self.swap = SwapManager(
-                self.core.kv_shape, self.config.swap_ram_bytes, self.config.swap_dir
-            )
+            self._fit_limits()
+            self.swap = SwapManager(self.core, self.config.swap_ram_bytes, self.config.swap_dir)
         except Exception as e:
             self.load_error = f"{type(e).__name__}: {e}"
             self.state = "failed"
@@ -192,6 +190,22 @@ class Engine:
             self.state = "ready"
             self._set_progress("ready")
         self.loaded.set()
+
+    def _fit_limits(self) -> None:
+        """A core with a fixed number of KV slots bounds the running batch: the limit every
+        policy (and every later switch of policy) admits up to."""
+        slots = self.core.max_sequences
+        limits = self.config.limits
+        if slots is not None and limits.max_running > slots:
+            log.warning(
+                "model %s holds %d sequences at once; max_running %d is cut to it",
+                self.core.name,
+                slots,
+                limits.max_running,
+            )
+            self.config = replace(self.config, limits=replace(limits, max_running=slots))
+        if slots is not None and self.scheduler.limits.max_running > slots:
+            self.scheduler.limits = replace(self.scheduler.limits, max_running=slots)
 
     def _run(self) -> None:
         self._load()
@@ -243,6 +257,8 @@ class Engine:
     def _drop(self, seq: Sequence) -> None:
         if self.swap is not None:
             self.swap.discard(seq)
+        if seq.kv is not None:
+            self.core.free_kv(seq.kv)
         seq.kv = None
 
     def _apply_cancels(self, cancels: set[int]) -> None:
@@ -273,7 +289,7 @@ class Engine:
 
     def _prepare(self, request: GenerationRequest) -> Sequence:
         """Tokenize (dropping the oldest history turns until prompt plus answer fit the
-        context), then start from the longest cached prefix."""
+        context). The cached prefix it may start from is found when it first runs."""
         system = [] if request.system is None else [{"role": "system", "content": request.system}]
         history = list(request.history)
         max_tokens = request.sampling.max_tokens
@@ -292,15 +308,21 @@ class Engine:
         seq.rng = new_rng(request.sampling)
         if request.sampling.grammar is not None:
             seq.constraint = self._constraint(request.sampling.grammar)
+        return seq
+
+    def _start_from_prefix(self, seq: Sequence) -> None:
+        """A sequence about to run without KV starts from the longest cached prefix of its
+        prompt. Done when it joins the batch, not when it is queued, so that only running
+        sequences hold KV (a core may have a fixed number of slots for it)."""
         if not self.scheduler.reuse_prefixes:
-            return seq
+            return
+        ids = seq.prompt_ids
         entry, n = self.prefix.match(ids)
         n = min(n, len(ids) - 1)  # the last prompt token is always fed: it yields the logits
         if entry is not None and n >= self.prefix.min_tokens:
-            seq.kv = entry.working_copy(self.core.kv_shape, n, capacity=len(ids) + 64)
-            seq.cached_tokens = n
+            seq.kv = self.core.load_kv(entry.kv, n)
+            seq.cached_tokens = max(seq.cached_tokens, n)
             self.prefix.record_reuse(n)
-        return seq
 
     def _constraint(self, grammar: str) -> TokenConstraint:
         """A fresh matcher for a new sequence (the tokenizer is converted once per engine)."""
@@ -344,6 +366,8 @@ class Engine:
         for seq in decision.run:
             if seq.snapshot is not None:
                 self.swap.restore(seq)
+            if seq.kv is None and seq.fed == 0:
+                self._start_from_prefix(seq)
         return self._feeds(decision.run)
 
     def _forward(
@@ -419,10 +443,11 @@ class Engine:
     def _finish(self, seq: Sequence) -> None:
         self.scheduler.finish(seq)
         kv = seq.kv
-        assert kv is None or isinstance(kv, SeqKV)
-        if kv is not None and kv.length:
-            # what the model has read (prompt and answer) may start the next prompt
-            self.prefix.insert(seq.tokens(0, kv.length), kv.compact())
+        if kv is not None:
+            if self.prefix.wants(kv.length):
+                # what the model has read (prompt and answer) may start the next prompt
+                self.prefix.insert(seq.tokens(0, kv.length), self.core.save_kv(kv))
+            self.core.free_kv(kv)
         seq.kv = None
 
 

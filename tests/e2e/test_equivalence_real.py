@@ -1,31 +1,90 @@
-"""The equivalence guarantee on the embedded model: alone, in a batch of 32, preempted."""
+"""The equivalence guarantee on the embedded model, on every core: alone, in a batch of 32,
+preempted (snapshots in RAM and spilled to disk), and with the prefix from the cache.
+
+The transformers core keeps it exactly. llama.cpp rounds a step that holds several sequences'
+streams slightly differently from a step with one (kernel/llm/llamacpp.py), so on that core a
+rare near-tie flips: its tests ask that nearly every answer be identical, and that what the
+engine itself does (snapshot, spill, restore, prefix copy) changes nothing — a preempted run is
+compared with a run of the same batch that no policy preempted... which still differs in batch
+composition, so it too is held to "nearly every"."""
 
 from __future__ import annotations
 
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 
 from kernel.llm.core import LLMCore, TransformersCore
+from kernel.llm.llamacpp import LlamaCppCore, available
 from kernel.llm.models import default_cache_dir, resolve_model
+from tests.conftest import make_kernel
 from tests.kernel.test_equivalence import run
 
 pytestmark = [pytest.mark.model, pytest.mark.timeout(900)]
 
 
-@pytest.fixture(scope="module")
-def smol() -> LLMCore:
-    core = TransformersCore(resolve_model("smollm2"), default_cache_dir())
+@pytest.fixture(scope="module", params=["transformers", "llamacpp"])
+def smol(request: pytest.FixtureRequest) -> Iterator[LLMCore]:
+    core: LLMCore
+    if request.param == "llamacpp":
+        if not available():
+            pytest.skip("llama-cpp-python is not installed")
+        core = LlamaCppCore(resolve_model("smollm2"), default_cache_dir(), slots=32)
+    else:
+        core = TransformersCore(resolve_model("smollm2"), default_cache_dir())
     core.load(lambda _msg: None)
-    return core
+    yield core
+
+
+def agree(a: list[bytes], b: list[bytes], core: LLMCore) -> None:
+    """Identical answers: all of them on the exact core, all but two of 32 on llama.cpp."""
+    same = sum(x == y for x, y in zip(a, b, strict=True))
+    assert same >= (len(a) if isinstance(core, TransformersCore) else len(a) - 2), same
 
 
 async def test_smollm2_alone_batched_preempted_agree(smol: LLMCore, tmp_path: Path) -> None:
     alone, _ = await run(smol, one_at_a_time=True, max_running=1)
     batched, info = await run(smol, max_running=32)
     assert info["mean_batch"] > 16
-    assert batched == alone
+    agree(batched, alone, smol)
     preempted, info = await run(smol, scheduler="rr", max_running=8, quantum=4, data_dir=tmp_path)
     assert info["contexts"]["restores"] > 20
-    assert preempted == alone
+    agree(preempted, alone, smol)
     assert all(len(b) > 20 for b in alone)  # real text came back
+    if isinstance(smol, LlamaCppCore):  # slow on the fp32 core; its tiny-random tests cover it
+        spilled, info = await run(
+            smol, scheduler="rr", max_running=8, quantum=4, context_mb=0, data_dir=tmp_path
+        )
+        assert info["contexts"]["spills"] > 20 and info["contexts"]["drops"] == 0
+        # the same steps as the run above, the snapshots on disk instead of in RAM: the bytes
+        # llama.cpp saved come back exactly, so nothing may differ at all
+        assert spilled == preempted
+        assert smol.info()["slots_free"] == 32  # every slot came back
+
+
+async def test_the_next_turn_starts_from_the_cached_prefix(smol: LLMCore) -> None:
+    if not isinstance(smol, LlamaCppCore):
+        pytest.skip("the transformers core's prefix reuse is covered on tiny-random")
+
+    async def two_turns(prefix_mb: int) -> tuple[list[bytes], list[int]]:
+        k = make_kernel(smol, model=smol.name, prefix_cache_mb=prefix_mb)
+        await k.start()
+        try:
+            k.create_agent("a")
+            k.update_config("a", b"max_tokens=16\nrepetition_penalty=1.0")
+            bodies, cached = [], []
+            for q in ("Name a large animal.", "And a small one?"):
+                r = k.submit("a", q.encode())
+                await r.wait_finished()
+                bodies.append(r.body())
+                cached.append(r.tokens_cached)
+            return bodies, cached
+        finally:
+            await k.shutdown()
+
+    with_cache, cached = await two_turns(256)
+    without, no_cache = await two_turns(0)
+    assert cached[0] == 0 and cached[1] > 30  # the second turn started from the first's KV
+    assert no_cache == [0, 0]
+    assert with_cache == without  # one sequence at a time: llama.cpp rounds the same way

@@ -20,7 +20,10 @@ def smol(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Mount]:
 
 
 def test_capital_of_france_through_the_mount(smol: Mount) -> None:
-    assert smol.json("sys/models")["smollm2"]["loaded"] is True
+    model = smol.json("sys/models")["smollm2"]
+    assert model["loaded"] is True
+    # the default core for a GGUF model, on the weights that keep its answers (llamacpp.py)
+    assert (model["core"], model["weights"]) == ("llamacpp", "f16")
     answer = smol.sh(
         "mkdir agents/geo && echo 'What is the capital of France?' > agents/geo/syscall "
         "&& cat agents/geo/out",

@@ -1,0 +1,314 @@
+"""The llama.cpp core: GGUF models on llama.cpp's CPU kernels, scheduled step by step by our engine.
+
+llama.cpp (through ``llama-cpp-python``'s low-level C API, not its high-level ``Llama`` class)
+is used as a forward pass and a KV cache, nothing more: our scheduler still picks every step's
+batch, our sampler picks every token, and preemption, the prefix cache and the policies work as
+on the transformers core. Each step is one ``llama_decode`` over a batch in which every token
+carries its sequence's id.
+
+Why these settings (measured on the 2-core test machine, docs/design.md has the figures):
+
+* **One KV stream per sequence** (``kv_unified = false``). With llama.cpp's unified cache a
+  sequence attends over every sequence's cells, masked, and greedy answers in a batch often
+  differed from the same answers alone (4 of 16 identical in one test). With a stream of its own
+  per sequence they nearly always agree (31 of 32 at a batch of 32), but not always: llama.cpp's
+  kernels round differently for a step that holds several streams than for one, by ~1e-2 in the
+  logits, which flips the rare near-tie. So on this core "identical alone, in a batch and
+  preempted" holds up to llama.cpp's rounding; the transformers core keeps it exactly
+  (``core = "transformers"``). The price of the streams: each slot's context is allocated up
+  front (``slots x context`` cells).
+* **Weights dequantised to f16 once** (``gguf_weights = "f16"``, the default). On quantised
+  weights llama.cpp also quantises the activations (to 8 bits) for its integer dot products.
+  That flips close calls: asked for the capital of France, SmolLM2's Q4_1 file answers in
+  French nonsense on llama.cpp (and on llama-server) while the same weights dequantised say
+  "Paris". On f16 weights llama.cpp keeps the activations in f16/f32, answers like the fp32
+  transformers core, and is faster for batches (its f16 matrix kernels beat its Q4 ones past a
+  few sequences). ``"native"`` runs the file's own quantisation: the fastest single stream.
+* **Snapshots are llama.cpp's per-sequence state** (``llama_state_seq_get_data`` /
+  ``set_data``): the bytes go to the swap manager and the prefix cache like any ``SavedKV``; a
+  prefix is a saved sequence loaded into a fresh slot and cut to its first ``n`` tokens.
+"""
+
+from __future__ import annotations
+
+import ctypes
+import logging
+import os
+import time
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+from kernel.llm.core import HFTokenizerCore, SavedKV
+from kernel.llm.models import ModelSpec, Progress, gguf_path, gguf_tokenizer
+from kernel.llm.sequence import KVCache, Sequence
+
+log = logging.getLogger(__name__)
+
+MAX_SLOTS = 256  # llama.cpp's LLAMA_MAX_SEQ: sequences one context can hold
+WEIGHTS = ("f16", "f32", "native")
+FTYPES = {"f32": 0, "f16": 1}  # LLAMA_FTYPE_ALL_F32, LLAMA_FTYPE_MOSTLY_F16
+_LOG_LEVELS = {3: logging.INFO, 4: logging.WARNING}  # ggml WARN, ERROR (the rest: DEBUG)
+
+_lib: Any = None
+_log_callback: Any = None  # kept alive: llama.cpp holds the pointer
+
+
+def available() -> bool:
+    """Whether llama-cpp-python is installed (without loading it)."""
+    import importlib.util
+
+    return importlib.util.find_spec("llama_cpp") is not None
+
+
+def _llama() -> Any:
+    """The low-level binding, initialised once per process, its log routed to ours."""
+    global _lib, _log_callback
+    if _lib is None:
+        import llama_cpp.llama_cpp as lib
+
+        def route(level: int, text: bytes | None, _user: object) -> None:
+            if text:
+                log.log(
+                    _LOG_LEVELS.get(level, logging.DEBUG),
+                    "llama.cpp: %s",
+                    text.decode("utf-8", "replace").rstrip(),
+                )
+
+        _log_callback = lib.llama_log_callback(route)
+        lib.llama_log_set(_log_callback, None)
+        lib.llama_backend_init()
+        _lib = lib
+    return _lib
+
+
+class SlotKV:
+    """A sequence's KV on this core: a slot (a llama.cpp sequence id with its own stream) and
+    how many tokens it holds."""
+
+    __slots__ = ("length", "slot")
+
+    def __init__(self, slot: int, length: int = 0) -> None:
+        self.slot = slot
+        self.length = length
+
+
+class LlamaCppCore(HFTokenizerCore):
+    """A GGUF model on llama.cpp, ``slots`` sequences of up to ``context`` tokens at once."""
+
+    def __init__(
+        self,
+        spec: ModelSpec,
+        cache_dir: Path,
+        threads: int = 0,
+        slots: int = 32,
+        context: int = 2048,
+        weights: str = "f16",
+        batch_tokens: int = 512,
+    ) -> None:
+        if weights not in WEIGHTS:
+            raise ValueError(f"gguf_weights must be one of {', '.join(WEIGHTS)}, not {weights!r}")
+        if not 1 <= slots <= MAX_SLOTS:
+            raise ValueError(f"the llama.cpp core runs 1 to {MAX_SLOTS} sequences, not {slots}")
+        self.spec = spec
+        self.name = spec.name
+        self.cache_dir = cache_dir
+        self.threads = threads or (os.cpu_count() or 1)
+        self.slots = slots
+        self.max_sequences = slots
+        self.context = context
+        self.weights = weights
+        self.batch_tokens = max(batch_tokens, slots)
+        self.max_context = 0
+        self.eos_ids = frozenset()
+        self.load_seconds: float | None = None
+        self.params = 0
+        self.weights_file: Path | None = None
+        self._lib: Any = None
+        self.model: Any = None
+        self.ctx: Any = None
+        self.mem: Any = None
+        self.batch: Any = None
+        self._free: list[int] = []
+
+    # ---- loading ----------------------------------------------------------------------------
+
+    def load(self, progress: Progress) -> None:
+        if self.ctx is not None:  # loaded already: a new kernel starts from empty slots
+            self._lib.llama_memory_clear(self.mem, True)
+            self._free = list(range(self.slots - 1, -1, -1))
+            return
+        start = time.monotonic()
+        lib = self._lib = _llama()
+        source = gguf_path(self.spec)
+        self.tokenizer = gguf_tokenizer(self.spec, self.cache_dir, progress)
+        path = self.weights_file = self._weights(source, progress)
+        progress(f"loading {path.name} on llama.cpp")
+        model = lib.llama_model_load_from_file(str(path).encode(), lib.llama_model_default_params())
+        if not model:
+            raise RuntimeError(f"llama.cpp cannot load {path}")
+        self.model = model
+        vocab = lib.llama_model_get_vocab(model)
+        self.max_context = min(self.context, int(lib.llama_model_n_ctx_train(model)))
+        params = lib.llama_context_default_params()
+        params.n_ctx = self.slots * self.max_context
+        params.n_seq_max = self.slots
+        params.n_batch = self.batch_tokens
+        params.n_ubatch = min(self.batch_tokens, 512)
+        params.n_threads = params.n_threads_batch = self.threads
+        params.kv_unified = False  # one stream per sequence: see the module docstring
+        params.no_perf = True
+        ctx = lib.llama_init_from_model(model, params)
+        if not ctx:
+            raise RuntimeError(
+                f"llama.cpp cannot make a context of {self.slots} x {self.max_context} tokens"
+            )
+        self.ctx = ctx
+        self.mem = lib.llama_get_memory(ctx)
+        self.batch = lib.llama_batch_init(self.batch_tokens, 0, 1)
+        cap = self.batch_tokens
+        self._tokens = np.ctypeslib.as_array(self.batch.token, shape=(cap,))
+        self._pos = np.ctypeslib.as_array(self.batch.pos, shape=(cap,))
+        self._n_seq = np.ctypeslib.as_array(self.batch.n_seq_id, shape=(cap,))
+        self._wants = np.ctypeslib.as_array(self.batch.logits, shape=(cap,))
+        self._n_seq[:] = 1
+        self.vocab_width = int(lib.llama_vocab_n_tokens(vocab))
+        if len(self.tokenizer) > self.vocab_width:
+            raise RuntimeError(
+                f"{path.name}: the tokenizer has {len(self.tokenizer)} tokens, the model "
+                f"{self.vocab_width}"
+            )
+        ids = [int(lib.llama_vocab_eos(vocab)), int(lib.llama_vocab_eot(vocab))]
+        self.set_eos([t for t in ids if t >= 0])
+        self.params = int(lib.llama_model_n_params(model))
+        self._free = list(range(self.slots - 1, -1, -1))
+        self.load_seconds = time.monotonic() - start
+
+    def _weights(self, source: Path, progress: Progress) -> Path:
+        """The GGUF file to run: the source, or its f16 copy in the cache (made once)."""
+        if self.weights == "native":
+            return source
+        stat = source.stat()
+        w = self.weights
+        target = self.cache_dir / f"{self.spec.name}-{w}-{stat.st_size}-{int(stat.st_mtime)}.gguf"
+        if target.exists():
+            return target
+        progress(f"dequantising {source.name} to {w} for llama.cpp (one-off, a few seconds)")
+        target.parent.mkdir(parents=True, exist_ok=True)
+        tmp = target.with_name(f"{target.name}.{os.getpid()}.tmp")
+        params = self._lib.llama_model_quantize_default_params()
+        params.ftype = FTYPES[w]
+        params.allow_requantize = True
+        params.nthread = self.threads
+        try:
+            rc = self._lib.llama_model_quantize(
+                str(source).encode(), str(tmp).encode(), ctypes.byref(params)
+            )
+            if rc != 0:
+                raise RuntimeError(f"llama.cpp could not convert {source.name} to {w} ({rc})")
+            os.replace(tmp, target)  # atomic: a crash never leaves half a model in the cache
+        finally:
+            tmp.unlink(missing_ok=True)
+        return target
+
+    # ---- the step ---------------------------------------------------------------------------
+
+    def _slot(self) -> SlotKV:
+        if not self._free:
+            raise RuntimeError(f"model {self.name}: all {self.slots} sequence slots are in use")
+        return SlotKV(self._free.pop())
+
+    def forward(self, feeds: list[tuple[Sequence, int]]) -> torch.Tensor:
+        lib, batch = self._lib, self.batch
+        total = sum(n for _, n in feeds)
+        if total > self.batch_tokens:  # llama.cpp would abort the process: refuse instead
+            raise ValueError(f"a step of {total} tokens exceeds the batch of {self.batch_tokens}")
+        kvs: list[SlotKV] = []
+        i = 0
+        for seq, n in feeds:
+            kv = seq.kv
+            if kv is None:
+                kv = seq.kv = self._slot()
+            assert isinstance(kv, SlotKV)  # the handles this core makes
+            start = kv.length
+            if start + n > self.max_context:
+                raise ValueError(
+                    f"sequence {seq.id} would exceed the context of {self.max_context} tokens"
+                )
+            self._tokens[i : i + n] = seq.tokens(start, start + n)
+            self._pos[i : i + n] = np.arange(start, start + n, dtype=np.int32)
+            self._wants[i : i + n] = 0
+            self._wants[i + n - 1] = 1
+            seq_ids = batch.seq_id
+            for j in range(i, i + n):
+                seq_ids[j][0] = kv.slot
+            kvs.append(kv)
+            i += n
+        batch.n_tokens = i
+        rc = lib.llama_decode(self.ctx, batch)
+        if rc != 0:
+            raise RuntimeError(f"llama_decode failed ({rc})")
+        for kv, (_, n) in zip(kvs, feeds, strict=True):
+            kv.length += n
+        rows = np.ctypeslib.as_array(
+            lib.llama_get_logits(self.ctx), shape=(len(feeds), self.vocab_width)
+        )
+        return torch.from_numpy(rows.copy())
+
+    # ---- KV in and out ----------------------------------------------------------------------
+
+    def save_kv(self, kv: KVCache) -> SavedKV:
+        assert isinstance(kv, SlotKV)
+        lib = self._lib
+        size = int(lib.llama_state_seq_get_size(self.ctx, kv.slot))
+        data = np.empty(size, dtype=np.uint8)
+        ptr = data.ctypes.data_as(ctypes.POINTER(ctypes.c_uint8))
+        n = int(lib.llama_state_seq_get_data(self.ctx, ptr, size, kv.slot))
+        if n == 0 and kv.length:
+            raise RuntimeError(f"llama.cpp could not save sequence slot {kv.slot}")
+        return SavedKV(kv.length, data[:n])
+
+    def load_kv(self, saved: SavedKV, n: int) -> KVCache:
+        lib = self._lib
+        kv = self._slot()
+        try:
+            data = np.ascontiguousarray(saved.data, dtype=np.uint8)
+            ptr = data.ctypes.data_as(ctypes.POINTER(ctypes.c_uint8))
+            if saved.length and not lib.llama_state_seq_set_data(
+                self.ctx, ptr, data.nbytes, kv.slot
+            ):
+                raise RuntimeError(f"llama.cpp refused a saved sequence of {saved.length} tokens")
+            if n < saved.length:
+                lib.llama_memory_seq_rm(self.mem, kv.slot, n, -1)
+        except BaseException:
+            self.free_kv(kv)
+            raise
+        kv.length = n
+        return kv
+
+    def free_kv(self, kv: KVCache) -> None:
+        assert isinstance(kv, SlotKV)
+        if kv.slot < 0:
+            return
+        self._lib.llama_memory_seq_rm(self.mem, kv.slot, -1, -1)
+        self._free.append(kv.slot)
+        kv.slot, kv.length = -1, 0
+
+    def info(self) -> dict[str, Any]:
+        return {
+            "name": self.name,
+            "kind": self.spec.kind,
+            "core": "llamacpp",
+            "params": self.params,
+            "max_context": self.max_context,
+            "slots": self.slots,
+            "slots_free": len(self._free),
+            "weights": self.weights,
+            "weights_file": str(self.weights_file) if self.weights_file else None,
+            "dtype": {"f16": "float16", "f32": "float32"}.get(self.weights, "gguf"),
+            "device": "cpu",
+            "threads": self.threads,
+            "load_seconds": None if self.load_seconds is None else round(self.load_seconds, 2),
+        }
