@@ -9,9 +9,9 @@ adds its default system prompt, as the transformers tokenizer does for the mount
 number of agents, so that every agent has a slot, as every agent has a place in our batch up to
 ``max_running``.
 
-Each turn is one streamed ``/v1/chat/completions`` request on the agent's own keep-alive
-connection; its times are those :class:`aiosfs.bench.traffic.Req` holds for a turn through the
-mount (submitted, first content delta, end of stream) and its tokens the server's own count
+Each turn is one streamed ``/v1/chat/completions`` request on a connection of its own; its
+times are those :class:`aiosfs.bench.traffic.Req` holds for a turn through the mount (submitted,
+first content delta, end of stream) and its tokens the server's own count
 (``usage.completion_tokens``), so :func:`aiosfs.bench.traffic.summarize` reports both sides
 alike. Only the standard library is used: ``http.client`` and a line parser for server-sent
 events.
@@ -180,14 +180,17 @@ def sse_events(stream: BinaryIO) -> Iterator[dict[str, Any]]:
 
 
 def chat(
-    conn: http.client.HTTPConnection,
+    server: Server,
     agent: str,
     turn: int,
     messages: list[dict[str, str]],
     max_tokens: int,
 ) -> StreamedReq:
     """One streamed, greedy chat completion: the same settings as an agent's turn through the
-    mount (temperature 0, no repetition penalty, ``max_tokens``), times and tokens recorded."""
+    mount (temperature 0, no repetition penalty, ``max_tokens``), times and tokens recorded.
+
+    Each turn opens a connection of its own (a loopback connect costs tens of microseconds):
+    llama-server announces keep-alive but closes a connection after a streamed answer."""
     body = json.dumps(
         {
             "messages": messages,
@@ -201,6 +204,7 @@ def chat(
     req = StreamedReq(agent, turn, time.monotonic())
     parts: list[str] = []
     usage: int | None = None
+    conn = server.connect()
     try:
         conn.request("POST", "/v1/chat/completions", body, {"Content-Type": "application/json"})
         resp = conn.getresponse()
@@ -208,6 +212,8 @@ def chat(
             req.error = f"HTTP {resp.status}: {resp.read()[-200:]!r}"
             return req
         for event in sse_events(resp):
+            if "error" in event:  # the server ends a failed stream with an error event
+                req.error = json.dumps(event["error"])[:200]
             for choice in event.get("choices") or []:
                 content = (choice.get("delta") or {}).get("content")
                 if content:
@@ -219,11 +225,11 @@ def chat(
             if event.get("usage"):
                 usage = int(event["usage"]["completion_tokens"])
         req.done = time.monotonic()
-        resp.read()
     except (OSError, ValueError, http.client.HTTPException) as e:
         req.error = f"{type(e).__name__}: {e}"
-        conn.close()
         return req
+    finally:
+        conn.close()
     req.text = "".join(parts)
     # the server's count; streamed deltas are one per token, bar held-back partial characters
     req.tokens = usage if usage is not None else len(req.token_times)
@@ -240,7 +246,7 @@ def closed_loop(
     started: threading.Event | None = None,
     names: list[str] | None = None,
 ) -> None:
-    """``n`` agents, each in its own thread on its own connection, running ``turns`` turns that
+    """``n`` agents, each in its own thread, running ``turns`` turns that
     keep their history (the answer of each turn is the assistant message of the next), all
     starting together; prompts as :func:`aiosfs.bench.traffic.closed_loop` sends them."""
     names = names or [f"a{i}" for i in range(n)]
@@ -248,19 +254,15 @@ def closed_loop(
     lock = threading.Lock()
 
     def agent_loop(i: int, name: str) -> None:
-        conn = server.connect()
         history: list[dict[str, str]] = []
         barrier.wait()
-        try:
-            for t in range(turns):
-                text = PROMPTS[(i + t) % len(PROMPTS)] if t == 0 else FOLLOW_UPS[(i + t) % 4]
-                history.append({"role": "user", "content": f"[{tag}] {text}\n"})
-                req = chat(conn, name, t, history, max_tokens)
-                history.append({"role": "assistant", "content": req.text})
-                with lock:
-                    run.requests.append(req)
-        finally:
-            conn.close()
+        for t in range(turns):
+            text = PROMPTS[(i + t) % len(PROMPTS)] if t == 0 else FOLLOW_UPS[(i + t) % 4]
+            history.append({"role": "user", "content": f"[{tag}] {text}\n"})
+            req = chat(server, name, t, history, max_tokens)
+            history.append({"role": "assistant", "content": req.text})
+            with lock:
+                run.requests.append(req)
 
     threads = [threading.Thread(target=agent_loop, args=(i, a)) for i, a in enumerate(names)]
     for th in threads:
@@ -285,8 +287,8 @@ def run_fairness(
     server: Server, config: str, modest: int, turns: int, flood: int, max_tokens: int, run_id: int
 ) -> dict[str, Any]:
     """The flooder of :func:`aiosfs.bench.llm.run_fairness` against llama-server: one client
-    sends ``flood`` requests at once (each on its own connection, as the mount's flooder has
-    them all queued) while ``modest`` agents take turns; Jain's index over the tokens each
+    sends ``flood`` requests at once (on as many connections, as the mount's flooder has them
+    all queued) while ``modest`` agents take turns; Jain's index over the tokens each
     client received until the first modest agent was done."""
     run = Run(config, modest + 1)
     names = [f"m{i}" for i in range(modest)]
@@ -295,13 +297,9 @@ def run_fairness(
     lock = threading.Lock()
 
     def one_flood(i: int) -> None:
-        conn = server.connect()
         started.wait()
-        try:
-            text = f"[{run_id}] flood {i}: " + PROMPTS[i % len(PROMPTS)]
-            req = chat(conn, "flood", 0, [{"role": "user", "content": text}], max_tokens)
-        finally:
-            conn.close()
+        text = f"[{run_id}] flood {i}: " + PROMPTS[i % len(PROMPTS)]
+        req = chat(server, "flood", 0, [{"role": "user", "content": text}], max_tokens)
         with lock:
             flood_reqs.append(req)
 
