@@ -38,7 +38,8 @@ AIOSFS_CONFIGS: list[tuple[str, dict[str, Any]]] = [
 ]
 """aiosfs configurations the engine measurement runs, each a label and the ``[kernel]`` settings
 its daemon gets on top of the defaults (one daemon each, mounted for the whole measurement).
-A core variant is one more line, e.g. ``("aiosfs llamacpp", {"core": "llamacpp"})``."""
+A core variant is one more line, e.g.
+``("aiosfs llamacpp f16", {"core": "llamacpp", "gguf_weights": "f16"})``."""
 LLAMA_SERVER_VERSION = "0.3.36"
 """The llama-cpp-python release whose vendored llama.cpp ``scripts/llama-server.sh`` builds."""
 SCRIPT = Path(__file__).resolve().parents[2] / "scripts" / "llama-server.sh"
