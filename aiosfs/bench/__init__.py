@@ -12,6 +12,10 @@ noise, and each reporting medians over repetitions:
 * **fairness** — one agent floods the queue with ``flood`` requests while 15 others each send
   ``turns`` turns; Jain's index over the tokens each agent received until the first modest agent
   was done, under ``fifo`` and under ``fair``.
+* **engine** — the scaling workload through the mount (each aiosfs configuration, e.g. each LLM
+  core) against llama.cpp's ``llama-server`` on the same GGUF over HTTP (its native
+  quantisation and f16), alternating; throughput, latencies, the aiosfs / llama-server ratios,
+  and Jain's index under the flooder (aiosfs under ``fair``).
 * **overhead** — a trivial syscall (one token of the tiny model) through the mount, against the
   same call made on the kernel directly (``python -m kernel.microbench``).
 * **storage** — ingest and search latency in ``store/``, memory operations and eviction in
@@ -21,7 +25,8 @@ noise, and each reporting medians over repetitions:
 Results go to ``OUT/results.json`` and ``OUT/bench.png``; ``docs/benchmarks.md`` summarises a run.
 The package drives daemons (``aiosfs.harness``) with plain file operations and never imports
 torch. Modules: ``stats`` (percentiles, Jain's index), ``traffic`` (the mount and agents'
-closed-loop turns), ``llm`` (scaling, fairness, contexts), ``overhead``, ``storage``, ``report``
+closed-loop turns), ``llm`` (scaling, fairness, contexts), ``engine`` and ``llama_server``
+(against llama-server), ``overhead``, ``storage``, ``report``
 (summary, plot) and ``cli`` (options and the run).
 """
 

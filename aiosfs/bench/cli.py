@@ -18,6 +18,7 @@ from pathlib import Path
 from typing import Any
 
 from aiosfs.bench.access import run_access
+from aiosfs.bench.engine import run_engine
 from aiosfs.bench.llm import run_contexts, run_llm
 from aiosfs.bench.overhead import run_overhead
 from aiosfs.bench.report import machine, plot, print_summary, say
@@ -26,11 +27,25 @@ from aiosfs.bench.tools import print_tools_summary, run_tools
 
 OVERHEAD_CALLS_PER_BLOCK = 50
 ACCESS_CALLS_PER_BLOCK = 100
+MEASUREMENTS = (
+    "scaling",
+    "fairness",
+    "engine",
+    "overhead",
+    "contexts",
+    "storage",
+    "tools",
+    "access",
+)
+ONLY = ("storage", "tools", "access", "engine")
+"""The measurements with an ``--only-NAME`` option, which skips every other one (the first
+such option given wins)."""
 
 
 def run_bench(args: argparse.Namespace) -> dict[str, Any]:
     """Run every measurement not skipped; write ``OUT/results.json`` (and ``OUT/bench.png``
-    when scaling ran and matplotlib is installed); return the results."""
+    when scaling or the engine measurement ran and matplotlib is installed); return the
+    results."""
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
     workdir = Path(tempfile.mkdtemp(prefix="aiosfs-bench-"))
@@ -41,17 +56,15 @@ def run_bench(args: argparse.Namespace) -> dict[str, Any]:
         "settings": {k: v for k, v in vars(args).items() if k != "func"},
         "started": time.strftime("%Y-%m-%d %H:%M:%S"),
     }
-    if args.only_storage:
-        args.skip_scaling = args.skip_fairness = args.skip_overhead = args.skip_contexts = True
-        args.skip_tools = args.skip_access = True
-    if args.only_tools:
-        args.skip_scaling = args.skip_fairness = args.skip_overhead = args.skip_contexts = True
-        args.skip_storage = args.skip_access = True
-    if args.only_access:
-        args.skip_scaling = args.skip_fairness = args.skip_overhead = args.skip_contexts = True
-        args.skip_storage = args.skip_tools = True
+    only = [n for n in ONLY if getattr(args, f"only_{n}")]
+    if only:
+        for n in MEASUREMENTS:
+            if n != only[0]:
+                setattr(args, f"skip_{n}", True)
     if not (args.skip_scaling and args.skip_fairness):
         run_llm(args, workdir, results)
+    if not args.skip_engine:
+        run_engine(args, workdir, results)
     if not args.skip_overhead:
         results["overhead"] = run_overhead(
             workdir, args.overhead_blocks, OVERHEAD_CALLS_PER_BLOCK, args.threads
@@ -69,7 +82,7 @@ def run_bench(args: argparse.Namespace) -> dict[str, Any]:
     results["finished"] = time.strftime("%Y-%m-%d %H:%M:%S")
     results["machine"]["load_avg_at_end"] = os.getloadavg()
     (out / "results.json").write_text(json.dumps(results, indent=2, default=str))
-    if "scaling" in results:
+    if "scaling" in results or "engine" in results:
         try:
             plot(results, out / "bench.png")
         except ImportError:
@@ -104,6 +117,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--skip-storage", action="store_true")
     p.add_argument("--skip-tools", action="store_true")
     p.add_argument("--skip-access", action="store_true")
+    p.add_argument("--skip-engine", action="store_true", help="skip aiosfs against llama-server")
     p.add_argument(
         "--only-storage", action="store_true", help="only the memory and storage measurements"
     )
@@ -113,7 +127,35 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
         action="store_true",
         help="only what the access manager and the audit log cost",
     )
+    p.add_argument(
+        "--only-engine",
+        action="store_true",
+        help="only the engine measurement: aiosfs through the mount against llama-server",
+    )
     p.add_argument("--access-blocks", type=int, default=10)
+    p.add_argument(
+        "--llama-server",
+        metavar="PATH",
+        help="the llama-server binary (default: built by scripts/llama-server.sh when missing)",
+    )
+    p.add_argument(
+        "--skip-llama-server",
+        action="store_true",
+        help="the engine measurement without llama-server (aiosfs configurations alone)",
+    )
+    p.add_argument(
+        "--llama-f16",
+        metavar="GGUF",
+        help="the f16 GGUF for llama-server (default: made once from the model's GGUF)",
+    )
+    p.add_argument(
+        "--llama-ctx", type=int, default=1024, help="llama-server context tokens per slot"
+    )
+    p.add_argument(
+        "--skip-engine-fairness",
+        action="store_true",
+        help="the engine measurement without the flooding agent",
+    )
     p.add_argument("--embedder", default="minilm", choices=("minilm", "hashing"))
     p.add_argument("--ingest", type=int, default=1000, help="small text files to write first")
     p.add_argument("--search-queries", type=int, default=50)

@@ -32,58 +32,83 @@ def machine() -> dict[str, Any]:
 
 
 def plot(results: dict[str, Any], path: Path) -> None:
-    """Throughput and p99 latency against agent count for the three configurations, and the
-    fairness indexes; raises ImportError without matplotlib."""
+    """Throughput and p99 latency against agent count for the three scheduling configurations,
+    the fairness indexes, and the engine measurement's throughput against llama-server (each
+    panel when its measurement ran); raises ImportError without matplotlib."""
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    scaling = results["scaling"]["summary"]
-    ns = sorted({int(n) for n in scaling})
-    fig, axes = plt.subplots(1, 3, figsize=(15, 4.2))
-    for config, style in (("fifo", "o-"), ("serial", "s--"), ("aios", "^:")):
-        tput = [scaling[str(n)][config]["tokens_per_s"] for n in ns]
-        p99 = [scaling[str(n)][config]["latency_p99_s"] for n in ns]
-        label = {
-            "fifo": "aiosfs (batched)",
-            "serial": "(a) one at a time",
-            "aios": "(b) AIOS-style",
-        }[config]
-        axes[0].plot(ns, tput, style, label=label)
-        axes[1].plot(ns, p99, style, label=label)
-    axes[0].set(
-        xscale="log",
-        xlabel="concurrent agents",
-        ylabel="generated tokens/s",
-        title="Aggregate throughput (median)",
-    )
-    axes[1].set(
-        xscale="log",
-        yscale="log",
-        xlabel="concurrent agents",
-        ylabel="seconds",
-        title="p99 completion latency (median)",
-    )
-    for ax in axes[:2]:
-        ax.set_xticks(ns, [str(n) for n in ns])
-        ax.minorticks_off()
-        ax.legend()
-        ax.grid(alpha=0.3)
+    scaling = results.get("scaling", {}).get("summary", {})
     fair = results.get("fairness", {}).get("summary", {})
-    axes[2].set_visible(bool(fair))
+    engine = results.get("engine", {}).get("scaling", {}).get("summary", {})
+    panels = (["throughput", "p99"] if scaling else []) + (["fairness"] if fair else [])
+    panels += ["engine"] if engine else []
+    if not panels:
+        return
+    fig, axes_list = plt.subplots(1, len(panels), figsize=(5 * len(panels), 4.2), squeeze=False)
+    axes = dict(zip(panels, axes_list[0], strict=True))
+    if scaling:
+        ns = sorted({int(n) for n in scaling})
+        for config, style in (("fifo", "o-"), ("serial", "s--"), ("aios", "^:")):
+            label = {
+                "fifo": "aiosfs (batched)",
+                "serial": "(a) one at a time",
+                "aios": "(b) AIOS-style",
+            }[config]
+            tput = [scaling[str(n)][config]["tokens_per_s"] for n in ns]
+            p99 = [scaling[str(n)][config]["latency_p99_s"] for n in ns]
+            axes["throughput"].plot(ns, tput, style, label=label)
+            axes["p99"].plot(ns, p99, style, label=label)
+        axes["throughput"].set(
+            xscale="log",
+            xlabel="concurrent agents",
+            ylabel="generated tokens/s",
+            title="Aggregate throughput (median)",
+        )
+        axes["p99"].set(
+            xscale="log",
+            yscale="log",
+            xlabel="concurrent agents",
+            ylabel="seconds",
+            title="p99 completion latency (median)",
+        )
+        for ax in (axes["throughput"], axes["p99"]):
+            _agent_axis(ax, ns)
     if fair:
         names = list(fair)
-        axes[2].bar(
-            names, [fair[c]["jain"] or 0 for c in names], color=["#c66", "#6a6"][: len(names)]
-        )
-        axes[2].axhline(0.9, color="k", ls="--", lw=1)
-        axes[2].set(
+        ax = axes["fairness"]
+        ax.bar(names, [fair[c]["jain"] or 0 for c in names], color=["#c66", "#6a6"][: len(names)])
+        ax.axhline(0.9, color="k", ls="--", lw=1)
+        ax.set(
             ylim=(0, 1.05), ylabel="Jain's index", title="Fairness: 1 flooder + 15 modest agents"
         )
+    if engine:
+        ns = sorted({int(n) for n in engine})
+        labels = [k for k in engine[str(ns[0])] if k not in ("ratios", "reps")]
+        ax = axes["engine"]
+        for label in labels:
+            style = "s--" if label.startswith("llama-server") else "o-"
+            ax.plot(ns, [engine[str(n)][label]["tokens_per_s"] for n in ns], style, label=label)
+        ax.set(
+            xscale="log",
+            xlabel="concurrent agents",
+            ylabel="generated tokens/s",
+            title="Engine: aiosfs against llama-server (median)",
+        )
+        _agent_axis(ax, ns)
     fig.suptitle(f"aiosfs bench — {results['model']} on {results['machine']['cpus']} CPUs")
     fig.tight_layout()
     fig.savefig(path, dpi=110)
+
+
+def _agent_axis(ax: Any, ns: list[int]) -> None:
+    """Agent counts as the ticks of a log axis, a legend and a light grid."""
+    ax.set_xticks(ns, [str(n) for n in ns])
+    ax.minorticks_off()
+    ax.legend()
+    ax.grid(alpha=0.3)
 
 
 def print_summary(results: dict[str, Any]) -> None:
@@ -112,6 +137,7 @@ def print_summary(results: dict[str, Any]) -> None:
             "fairness (Jain's index, flooder + 15 modest): "
             + ", ".join(f"{c} {fmt(v['jain'])}" for c, v in fair.items())
         )
+    print_engine(results.get("engine"))
     ctx = results.get("contexts")
     if ctx:
         print("preemption cost (ms): tokens, recompute, snapshot, restore, spill, restore-disk")
@@ -127,4 +153,39 @@ def print_summary(results: dict[str, Any]) -> None:
             f" ms; direct p50 {o['direct_p50_ms']:.2f} ms / p99 {o['direct_p99_ms']:.2f} ms; "
             f"FUSE adds {o['overhead_p50_ms']:.2f} ms at p50 "
             f"(x{o['ratio_median_of_blocks']:.2f}, median of blocks)"
+        )
+
+
+def print_engine(engine: dict[str, Any] | None) -> None:
+    """The engine measurement's medians, its ratios and the flooder's Jain index per engine."""
+    if not engine:
+        return
+    summary = engine["scaling"]["summary"]
+    print(
+        f"{'agents':>6} {'engine':>20} {'tok/s':>8} {'ttft p50':>9} {'ttft p99':>9} "
+        f"{'lat p50':>8} {'lat p99':>8}"
+    )
+    for n, row in summary.items():
+        for label, r in row.items():
+            if label in ("ratios", "reps"):
+                continue
+            print(
+                f"{n:>6} {label:>20} {fmt(r['tokens_per_s'], 1):>8} {fmt(r['ttft_p50_s'], 2):>9} "
+                f"{fmt(r['ttft_p99_s'], 2):>9} {fmt(r['latency_p50_s'], 2):>8} "
+                f"{fmt(r['latency_p99_s'], 2):>8}"
+            )
+        ratios = ", ".join(f"{k} {fmt(v, 2)}x" for k, v in row["ratios"].items())
+        print(f"{'':>6} {ratios or 'no llama-server'} ({row['reps']} reps)")
+    if "1" in summary:
+        single = ", ".join(
+            f"{label} {fmt(r['tokens_per_s'], 1)}"
+            for label, r in summary["1"].items()
+            if label not in ("ratios", "reps")
+        )
+        print(f"single-stream tok/s: {single}")
+    fair = engine.get("fairness", {}).get("summary")
+    if fair:
+        print(
+            "engine fairness (Jain's index, flooder + 15 modest; aiosfs under fair): "
+            + ", ".join(f"{c} {fmt(v['jain'])}" for c, v in fair.items())
         )

@@ -36,7 +36,8 @@ def test_bench_runs_and_writes_results(tmp_path: Path) -> None:
         "bench --model tiny-random --agents 1,2 --reps 1 --turns 1 --max-tokens 4 --flood 4 "
         "--overhead-blocks 2 --context-lengths 64,128 --embedder hashing --ingest 100 "
         "--search-large 150 --search-queries 5 --mem-ops 20 --large-mib 4 "
-        "--tool-calls 10 --tool-agents 4 --tool-rounds 1 --tool-pairs 1 --access-blocks 2"
+        "--tool-calls 10 --tool-agents 4 --tool-rounds 1 --tool-pairs 1 --access-blocks 2 "
+        "--skip-engine"
     )
     res = subprocess.run(
         [sys.executable, "-m", "aiosfs", *args, "--out", str(out)],
