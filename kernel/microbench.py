@@ -8,9 +8,12 @@ closes. The first line printed is ``ready``.
 
 ``--memory OPS``: memory-manager writes and reads made directly, and eviction/reload costs.
 
-``--contexts``: what preemption costs. For each context length, the time to recompute the
-sequence's KV (chunked prefill, as the engine does), to snapshot it, to restore it from RAM, to
-spill it to disk and to restore it from disk. Prints one JSON object.
+``--contexts``: what preemption costs on a core (``--core``). For each context length, the time to
+recompute the sequence's KV (chunked prefill, as the engine does), to snapshot it, to restore it
+from RAM, to spill it to disk and to restore it from disk. Prints one JSON object.
+
+``--agreement TOKENS``: the same fifty prompts answered greedily on the transformers core and on
+the llama.cpp core (f16 and native weights), each alone; how many answers are identical.
 """
 
 from __future__ import annotations
@@ -51,20 +54,23 @@ async def serve(model: str, threads: int) -> None:
     await kernel.shutdown()
 
 
-def preemption_costs(model: str, threads: int, lengths: list[int], reps: int) -> dict[str, object]:
-    """What swapping a sequence out and back in costs, against recomputing its KV."""
+def preemption_costs(
+    model: str, threads: int, lengths: list[int], reps: int, core_name: str = "transformers"
+) -> dict[str, object]:
+    """What swapping a sequence out and back in costs on a core, against recomputing its KV."""
     import torch
 
-    from kernel.llm.core import TransformersCore
-    from kernel.llm.models import default_cache_dir, resolve_model
+    from kernel.llm.cores import make_core
     from kernel.llm.request import GenerationRequest
     from kernel.llm.sequence import Sequence
     from kernel.llm.swap import SwapManager
 
-    core = TransformersCore(resolve_model(model), default_cache_dir(), threads)
+    config = KernelConfig(model=model, threads=threads, core=core_name, max_running=2)
+    config = config.with_overrides(context=max(max(lengths) + 64, 2048))
+    core = make_core(model, config)
     core.load(lambda _msg: None)
     step = 256
-    out: dict[str, object] = {"model": model, "bytes_per_token": core.kv_shape.bytes_per_token}
+    out: dict[str, object] = {"model": model, "core": core.info().get("core", core_name)}
     rows = []
     with tempfile.TemporaryDirectory() as tmp:
         for n in lengths:
@@ -92,18 +98,124 @@ def preemption_costs(model: str, threads: int, lengths: list[int], reps: int) ->
                 t = time.perf_counter()
                 disk.save(seq)  # snapshot and spill at once: the budget is 0
                 times["spill"].append(time.perf_counter() - t)
+                kv_bytes = disk.disk_bytes
                 t = time.perf_counter()
                 disk.restore(seq)
                 times["restore_disk"].append(time.perf_counter() - t)
+                if seq.kv is not None:
+                    core.free_kv(seq.kv)
             rows.append(
                 {
                     "tokens": n,
-                    "kv_mb": round(n * core.kv_shape.bytes_per_token / 2**20, 2),
+                    "kv_mb": round(kv_bytes / 2**20, 2),
                     **{f"{k}_ms": round(1000 * statistics.median(v), 2) for k, v in times.items()},
                 }
             )
     out["lengths"] = rows
     return out
+
+
+AGREEMENT_PROMPTS = (
+    "What is the capital of France?",
+    "What is the capital of Japan?",
+    "Name three colours.",
+    "What is 2+2?",
+    "Who wrote Romeo and Juliet?",
+    "What is the largest planet?",
+    "Write a haiku about the sea.",
+    "Give me a synonym for happy.",
+    "What is water made of?",
+    "How many days are in a week?",
+    "Translate 'good morning' into Spanish.",
+    "What is the boiling point of water?",
+    "Name a fruit that is yellow.",
+    "What do bees make?",
+    "What is the opposite of hot?",
+    "Tell me a fun fact about cats.",
+    "What language is spoken in Brazil?",
+    "How many legs does a spider have?",
+    "What is photosynthesis?",
+    "Suggest a name for a pet dog.",
+    "What is the sun?",
+    "Write one sentence about autumn.",
+    "What is the square root of 16?",
+    "Who painted the Mona Lisa?",
+    "What is the tallest mountain?",
+    "Name a musical instrument.",
+    "What is the freezing point of water?",
+    "Explain what a computer is.",
+    "What is the main ingredient of bread?",
+    "Give an example of a mammal.",
+    "What colour is the sky on a clear day?",
+    "Name a country in Africa.",
+    "What is the chemical symbol for gold?",
+    "How many continents are there?",
+    "What is a triangle?",
+    "Write a short greeting for a birthday card.",
+    "What is the speed of light?",
+    "Why do we sleep?",
+    "What is democracy?",
+    "Name a famous scientist.",
+    "What does a doctor do?",
+    "How do plants drink water?",
+    "What is the moon?",
+    "Give me a tip for studying.",
+    "What is an ocean?",
+    "Plan a 3-day trip from San Francisco to New York.",
+    "What is gravity?",
+    "Describe a rainbow.",
+    "What is the capital of Italy?",
+    "What is a verb?",
+)
+"""Fifty short instructions of the kind the embedded model answers, for ``--agreement``."""
+
+
+async def _answers(config: KernelConfig, prompts: tuple[str, ...], tokens: int) -> list[str]:
+    kernel = Kernel(config)
+    await kernel.start()
+    try:
+        await kernel.wait_loaded()
+        kernel.create_agent("agree")
+        out = []
+        for prompt in prompts:  # one at a time: each core's answer alone, no batch effects
+            body = {"call": "llm", "prompt": prompt, "max_tokens": tokens, "temperature": 0}
+            result = kernel.submit("agree", json.dumps(body).encode())
+            await result.wait_finished()
+            out.append(result.body().decode("utf-8", "replace"))
+        return out
+    finally:
+        await kernel.shutdown()
+
+
+def agreement(model: str, threads: int, tokens: int) -> dict[str, object]:
+    """How many of the fifty prompts get the same greedy answer on the llama.cpp core (f16 and
+    native weights) as on the transformers core (fp32), each run alone."""
+    results: dict[str, object] = {"model": model, "prompts": len(AGREEMENT_PROMPTS)}
+    answers: dict[str, list[str]] = {}
+    with tempfile.TemporaryDirectory() as tmp:
+        for label, settings in (
+            ("transformers", {"core": "transformers"}),
+            ("llamacpp-f16", {"core": "llamacpp", "gguf_weights": "f16"}),
+            ("llamacpp-native", {"core": "llamacpp", "gguf_weights": "native"}),
+        ):
+            (Path(tmp) / label).mkdir()
+            config = KernelConfig().with_overrides(
+                model=model, threads=threads, data_dir=Path(tmp) / label, prefix_cache_mb=0,
+                store_index=False, store_embedder="hashing", **settings,
+            )  # fmt: skip
+            answers[label] = trio.run(_answers, config, AGREEMENT_PROMPTS, tokens)
+    base = answers["transformers"]
+    for label in ("llamacpp-f16", "llamacpp-native"):
+        same = [a == b for a, b in zip(answers[label], base, strict=True)]
+        results[label] = {
+            "identical": sum(same),
+            "differing": [
+                {"prompt": p, "transformers": b, label: a}
+                for p, a, b, ok in zip(AGREEMENT_PROMPTS, answers[label], base, same, strict=True)
+                if not ok
+            ],
+        }
+    return results
 
 
 def memory_ops(ops: int, size: int, budget: int) -> dict[str, object]:
@@ -146,6 +258,10 @@ def main() -> None:
         type=lambda s: [int(x) for x in s.split(",")],
         help="measure preemption costs at these context lengths",
     )
+    p.add_argument("--core", default="transformers", help="the core --contexts measures")
+    p.add_argument(
+        "--agreement", type=int, metavar="TOKENS", help="compare the cores' greedy answers"
+    )
     p.add_argument("--reps", type=int, default=3)
     p.add_argument("--memory", type=int, metavar="OPS", help="measure OPS memory-block writes")
     p.add_argument("--block", type=int, default=4096)
@@ -153,8 +269,11 @@ def main() -> None:
     args = p.parse_args()
     if args.memory:
         print(json.dumps(memory_ops(args.memory, args.block, args.budget)))
+    elif args.agreement:
+        print(json.dumps(agreement(args.model, args.threads, args.agreement)))
     elif args.contexts:
-        print(json.dumps(preemption_costs(args.model, args.threads, args.contexts, args.reps)))
+        costs = preemption_costs(args.model, args.threads, args.contexts, args.reps, args.core)
+        print(json.dumps(costs))
     else:
         trio.run(serve, args.model, args.threads)
 

@@ -33,8 +33,12 @@ from aiosfs.bench.stats import fmt, median
 from aiosfs.bench.traffic import bench_mount, summarize
 from aiosfs.harness import Mount
 
+_SLOTS = {"max_running": 64, "context": 1024}
 AIOSFS_CONFIGS: list[tuple[str, dict[str, Any]]] = [
-    ("aiosfs", {}),
+    # 64 places and 1,024 tokens a sequence: what llama-server gets at 64 agents (-np, -c)
+    ("aiosfs llama.cpp f16", {"core": "llamacpp", "gguf_weights": "f16", **_SLOTS}),
+    ("aiosfs llama.cpp native", {"core": "llamacpp", "gguf_weights": "native", **_SLOTS}),
+    ("aiosfs transformers", {"core": "transformers", "max_running": 64}),
 ]
 """aiosfs configurations the engine measurement runs, each a label and the ``[kernel]`` settings
 its daemon gets on top of the defaults (one daemon each, mounted for the whole measurement).

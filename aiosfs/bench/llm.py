@@ -192,29 +192,38 @@ def run_llm(args: argparse.Namespace, workdir: Path, results: dict[str, Any]) ->
 
 
 def run_contexts(args: argparse.Namespace) -> dict[str, Any]:
-    """What preempting a sequence costs at each context length: recomputing it, against
-    snapshotting and restoring its KV cache in RAM or on disk."""
-    res = subprocess.run(
-        [
-            sys.executable,
-            "-m",
-            "kernel.microbench",
-            "--model",
-            args.model,
-            "--threads",
-            str(args.threads),
-            "--contexts",
-            args.context_lengths,
-        ],
-        capture_output=True,
-        text=True,
-        check=True,
-    )
-    contexts: dict[str, Any] = json.loads(res.stdout.strip().splitlines()[-1])
-    for row in contexts["lengths"]:
-        say(
-            f"context {row['tokens']} tokens: recompute {row['recompute_ms']} ms, "
-            f"snapshot {row['snapshot_ms']} ms, restore {row['restore_ram_ms']} ms "
-            f"(disk: spill {row['spill_ms']} ms, restore {row['restore_disk_ms']} ms)"
+    """What preempting a sequence costs at each context length on each core: recomputing it,
+    against snapshotting and restoring its KV in RAM or on disk."""
+    cores: dict[str, Any] = {}
+    for core in ("llamacpp", "transformers"):
+        res = subprocess.run(
+            [
+                sys.executable,
+                "-m",
+                "kernel.microbench",
+                "--model",
+                args.model,
+                "--threads",
+                str(args.threads),
+                "--core",
+                core,
+                "--contexts",
+                args.context_lengths,
+            ],
+            capture_output=True,
+            text=True,
+            check=False,
         )
-    return contexts
+        if res.returncode != 0:
+            say(f"contexts on {core}: failed ({res.stderr.strip()[-200:]})")
+            continue
+        contexts: dict[str, Any] = json.loads(res.stdout.strip().splitlines()[-1])
+        for row in contexts["lengths"]:
+            say(
+                f"{core} context {row['tokens']} tokens ({row['kv_mb']} MB): recompute "
+                f"{row['recompute_ms']} ms, snapshot {row['snapshot_ms']} ms, restore "
+                f"{row['restore_ram_ms']} ms (disk: spill {row['spill_ms']} ms, restore "
+                f"{row['restore_disk_ms']} ms)"
+            )
+        cores[core] = contexts
+    return cores

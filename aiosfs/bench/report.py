@@ -138,9 +138,11 @@ def print_summary(results: dict[str, Any]) -> None:
             + ", ".join(f"{c} {fmt(v['jain'])}" for c, v in fair.items())
         )
     print_engine(results.get("engine"))
-    ctx = results.get("contexts")
-    if ctx:
-        print("preemption cost (ms): tokens, recompute, snapshot, restore, spill, restore-disk")
+    for core, ctx in (results.get("contexts") or {}).items():
+        print(
+            f"preemption cost on {core} (ms): tokens, recompute, snapshot, restore, spill, "
+            "restore-disk"
+        )
         for r in ctx["lengths"]:
             print(
                 f"  {r['tokens']:>6} {r['recompute_ms']:>10} {r['snapshot_ms']:>9} "

@@ -320,7 +320,11 @@ class Engine:
         entry, n = self.prefix.match(ids)
         n = min(n, len(ids) - 1)  # the last prompt token is always fed: it yields the logits
         if entry is not None and n >= self.prefix.min_tokens:
-            seq.kv = self.core.load_kv(entry.kv, n)
+            try:
+                seq.kv = self.core.load_kv(entry.kv, n)
+            except Exception:  # the prefix is an optimisation: compute it instead
+                log.exception("request %d: cannot load its cached prefix", seq.id)
+                return
             seq.cached_tokens = max(seq.cached_tokens, n)
             self.prefix.record_reuse(n)
 

@@ -109,11 +109,14 @@ class SwapManager:
         if data is None and snap.path is not None:
             data = self._read(snap)
         self._forget(seq.id, snap)
+        seq.kv = None  # dropped (or unreadable): the engine recomputes it from the tokens
         if data is not None:
-            seq.kv = self.core.load_kv(data, data.length)
-            self.tokens_restored += snap.length
-        else:  # dropped: the engine recomputes it from the tokens
-            seq.kv = None
+            try:
+                seq.kv = self.core.load_kv(data, data.length)
+                self.tokens_restored += snap.length
+            except Exception as e:  # the core refused its own bytes: slower, never lost
+                log.warning("cannot restore snapshot %d (%s); recomputing", seq.id, e)
+                self.counts["drops"] += 1
         if snap.rng_state is not None and seq.rng is not None:
             seq.rng.set_state(snap.rng_state)
         seq.snapshot = None

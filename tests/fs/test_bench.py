@@ -55,7 +55,8 @@ def test_bench_runs_and_writes_results(tmp_path: Path) -> None:
     assert all(r["errors"] == 0 for r in results["scaling"]["runs"])
     assert set(results["fairness"]["summary"]) == {"fifo", "fair"}
     assert results["overhead"]["calls_each"] == 100
-    assert [r["tokens"] for r in results["contexts"]["lengths"]] == [64, 128]
+    lengths = results["contexts"]["transformers"]["lengths"]  # tiny-random: no llama.cpp core
+    assert [r["tokens"] for r in lengths] == [64, 128]
     storage = results["storage"]
     assert storage["ingest_100"]["files"] == 100 and storage["search_at_150"]["queries"] == 5
     assert storage["memory_mount"]["ops"] == storage["memory_direct"]["ops"] == 20
