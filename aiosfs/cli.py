@@ -50,6 +50,7 @@ def build_parser() -> argparse.ArgumentParser:
         choices=("auto", "llamacpp", "transformers"),
         help="what runs the models: llama.cpp for GGUF, transformers otherwise (auto, default)",
     )
+    m.add_argument("--device", help="where the transformers core runs: cpu (default) or cuda[:N]")
     m.add_argument(
         "--gguf-weights",
         choices=("f16", "native"),
@@ -114,6 +115,7 @@ def kernel_config(args: argparse.Namespace) -> Any:
         "threads": args.threads,
         "core": args.core,
         "gguf_weights": args.gguf_weights,
+        "device": args.device,
         "max_running": args.max_running,
         "store_embedder": args.embedder,
     }
@@ -208,6 +210,7 @@ def _daemon_argv(args: argparse.Namespace, mountpoint: str, ready_fd: int) -> li
         ("--threads", args.threads),
         ("--core", args.core),
         ("--gguf-weights", args.gguf_weights),
+        ("--device", args.device),
         ("--max-running", args.max_running),
         ("--embedder", args.embedder),
         ("--log-level", args.log_level),

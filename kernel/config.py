@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import re
 import tomllib
 from collections.abc import Mapping
 from dataclasses import dataclass, field, fields, replace
@@ -40,6 +41,7 @@ class KernelConfig:
     core: str = "auto"
     gguf_weights: str = "f16"  # llama.cpp core: "f16" (dequantised once) or "native" (as filed)
     context: int = 2048  # llama.cpp core: tokens per sequence (its KV is allocated up front)
+    device: str = "cpu"  # where the transformers core runs: "cpu", or "cuda" / "cuda:N"
     mem_agent_mb: int = 16  # RAM for one agent's memory blocks; beyond it, K-LRU eviction
     mem_total_mb: int = 128  # RAM for all agents' memory blocks
     mem_k: int = 2  # the K of K-LRU
@@ -135,6 +137,8 @@ class KernelConfig:
             raise InvalidArgument("approval_timeout_s must be a positive number of seconds")
         if cfg.core not in CORES:
             raise InvalidArgument(f"core must be one of {', '.join(CORES)}, not {cfg.core!r}")
+        if not (cfg.device == "cpu" or re.fullmatch(r"cuda(:[0-9]+)?", str(cfg.device))):
+            raise InvalidArgument(f"device must be cpu, cuda or cuda:N, not {cfg.device!r}")
         if cfg.gguf_weights not in ("f16", "native"):
             raise InvalidArgument("gguf_weights must be f16 or native")
         if cfg.core == "llamacpp" and cfg.max_running > 256:

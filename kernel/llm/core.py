@@ -144,12 +144,17 @@ class HFTokenizerCore(LLMCore):
 
 
 class TransformersCore(HFTokenizerCore):
-    """A local transformers causal LM on the CPU, fp32 (faster than bf16 on CPUs without bf16)."""
+    """A local transformers causal LM in fp32: on the CPU (faster than bf16 on CPUs without
+    bf16), or on a GPU (``device="cuda"``), where the weights, the KV and each step's inputs
+    live on the device and only the step's logits rows come back to the sampler."""
 
     kv_shape: KVShape
 
-    def __init__(self, spec: ModelSpec, cache_dir: Path, threads: int = 0) -> None:
+    def __init__(
+        self, spec: ModelSpec, cache_dir: Path, threads: int = 0, device: str = "cpu"
+    ) -> None:
         self.spec = spec
+        self.device = device
         self.name = spec.name
         self.cache_dir = cache_dir
         self.threads = threads or (os.cpu_count() or 1)
@@ -176,7 +181,10 @@ class TransformersCore(HFTokenizerCore):
             layers=cfg.num_hidden_layers,
             kv_heads=getattr(cfg, "num_key_value_heads", None) or heads,
             head_dim=getattr(cfg, "head_dim", None) or cfg.hidden_size // heads,
+            device=self.device,
         )
+        self.model.to(self.device)
+        self._no_mask = NO_MASK.to(self.device)
         self.model.set_attn_implementation(ATTN_IMPLEMENTATION)
 
     @torch.inference_mode()
@@ -197,20 +205,20 @@ class TransformersCore(HFTokenizerCore):
             segments.append((kv, n))
         plan = StepPlan.build(segments)
         out = self.model(
-            input_ids=torch.tensor([ids], dtype=torch.long),
-            position_ids=torch.tensor([positions], dtype=torch.long),
-            attention_mask=NO_MASK,
+            input_ids=torch.tensor([ids], dtype=torch.long, device=self.device),
+            position_ids=torch.tensor([positions], dtype=torch.long, device=self.device),
+            attention_mask=self._no_mask,
             use_cache=False,
-            logits_to_keep=torch.tensor(last, dtype=torch.long),
+            logits_to_keep=torch.tensor(last, dtype=torch.long, device=self.device),
             aiosfs_plan=plan,
         )
         plan.commit()
-        logits: torch.Tensor = out.logits[0]
+        logits: torch.Tensor = out.logits[0].float().cpu()  # the sampler works on the CPU
         return logits
 
     def save_kv(self, kv: KVCache) -> SavedKV:
         assert isinstance(kv, SeqKV)  # the handles this core makes
-        return SavedKV(kv.length, kv.compact().numpy().reshape(-1))
+        return SavedKV(kv.length, kv.compact().cpu().numpy().reshape(-1))
 
     def free_kv(self, kv: KVCache) -> None:
         """Nothing to give back: the tensor goes with its last reference."""
@@ -218,7 +226,7 @@ class TransformersCore(HFTokenizerCore):
     def load_kv(self, saved: SavedKV, n: int) -> KVCache:
         s = self.kv_shape
         data = torch.from_numpy(saved.data).view(s.layers, 2, s.kv_heads, saved.length, s.head_dim)
-        return SeqKV.from_tensor(s, data[:, :, :, :n], capacity=n + 64)
+        return SeqKV.from_tensor(s, data[:, :, :, :n].to(self.device), capacity=n + 64)
 
     def info(self) -> dict[str, Any]:
         return {
@@ -228,7 +236,7 @@ class TransformersCore(HFTokenizerCore):
             "max_context": self.max_context,
             "core": "transformers",
             "dtype": "float32",
-            "device": "cpu",
+            "device": self.device,
             "threads": self.threads,
             "load_seconds": None if self.load_seconds is None else round(self.load_seconds, 2),
         }

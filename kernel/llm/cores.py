@@ -3,7 +3,8 @@
 ``core = "auto"`` (the default) gives a GGUF model (the embedded ``smollm2``, or a ``.gguf``
 path) to the llama.cpp core when ``llama-cpp-python`` is installed, and everything else (a
 transformers folder, ``tiny-random``) to the transformers core. ``"llamacpp"`` and
-``"transformers"`` force one; the transformers core runs GGUF files too (dequantised to fp32).
+``"transformers"`` force one; the transformers core runs GGUF files too (dequantised to fp32),
+and is the one that runs on a GPU (``device = "cuda"``).
 docs/design.md ("Two cores") says why llama.cpp is the default for GGUF.
 """
 
@@ -22,15 +23,20 @@ CORES = ("auto", "llamacpp", "transformers")
 GGUF_KINDS = ("smollm2", "gguf")
 
 
-def choose_core(kind: str, wanted: str) -> str:
-    """The core for a model of ``kind`` (``ModelSpec.kind``) when ``wanted`` is asked for."""
+def choose_core(kind: str, wanted: str, device: str = "cpu") -> str:
+    """The core for a model of ``kind`` (``ModelSpec.kind``) when ``wanted`` is asked for, on
+    ``device`` (the llama.cpp core is built for the CPU; a GPU takes the transformers core)."""
     from kernel.llm import llamacpp
 
     if wanted not in CORES:
         raise InvalidArgument(f"core must be one of {', '.join(CORES)}, not {wanted!r}")
+    on_cpu = device == "cpu"
     if wanted == "auto":
-        return "llamacpp" if kind in GGUF_KINDS and llamacpp.available() else "transformers"
+        gguf = kind in GGUF_KINDS and on_cpu
+        return "llamacpp" if gguf and llamacpp.available() else "transformers"
     if wanted == "llamacpp":
+        if not on_cpu:
+            raise InvalidArgument(f"the llama.cpp core runs on the CPU, not {device}")
         if kind not in GGUF_KINDS:
             raise InvalidArgument("the llama.cpp core runs GGUF models (smollm2 or a .gguf file)")
         if not llamacpp.available():
@@ -44,7 +50,7 @@ def make_core(name: str, config: KernelConfig) -> LLMCore:
     from kernel.llm.llamacpp import LlamaCppCore
 
     spec = resolve_model(name)
-    if choose_core(spec.kind, config.core) == "llamacpp":
+    if choose_core(spec.kind, config.core, config.device) == "llamacpp":
         return LlamaCppCore(
             spec,
             config.cache_dir,
@@ -54,4 +60,4 @@ def make_core(name: str, config: KernelConfig) -> LLMCore:
             weights=config.gguf_weights,
             batch_tokens=config.step_tokens + config.max_running,
         )
-    return TransformersCore(spec, config.cache_dir, config.threads)
+    return TransformersCore(spec, config.cache_dir, config.threads, config.device)

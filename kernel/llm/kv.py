@@ -23,13 +23,17 @@ class KVShape:
     kv_heads: int
     head_dim: int
     dtype: torch.dtype = torch.float32
+    device: str = "cpu"  # where the model runs: its KV lives there too
 
     @property
     def bytes_per_token(self) -> int:
         return self.layers * 2 * self.kv_heads * self.head_dim * torch.finfo(self.dtype).bits // 8
 
     def empty(self, capacity: int) -> torch.Tensor:
-        return torch.zeros(self.layers, 2, self.kv_heads, capacity, self.head_dim, dtype=self.dtype)
+        return torch.zeros(
+            self.layers, 2, self.kv_heads, capacity, self.head_dim, dtype=self.dtype,
+            device=self.device,
+        )  # fmt: skip
 
 
 def round_up(n: int) -> int:

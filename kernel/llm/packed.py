@@ -46,7 +46,8 @@ class StepPlan:
             kv.reserve(start + n)
             mask = None
             if n > 1:  # token i may see the prefix and new tokens up to itself
-                mask = torch.ones(n, start + n, dtype=torch.bool).tril(diagonal=start)
+                mask = torch.ones(n, start + n, dtype=torch.bool, device=kv.buf.device)
+                mask = mask.tril(diagonal=start)
             plan.segments.append(Segment(kv, start, n, offset, mask))
             offset += n
         return plan
