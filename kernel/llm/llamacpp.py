@@ -32,6 +32,7 @@ Why these settings (measured on the 2-core test machine, docs/design.md has the 
 from __future__ import annotations
 
 import ctypes
+import heapq
 import logging
 import os
 import time
@@ -51,6 +52,7 @@ MAX_SLOTS = 256  # llama.cpp's LLAMA_MAX_SEQ: sequences one context can hold
 WEIGHTS = ("f16", "f32", "native")
 FTYPES = {"f32": 0, "f16": 1}  # LLAMA_FTYPE_ALL_F32, LLAMA_FTYPE_MOSTLY_F16
 _LOG_LEVELS = {3: logging.INFO, 4: logging.WARNING}  # ggml WARN, ERROR (the rest: DEBUG)
+BRIDGE = 8  # a gap of at most this many slots between two fed ones is bridged (see forward)
 
 _lib: Any = None
 _log_callback: Any = None  # kept alive: llama.cpp holds the pointer
@@ -131,14 +133,15 @@ class LlamaCppCore(HFTokenizerCore):
         self.ctx: Any = None
         self.mem: Any = None
         self.batch: Any = None
-        self._free: list[int] = []
+        self._free: list[int] = []  # a heap: the lowest free slot first
+        self._held: dict[int, SlotKV] = {}
 
     # ---- loading ----------------------------------------------------------------------------
 
     def load(self, progress: Progress) -> None:
         if self.ctx is not None:  # loaded already: a new kernel starts from empty slots
             self._lib.llama_memory_clear(self.mem, True)
-            self._free = list(range(self.slots - 1, -1, -1))
+            self._free, self._held = list(range(self.slots)), {}
             return
         start = time.monotonic()
         lib = self._lib = _llama()
@@ -155,7 +158,7 @@ class LlamaCppCore(HFTokenizerCore):
         params = lib.llama_context_default_params()
         params.n_ctx = self.slots * self.max_context
         params.n_seq_max = self.slots
-        params.n_batch = self.batch_tokens
+        params.n_batch = self.batch_tokens + self.slots  # room for the bridging tokens
         params.n_ubatch = min(self.batch_tokens, 512)
         params.n_threads = params.n_threads_batch = self.threads
         params.kv_unified = False  # one stream per sequence: see the module docstring
@@ -167,8 +170,8 @@ class LlamaCppCore(HFTokenizerCore):
             )
         self.ctx = ctx
         self.mem = lib.llama_get_memory(ctx)
-        self.batch = lib.llama_batch_init(self.batch_tokens, 0, 1)
-        cap = self.batch_tokens
+        cap = self.batch_tokens + self.slots
+        self.batch = lib.llama_batch_init(cap, 0, 1)
         self._tokens = np.ctypeslib.as_array(self.batch.token, shape=(cap,))
         self._pos = np.ctypeslib.as_array(self.batch.pos, shape=(cap,))
         self._n_seq = np.ctypeslib.as_array(self.batch.n_seq_id, shape=(cap,))
@@ -183,7 +186,7 @@ class LlamaCppCore(HFTokenizerCore):
         ids = [int(lib.llama_vocab_eos(vocab)), int(lib.llama_vocab_eot(vocab))]
         self.set_eos([t for t in ids if t >= 0])
         self.params = int(lib.llama_model_n_params(model))
-        self._free = list(range(self.slots - 1, -1, -1))
+        self._free, self._held = list(range(self.slots)), {}
         self.load_seconds = time.monotonic() - start
 
     def _weights(self, source: Path, progress: Progress) -> Path:
@@ -218,44 +221,74 @@ class LlamaCppCore(HFTokenizerCore):
     def _slot(self) -> SlotKV:
         if not self._free:
             raise RuntimeError(f"model {self.name}: all {self.slots} sequence slots are in use")
-        return SlotKV(self._free.pop())
+        kv = SlotKV(heapq.heappop(self._free))  # the lowest: keeps the running ones together
+        self._held[kv.slot] = kv
+        return kv
 
     def forward(self, feeds: list[tuple[Sequence, int]]) -> torch.Tensor:
+        """One ``llama_decode`` for the step, its tokens in slot order.
+
+        llama.cpp puts into one pass (a ubatch) only sequences whose ids are consecutive, one
+        KV stream after the other; sequences in slots 0, 2 and 4 would take three passes over
+        the weights instead of one. So slots are handed out lowest first, the batch is built in
+        slot order, and a short gap between two fed slots is bridged with a throwaway token
+        for each slot in it (at position 0 of a free slot, or after the last token of a held
+        sequence that sits this step out), removed again after the pass."""
         lib, batch = self._lib, self.batch
         total = sum(n for _, n in feeds)
         if total > self.batch_tokens:  # llama.cpp would abort the process: refuse instead
             raise ValueError(f"a step of {total} tokens exceeds the batch of {self.batch_tokens}")
         kvs: list[SlotKV] = []
-        i = 0
         for seq, n in feeds:
             kv = seq.kv
             if kv is None:
                 kv = seq.kv = self._slot()
             assert isinstance(kv, SlotKV)  # the handles this core makes
-            start = kv.length
-            if start + n > self.max_context:
+            if kv.length + n > self.max_context:
                 raise ValueError(
                     f"sequence {seq.id} would exceed the context of {self.max_context} tokens"
                 )
+            kvs.append(kv)
+        order = sorted(range(len(feeds)), key=lambda k: kvs[k].slot)
+        seq_ids = batch.seq_id
+        bridges: list[tuple[int, int]] = []  # (slot, position) of each throwaway token
+        i, last = 0, -1
+        for k in order:
+            seq, n = feeds[k]
+            kv = kvs[k]
+            gap = range(last + 1, kv.slot) if 0 <= last < kv.slot - 1 <= last + BRIDGE else ()
+            positions = [held.length if (held := self._held.get(g)) else 0 for g in gap]
+            if all(pos < self.max_context for pos in positions):  # a full one cannot take it
+                for slot, pos in zip(gap, positions, strict=True):
+                    self._tokens[i], self._pos[i], self._wants[i] = 0, pos, 0
+                    seq_ids[i][0] = slot
+                    bridges.append((slot, pos))
+                    i += 1
+            start = kv.length
             self._tokens[i : i + n] = seq.tokens(start, start + n)
             self._pos[i : i + n] = np.arange(start, start + n, dtype=np.int32)
             self._wants[i : i + n] = 0
             self._wants[i + n - 1] = 1
-            seq_ids = batch.seq_id
             for j in range(i, i + n):
                 seq_ids[j][0] = kv.slot
-            kvs.append(kv)
             i += n
+            last = kv.slot
         batch.n_tokens = i
-        rc = lib.llama_decode(self.ctx, batch)
+        try:
+            rc = lib.llama_decode(self.ctx, batch)
+        finally:
+            for slot, pos in bridges:
+                lib.llama_memory_seq_rm(self.mem, slot, pos, -1)
         if rc != 0:
             raise RuntimeError(f"llama_decode failed ({rc})")
         for kv, (_, n) in zip(kvs, feeds, strict=True):
             kv.length += n
         rows = np.ctypeslib.as_array(
             lib.llama_get_logits(self.ctx), shape=(len(feeds), self.vocab_width)
-        )
-        return torch.from_numpy(rows.copy())
+        )  # in slot order: put them back in the order of the feeds
+        out = np.empty_like(rows)
+        out[order] = rows
+        return torch.from_numpy(out)
 
     # ---- KV in and out ----------------------------------------------------------------------
 
@@ -293,7 +326,8 @@ class LlamaCppCore(HFTokenizerCore):
         if kv.slot < 0:
             return
         self._lib.llama_memory_seq_rm(self.mem, kv.slot, -1, -1)
-        self._free.append(kv.slot)
+        self._held.pop(kv.slot, None)
+        heapq.heappush(self._free, kv.slot)
         kv.slot, kv.length = -1, 0
 
     def info(self) -> dict[str, Any]:
