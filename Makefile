@@ -29,7 +29,8 @@ static: install
 test: static examples
 	$(PY) -m pytest $(PYTEST_ARGS)
 
-# The benchmark mounts its own daemon (about 35 minutes on 2 cores); BENCH_ARGS to adjust it.
+# The benchmark mounts its own daemons (about 50 minutes on 2 cores, the first run also builds
+# llama-server: scripts/llama-server.sh); BENCH_ARGS to adjust it.
 BENCH_ARGS ?=
 bench: install
 	$(VENV)/bin/aiosfs bench --out bench-results $(BENCH_ARGS)
