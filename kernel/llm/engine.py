@@ -12,9 +12,10 @@ Each iteration:
    reached its end, detokenises, checks stop conditions;
 5. sends the step's updates to the kernel in one batch.
 
-New requests therefore join between any two steps and finished ones leave at once. A new request
-first looks in the prefix cache: the KV of a prefix computed before (the agent's previous turn, a
-shared system prompt) is copied instead of recomputed.
+New requests therefore join between any two steps and finished ones leave at once. A request
+joining the batch first looks in the prefix cache: the KV of a prefix computed before (the
+agent's previous turn, a shared system prompt) is copied instead of recomputed. The core owns
+the KV (``LLMCore.save_kv``/``load_kv``/``free_kv``); only running sequences hold any.
 
 A request with a ``response_format`` gets a grammar matcher on its sequence (``grammar.py``): the
 sampler masks its logits with it, and each token sampled advances it. Only that sequence's row is
@@ -450,7 +451,10 @@ class Engine:
         if kv is not None:
             if self.prefix.wants(kv.length):
                 # what the model has read (prompt and answer) may start the next prompt
-                self.prefix.insert(seq.tokens(0, kv.length), self.core.save_kv(kv))
+                try:
+                    self.prefix.insert(seq.tokens(0, kv.length), self.core.save_kv(kv))
+                except Exception:  # an optimisation lost, the answer is complete
+                    log.exception("request %d: cannot keep its KV for reuse", seq.id)
             self.core.free_kv(kv)
         seq.kv = None
 

@@ -24,17 +24,27 @@ from tests.kernel.test_equivalence import run
 pytestmark = [pytest.mark.model, pytest.mark.timeout(900)]
 
 
-@pytest.fixture(scope="module", params=["transformers", "llamacpp"])
-def smol(request: pytest.FixtureRequest) -> Iterator[LLMCore]:
+def load(kind: str) -> LLMCore:
     core: LLMCore
-    if request.param == "llamacpp":
+    if kind == "llamacpp":
         if not available():
             pytest.skip("llama-cpp-python is not installed")
         core = LlamaCppCore(resolve_model("smollm2"), default_cache_dir(), slots=32)
     else:
         core = TransformersCore(resolve_model("smollm2"), default_cache_dir())
     core.load(lambda _msg: None)
-    yield core
+    return core
+
+
+@pytest.fixture(scope="module", params=["transformers", "llamacpp"])
+def smol(request: pytest.FixtureRequest) -> Iterator[LLMCore]:
+    yield load(request.param)
+
+
+@pytest.fixture(scope="module")
+def smol_llama() -> Iterator[LLMCore]:
+    """The prefix test on the transformers core runs on tiny-random (tests/kernel)."""
+    yield load("llamacpp")
 
 
 def agree(a: list[bytes], b: list[bytes], core: LLMCore) -> None:
@@ -63,9 +73,8 @@ async def test_smollm2_alone_batched_preempted_agree(smol: LLMCore, tmp_path: Pa
         assert smol.info()["slots_free"] == 32  # every slot came back
 
 
-async def test_the_next_turn_starts_from_the_cached_prefix(smol: LLMCore) -> None:
-    if not isinstance(smol, LlamaCppCore):
-        pytest.skip("the transformers core's prefix reuse is covered on tiny-random")
+async def test_the_next_turn_starts_from_the_cached_prefix(smol_llama: LLMCore) -> None:
+    smol = smol_llama
 
     async def two_turns(prefix_mb: int) -> tuple[list[bytes], list[int]]:
         k = make_kernel(smol, model=smol.name, prefix_cache_mb=prefix_mb)
