@@ -14,9 +14,10 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
+import torch
 
 from kernel.llm.core import LLMCore, TransformersCore
-from kernel.llm.llamacpp import LlamaCppCore, available
+from kernel.llm.llamacpp import LlamaCppCore, SlotKV, available
 from kernel.llm.models import default_cache_dir, resolve_model
 from tests.conftest import make_kernel
 from tests.kernel.test_equivalence import run
@@ -97,3 +98,34 @@ async def test_the_next_turn_starts_from_the_cached_prefix(smol_llama: LLMCore) 
     assert cached[0] == 0 and cached[1] > 30  # the second turn started from the first's KV
     assert no_cache == [0, 0]
     assert with_cache == without  # one sequence at a time: llama.cpp rounds the same way
+
+
+def test_a_sequence_bridged_over_keeps_its_kv(smol_llama: LLMCore) -> None:
+    """llama.cpp passes only consecutive slots together, so a held sequence that sits a step
+    out gets a throwaway token to bridge the gap; its KV must come out as it was."""
+    from kernel.llm.request import GenerationRequest
+    from kernel.llm.sequence import Sequence
+
+    core = smol_llama
+    assert isinstance(core, LlamaCppCore)
+
+    def seq(i: int, text: str) -> Sequence:
+        ids = core.encode_chat([{"role": "user", "content": text}])
+        return Sequence(GenerationRequest(i, "a", ({"role": "user", "content": text},)), ids, 8)
+
+    def held_logits(bridged: bool) -> torch.Tensor:
+        core.load(lambda _msg: None)  # empty slots, handed out lowest first
+        a, b, c = (seq(i, f"Tell me about {w}.") for i, w in enumerate(("cats", "dogs", "owls")))
+        for s in (a, b, c):
+            core.forward([(s, s.unfed)])
+            s.output_ids.append(42)
+        assert [s.kv.slot for s in (a, b, c) if isinstance(s.kv, SlotKV)] == [0, 1, 2]
+        if bridged:
+            core.forward([(a, 1), (c, 1)])  # b, in slot 1 between them, sits this step out
+        else:
+            core.forward([(a, 1)])
+            core.forward([(c, 1)])
+        return core.forward([(b, 1)])[0]
+
+    assert torch.equal(held_logits(bridged=True), held_logits(bridged=False))
+    assert core.info()["slots_free"] == 29
