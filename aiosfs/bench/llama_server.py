@@ -34,7 +34,7 @@ from pathlib import Path
 from typing import Any, BinaryIO
 
 from aiosfs.bench.stats import jain
-from aiosfs.bench.traffic import FOLLOW_UPS, PROMPTS, Req, Run
+from aiosfs.bench.traffic import PROMPTS, Req, Run, TakeTurn, turns_together
 
 START_TIMEOUT = 120.0
 """Loading a small GGUF takes a second or two; a large one, or a busy machine, much longer."""
@@ -250,30 +250,19 @@ def closed_loop(
     keep their history (the answer of each turn is the assistant message of the next), all
     starting together; prompts as :func:`aiosfs.bench.traffic.closed_loop` sends them."""
     names = names or [f"a{i}" for i in range(n)]
-    barrier = threading.Barrier(len(names) + 1)
-    lock = threading.Lock()
 
-    def agent_loop(i: int, name: str) -> None:
+    def agent(name: str) -> TakeTurn:
         history: list[dict[str, str]] = []
-        barrier.wait()
-        for t in range(turns):
-            text = PROMPTS[(i + t) % len(PROMPTS)] if t == 0 else FOLLOW_UPS[(i + t) % 4]
-            history.append({"role": "user", "content": f"[{tag}] {text}\n"})
+
+        def take_turn(t: int, text: str) -> Req:
+            history.append({"role": "user", "content": text})
             req = chat(server, name, t, history, max_tokens)
             history.append({"role": "assistant", "content": req.text})
-            with lock:
-                run.requests.append(req)
+            return req
 
-    threads = [threading.Thread(target=agent_loop, args=(i, a)) for i, a in enumerate(names)]
-    for th in threads:
-        th.start()
-    barrier.wait()
-    run.start = time.monotonic()
-    if started:
-        started.set()
-    for th in threads:
-        th.join()
-    run.end = time.monotonic()
+        return take_turn
+
+    turns_together(run, names, turns, tag, agent, started)
 
 
 def run_scaling(server: Server, config: str, turns: int, max_tokens: int, run_id: int) -> Run:

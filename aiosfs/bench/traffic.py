@@ -12,7 +12,7 @@ import contextlib
 import os
 import threading
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -141,6 +141,45 @@ def remove_agents(m: Mount, names: list[str]) -> None:
             os.rmdir(m.p(f"agents/{name}"))
 
 
+TakeTurn = Callable[[int, str], Req]
+"""One agent's way of taking turn ``t`` with a prompt: through the mount, or over HTTP."""
+
+
+def turns_together(
+    run: Run,
+    names: list[str],
+    turns: int,
+    tag: str,
+    agent: Callable[[str], TakeTurn],
+    started: threading.Event | None = None,
+) -> None:
+    """Every agent (``agent(name)`` makes its turn-taker) runs its turns in its own thread, all
+    starting together, with the same prompts whatever the engine; ``started`` is set at that
+    moment (for traffic that must begin with the agents')."""
+    barrier = threading.Barrier(len(names) + 1)
+    lock = threading.Lock()
+
+    def agent_loop(i: int, name: str) -> None:
+        take_turn = agent(name)
+        barrier.wait()
+        for t in range(turns):
+            text = PROMPTS[(i + t) % len(PROMPTS)] if t == 0 else FOLLOW_UPS[(i + t) % 4]
+            req = take_turn(t, f"[{tag}] {text}\n")
+            with lock:
+                run.requests.append(req)
+
+    threads = [threading.Thread(target=agent_loop, args=(i, n)) for i, n in enumerate(names)]
+    for th in threads:
+        th.start()
+    barrier.wait()
+    run.start = time.monotonic()
+    if started:
+        started.set()
+    for th in threads:
+        th.join()
+    run.end = time.monotonic()
+
+
 def closed_loop(
     m: Mount,
     run: Run,
@@ -149,29 +188,12 @@ def closed_loop(
     tag: str,
     started: threading.Event | None = None,
 ) -> None:
-    """Every agent runs its turns in its own thread, all starting together; ``started`` is set
-    at that moment (for traffic that must begin with the agents')."""
-    barrier = threading.Barrier(len(names) + 1)
-    lock = threading.Lock()
+    """The agents' turns through the mount (each a write to ``syscall``, a read of ``stream``)."""
 
-    def agent_loop(i: int, name: str) -> None:
-        barrier.wait()
-        for t in range(turns):
-            text = PROMPTS[(i + t) % len(PROMPTS)] if t == 0 else FOLLOW_UPS[(i + t) % 4]
-            req = ask(m, name, t, f"[{tag}] {text}\n".encode())
-            with lock:
-                run.requests.append(req)
+    def agent(name: str) -> TakeTurn:
+        return lambda t, text: ask(m, name, t, text.encode())
 
-    threads = [threading.Thread(target=agent_loop, args=(i, n)) for i, n in enumerate(names)]
-    for t in threads:
-        t.start()
-    barrier.wait()
-    run.start = time.monotonic()
-    if started:
-        started.set()
-    for t in threads:
-        t.join()
-    run.end = time.monotonic()
+    turns_together(run, names, turns, tag, agent, started)
 
 
 def service_in_window(run: Run, agents: list[str], window_end: float) -> list[float]:

@@ -19,8 +19,7 @@ import torch
 from kernel.llm.core import LLMCore, TransformersCore
 from kernel.llm.llamacpp import LlamaCppCore, SlotKV, available
 from kernel.llm.models import default_cache_dir, resolve_model
-from tests.conftest import make_kernel
-from tests.kernel.test_equivalence import run
+from tests.kernel.test_equivalence import run, two_turns
 
 pytestmark = [pytest.mark.model, pytest.mark.timeout(900)]
 
@@ -75,26 +74,9 @@ async def test_smollm2_alone_batched_preempted_agree(smol: LLMCore, tmp_path: Pa
 
 
 async def test_the_next_turn_starts_from_the_cached_prefix(smol_llama: LLMCore) -> None:
-    smol = smol_llama
-
-    async def two_turns(prefix_mb: int) -> tuple[list[bytes], list[int]]:
-        k = make_kernel(smol, model=smol.name, prefix_cache_mb=prefix_mb)
-        await k.start()
-        try:
-            k.create_agent("a")
-            k.update_config("a", b"max_tokens=16\nrepetition_penalty=1.0")
-            bodies, cached = [], []
-            for q in ("Name a large animal.", "And a small one?"):
-                r = k.submit("a", q.encode())
-                await r.wait_finished()
-                bodies.append(r.body())
-                cached.append(r.tokens_cached)
-            return bodies, cached
-        finally:
-            await k.shutdown()
-
-    with_cache, cached = await two_turns(256)
-    without, no_cache = await two_turns(0)
+    questions = ("Name a large animal.", "And a small one?")
+    with_cache, cached = await two_turns(smol_llama, 256, questions, 16)
+    without, no_cache = await two_turns(smol_llama, 0, questions, 16)
     assert cached[0] == 0 and cached[1] > 30  # the second turn started from the first's KV
     assert no_cache == [0, 0]
     assert with_cache == without  # one sequence at a time: llama.cpp rounds the same way

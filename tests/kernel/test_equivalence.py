@@ -84,25 +84,30 @@ async def test_contexts_that_cannot_be_spilled_are_recomputed(
     assert all(b.endswith(b"\n") and b"error" not in b for b in out)
 
 
-async def test_prefix_cache_reuses_the_previous_turn(tiny_core: LLMCore) -> None:
-    async def two_turns(prefix_mb: int) -> tuple[list[bytes], list[int]]:
-        k = make_kernel(tiny_core, prefix_cache_mb=prefix_mb)
-        await k.start()
-        try:
-            k.create_agent("a")
-            k.update_config("a", b"max_tokens=12\nrepetition_penalty=1.0")
-            bodies, cached = [], []
-            for q in ("first question about the sea", "and a second one about ships"):
-                r = k.submit("a", q.encode())
-                await r.wait_finished()
-                bodies.append(r.body())
-                cached.append(r.tokens_cached)
-            return bodies, cached
-        finally:
-            await k.shutdown()
+async def two_turns(
+    core: LLMCore, prefix_mb: int, questions: tuple[str, str], max_tokens: int
+) -> tuple[list[bytes], list[int]]:
+    """One agent's two chat turns on a fresh kernel: the answers and each turn's tokens_cached."""
+    k = make_kernel(core, model=core.name, prefix_cache_mb=prefix_mb)
+    await k.start()
+    try:
+        k.create_agent("a")
+        k.update_config("a", f"max_tokens={max_tokens}\nrepetition_penalty=1.0".encode())
+        bodies, cached = [], []
+        for q in questions:
+            r = k.submit("a", q.encode())
+            await r.wait_finished()
+            bodies.append(r.body())
+            cached.append(r.tokens_cached)
+        return bodies, cached
+    finally:
+        await k.shutdown()
 
-    with_cache, cached = await two_turns(256)
-    without, no_cache = await two_turns(0)
+
+async def test_prefix_cache_reuses_the_previous_turn(tiny_core: LLMCore) -> None:
+    questions = ("first question about the sea", "and a second one about ships")
+    with_cache, cached = await two_turns(tiny_core, 256, questions, 12)
+    without, no_cache = await two_turns(tiny_core, 0, questions, 12)
     assert cached[0] == 0 and cached[1] > 30  # the second turn started from the first's KV
     assert no_cache == [0, 0]
     assert with_cache == without
