@@ -12,7 +12,7 @@ from typing import Any
 
 from kernel.access import Capabilities, parse_groups
 from kernel.errors import InvalidArgument
-from kernel.llm.cores import CORES
+from kernel.llm.cores import CORES, GGUF_WEIGHTS, MAX_SLOTS
 from kernel.llm.models import default_cache_dir
 from kernel.llm.scheduler import POLICIES
 from kernel.tools.mcp import McpServerConfig, parse_mcp_servers
@@ -139,10 +139,12 @@ class KernelConfig:
             raise InvalidArgument(f"core must be one of {', '.join(CORES)}, not {cfg.core!r}")
         if not (cfg.device == "cpu" or re.fullmatch(r"cuda(:[0-9]+)?", str(cfg.device))):
             raise InvalidArgument(f"device must be cpu, cuda or cuda:N, not {cfg.device!r}")
-        if cfg.gguf_weights not in ("f16", "native"):
-            raise InvalidArgument("gguf_weights must be f16 or native")
-        if cfg.core == "llamacpp" and cfg.max_running > 256:
-            raise InvalidArgument("the llama.cpp core runs at most 256 sequences (max_running)")
+        if cfg.gguf_weights not in GGUF_WEIGHTS:
+            raise InvalidArgument(f"gguf_weights must be {' or '.join(GGUF_WEIGHTS)}")
+        if cfg.core == "llamacpp" and cfg.max_running > MAX_SLOTS:
+            raise InvalidArgument(
+                f"the llama.cpp core runs at most {MAX_SLOTS} sequences (max_running)"
+            )
         if cfg.store_embedder not in ("minilm", "hashing"):
             raise InvalidArgument("store_embedder must be minilm or hashing")
         for key in ("mem_agent_mb", "mem_total_mb", "mem_k", "store_versions", "store_max_file_mb"):

@@ -65,8 +65,10 @@ def preemption_costs(
     from kernel.llm.sequence import Sequence
     from kernel.llm.swap import SwapManager
 
-    config = KernelConfig(model=model, threads=threads, core=core_name, max_running=2)
-    config = config.with_overrides(context=max(max(lengths) + 64, 2048))
+    config = KernelConfig().with_overrides(
+        model=model, threads=threads, core=core_name, max_running=2,
+        context=max(max(lengths) + 64, 2048),
+    )  # fmt: skip
     core = make_core(model, config)
     core.load(lambda _msg: None)
     step = 256

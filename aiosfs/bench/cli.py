@@ -146,7 +146,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument(
         "--llama-f16",
         metavar="GGUF",
-        help="the f16 GGUF for llama-server (default: made once from the model's GGUF)",
+        help="the f16 GGUF for llama-server (default: the one aiosfs's llama.cpp core runs)",
     )
     p.add_argument(
         "--llama-ctx", type=int, default=1024, help="llama-server context tokens per slot"

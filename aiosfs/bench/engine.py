@@ -113,39 +113,26 @@ def cache_dir() -> Path:
     return Path(base)
 
 
-def f16_gguf(args: argparse.Namespace, native: Path) -> Path | None:
-    """The f16 GGUF for the second llama-server configuration: ``--llama-f16 PATH``, else one
-    made once from ``native`` into the cache with llama-cpp-python's quantiser (ftype 1: every
-    tensor that is quantised in the file becomes f16). None when that cannot be done."""
+def f16_gguf(args: argparse.Namespace) -> Path | None:
+    """The f16 GGUF for the second llama-server configuration: ``--llama-f16 PATH``, else the
+    very file the llama.cpp core runs (``kernel.llm.llamacpp.weights_file``: the model's
+    quantised tensors dequantised once to f16, in the cache), asked of the kernel in a
+    subprocess like :func:`native_gguf`. None when that cannot be done."""
     if args.llama_f16:
         return Path(args.llama_f16).expanduser()
-    target = cache_dir() / f"llama-server-{LLAMA_SERVER_VERSION}" / f"{native.stem}.f16.gguf"
-    if target.exists():
-        return target
-    target.parent.mkdir(parents=True, exist_ok=True)
-    tmp = target.with_suffix(".tmp")
     code = (
-        "import ctypes, sys\n"
-        "import llama_cpp.llama_cpp as L\n"
-        "L.llama_backend_init()\n"
-        "p = L.llama_model_quantize_default_params()\n"
-        "p.ftype = 1; p.allow_requantize = True\n"
-        "sys.exit(L.llama_model_quantize(sys.argv[1].encode(), sys.argv[2].encode(),"
-        " ctypes.byref(p)))"
+        "import sys\n"
+        "from kernel.llm.llamacpp import weights_file\n"
+        "from kernel.llm.models import default_cache_dir, resolve_model\n"
+        "print(weights_file(resolve_model(sys.argv[1]), default_cache_dir()))"
     )
-    say(f"engine: writing {target} (f16 from {native.name})")
     res = subprocess.run(
-        [sys.executable, "-c", code, str(native), str(tmp)],
-        capture_output=True,
-        text=True,
-        check=False,
+        [sys.executable, "-c", code, args.model], capture_output=True, text=True, check=False
     )
-    if res.returncode != 0 or not tmp.exists():
-        say(f"engine: no f16 GGUF (llama-cpp-python: {res.stderr.strip()[-300:]}); skipped")
-        tmp.unlink(missing_ok=True)
+    if res.returncode != 0:
+        say(f"engine: no f16 GGUF ({res.stderr.strip()[-300:]}); llama-server f16 skipped")
         return None
-    tmp.rename(target)
-    return target
+    return Path(res.stdout.strip().splitlines()[-1])
 
 
 @contextlib.contextmanager
@@ -181,7 +168,7 @@ def llama_configs(args: argparse.Namespace) -> tuple[Path | None, dict[str, Path
     if binary is None:
         return None, {}
     configs = {"llama-server native": native}
-    f16 = f16_gguf(args, native)
+    f16 = f16_gguf(args)
     if f16 is not None:
         configs["llama-server f16"] = f16
     return binary, configs

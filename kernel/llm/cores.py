@@ -21,6 +21,8 @@ if TYPE_CHECKING:
 
 CORES = ("auto", "llamacpp", "transformers")
 GGUF_KINDS = ("smollm2", "gguf")
+GGUF_WEIGHTS = ("f16", "native")  # the llama.cpp core: dequantised once to f16, or as filed
+MAX_SLOTS = 256  # llama.cpp's LLAMA_MAX_SEQ: the sequences one llama.cpp context can hold
 
 
 def choose_core(kind: str, wanted: str, device: str = "cpu") -> str:

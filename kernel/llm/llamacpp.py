@@ -11,12 +11,13 @@ Why these settings (measured on the 2-core test machine, docs/design.md has the 
 * **One KV stream per sequence** (``kv_unified = false``). With llama.cpp's unified cache a
   sequence attends over every sequence's cells, masked, and greedy answers in a batch often
   differed from the same answers alone (4 of 16 identical in one test). With a stream of its own
-  per sequence they nearly always agree (31 of 32 at a batch of 32), but not always: llama.cpp's
-  kernels round differently for a step that holds several streams than for one, by ~1e-2 in the
-  logits, which flips the rare near-tie. So on this core "identical alone, in a batch and
-  preempted" holds up to llama.cpp's rounding; the transformers core keeps it exactly
-  (``core = "transformers"``). The price of the streams: each slot's context is allocated up
-  front (``slots x context`` cells).
+  per sequence they nearly always agree (30-32 of 32 at a batch of 32), but not always:
+  llama.cpp multiplies one token by a float weight matrix with another kernel than two or more
+  (``llamafile_sgemm`` refuses n < 2), which rounds differently, by ~1e-2 in the logits, and
+  flips the rare near-tie. So on this core "identical alone, in a batch and preempted" holds up
+  to llama.cpp's rounding; the transformers core keeps it exactly (``core = "transformers"``).
+  The price of the streams: each slot's context is allocated up front (``slots x context``
+  cells).
 * **Weights dequantised to f16 once** (``gguf_weights = "f16"``, the default). On quantised
   weights llama.cpp also quantises the activations (to 8 bits) for its integer dot products.
   That flips close calls: asked for the capital of France, SmolLM2's Q4_1 file answers in
@@ -43,14 +44,13 @@ import numpy as np
 import torch
 
 from kernel.llm.core import HFTokenizerCore, SavedKV
+from kernel.llm.cores import GGUF_WEIGHTS, MAX_SLOTS
 from kernel.llm.models import ModelSpec, Progress, gguf_path, gguf_tokenizer
 from kernel.llm.sequence import KVCache, Sequence
 
 log = logging.getLogger(__name__)
 
-MAX_SLOTS = 256  # llama.cpp's LLAMA_MAX_SEQ: sequences one context can hold
-WEIGHTS = ("f16", "f32", "native")
-FTYPES = {"f32": 0, "f16": 1}  # LLAMA_FTYPE_ALL_F32, LLAMA_FTYPE_MOSTLY_F16
+LLAMA_FTYPE_MOSTLY_F16 = 1
 _LOG_LEVELS = {3: logging.INFO, 4: logging.WARNING}  # ggml WARN, ERROR (the rest: DEBUG)
 BRIDGE = 8  # a gap of at most this many slots between two fed ones is bridged (see forward)
 
@@ -86,6 +86,41 @@ def _llama() -> Any:
     return _lib
 
 
+def weights_file(
+    spec: ModelSpec,
+    cache_dir: Path,
+    weights: str = "f16",
+    threads: int = 0,
+    progress: Progress = lambda _msg: None,
+) -> Path:
+    """The GGUF file the core runs for ``spec``: the model's own (``native``), or its weights
+    dequantised to f16 (every tensor the file quantises), written once into the cache. The
+    benchmark gives llama-server this same file."""
+    source = gguf_path(spec)
+    if weights == "native":
+        return source
+    stat = source.stat()
+    target = cache_dir / f"{spec.name}-f16-{stat.st_size}-{int(stat.st_mtime)}.gguf"
+    if target.exists():
+        return target
+    progress(f"dequantising {source.name} to f16 for llama.cpp (one-off, a few seconds)")
+    lib = _llama()
+    target.parent.mkdir(parents=True, exist_ok=True)
+    tmp = target.with_name(f"{target.name}.{os.getpid()}.tmp")
+    params = lib.llama_model_quantize_default_params()
+    params.ftype = LLAMA_FTYPE_MOSTLY_F16
+    params.allow_requantize = True
+    params.nthread = threads or (os.cpu_count() or 1)
+    try:
+        rc = lib.llama_model_quantize(str(source).encode(), str(tmp).encode(), ctypes.byref(params))
+        if rc != 0:
+            raise RuntimeError(f"llama.cpp could not convert {source.name} to f16 ({rc})")
+        os.replace(tmp, target)  # atomic: a crash never leaves half a model in the cache
+    finally:
+        tmp.unlink(missing_ok=True)
+    return target
+
+
 class SlotKV:
     """A sequence's KV on this core: a slot (a llama.cpp sequence id with its own stream) and
     how many tokens it holds."""
@@ -110,8 +145,8 @@ class LlamaCppCore(HFTokenizerCore):
         weights: str = "f16",
         batch_tokens: int = 512,
     ) -> None:
-        if weights not in WEIGHTS:
-            raise ValueError(f"gguf_weights must be one of {', '.join(WEIGHTS)}, not {weights!r}")
+        if weights not in GGUF_WEIGHTS:
+            raise ValueError(f"gguf_weights must be {' or '.join(GGUF_WEIGHTS)}, not {weights!r}")
         if not 1 <= slots <= MAX_SLOTS:
             raise ValueError(f"the llama.cpp core runs 1 to {MAX_SLOTS} sequences, not {slots}")
         self.spec = spec
@@ -141,13 +176,13 @@ class LlamaCppCore(HFTokenizerCore):
     def load(self, progress: Progress) -> None:
         if self.ctx is not None:  # loaded already: a new kernel starts from empty slots
             self._lib.llama_memory_clear(self.mem, True)
-            self._free, self._held = list(range(self.slots)), {}
+            self._empty_slots()
             return
         start = time.monotonic()
         lib = self._lib = _llama()
-        source = gguf_path(self.spec)
         self.tokenizer = gguf_tokenizer(self.spec, self.cache_dir, progress)
-        path = self.weights_file = self._weights(source, progress)
+        path = weights_file(self.spec, self.cache_dir, self.weights, self.threads, progress)
+        self.weights_file = path
         progress(f"loading {path.name} on llama.cpp")
         model = lib.llama_model_load_from_file(str(path).encode(), lib.llama_model_default_params())
         if not model:
@@ -186,37 +221,13 @@ class LlamaCppCore(HFTokenizerCore):
         ids = [int(lib.llama_vocab_eos(vocab)), int(lib.llama_vocab_eot(vocab))]
         self.set_eos([t for t in ids if t >= 0])
         self.params = int(lib.llama_model_n_params(model))
-        self._free, self._held = list(range(self.slots)), {}
+        self._empty_slots()
         self.load_seconds = time.monotonic() - start
 
-    def _weights(self, source: Path, progress: Progress) -> Path:
-        """The GGUF file to run: the source, or its f16 copy in the cache (made once)."""
-        if self.weights == "native":
-            return source
-        stat = source.stat()
-        w = self.weights
-        target = self.cache_dir / f"{self.spec.name}-{w}-{stat.st_size}-{int(stat.st_mtime)}.gguf"
-        if target.exists():
-            return target
-        progress(f"dequantising {source.name} to {w} for llama.cpp (one-off, a few seconds)")
-        target.parent.mkdir(parents=True, exist_ok=True)
-        tmp = target.with_name(f"{target.name}.{os.getpid()}.tmp")
-        params = self._lib.llama_model_quantize_default_params()
-        params.ftype = FTYPES[w]
-        params.allow_requantize = True
-        params.nthread = self.threads
-        try:
-            rc = self._lib.llama_model_quantize(
-                str(source).encode(), str(tmp).encode(), ctypes.byref(params)
-            )
-            if rc != 0:
-                raise RuntimeError(f"llama.cpp could not convert {source.name} to {w} ({rc})")
-            os.replace(tmp, target)  # atomic: a crash never leaves half a model in the cache
-        finally:
-            tmp.unlink(missing_ok=True)
-        return target
-
     # ---- the step ---------------------------------------------------------------------------
+
+    def _empty_slots(self) -> None:
+        self._free, self._held = list(range(self.slots)), {}  # a sorted list is a heap
 
     def _slot(self) -> SlotKV:
         if not self._free:
@@ -341,7 +352,7 @@ class LlamaCppCore(HFTokenizerCore):
             "slots_free": len(self._free),
             "weights": self.weights,
             "weights_file": str(self.weights_file) if self.weights_file else None,
-            "dtype": {"f16": "float16", "f32": "float32"}.get(self.weights, "gguf"),
+            "dtype": "float16" if self.weights == "f16" else "gguf",
             "device": "cpu",
             "threads": self.threads,
             "load_seconds": None if self.load_seconds is None else round(self.load_seconds, 2),

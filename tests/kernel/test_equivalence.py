@@ -104,10 +104,18 @@ async def two_turns(
         await k.shutdown()
 
 
-async def test_prefix_cache_reuses_the_previous_turn(tiny_core: LLMCore) -> None:
-    questions = ("first question about the sea", "and a second one about ships")
-    with_cache, cached = await two_turns(tiny_core, 256, questions, 12)
-    without, no_cache = await two_turns(tiny_core, 0, questions, 12)
+async def prefix_reuse_changes_nothing(
+    core: LLMCore, questions: tuple[str, str], max_tokens: int
+) -> None:
+    """The second turn starts from the first's KV in the prefix cache, and its answer is the
+    one computed without the cache (one sequence at a time, so exact on every core)."""
+    with_cache, cached = await two_turns(core, 256, questions, max_tokens)
+    without, no_cache = await two_turns(core, 0, questions, max_tokens)
     assert cached[0] == 0 and cached[1] > 30  # the second turn started from the first's KV
     assert no_cache == [0, 0]
     assert with_cache == without
+
+
+async def test_prefix_cache_reuses_the_previous_turn(tiny_core: LLMCore) -> None:
+    questions = ("first question about the sea", "and a second one about ships")
+    await prefix_reuse_changes_nothing(tiny_core, questions, 12)
