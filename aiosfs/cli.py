@@ -1,4 +1,4 @@
-"""The ``aiosfs`` command: mount, umount, status.
+"""The ``aiosfs`` command: mount, umount, reload, status.
 
 ``aiosfs mount`` without ``--foreground`` starts the daemon as a detached process and stays only
 to show its progress (model loading); it exits 0 once the mount is ready, or 1 with the daemon's
@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import errno
 import json
 import os
 import signal
@@ -80,6 +81,12 @@ def build_parser() -> argparse.ArgumentParser:
 
     add_arguments(b)
 
+    r = sub.add_parser(
+        "reload",
+        help="re-read the config file's [models.NAME] tables (as SIGHUP to the daemon does)",
+    )
+    r.add_argument("mountpoint")
+
     s = sub.add_parser("status", help="a summary of a mounted kernel")
     s.add_argument("mountpoint")
     s.add_argument("--json", action="store_true", help="print sys/status as is")
@@ -97,6 +104,8 @@ def main(argv: list[str] | None = None) -> int:
             from aiosfs.bench import main as bench_main
 
             return bench_main(args)
+        if args.command == "reload":
+            return cmd_reload(args)
         return cmd_status(args)
     except KeyboardInterrupt:
         return 130
@@ -151,6 +160,7 @@ def run_foreground(args: argparse.Namespace, mountpoint: str, config: Any) -> in
         allow_other=args.allow_other,
         ready_fd=args.ready_fd,
         debug_fuse=args.debug_fuse,
+        config_loader=(lambda: kernel_config(args)) if args.config else None,
     )
     try:
         return run_daemon(opts)
@@ -261,6 +271,31 @@ def cmd_umount(args: argparse.Namespace) -> int:
     return 0
 
 
+# ---- reload ---------------------------------------------------------------------------------
+
+
+def cmd_reload(args: argparse.Namespace) -> int:
+    """Write to ``sys/reload`` and show what the kernel did (or why it did nothing)."""
+    path = os.path.join(args.mountpoint, "sys", "reload")
+    try:
+        with open(path, "w") as f:
+            f.write("reload\n")
+        failed = None
+    except OSError as e:
+        if e.errno == errno.ENOENT:
+            return fail(f"{args.mountpoint} is not an aiosfs mount (no sys/reload)")
+        if e.errno == errno.EACCES:
+            return fail("only the daemon's owner (or root) may reload it")
+        failed = e
+    outcome = json.loads(read_mount_file(args.mountpoint, "reload") or "{}")
+    if failed is not None or not outcome.get("ok"):
+        return fail(f"config not reloaded: {outcome.get('error') or failed}")
+    for what in ("added", "removed", "changed"):
+        names = outcome.get(what) or []
+        print(f"{what}: {', '.join(names) if names else '-'}")
+    return 0
+
+
 # ---- status ---------------------------------------------------------------------------------
 
 
@@ -287,8 +322,16 @@ def format_status(st: dict[str, Any]) -> str:
         state = "loaded" if m["loaded"] else m["state"]
         extra = f", error: {m['error']}" if m.get("error") else ""
         default = " (default)" if m.get("default") else ""
+        if m.get("remote"):
+            up = sum(e["healthy"] for e in m["endpoints"])
+            what = (
+                f"{m['kind']} {m['model']}, {up} of {len(m['endpoints'])} endpoints healthy, "
+                f"{m['in_flight']} of {m['max_in_flight']} in flight"
+            )
+        else:
+            what = f"{m['params'] / 1e6:.0f}M params"
         lines.append(
-            f"model {name}{default}: {state}, {m['params'] / 1e6:.0f}M params, "
+            f"model {name}{default}: {state}, {what}, "
             f"{m['tokens_per_s']} tok/s now, {m['tokens_generated']} tokens generated{extra}"
         )
     lines.append(

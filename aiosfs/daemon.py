@@ -6,8 +6,9 @@ Life cycle:
    ``auto_unmount`` so a killed daemon leaves no dead mount behind);
 2. start the engines (models load in their threads while the mount already answers ``ls``),
    report progress to the launcher on ``ready_fd`` until every model is loaded;
-3. serve until unmounted, or until SIGINT/SIGTERM/SIGHUP: then fail unfinished syscalls and wake
-   every blocked reader with an error, let those replies go out, and leave the FUSE loop;
+3. serve until unmounted, or until SIGINT/SIGTERM: then fail unfinished syscalls and wake
+   every blocked reader with an error, let those replies go out, and leave the FUSE loop
+   (SIGHUP re-reads the config file's ``[models.NAME]`` tables instead: ``Kernel.reload``);
 4. unwind: every part registered its teardown on an exit stack as it was built (the reporter's
    pipe, the mount, the nursery, the kernel), so they are undone in reverse order however the
    run ends — the kernel's shutdown (engines, memory, the store and its indexer) included when
@@ -21,6 +22,7 @@ import logging
 import os
 import signal
 import sys
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -30,6 +32,7 @@ import trio
 from aiosfs.fs import AiosFS
 from aiosfs.mountpoint import check_mountpoint
 from kernel import Kernel, KernelConfig
+from kernel.errors import KernelError
 
 log = logging.getLogger(__name__)
 
@@ -42,6 +45,8 @@ class DaemonOptions:
     max_tasks: int = 4096  # FUSE worker tasks: every blocked reader holds one
     ready_fd: int | None = None  # the launcher's pipe: progress lines, then "ready" or "error: ..."
     debug_fuse: bool = False
+    # re-reads the config file with the command line's overrides (SIGHUP, sys/reload)
+    config_loader: Callable[[], KernelConfig] | None = None
 
 
 class Reporter:
@@ -139,7 +144,18 @@ async def _serve(opts: DaemonOptions, kernel: Kernel, fs: AiosFS, reporter: Repo
     async def on_signals() -> None:
         with trio.open_signal_receiver(signal.SIGINT, signal.SIGTERM, signal.SIGHUP) as signals:
             async for signum in signals:
+                if signum == signal.SIGHUP:
+                    reload()
+                    continue
                 await stop(f"signal {signal.Signals(signum).name}")
+
+    def reload() -> None:
+        try:
+            done = kernel.reload()
+        except KernelError as e:
+            log.error("SIGHUP: config not reloaded: %s", e.message)
+        else:
+            log.info("SIGHUP: config reloaded: %s", done)
 
     async def on_load_failure(failed: trio.Event) -> None:
         nonlocal status
@@ -184,7 +200,7 @@ def run_daemon(opts: DaemonOptions) -> int:
         reporter = Reporter(opts.ready_fd)
         stack.callback(reporter.close)
         mountpoint = check_mountpoint(opts.mountpoint)
-        kernel = Kernel(opts.config)
+        kernel = Kernel(opts.config, config_loader=opts.config_loader)
         fs = AiosFS(kernel, mountpoint)
         options = set(pyfuse3.default_options)
         options |= {"fsname=aiosfs", "subtype=aiosfs", "auto_unmount"}

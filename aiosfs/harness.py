@@ -315,7 +315,7 @@ def start_mount(
             raise DaemonError(f"daemon exited with {proc.returncode}:\n{mount.log_tail()}")
         if os.path.ismount(mp):
             try:
-                models = mount.json("sys", "models")
+                models = mount.json("sys", "status")["models"]
                 if all(m["state"] in ("ready", "failed") for m in models.values()):
                     break
             except (OSError, ValueError):

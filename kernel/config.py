@@ -14,6 +14,7 @@ from kernel.access import Capabilities, parse_groups
 from kernel.errors import InvalidArgument
 from kernel.llm.cores import CORES, GGUF_WEIGHTS, MAX_SLOTS
 from kernel.llm.models import default_cache_dir
+from kernel.llm.remote import ModelDecl, parse_models
 from kernel.llm.scheduler import POLICIES
 from kernel.tools.mcp import McpServerConfig, parse_mcp_servers
 
@@ -59,6 +60,9 @@ class KernelConfig:
     tools_global_lock: bool = False
     # MCP servers over stdio, from the config file's [mcp.servers.NAME] tables
     mcp_servers: Mapping[str, McpServerConfig] = field(default_factory=dict)
+    # models declared in the config file's [models.NAME] tables: remote (openai, anthropic)
+    # or local; agents pick one by NAME (kernel/llm/remote.py). A reload re-reads only these.
+    models: Mapping[str, ModelDecl] = field(default_factory=dict)
     # named privilege groups, from the config file's [groups.NAME] tables (kernel/access.py)
     groups: Mapping[str, Capabilities] = field(default_factory=dict)
     # a person in the loop (kernel/approvals.py): seconds a request waits before the answer is
@@ -84,7 +88,9 @@ class KernelConfig:
         section = dict(data.get("kernel", data))
         section.pop("mcp", None)  # a file without a [kernel] table: its [mcp] is not a setting
         section.pop("groups", None)
+        section.pop("models", None)
         section["groups"] = parse_groups(data.get("groups"))
+        section["models"] = parse_models(data.get("models"))
         mcp = data.get("mcp", {})
         if not isinstance(mcp, dict) or set(mcp) - {"servers"}:
             raise InvalidArgument("[mcp] holds only [mcp.servers.NAME] tables")

@@ -73,7 +73,8 @@ from kernel.llm.core import LLMCore
 from kernel.llm.cores import make_core
 from kernel.llm.engine import Engine, EngineConfig
 from kernel.llm.grammar import compile_schema
-from kernel.llm.request import Update
+from kernel.llm.remote import ModelDecl, RemoteEngine
+from kernel.llm.request import ModelEngine, Update
 from kernel.llm.scheduler import SCHEDULERS, Limits
 from kernel.memory import MemoryManager
 from kernel.names import validate_agent_name
@@ -125,7 +126,7 @@ class Inflight:
 
     agent: Agent
     result: Result
-    engine: Engine
+    engine: ModelEngine
     epoch: int
     round: Round | None = None  # a tool-calling round: its text goes here, not to the result
 
@@ -167,11 +168,20 @@ def engine_config(config: KernelConfig, model: str) -> EngineConfig:
 class Kernel:
     """Agents, syscalls and the engines that answer them."""
 
-    def __init__(self, config: KernelConfig, core_factory: CoreFactory = make_core) -> None:
+    def __init__(
+        self,
+        config: KernelConfig,
+        core_factory: CoreFactory = make_core,
+        config_loader: Callable[[], KernelConfig] | None = None,
+    ) -> None:
         self.config = config
+        # re-reads the config file with the command line's overrides: what a reload applies
+        self._config_loader = config_loader
+        self.last_reload: dict[str, Any] | None = None  # what the last reload did, for sys/
         self.limits = SyscallLimits(config.max_syscall_bytes, config.max_tokens_limit)
         self.agents: dict[str, Agent] = {}
-        self.engines: dict[str, Engine] = {}
+        self.engines: dict[str, ModelEngine] = {}
+        self.models: dict[str, ModelDecl] = {}  # the [models.NAME] tables now in force
         self.default_model = ""
         self._core_factory = core_factory
         self._request_ids = itertools.count(1)
@@ -213,17 +223,23 @@ class Kernel:
             log.warning("access_control is off: agents' calls are checked against nothing")
         if self.config.audit:
             await self._start_audit()
+        declared = self.config.models
         names = [self.config.model, *self.config.extra_models]
         for name in names:
+            if name in declared:
+                continue  # a [models.NAME] table: started below
             core = self._core_factory(name, self.config)
             if core.name in self.engines:
                 continue
-            engine = Engine(core, engine_config(self.config, core.name), self._emit)
-            self.engines[core.name] = engine
+            self._start_engine(
+                core.name, Engine(core, engine_config(self.config, core.name), self._emit)
+            )
             if not self.default_model:
                 self.default_model = core.name
-            engine.start()
-            self._teardown.push_async_callback(self._stop_engine, engine)
+        for decl in declared.values():
+            self._add_model(decl)
+        if self.config.model in declared:
+            self.default_model = self.config.model
         cfg = self.config
         memory = MemoryManager(
             cfg.data_dir / "mem", cfg.mem_agent_mb << 20, cfg.mem_total_mb << 20, cfg.mem_k
@@ -406,8 +422,69 @@ class Kernel:
         assert self._tools is not None, "the kernel is not started"
         return self._tools
 
+    def _start_engine(self, name: str, engine: ModelEngine) -> None:
+        self.engines[name] = engine
+        engine.start()
+        self._teardown.push_async_callback(self._stop_engine, engine)
+
+    def _add_model(self, decl: ModelDecl) -> None:
+        """Start the engine of one ``[models.NAME]`` table."""
+        if decl.name in self.engines:
+            raise InvalidArgument(f"[models.{decl.name}]: a model of that name is already loaded")
+        engine = self._build_engine(decl)
+        self.models[decl.name] = decl
+        self._start_engine(decl.name, engine)
+
+    def _build_engine(self, decl: ModelDecl) -> ModelEngine:
+        cfg = self.config
+        if decl.remote:
+            limits = Limits(cfg.max_running, cfg.max_tokens_in_flight, cfg.quantum)
+            return RemoteEngine(decl, cfg.scheduler, limits, self._emit)
+        core = self._core_factory(decl.model, cfg)
+        return Engine(core, engine_config(cfg, decl.name), self._emit)
+
+    def reload(self) -> dict[str, Any]:
+        """Re-read the config file and apply its ``[models.NAME]`` tables (SIGHUP, a write to
+        ``sys/reload``, ``aiosfs reload``). A file that does not parse changes nothing and
+        raises InvalidArgument saying why."""
+        if self._config_loader is None:
+            raise InvalidArgument("this kernel was started without a config file to re-read")
+        try:
+            changes: dict[str, Any] = dict(self.reload_models(self._config_loader()))
+        except KernelError as e:
+            self.last_reload = {"at": time.time(), "ok": False, "error": e.message}
+            raise
+        self.last_reload = {"at": time.time(), "ok": True, **changes}
+        return self.last_reload
+
+    def reload_models(self, config: KernelConfig) -> dict[str, list[str]]:
+        """Bring the ``[models.NAME]`` tables in line with a re-read config: new tables start,
+        removed ones stop taking requests and finish what they accepted, changed ones are
+        both. The ``model`` and ``extra_models`` keys and every other setting stay as they
+        were mounted. Every new engine is built before anything changes, so a table that
+        cannot be built (an unknown local model) leaves all as it was."""
+        self._check_running()
+        new = config.models
+        removed = [n for n in self.models if n not in new]
+        changed = [n for n in self.models if n in new and new[n] != self.models[n]]
+        added = [n for n in new if n not in self.models]
+        clash = [n for n in added if n in self.engines]
+        if clash:
+            raise InvalidArgument(f"[models.{clash[0]}]: a model of that name is already loaded")
+        built = {name: self._build_engine(new[name]) for name in changed + added}
+        for name in removed + changed:
+            engine = self.engines.pop(name)
+            del self.models[name]
+            engine.retire()  # its accepted requests still end, each with its result
+        for name, engine in built.items():
+            self.models[name] = new[name]
+            self._start_engine(name, engine)
+        self.config = replace(self.config, models=dict(new))
+        log.info("models reloaded: added %s, removed %s, changed %s", added, removed, changed)
+        return {"added": added, "removed": removed, "changed": changed}
+
     @staticmethod
-    async def _stop_engine(engine: Engine) -> None:
+    async def _stop_engine(engine: ModelEngine) -> None:
         await trio.to_thread.run_sync(engine.stop)  # joins the engine's thread: off trio's
 
     @property
@@ -803,7 +880,8 @@ class Kernel:
             return None
         most = MAX_CALLS_PER_STEP if call.parallel_tool_calls else 1
         # An answer reads better spaced; tool arguments stay on track compact.
-        grammar = compile_schema(step_schema(specs, choice, most), spaced=choice == "none")
+        schema = step_schema(specs, choice, most)
+        grammar = compile_schema(schema, spaced=choice == "none")
         request = build_request(
             next(self._request_ids), agent.name, call, agent.config,
             agent.conversation.messages, context,
@@ -815,6 +893,7 @@ class Kernel:
             sampling=replace(
                 request.sampling,
                 grammar=grammar,
+                schema=schema,
                 max_tokens=self.token_allowance(agent, request.sampling.max_tokens),
             ),
         )
@@ -987,12 +1066,13 @@ class Kernel:
             agent, result, epoch = entry.agent, entry.result, entry.epoch
             if u.started:
                 result.mark_running()
+                touched.add(agent)
+            if u.tokens_in:  # with the first token (local), or when the server counts it
                 result.tokens_in = u.tokens_in
                 result.tokens_cached = u.tokens_cached
                 agent.tokens_in += u.tokens_in
                 self.tokens_in += u.tokens_in
                 agent.tokens_window.add(u.tokens_in - u.tokens_cached)
-                touched.add(agent)
             agent.tokens_window.add(u.tokens_out)
             result.tokens_out += u.tokens_out
             agent.tokens_out += u.tokens_out
@@ -1057,7 +1137,7 @@ class Kernel:
         agent = self.agent(name)
         self.approvals.cancel_agent(name)  # its calls waiting for a person end with a no
         victims = agent.unfinished()
-        by_engine: dict[Engine, list[int]] = {}
+        by_engine: dict[ModelEngine, list[int]] = {}
         for rid, entry in list(self._inflight.items()):
             if entry.agent is agent:
                 del self._inflight[rid]
@@ -1249,7 +1329,7 @@ class Kernel:
             "agents": len(self.agents),
             "tokens_in": self.tokens_in,
             "tokens_out": self.tokens_out,
-            "tokens_per_s": round(sum(e.rate.rate() for e in self.engines.values()), 2),
+            "tokens_per_s": round(sum(e.tokens_per_s for e in self.engines.values()), 2),
             "preemptions": sum(c.get("snapshots", 0) for c in contexts),
             "snapshot_bytes": sum(c.get("ram_bytes", 0) + c.get("disk_bytes", 0) for c in contexts),
         }

@@ -310,5 +310,5 @@ def run_engine(args: argparse.Namespace, workdir: Path, results: dict[str, Any])
         engine["scaling"] = engine_scaling(e, run_ids)
         if not args.skip_engine_fairness:
             engine["fairness"] = engine_fairness(e, run_ids)
-        engine["daemons"] = {label: m.json("sys/models") for label, m in mounts.items()}
+        engine["daemons"] = {label: m.json("sys/status")["models"] for label, m in mounts.items()}
     results["engine"] = engine

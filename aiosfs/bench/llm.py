@@ -187,7 +187,7 @@ def run_llm(args: argparse.Namespace, workdir: Path, results: dict[str, Any]) ->
         results["daemon"] = {
             "stats": m.json("sys/stats"),
             "context": m.json("sys/context"),
-            "models": m.json("sys/models"),
+            "models": m.json("sys/status")["models"],
         }
 
 

@@ -31,7 +31,6 @@ import logging
 import threading
 import time
 import traceback
-from collections import deque
 from collections.abc import Callable
 from dataclasses import dataclass, field, replace
 from pathlib import Path
@@ -40,6 +39,7 @@ from typing import TYPE_CHECKING, Any
 from kernel.llm.core import LLMCore
 from kernel.llm.grammar import Grammars, TokenConstraint
 from kernel.llm.prefix_cache import PrefixCache
+from kernel.llm.rate import TokenRate
 from kernel.llm.request import GenerationRequest, Update
 from kernel.llm.sampling import new_rng, sample
 from kernel.llm.scheduler import Limits, Scheduler, ServiceLedger, make_scheduler
@@ -64,26 +64,6 @@ class EngineConfig:
     swap_dir: Path | None = None  # where snapshots over that budget go
 
 
-class TokenRate:
-    """Tokens per second over a sliding window, for ``sys/``."""
-
-    def __init__(self, window: float = 10.0) -> None:
-        self.window = window
-        self.events: deque[tuple[float, int]] = deque()
-
-    def add(self, n: int, now: float | None = None) -> None:
-        self.events.append((now or time.monotonic(), n))
-
-    def rate(self, now: float | None = None) -> float:
-        now = now or time.monotonic()
-        while self.events and self.events[0][0] < now - self.window:
-            self.events.popleft()
-        if not self.events:
-            return 0.0
-        span = max(now - self.events[0][0], 1.0)
-        return sum(n for _, n in self.events) / span
-
-
 class Engine:
     """Runs one core under one scheduling policy on a dedicated thread."""
 
@@ -104,6 +84,7 @@ class Engine:
         self._cancels: set[int] = set()
         self._policy: str | None = None
         self._stopping = False
+        self._retiring = False
         self._thread: threading.Thread | None = None
         self.loaded = threading.Event()
         # statistics: written on the engine thread, read anywhere (plain values, atomic swaps)
@@ -143,6 +124,13 @@ class Engine:
             self._policy = name
             self._cv.notify()
 
+    def retire(self) -> None:
+        """Take no more requests; finish those accepted, then stop (a config reload that
+        removed this model)."""
+        with self._cv:
+            self._retiring = True
+            self._cv.notify()
+
     def stop(self, timeout: float = 10.0) -> None:
         with self._cv:
             self._stopping = True
@@ -153,6 +141,10 @@ class Engine:
     @property
     def policy(self) -> str:
         return self._policy or self.scheduler.name
+
+    @property
+    def tokens_per_s(self) -> float:
+        return self.rate.rate()
 
     def info(self) -> dict[str, Any]:
         return {
@@ -216,6 +208,9 @@ class Engine:
             with self._cv:
                 while not (self._stopping or self._inbox or self._cancels or self._policy):
                     runnable = self.state == "ready" and self.scheduler.has_work()
+                    if self._retiring and not self.scheduler.has_work():
+                        self._stopping = True
+                        break
                     if runnable and not idle:
                         break
                     timeout = self.scheduler.wake_after() if runnable else None

@@ -1,8 +1,12 @@
-"""What the kernel sends an engine, and what the engine sends back."""
+"""What the kernel sends an engine, what the engine sends back, and what the kernel sees of an
+engine (``ModelEngine``: the local ``Engine`` of ``engine.py`` and the ``RemoteEngine`` of
+``remote.py`` both are one)."""
 
 from __future__ import annotations
 
+import threading
 from dataclasses import dataclass, field
+from typing import Any, Protocol
 
 
 @dataclass(frozen=True)
@@ -18,6 +22,8 @@ class SamplingParams:
     stop: tuple[str, ...] = ()
     seed: int | None = None
     grammar: str | None = None
+    # the JSON Schema the grammar was compiled from: a remote model is asked for it by name
+    schema: dict[str, Any] | None = None
 
 
 @dataclass(frozen=True)
@@ -46,3 +52,36 @@ class Update:
     tokens_out: int = 0
     finished: str | None = None  # "stop", "length", or "error"
     error: str | None = None
+
+
+class ModelEngine(Protocol):
+    """One model as the kernel drives it. Every method is called from the kernel's thread and
+    returns at once; the engine answers through the ``emit`` callback it was built with."""
+
+    state: str  # new, loading, ready, failed, stopped
+    progress: str  # what loading is doing now, for the launcher
+    load_error: str | None  # why it failed to load (state "failed")
+    loaded: threading.Event  # set once loading ended, however it ended
+    queue_info: dict[str, Any]  # the scheduler's view, republished by the engine
+    kv_info: dict[str, Any]  # where the state of sequences outside the batch is kept
+
+    def start(self) -> None: ...
+
+    def submit(self, request: GenerationRequest) -> None: ...
+
+    def cancel(self, request_ids: list[int]) -> None: ...
+
+    def set_policy(self, name: str) -> None: ...
+
+    def stop(self, timeout: float = 10.0) -> None: ...
+
+    def retire(self) -> None:
+        """Take no more requests, finish the accepted ones, then stop (a config reload)."""
+
+    def info(self) -> dict[str, Any]: ...
+
+    @property
+    def policy(self) -> str: ...
+
+    @property
+    def tokens_per_s(self) -> float: ...

@@ -199,7 +199,7 @@ class Scheduler(ABC):
                     "id": s.id,
                     "agent": s.agent,
                     "tokens": s.num_tokens,
-                    "generated": len(s.output_ids),
+                    "generated": s.generated,
                 }
                 for s in self.running
             ],

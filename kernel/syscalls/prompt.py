@@ -13,7 +13,7 @@ left unset take the agent's settings.
 from __future__ import annotations
 
 from collections.abc import Sequence
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 from kernel.llm.request import GenerationRequest, SamplingParams
 from kernel.syscalls.schema import LLMCall, Message
@@ -64,7 +64,19 @@ def sampling(call: LLMCall, cfg: AgentConfig) -> SamplingParams:
         stop=call.stop,
         seed=call.seed,
         grammar=call.response_format.grammar if call.response_format else None,
+        schema=remote_schema(call),
     )
+
+
+def remote_schema(call: LLMCall) -> dict[str, Any] | None:
+    """The JSON Schema a remote model is asked to follow for the call's ``response_format``
+    (a local one follows the compiled grammar): ``json_object`` is any object."""
+    fmt = call.response_format
+    if fmt is None or fmt.grammar is None:
+        return None
+    if fmt.type == "json_schema" and fmt.schema is not None:
+        return fmt.schema
+    return {"type": "object"}
 
 
 def build_request(

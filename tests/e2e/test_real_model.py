@@ -20,7 +20,7 @@ def smol(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Mount]:
 
 
 def test_capital_of_france_through_the_mount(smol: Mount) -> None:
-    model = smol.json("sys/models")["smollm2"]
+    model = smol.json("sys/models/smollm2")
     assert model["loaded"] is True
     # the default core for a GGUF model, on the weights that keep its answers (llamacpp.py)
     assert (model["core"], model["weights"]) == ("llamacpp", "f16")

@@ -352,6 +352,7 @@ def test_sys_files(mount: Mount) -> None:
         "models",
         "pid",
         "queue",
+        "reload",
         "scheduler",
         "stats",
         "status",
@@ -362,8 +363,9 @@ def test_sys_files(mount: Mount) -> None:
     assert mount.read("sys", "version").startswith("aiosfs ")
     assert float(mount.read("sys", "uptime")) >= 0
     assert int(mount.read("sys", "pid")) == mount.proc.pid
-    models = mount.json("sys/models")
-    assert models["tiny-random"]["loaded"] is True and models["tiny-random"]["default"] is True
+    assert os.listdir(mount.p("sys", "models")) == ["tiny-random"]
+    model = mount.json("sys/models/tiny-random")
+    assert model["loaded"] is True and model["default"] is True
     assert mount.read("sys", "scheduler") == "fifo\n"
     stats = mount.json("sys/stats")
     assert {"syscalls", "tokens_in", "tokens_out", "tokens_per_s", "fs"} <= set(stats)
@@ -419,7 +421,8 @@ def test_proper_errnos(mount: Mount) -> None:
     a = mount.p("agents", name)
     for ro in ("status", "out", "stream"):
         assert oserror(open, os.path.join(a, ro), "w") == errno.EACCES
-    assert oserror(open, mount.p("sys", "models"), "w") == errno.EACCES
+    assert oserror(open, mount.p("sys", "models", "tiny-random"), "w") == errno.EACCES
+    assert oserror(open, mount.p("sys", "models", "ghost")) == errno.ENOENT
     assert oserror(open, mount.p("agents", "ghost", "out")) == errno.ENOENT
     assert oserror(open, os.path.join(a, "newfile"), "w") == errno.EACCES
     assert oserror(os.unlink, os.path.join(a, "status")) == errno.EACCES
