@@ -447,9 +447,9 @@ class Kernel:
         """Re-read the config file and apply its ``[models.NAME]`` tables (SIGHUP, a write to
         ``sys/reload``, ``aiosfs reload``). A file that does not parse changes nothing and
         raises InvalidArgument saying why."""
-        if self._config_loader is None:
-            raise InvalidArgument("this kernel was started without a config file to re-read")
         try:
+            if self._config_loader is None:
+                raise InvalidArgument("this kernel was started without a config file to re-read")
             changes: dict[str, Any] = dict(self.reload_models(self._config_loader()))
         except KernelError as e:
             self.last_reload = {"at": time.time(), "ok": False, "error": e.message}

@@ -28,7 +28,7 @@ import statistics
 import subprocess
 import threading
 import time
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, BinaryIO
@@ -98,14 +98,18 @@ def llama_server(
     threads: int,
     log: Path,
     start_timeout: float = START_TIMEOUT,
+    extra_args: Sequence[str] = (),
+    port: int | None = None,
 ) -> Iterator[Server]:
     """``binary`` serving ``gguf`` with ``slots`` parallel sequences of ``ctx_per_slot`` tokens
     each on ``threads`` threads, ready when the block starts and stopped when it ends.
+    ``extra_args`` go on its command line (``--metrics``, ``--api-key K``); ``port`` is a port
+    to bind again (a server restarted where clients know it), else a free one.
 
     The shared libraries a build with ``BUILD_SHARED_LIBS`` needs lie beside the binary
     (``scripts/llama-server.sh`` installs them there), hence ``LD_LIBRARY_PATH``. Its output
     goes to ``log``, which is quoted when it does not start."""
-    host, port = "127.0.0.1", free_port()
+    host, port = "127.0.0.1", port or free_port()
     ctx = slots * ctx_per_slot
     cmd = [
         str(binary),
@@ -125,6 +129,7 @@ def llama_server(
         str(threads),
         "--jinja",
         "--no-webui",
+        *extra_args,
     ]
     env = dict(os.environ)
     env["LD_LIBRARY_PATH"] = os.pathsep.join(
