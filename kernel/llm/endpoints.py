@@ -19,6 +19,7 @@ engine's trio thread only; ``info`` copies plain values for ``sys/models/NAME``.
 
 from __future__ import annotations
 
+import datetime
 import email.utils
 import random
 import time
@@ -34,7 +35,9 @@ def backoff(failures: int, rand: random.Random | None = None) -> float:
     half, so retries spread out but never come back at once)."""
     if failures < 1:
         return 0.0
-    top: float = min(BACKOFF_CAP, BACKOFF_BASE * 2.0 ** (failures - 1))
+    # the exponent is capped too: 2.0 ** 1024 overflows, and a server that fails every request
+    # reaches that many consecutive failures in a few hundred requests
+    top: float = min(BACKOFF_CAP, BACKOFF_BASE * 2.0 ** min(failures - 1, 64))
     jitter: float = (rand or random).random()
     return top * (0.5 + 0.5 * jitter)
 
@@ -50,8 +53,10 @@ def retry_after(value: str | None, now_wall: float | None = None) -> float | Non
     except ValueError:
         try:
             when = email.utils.parsedate_to_datetime(value)
-        except (TypeError, ValueError):
+        except (TypeError, ValueError, OverflowError):  # OverflowError: a year past C's long
             return None
+        if when.tzinfo is None:  # "-0000" or no zone: an HTTP date is GMT, not local time
+            when = when.replace(tzinfo=datetime.UTC)
         seconds = when.timestamp() - (now_wall if now_wall is not None else time.time())
     if seconds != seconds:  # NaN
         return None

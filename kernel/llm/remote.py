@@ -97,7 +97,7 @@ class ModelDecl:
         if self.api_key_file:
             try:
                 return self.api_key_file.read_text().strip()
-            except OSError as e:
+            except (OSError, UnicodeDecodeError) as e:
                 raise InvalidArgument(f"model {self.name}: cannot read api_key_file: {e}") from None
         return None
 
@@ -147,8 +147,10 @@ def parse_models(tables: Any) -> dict[str, ModelDecl]:
             raise InvalidArgument(
                 f"{where}: model (the model's id or, for local, its name) is required"
             )
+        if "endpoints" in t and "endpoint" in t:
+            raise InvalidArgument(f"{where}: give endpoints or endpoint, not both")
         endpoints = t.get("endpoints", [t["endpoint"]] if "endpoint" in t else [])
-        if isinstance(endpoints, str) or not all(isinstance(e, str) for e in endpoints):
+        if not isinstance(endpoints, list) or not all(isinstance(e, str) for e in endpoints):
             raise InvalidArgument(f"{where}: endpoints is a list of URLs")
         if kind == "local":
             if endpoints:

@@ -230,7 +230,8 @@ class AnthropicMessages(WireFormat):
 
     def parse(self, event: Event) -> Chunk:
         obj = _json(event.data)
-        kind = obj.get("type") or event.name
+        # an event that is not JSON comes back from _json as an error, whatever its name
+        kind = obj.get("type") or ("error" if "error" in obj else event.name)
         if kind == "error":
             return _error_chunk(obj.get("error") or obj)
         if kind == "message_start":
