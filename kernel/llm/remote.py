@@ -31,7 +31,7 @@ import math
 import os
 import threading
 import time
-from collections.abc import Mapping
+from collections.abc import AsyncGenerator, Mapping
 from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
@@ -50,6 +50,7 @@ from kernel.llm.wire import (
     KINDS,
     WIRE_FORMATS,
     EchoFilter,
+    Event,
     SSEDecoder,
     error_message,
 )
@@ -560,39 +561,30 @@ class RemoteEngine:
                 if resp.status_code != 200:
                     data = await resp.aread()
                     return _status_failure(resp.status_code, data, resp.headers)
-                decoder = SSEDecoder()
-                done = False
-                async for line in resp.aiter_lines():
-                    event = decoder.feed(line)
-                    if event is None:
-                        continue
-                    chunk = self.wire.parse(event)
-                    if chunk.error is not None:
-                        return _Failure(f"the server reported: {chunk.error}", chunk.retryable)
-                    if chunk.tokens_in is not None and not seq.reported_in:
-                        seq.reported_in = True
-                        self.prompt_tokens += chunk.tokens_in
-                        self.emit([Update(seq.id, tokens_in=chunk.tokens_in)])
-                    if chunk.tokens_out is not None:
-                        server_out = chunk.tokens_out
-                    text = echo.feed(chunk.text)
-                    if skip and text:
-                        cut = min(skip, len(text) - len(text.lstrip()))
-                        text, skip = text[cut:], 0
-                    if text:
-                        if chunks == 0:
-                            self.pool.first_token(ep, seq.id, time.monotonic())
-                        chunks += 1
-                        self._delta(seq, text)
-                    if chunk.finish is not None:
-                        finish = chunk.finish
-                    if chunk.done:
-                        done = True
-                        break
-                if not done:
-                    event = decoder.flush()
-                    if event is not None:
-                        finish = self.wire.parse(event).finish or finish
+                async with contextlib.aclosing(_events(resp)) as events:
+                    async for event in events:
+                        chunk = self.wire.parse(event)
+                        if chunk.error is not None:
+                            return _Failure(f"the server reported: {chunk.error}", chunk.retryable)
+                        if chunk.tokens_in is not None and not seq.reported_in:
+                            seq.reported_in = True
+                            self.prompt_tokens += chunk.tokens_in
+                            self.emit([Update(seq.id, tokens_in=chunk.tokens_in)])
+                        if chunk.tokens_out is not None:
+                            server_out = chunk.tokens_out
+                        text = echo.feed(chunk.text)
+                        if skip and text:
+                            cut = min(skip, len(text) - len(text.lstrip()))
+                            text, skip = text[cut:], 0
+                        if text:
+                            if chunks == 0:
+                                self.pool.first_token(ep, seq.id, time.monotonic())
+                            chunks += 1
+                            self._delta(seq, text)
+                        if chunk.finish is not None:
+                            finish = chunk.finish
+                        if chunk.done:
+                            break
                 rest = echo.flush()
                 if rest:
                     chunks += 1
@@ -662,6 +654,19 @@ class RemoteEngine:
                     ok, reason = False, f"health check: {type(e).__name__}"
                 self.pool.probed(ep, ok, reason, time.monotonic())
             await trio.sleep(self.decl.health_interval_s)
+
+
+async def _events(resp: httpx.Response) -> AsyncGenerator[Event, None]:
+    """The server-sent events of a response, the last one too when the stream ends without
+    its blank line."""
+    decoder = SSEDecoder()
+    async for line in resp.aiter_lines():
+        event = decoder.feed(line)
+        if event is not None:
+            yield event
+    event = decoder.flush()
+    if event is not None:
+        yield event
 
 
 def _status_failure(status: int, body: bytes, headers: Mapping[str, str]) -> _Failure:
