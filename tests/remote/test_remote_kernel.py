@@ -352,3 +352,26 @@ async def test_reload_adds_and_removes_models_and_finishes_what_they_accepted(
         assert set(k.engines) == {"tiny-random", "first"} and not k.last_reload["ok"]
     finally:
         await k.shutdown()
+
+
+async def test_tool_rounds_run_on_a_remote_model(tiny_core: LLMCore, srv: ls.Server) -> None:
+    """The kernel's tool loop on a remote model: each round's step schema goes to the server as
+    its JSON Schema, so the step parses and the kernel runs the tool it names."""
+    async with remote_kernel(tiny_core, {"remote": table(base_url(srv))}) as k:
+        result = await answer(
+            k,
+            agent(k, "calc"),
+            "What is 99 * 99?",
+            100,
+            tools=["calculator"],
+            tool_choice="required",
+            parallel_tool_calls=False,
+            max_tool_rounds=1,
+            temperature=0,
+        )
+        meta = result.meta()
+        assert result.state is ResultState.DONE, meta
+        (call,) = meta["tool_calls"]  # the step held to the schema: one well-formed call
+        assert call["tool"] == "calculator" and call["outcome"] == "ok", call
+        assert "99" in call["arguments"]["expression"]  # (135M parameters: not always 99 * 99)
+        assert text(result).startswith("[tool calculator")
