@@ -25,6 +25,7 @@ import sys
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import pyfuse3
 import trio
@@ -104,6 +105,12 @@ def setup_logging(data_dir: Path, foreground: bool, level: str = "INFO") -> Path
     return path
 
 
+def _loaded(name: str, info: dict[str, Any]) -> str:
+    """A loaded model for the ready line: with its load time, which a remote one has not."""
+    seconds = info.get("load_seconds")
+    return name if seconds is None else f"{name} ({seconds} s)"
+
+
 async def _report_loading(kernel: Kernel, reporter: Reporter, failed: trio.Event) -> None:
     last: dict[str, str] = {}
     while True:
@@ -119,9 +126,7 @@ async def _report_loading(kernel: Kernel, reporter: Reporter, failed: trio.Event
                 return
             pending = pending or engine.state not in ("ready", "failed")
         if not pending:
-            info = ", ".join(
-                f"{n} ({e.info()['load_seconds']} s)" for n, e in kernel.engines.items()
-            )
+            info = ", ".join(_loaded(n, e.info()) for n, e in kernel.engines.items())
             reporter.say(f"ready: models loaded: {info}")
             reporter.close()
             return
