@@ -106,6 +106,7 @@ def setup_logging(data_dir: Path, foreground: bool, level: str = "INFO") -> Path
 
 
 def _loaded(name: str, info: dict[str, Any]) -> str:
+    """A loaded model for the ready line: its load time, or where a remote one is served."""
     if info.get("remote"):
         return f"{name} ({info['kind']} at {info['endpoints'][0]['url']})"
     return f"{name} ({info.get('load_seconds')} s)"

@@ -34,7 +34,8 @@ def test_sse_events_parses_data_lines_until_done() -> None:
     assert list(ls.sse_events(io.BytesIO(b'data: {"c": 3}\n'))) == [{"c": 3}]
 
 
-def _binary() -> Path:
+def llama_server_binary() -> Path:
+    """The binary the tests run (`LLAMA_SERVER`, else the build script's), or a skip."""
     given = os.environ.get("LLAMA_SERVER")
     path = (
         Path(given)
@@ -48,7 +49,7 @@ def _binary() -> Path:
 
 @pytest.mark.timeout(60)
 def test_workload_against_a_real_llama_server(tmp_path: Path) -> None:
-    binary = _binary()
+    binary = llama_server_binary()
     gguf = native_gguf("smollm2")
     if gguf is None:
         pytest.skip("no SmolLM2 GGUF")

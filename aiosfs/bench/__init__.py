@@ -16,6 +16,9 @@ noise, and each reporting medians over repetitions:
   core) against llama.cpp's ``llama-server`` on the same GGUF over HTTP (its native
   quantisation and f16), alternating; throughput, latencies, the aiosfs / llama-server ratios,
   and Jain's index under the flooder (aiosfs under ``fair``).
+* **remote** — a model on llama-server declared as ``[models.remote]``: N agents through the
+  mount (under ``fair``) against N clients calling the server directly, alternating; the
+  mount / direct ratios, the latency the mount adds, and Jain's index under the flooder on both.
 * **overhead** — a trivial syscall (one token of the tiny model) through the mount, against the
   same call made on the kernel directly (``python -m kernel.microbench``).
 * **storage** — ingest and search latency in ``store/``, memory operations and eviction in
@@ -26,8 +29,8 @@ Results go to ``OUT/results.json`` and ``OUT/bench.png``; ``docs/benchmarks.md``
 The package drives daemons (``aiosfs.harness``) with plain file operations and never imports
 torch. Modules: ``stats`` (percentiles, Jain's index), ``traffic`` (the mount and agents'
 closed-loop turns), ``llm`` (scaling, fairness, contexts), ``engine`` and ``llama_server``
-(against llama-server), ``overhead``, ``storage``, ``report``
-(summary, plot) and ``cli`` (options and the run).
+(against llama-server), ``remote`` (a remote model against its own server), ``overhead``,
+``storage``, ``report`` (summary, plot) and ``cli`` (options and the run).
 """
 
 from __future__ import annotations

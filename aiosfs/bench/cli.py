@@ -19,8 +19,9 @@ from typing import Any
 
 from aiosfs.bench.access import run_access
 from aiosfs.bench.engine import run_engine
-from aiosfs.bench.llm import run_contexts, run_llm
+from aiosfs.bench.llm import MODEST_AGENTS, run_contexts, run_llm
 from aiosfs.bench.overhead import run_overhead
+from aiosfs.bench.remote import run_remote
 from aiosfs.bench.report import machine, plot, print_summary, say
 from aiosfs.bench.storage import run_storage
 from aiosfs.bench.tools import print_tools_summary, run_tools
@@ -31,13 +32,14 @@ MEASUREMENTS = (
     "scaling",
     "fairness",
     "engine",
+    "remote",
     "overhead",
     "contexts",
     "storage",
     "tools",
     "access",
 )
-ONLY = ("storage", "tools", "access", "engine")
+ONLY = ("storage", "tools", "access", "engine", "remote")
 """The measurements with an ``--only-NAME`` option, which skips every other one (the first
 such option given wins)."""
 
@@ -65,6 +67,8 @@ def run_bench(args: argparse.Namespace) -> dict[str, Any]:
         run_llm(args, workdir, results)
     if not args.skip_engine:
         run_engine(args, workdir, results)
+    if not args.skip_remote:
+        run_remote(args, workdir, results)
     if not args.skip_overhead:
         results["overhead"] = run_overhead(
             workdir, args.overhead_blocks, OVERHEAD_CALLS_PER_BLOCK, args.threads
@@ -119,6 +123,11 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--skip-access", action="store_true")
     p.add_argument("--skip-engine", action="store_true", help="skip aiosfs against llama-server")
     p.add_argument(
+        "--skip-remote",
+        action="store_true",
+        help="skip the remote model through the mount against calling its server directly",
+    )
+    p.add_argument(
         "--only-storage", action="store_true", help="only the memory and storage measurements"
     )
     p.add_argument("--only-tools", action="store_true", help="only the tool measurements")
@@ -132,6 +141,23 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
         action="store_true",
         help="only the engine measurement: aiosfs through the mount against llama-server",
     )
+    p.add_argument(
+        "--only-remote",
+        action="store_true",
+        help="only the remote measurement: a model on llama-server through the mount and direct",
+    )
+    p.add_argument(
+        "--remote-agents",
+        type=lambda s: [int(x) for x in s.split(",")],
+        default=[1, 16],
+        help="comma-separated agent counts of the remote measurement",
+    )
+    p.add_argument(
+        "--remote-modest",
+        type=int,
+        default=MODEST_AGENTS,
+        help="agents beside the flooder in the remote measurement's fairness runs",
+    )
     p.add_argument("--access-blocks", type=int, default=10)
     p.add_argument(
         "--llama-server",
@@ -141,7 +167,8 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument(
         "--skip-llama-server",
         action="store_true",
-        help="the engine measurement without llama-server (aiosfs configurations alone)",
+        help="the engine measurement without llama-server (aiosfs configurations alone), and "
+        "no remote measurement",
     )
     p.add_argument(
         "--llama-f16",

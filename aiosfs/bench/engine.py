@@ -18,7 +18,6 @@ from __future__ import annotations
 
 import argparse
 import contextlib
-import json
 import os
 import subprocess
 import sys
@@ -30,7 +29,7 @@ from aiosfs.bench import llama_server as ls
 from aiosfs.bench.llm import MODEST_AGENTS, SCALING_KEYS, run_fairness, run_scaling, set_policy
 from aiosfs.bench.report import say
 from aiosfs.bench.stats import fmt, median
-from aiosfs.bench.traffic import bench_mount, summarize
+from aiosfs.bench.traffic import bench_mount, config_file, summarize
 from aiosfs.harness import Mount
 
 _SLOTS = {"max_running": 64, "context": 1024}
@@ -144,10 +143,7 @@ def aiosfs_mounts(args: argparse.Namespace, workdir: Path) -> Iterator[dict[str,
         for i, (label, settings) in enumerate(AIOSFS_CONFIGS):
             extra = ["--threads", str(args.threads)] if args.threads else []
             if settings:
-                toml = workdir / f"engine-{i}.toml"
-                toml.write_text(
-                    "[kernel]\n" + "".join(f"{k} = {json.dumps(v)}\n" for k, v in settings.items())
-                )
+                toml = config_file(workdir / f"engine-{i}.toml", {"kernel": settings})
                 extra += ["--config", str(toml)]
             mounts[label] = stack.enter_context(
                 bench_mount(workdir, f"engine-{i}", args.model, *extra)
@@ -174,6 +170,11 @@ def llama_configs(args: argparse.Namespace) -> tuple[Path | None, dict[str, Path
     return binary, configs
 
 
+def llama_threads(args: argparse.Namespace) -> int:
+    """llama-server's threads: ``--threads``, else every core."""
+    return int(args.threads or os.cpu_count() or 1)
+
+
 def rotated(labels: list[str], rep: int) -> list[str]:
     """The order of one repetition: each configuration first in turn."""
     k = rep % len(labels)
@@ -182,7 +183,15 @@ def rotated(labels: list[str], rep: int) -> list[str]:
 
 class Engines:
     """What the engine measurement runs against: the mounted aiosfs configurations and the
-    llama-server ones, each started afresh for a run with as many slots as it needs."""
+    llama-server ones, each started afresh for a run with as many slots as it needs.
+
+    The class attributes are what a measurement built on this one (``remote.py``) changes:
+    its name in progress lines, the policy of the mounts' scaling runs, and the model the
+    mounts' agents use (None: the daemon's own)."""
+
+    title = "engine"
+    policy = "fifo"
+    model: str | None = None
 
     def __init__(
         self,
@@ -194,8 +203,10 @@ class Engines:
     ) -> None:
         self.args, self.mounts, self.binary, self.llamas = args, mounts, binary, llamas
         self.log = workdir / "llama-server.log"
-        self.threads = args.threads or os.cpu_count() or 1
+        self.threads = llama_threads(args)
         self.labels = [*mounts, *llamas]
+        self.agents: list[int] = args.agents  # the agent counts of the scaling runs
+        self.modest = MODEST_AGENTS  # the modest agents beside the flooder
 
     @contextlib.contextmanager
     def server(self, label: str, slots: int) -> Iterator[ls.Server]:
@@ -208,10 +219,11 @@ class Engines:
     def scaling_run(self, label: str, n: int, run_id: int) -> dict[str, Any]:
         a = self.args
         if label in self.mounts:
-            run = run_scaling(self.mounts[label], "fifo", n, a.turns, a.max_tokens, run_id)
+            m = self.mounts[label]
+            run = run_scaling(m, self.policy, n, a.turns, a.max_tokens, run_id, self.model)
         else:
             with self.server(label, n) as srv:
-                run = ls.run_scaling(srv, label, a.turns, a.max_tokens, run_id)
+                run = ls.run_scaling(srv, label, n, a.turns, a.max_tokens, run_id)
         s = summarize(run)
         s["config"] = label
         return s
@@ -219,14 +231,13 @@ class Engines:
     def fairness_run(self, label: str, run_id: int) -> dict[str, Any]:
         a = self.args
         if label in self.mounts:
+            m = self.mounts[label]
             r = run_fairness(
-                self.mounts[label], "fair", MODEST_AGENTS, a.turns, a.flood, a.max_tokens, run_id
+                m, "fair", self.modest, a.turns, a.flood, a.max_tokens, run_id, self.model
             )
         else:
-            with self.server(label, MODEST_AGENTS + 1) as srv:
-                r = ls.run_fairness(
-                    srv, label, MODEST_AGENTS, a.turns, a.flood, a.max_tokens, run_id
-                )
+            with self.server(label, self.modest + 1) as srv:
+                r = ls.run_fairness(srv, label, self.modest, a.turns, a.flood, a.max_tokens, run_id)
         r["config"] = label
         return r
 
@@ -236,7 +247,7 @@ def engine_scaling(e: Engines, run_ids: Iterator[int]) -> dict[str, Any]:
     args = e.args
     raw: list[dict[str, Any]] = []
     summary: dict[str, dict[str, Any]] = {}
-    for n in args.agents:
+    for n in e.agents:
         reps = args.reps if n <= args.large else args.reps_large
         per: dict[str, list[dict[str, Any]]] = {label: [] for label in e.labels}
         for rep in range(reps):
@@ -246,7 +257,7 @@ def engine_scaling(e: Engines, run_ids: Iterator[int]) -> dict[str, Any]:
                 raw.append(s)
                 per[label].append(s)
                 say(
-                    f"engine N={n} rep {rep} {label:20s} {s['tokens_per_s']:7.1f} tok/s"
+                    f"{e.title} N={n} rep {rep} {label:20s} {s['tokens_per_s']:7.1f} tok/s"
                     f"  ttft p50 {fmt(s['ttft_p50_s'], 2)} s  p99 {fmt(s['latency_p99_s'], 2)} s"
                     f"  errors {s['errors']}"
                 )
@@ -270,14 +281,15 @@ def engine_scaling(e: Engines, run_ids: Iterator[int]) -> dict[str, Any]:
 
 
 def engine_fairness(e: Engines, run_ids: Iterator[int]) -> dict[str, Any]:
-    """The flooder against 15 modest agents: aiosfs under ``fair``, llama-server as it comes."""
+    """The flooder against the modest agents: aiosfs under ``fair``, llama-server as it
+    comes."""
     runs: dict[str, list[dict[str, Any]]] = {label: [] for label in e.labels}
     for rep in range(e.args.reps):
         for label in rotated(e.labels, rep):
             r = e.fairness_run(label, next(run_ids))
             runs[label].append(r)
             say(
-                f"engine fairness rep {rep} {label:20s} jain {fmt(r['jain'])} "
+                f"{e.title} fairness rep {rep} {label:20s} jain {fmt(r['jain'])} "
                 f"(flooder {r['flooder_tokens']:.0f} tokens, modest median "
                 f"{r['modest_tokens_median']:.0f})"
             )

@@ -270,10 +270,13 @@ def closed_loop(
     turns_together(run, names, turns, tag, agent, started)
 
 
-def run_scaling(server: Server, config: str, turns: int, max_tokens: int, run_id: int) -> Run:
-    """One closed-loop run with as many agents as the server has slots."""
-    run = Run(config, server.slots)
-    closed_loop(server, run, server.slots, turns, max_tokens, f"run {run_id}")
+def run_scaling(
+    server: Server, config: str, n: int, turns: int, max_tokens: int, run_id: int
+) -> Run:
+    """One closed-loop run of ``n`` agents (the engine measurement gives the server ``n``
+    slots; the remote one shares a server of as many slots as its largest ``n``)."""
+    run = Run(config, n)
+    closed_loop(server, run, n, turns, max_tokens, f"run {run_id}")
     return run
 
 

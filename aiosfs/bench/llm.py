@@ -63,12 +63,21 @@ def set_policy(m: Mount, name: str) -> None:
         time.sleep(0.01)
 
 
-def run_scaling(m: Mount, config: str, n: int, turns: int, max_tokens: int, run_id: int) -> Run:
-    """``n`` fresh agents, each running ``turns`` closed-loop turns under ``config``."""
+def run_scaling(
+    m: Mount,
+    config: str,
+    n: int,
+    turns: int,
+    max_tokens: int,
+    run_id: int,
+    model: str | None = None,
+) -> Run:
+    """``n`` fresh agents (on ``model``, else the daemon's own), each running ``turns``
+    closed-loop turns under ``config``."""
     set_policy(m, config)
     run = Run(config, n)
     names = [f"s{run_id}-{i}" for i in range(n)]
-    make_agents(m, names, max_tokens)
+    make_agents(m, names, max_tokens, model)
     try:
         with Sampler(m, run):
             closed_loop(m, run, names, turns, f"run {run_id}")
@@ -78,15 +87,23 @@ def run_scaling(m: Mount, config: str, n: int, turns: int, max_tokens: int, run_
 
 
 def run_fairness(
-    m: Mount, config: str, modest: int, turns: int, flood: int, max_tokens: int, run_id: int
+    m: Mount,
+    config: str,
+    modest: int,
+    turns: int,
+    flood: int,
+    max_tokens: int,
+    run_id: int,
+    model: str | None = None,
 ) -> dict[str, Any]:
-    """One agent submits ``flood`` requests at once while ``modest`` agents take turns; Jain's
-    index over the tokens each received until the first modest agent was done."""
+    """One agent submits ``flood`` requests at once while ``modest`` agents take turns (all on
+    ``model``, else the daemon's own); Jain's index over the tokens each received until the
+    first modest agent was done."""
     set_policy(m, config)
     run = Run(config, modest + 1)
     flooder = f"f{run_id}-flood"
     names = [f"f{run_id}-m{i}" for i in range(modest)]
-    make_agents(m, [flooder, *names], max_tokens)
+    make_agents(m, [flooder, *names], max_tokens, model)
     started = threading.Event()
 
     def flood_all() -> None:

@@ -138,6 +138,7 @@ def print_summary(results: dict[str, Any]) -> None:
             + ", ".join(f"{c} {fmt(v['jain'])}" for c, v in fair.items())
         )
     print_engine(results.get("engine"))
+    print_remote(results.get("remote"))
     for core, ctx in (results.get("contexts") or {}).items():
         print(
             f"preemption cost on {core} (ms): tokens, recompute, snapshot, restore, spill, "
@@ -158,8 +159,9 @@ def print_summary(results: dict[str, Any]) -> None:
         )
 
 
-def print_engine(engine: dict[str, Any] | None) -> None:
-    """The engine measurement's medians, its ratios and the flooder's Jain index per engine."""
+def print_engine(engine: dict[str, Any] | None, name: str = "engine", modest: int = 15) -> None:
+    """The engine measurement's medians, its ratios and the flooder's Jain index per engine
+    (or those of a measurement of the same shape: ``name`` and ``modest`` say which)."""
     if not engine:
         return
     summary = engine["scaling"]["summary"]
@@ -188,6 +190,27 @@ def print_engine(engine: dict[str, Any] | None) -> None:
     fair = engine.get("fairness", {}).get("summary")
     if fair:
         print(
-            "engine fairness (Jain's index, flooder + 15 modest; aiosfs under fair): "
+            f"{name} fairness (Jain's index, flooder + {modest} modest; aiosfs under fair): "
             + ", ".join(f"{c} {fmt(v['jain'])}" for c, v in fair.items())
         )
+
+
+def print_remote(remote: dict[str, Any] | None) -> None:
+    """The remote measurement: the engine table of its two sides, then per agent count what the
+    mount costs against calling the server directly."""
+    if not remote:
+        return
+    print_engine(remote, "remote", remote["fairness"]["modest"])
+    for n, d in remote["scaling"]["mount_vs_direct"].items():
+        r, added = d["ratios"], d["added_s"]
+        print(
+            f"remote N={n} mount / direct: tok/s {fmt(r['tokens_per_s'], 2)}x, ttft p50 "
+            f"{fmt(r['ttft_p50_s'], 2)}x p99 {fmt(r['ttft_p99_s'], 2)}x, completion p50 "
+            f"{fmt(r['latency_p50_s'], 2)}x p99 {fmt(r['latency_p99_s'], 2)}x; added "
+            f"{_ms(added['ttft_p50_s'])} to ttft p50, {_ms(added['latency_p50_s'])} to "
+            f"completion p50 ({d['reps']} reps)"
+        )
+
+
+def _ms(seconds: float | None) -> str:
+    return "n/a" if seconds is None else f"{seconds * 1000:+.1f} ms"

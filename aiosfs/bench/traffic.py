@@ -9,6 +9,7 @@ through FUSE.
 from __future__ import annotations
 
 import contextlib
+import json
 import os
 import threading
 import time
@@ -54,6 +55,18 @@ def bench_mount(workdir: Path, label: str, model: str, *extra: str) -> Iterator[
         check_log=False,
     ) as m:
         yield m
+
+
+def config_file(path: Path, tables: dict[str, dict[str, Any]]) -> Path:
+    """A ``--config`` TOML file of these tables (``kernel``, ``models.NAME``), each value
+    written as JSON, which is TOML too for strings, numbers, booleans and lists of them."""
+    path.write_text(
+        "\n".join(
+            f"[{table}]\n" + "".join(f"{k} = {json.dumps(v)}\n" for k, v in settings.items())
+            for table, settings in tables.items()
+        )
+    )
+    return path
 
 
 @dataclass
@@ -129,10 +142,13 @@ class Sampler:
         self.thread.join()
 
 
-def make_agents(m: Mount, names: list[str], max_tokens: int) -> None:
+def make_agents(m: Mount, names: list[str], max_tokens: int, model: str | None = None) -> None:
+    """Fresh agents with ``max_tokens``, on ``model`` (a ``[models.NAME]`` table of the
+    daemon's config) or, when None, on the daemon's own model."""
+    config = f"max_tokens={max_tokens}\n" + (f"model={model}\n" if model else "")
     for name in names:
         os.mkdir(m.p(f"agents/{name}"))
-        m.write(f"agents/{name}/config", f"max_tokens={max_tokens}\n".encode())
+        m.write(f"agents/{name}/config", config.encode())
 
 
 def remove_agents(m: Mount, names: list[str]) -> None:

@@ -177,3 +177,26 @@ def test_agent_directories_belong_to_their_creator(tmp_path: Path) -> None:
         other = as_user(1001, "rmdir agents/users-agent")
         assert other.returncode != 0 and "not permitted" in other.stderr
         os.rmdir(m.p("agents", "users-agent"))  # root may
+
+
+def test_background_mount_with_a_remote_model_reports_ready(tmp_path: Path) -> None:
+    """A remote model has no load time: the ready line says where it is served instead (the
+    daemon used to die of a KeyError building that line). Nobody listens there: the mount is
+    ready all the same, and the model shows as unhealthy."""
+    require_fuse()
+    mp, data = tmp_path / "mnt", tmp_path / "data"
+    mp.mkdir()
+    config = tmp_path / "aiosfs.toml"
+    config.write_text(
+        '[models.far]\nkind = "openai"\nendpoints = ["http://127.0.0.1:9/v1"]\nmodel = "m"\n'
+    )
+    res = cli("mount", str(mp), "--model", "tiny-random", "--data-dir", str(data),
+              "--config", str(config))  # fmt: skip
+    try:
+        assert res.returncode == 0, res.stderr
+        assert "ready: models loaded: tiny-random (" in res.stderr
+        assert " s), far (openai at http://127.0.0.1:9/v1)" in res.stderr
+        assert (mp / "sys" / "models" / "far").exists()
+        assert cli("umount", str(mp)).returncode == 0
+    finally:
+        subprocess.run(["fusermount3", "-u", "-z", str(mp)], capture_output=True, check=False)
