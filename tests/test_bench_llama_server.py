@@ -9,14 +9,14 @@ a timing: timings belong to the benchmark.
 from __future__ import annotations
 
 import io
-import os
 from pathlib import Path
 
 import pytest
 
 from aiosfs.bench import llama_server as ls
-from aiosfs.bench.engine import LLAMA_SERVER_VERSION, cache_dir, native_gguf
+from aiosfs.bench.engine import native_gguf
 from aiosfs.bench.traffic import Run, summarize
+from tests.remote.servers import binary as llama_server_binary
 
 
 def test_sse_events_parses_data_lines_until_done() -> None:
@@ -32,19 +32,6 @@ def test_sse_events_parses_data_lines_until_done() -> None:
     assert list(ls.sse_events(stream)) == [{"a": 1}, {"b": 2}]
     # a stream cut after its last event (no blank line) still yields that event
     assert list(ls.sse_events(io.BytesIO(b'data: {"c": 3}\n'))) == [{"c": 3}]
-
-
-def llama_server_binary() -> Path:
-    """The binary the tests run (`LLAMA_SERVER`, else the build script's), or a skip."""
-    given = os.environ.get("LLAMA_SERVER")
-    path = (
-        Path(given)
-        if given
-        else cache_dir() / f"llama-server-{LLAMA_SERVER_VERSION}" / "llama-server"
-    )
-    if not os.access(path, os.X_OK):
-        pytest.skip(f"no llama-server at {path} (scripts/llama-server.sh builds it)")
-    return path
 
 
 @pytest.mark.timeout(60)

@@ -20,7 +20,7 @@ from aiosfs.bench.cli import add_arguments
 from aiosfs.bench.engine import native_gguf
 from aiosfs.bench.remote import ADDED_KEYS, DIRECT, MOUNT, RATIO_KEYS, run_remote
 from tests.mounting import require_fuse
-from tests.test_bench_llama_server import llama_server_binary
+from tests.remote.servers import binary as llama_server_binary
 
 pytestmark = pytest.mark.mount
 
