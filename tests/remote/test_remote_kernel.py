@@ -375,3 +375,17 @@ async def test_tool_rounds_run_on_a_remote_model(tiny_core: LLMCore, srv: ls.Ser
         assert call["tool"] == "calculator" and call["outcome"] == "ok", call
         assert "99" in call["arguments"]["expression"]  # (135M parameters: not always 99 * 99)
         assert text(result).startswith("[tool calculator")
+
+
+async def test_a_table_may_name_a_local_model_and_the_default_may_be_remote(
+    tiny_core: LLMCore, srv: ls.Server
+) -> None:
+    models = {"small": {"kind": "local", "model": "tiny-random"}, "remote": table(base_url(srv))}
+    async with remote_kernel(tiny_core, models, model="remote") as k:
+        assert k.default_model == "remote" and set(k.engines) == {"small", "remote"}
+        assert "core" in k.models_info()["small"] and not k.models_info()["small"].get("remote")
+        k.create_agent("plain")  # no model key: the default, which is remote
+        assert "Paris" in text(await answer(k, "plain", CAPITAL, 12))
+        assert k.models_info()["remote"]["finished"] == 1
+        small = await answer(k, agent(k, "local", "small"), "hello", 4)
+        assert small.state is ResultState.DONE and small.tokens_out == 4
