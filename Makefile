@@ -6,7 +6,7 @@ MOUNT ?= mnt
 CC ?= cc
 PYTEST_ARGS ?=
 
-.PHONY: install run test lint static examples bench posix clean llama-server
+.PHONY: install run test lint static examples bench posix clean llama-server crash
 
 install:
 	@scripts/install.sh
@@ -47,6 +47,12 @@ bench: install
 POSIX_TARGETS ?=
 posix: install
 	@AIOSFS_VENV=$(VENV) scripts/posix.sh $(POSIX_TARGETS)
+
+# kill -9 of the daemon at random moments, CRASH_ROUNDS times on one data dir: every syscall
+# whose close returned must be answered after the remount (tests/fs/test_crash.py; ~5 s a round)
+CRASH_ROUNDS ?= 20
+crash: install
+	AIOSFS_CRASH_ROUNDS=$(CRASH_ROUNDS) $(PY) -m pytest -q tests/fs/test_crash.py
 
 lint: static
 	$(PY) -m ruff format --check kernel aiosfs tests mount_examples

@@ -312,6 +312,11 @@ class Kernel:
                 result = Result(srow.id, row.name, None, reserved=False)
                 if srow.state in ("done", "failed", "cancelled"):
                     result.restore(srow.state, srow.data, srow.meta, srow.delivered)
+                    # the call as written, for results/N.json (its prompt, tools); one that
+                    # never parsed stays without
+                    with contextlib.suppress(KernelError):
+                        if srow.raw is not None:
+                            result.syscall = self.syscalls.parse(srow.raw, self.limits)
                 else:
                     unfinished.append((result, srow.raw))
                 agent.adopt(result)
