@@ -6,7 +6,7 @@ MOUNT ?= mnt
 CC ?= cc
 PYTEST_ARGS ?=
 
-.PHONY: install run test lint static examples bench posix clean llama-server
+.PHONY: install run test lint static examples bench soak posix clean llama-server crash
 
 install:
 	@scripts/install.sh
@@ -41,12 +41,27 @@ BENCH_ARGS ?=
 bench: install
 	$(VENV)/bin/aiosfs bench --out bench-results $(BENCH_ARGS)
 
+# The paper's load on one mount (aiosfs/bench/soak.py; docs/benchmarks.md, "The paper's load"):
+# 250 agents conversing for 10 minutes on smollm2, 2,000 idle agents, 10,000 readers blocked on
+# out, under fair; the daemon's RSS, `ls agents/` and the syscalls sampled throughout. ~15 minutes
+# on a quiet machine, not part of `make test`. SOAK_ARGS to resize it, e.g.
+# SOAK_ARGS="--model tiny-random --agents 50 --idle 500 --readers 2000 --duration 120".
+SOAK_ARGS ?=
+soak: install
+	$(PY) -m aiosfs.bench.soak --out soak-results $(SOAK_ARGS)
+
 # pjdfstest over store/, mem/NAME/ and tmpfs (as root; ~5 minutes a target on 2 cores). pjdfstest
 # is in no registry we use: build it yourself and say where, PJDFSTEST=/path/to/pjdfstest make posix.
 # POSIX_TARGETS picks targets (tmpfs store mem); docs/posix.md lists the expected failures.
 POSIX_TARGETS ?=
 posix: install
 	@AIOSFS_VENV=$(VENV) scripts/posix.sh $(POSIX_TARGETS)
+
+# kill -9 of the daemon at random moments, CRASH_ROUNDS times on one data dir: every syscall
+# whose close returned must be answered after the remount (tests/fs/test_crash.py; ~5 s a round)
+CRASH_ROUNDS ?= 20
+crash: install
+	AIOSFS_CRASH_ROUNDS=$(CRASH_ROUNDS) $(PY) -m pytest -q tests/fs/test_crash.py
 
 lint: static
 	$(PY) -m ruff format --check kernel aiosfs tests mount_examples

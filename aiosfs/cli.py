@@ -23,6 +23,12 @@ from kernel import __version__
 from kernel.llm.scheduler import POLICIES
 
 EXIT_USAGE = 2
+MAX_TASKS = 4096
+"""FUSE worker tasks by default (``aiosfs.daemon.DaemonOptions``): each read blocked on ``out``
+or ``stream`` holds one until it is answered, and when all are held nothing else is served (not
+even the write that would answer them), so ``--max-tasks`` must exceed the blocked readers."""
+MIN_TASKS = 16
+"""Fewer leave too few for the requests that release the blocked ones."""
 
 
 def fail(message: str, code: int = 1) -> int:
@@ -64,6 +70,12 @@ def build_parser() -> argparse.ArgumentParser:
         help="store/ search: all-MiniLM-L6-v2 (default) or model-free word hashing",
     )
     m.add_argument("--allow-other", action="store_true", help="let other users use the mount")
+    m.add_argument(
+        "--max-tasks",
+        type=int,
+        default=MAX_TASKS,
+        help=f"FUSE worker tasks; each blocked reader holds one (default {MAX_TASKS})",
+    )
     m.add_argument("--log-level", default="INFO")
     m.add_argument("--ready-fd", type=int, help=argparse.SUPPRESS)
     m.add_argument("--debug-fuse", action="store_true", help=argparse.SUPPRESS)
@@ -137,6 +149,8 @@ def cmd_mount(args: argparse.Namespace) -> int:
     from aiosfs.mountpoint import MountError, check_mountpoint
     from kernel.errors import KernelError
 
+    if args.max_tasks < MIN_TASKS:
+        return fail(f"--max-tasks must be at least {MIN_TASKS}, not {args.max_tasks}")
     try:
         mountpoint = check_mountpoint(args.mountpoint)
         config = kernel_config(args)
@@ -158,6 +172,7 @@ def run_foreground(args: argparse.Namespace, mountpoint: str, config: Any) -> in
         mountpoint=mountpoint,
         config=config,
         allow_other=args.allow_other,
+        max_tasks=args.max_tasks,
         ready_fd=args.ready_fd,
         debug_fuse=args.debug_fuse,
         config_loader=(lambda: kernel_config(args)) if args.config else None,
@@ -224,6 +239,7 @@ def _daemon_argv(args: argparse.Namespace, mountpoint: str, ready_fd: int) -> li
         ("--max-running", args.max_running),
         ("--embedder", args.embedder),
         ("--log-level", args.log_level),
+        ("--max-tasks", args.max_tasks),
     ):
         if value is not None:
             argv += [flag, str(Path(value).resolve()) if isinstance(value, Path) else str(value)]

@@ -79,11 +79,22 @@ class Agent:
             result.reserved = False
             self.notify()
 
-    def record_finish(self, result: Result) -> None:
+    def record_finish(self, result: Result) -> list[int]:
+        """Count a finished result; returns the ids of the old results it pushed out."""
         self.counts[result.state.value] += 1
         if result.error is not None:
             self.record_error("syscall", result.error, result.errno, result.id)
-        self._trim_results()
+        return self._trim_results()
+
+    def adopt(self, result: Result) -> None:
+        """Take back a result the journal kept (the next mount after a crash or an unmount):
+        in its place by number, undelivered if ``out`` never handed it over."""
+        self.results[result.id] = result
+        self.next_id = max(self.next_id, result.id + 1)
+        if not result.delivered:
+            self._undelivered[result.id] = result
+        if result.finished:
+            self.counts[result.state.value] += 1
 
     def record_error(self, source: str, message: str, code: int, result: int | None = None) -> None:
         """Remember the latest failure, so that a client told only "Invalid argument" by a
@@ -96,12 +107,14 @@ class Agent:
             "time": time.time(),
         }
 
-    def _trim_results(self) -> None:
+    def _trim_results(self) -> list[int]:
         """Keep at most ``results_keep`` finished results (oldest go first)."""
         finished = [r for r in self.results.values() if r.finished]
-        for old in finished[: max(0, len(finished) - self.results_keep)]:
+        dropped = finished[: max(0, len(finished) - self.results_keep)]
+        for old in dropped:
             del self.results[old.id]
             self._undelivered.pop(old.id, None)
+        return [r.id for r in dropped]
 
     def unfinished(self) -> list[Result]:
         return [r for r in self.results.values() if not r.finished]

@@ -41,6 +41,9 @@ class AgentConfig:
     # capabilities set for this agent alone, over its group's (kernel/access.py); only the
     # keys set are kept, so a group's later change still reaches the keys left to it
     capabilities: tuple[tuple[str, Any], ...] = ()
+    # what a syscall that was queued or running when the daemon died becomes at the next
+    # mount: run again from the start ("rerun"), or an error result ("fail") — kernel/journal.py
+    on_restart: str = "rerun"
 
     def as_dict(self) -> dict[str, Any]:
         out = asdict(self)
@@ -58,6 +61,7 @@ class AgentConfig:
 
 
 CONFIG_KEYS = tuple(f.name for f in fields(AgentConfig))
+ON_RESTART = ("rerun", "fail")
 
 
 def _checkers(limits: SyscallLimits) -> dict[str, Callable[[Any], Any]]:
@@ -85,6 +89,11 @@ def _checkers(limits: SyscallLimits) -> dict[str, Callable[[Any], Any]]:
     def capabilities(v: Any) -> dict[str, Any]:
         return check_capabilities(v)
 
+    def on_restart(v: Any) -> str:
+        if v not in ON_RESTART:
+            raise InvalidArgument(f'config "on_restart" must be {" or ".join(ON_RESTART)}')
+        return str(v)
+
     return {
         "model": text("model"),
         "system": text("system"),
@@ -92,13 +101,14 @@ def _checkers(limits: SyscallLimits) -> dict[str, Callable[[Any], Any]]:
         "tools": tools,
         "group": text("group"),
         "capabilities": capabilities,
+        "on_restart": on_restart,
         **sampling_fields(limits),
     }
 
 
 def _coerce(key: str, raw: str) -> Any:
     """Turn the text after ``key=`` into the JSON value the checker expects."""
-    if key in ("model", "system", "tools", "group"):
+    if key in ("model", "system", "tools", "group", "on_restart"):
         return raw
     for parse in (int, float):
         try:

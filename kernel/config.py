@@ -74,6 +74,9 @@ class KernelConfig:
     store_protected: tuple[str, ...] = ()
     # the audit log, DATA_DIR/audit.db (kernel/audit.py): off only to measure what it costs
     audit: bool = True
+    # the journal, DATA_DIR/journal.db (kernel/journal.py): agents, syscalls and results kept
+    # across a crash; off only to measure what it costs
+    journal: bool = True
     audit_retention_days: int = 90  # records older than this are deleted; 0 keeps them all
     audit_max_records: int = 1_000_000  # beyond this many the oldest go; 0 is no limit
 
@@ -135,7 +138,7 @@ class KernelConfig:
             raise InvalidArgument(
                 f"unknown scheduler {cfg.scheduler!r}; available: {', '.join(POLICIES)}"
             )
-        for key in ("tools_global_lock", "access_control", "audit"):
+        for key in ("tools_global_lock", "access_control", "audit", "journal"):
             if not isinstance(getattr(cfg, key), bool):
                 raise InvalidArgument(f"{key} must be true or false")
         timeout = cfg.approval_timeout_s

@@ -63,12 +63,14 @@ from kernel.errors import (
     AlreadyExists,
     InvalidArgument,
     KernelError,
+    NoSpace,
     NotFound,
     NotPermitted,
     ShuttingDown,
     TooLarge,
     WouldBlock,
 )
+from kernel.journal import Journal, JournalError, Loaded, SyscallRow
 from kernel.llm.core import LLMCore
 from kernel.llm.cores import make_core
 from kernel.llm.engine import Engine, EngineConfig
@@ -80,7 +82,7 @@ from kernel.memory import MemoryManager
 from kernel.names import validate_agent_name
 from kernel.results import Result, ResultState
 from kernel.store import StorageManager
-from kernel.syscalls import CallEnv, LLMCall, SyscallLimits, ToolCall, builtin_table
+from kernel.syscalls import CallEnv, LLMCall, Message, SyscallLimits, ToolCall, builtin_table
 from kernel.syscalls.prompt import build_request, gather_context
 from kernel.tools import (
     Caller,
@@ -196,6 +198,11 @@ class Kernel:
         # the managers as syscall handlers see them; made by start()
         self._env: CallEnv | None = None
         self._tools: ToolManager | None = None
+        # agents, conversations, syscalls and results kept across crashes (kernel/journal.py);
+        # None until start(), and when ``journal`` is off; what it held at start, until restored
+        self.journal: Journal | None = None
+        self._loaded: Loaded | None = None
+        self._journal_paused = False  # shutting down: what fails now is to run again next time
         # the audit trail (kernel/audit.py); None until start(), and when ``audit`` is off
         self.audit_log: AuditLog | None = None
         # the built-in tools not marked destructive: what an agent may call by default
@@ -223,6 +230,8 @@ class Kernel:
             log.warning("access_control is off: agents' calls are checked against nothing")
         if self.config.audit:
             await self._start_audit()
+        if self.config.journal:
+            await self._start_journal()
         declared = self.config.models
         names = [self.config.model, *self.config.extra_models]
         for name in names:
@@ -260,6 +269,105 @@ class Kernel:
         self._teardown.push_async_callback(self._tools.aclose)
         builtin = self._tools.sources[0]
         self.safe_tools = frozenset(s.name for s in await builtin.tools() if not s.destructive)
+        if self._loaded is not None:
+            self._restore(self._loaded)
+            self._loaded = None
+
+    async def _start_journal(self) -> None:
+        """Open the journal and read back what the last run left (restored at the end of
+        ``start``, once the engines and tools can take syscalls again)."""
+        path = self.config.data_dir / "journal.db"
+
+        def open_journal() -> tuple[Journal, Loaded]:
+            self.config.data_dir.mkdir(parents=True, exist_ok=True)
+            journal = Journal(path)
+            return journal, journal.load()
+
+        journal, self._loaded = await trio.to_thread.run_sync(open_journal)
+        self._teardown.push_async_callback(trio.to_thread.run_sync, journal.close)
+        journal.start()
+        self.journal = journal
+
+    def _restore(self, loaded: Loaded) -> None:
+        """Bring back the agents of the last run with their config and history, their finished
+        results (undelivered ones still to be delivered), and their unfinished syscalls: run
+        again from the start, or failed as interrupted (the agent's ``on_restart``)."""
+        by_agent: dict[str, list[SyscallRow]] = {}
+        for call in loaded.syscalls:
+            by_agent.setdefault(call.agent, []).append(call)
+        for row in loaded.agents:
+            agent = Agent(row.name, row.uid, row.gid, self.config.results_keep)
+            agent.mode, agent.created, agent.next_id = row.mode, row.created, row.next_id
+            try:
+                update = parse_config_update(json.dumps(row.config).encode(), self.limits)
+                agent.config = apply_config_update(AgentConfig(), update)
+            except KernelError as e:  # a setting this version no longer takes: say so, go on
+                log.warning("agent %s: config not restored (%s); defaults apply", row.name, e)
+            agent.conversation.messages = [Message(m["role"], m["content"]) for m in row.history]
+            agent.conversation.epoch = row.epoch
+            self.agents[row.name] = agent
+            self.memory.ensure_agent(row.name, owner=(row.uid, row.gid))
+            unfinished: list[tuple[Result, bytes | None]] = []
+            for srow in by_agent.get(row.name, []):
+                result = Result(srow.id, row.name, None, reserved=False)
+                if srow.state in ("done", "failed", "cancelled"):
+                    result.restore(srow.state, srow.data, srow.meta, srow.delivered)
+                    # the call as written, for results/N.json (its prompt, tools); one that
+                    # never parsed stays without
+                    with contextlib.suppress(KernelError):
+                        if srow.raw is not None:
+                            result.syscall = self.syscalls.parse(srow.raw, self.limits)
+                else:
+                    unfinished.append((result, srow.raw))
+                agent.adopt(result)
+            for result, raw in unfinished:
+                self._start_again(agent, result, raw)
+            log.info(
+                "agent %s restored: %d results, %d syscalls again",
+                row.name, len(agent.results), len(unfinished),
+            )  # fmt: skip
+
+    def _start_again(self, agent: Agent, result: Result, raw: bytes | None) -> None:
+        """A syscall the last run accepted and never finished."""
+        if agent.config.on_restart == "fail" or raw is None:
+            result.interrupted = True
+            self._finish(agent, result, ResultState.FAILED, "interrupted by restart", errno.EIO)
+            return
+        result.restarts += 1
+        try:
+            result.syscall = self.syscalls.parse(raw, self.limits)
+        except KernelError as e:  # a tool that is gone, a limit that shrank
+            self._finish(agent, result, ResultState.FAILED, e.message, e.errno)
+            return
+        with contextlib.suppress(KernelError):  # a refusal (a spent budget) finished it
+            self._start_accepted(agent, result)
+
+    def _journal_agent(self, agent: Agent) -> None:
+        if self.journal is not None:
+            self.journal.put_agent(
+                agent.name, agent.uid, agent.gid, agent.mode, agent.created,
+                agent.config.as_dict(),
+                [m.as_dict() for m in agent.conversation.messages],
+                agent.conversation.epoch, agent.next_id,
+            )  # fmt: skip
+
+    async def durable(self) -> None:
+        """Wait until everything accepted so far is in the journal (the close that submits a
+        syscall, the read that delivers a result). NoSpace or an I/O error if it could not be
+        written: the caller then does not promise it."""
+        if self.journal is None:
+            return
+        try:
+            await self.journal.durable()
+        except JournalError as e:
+            full = "full" in str(e).lower()
+            raise (NoSpace if full else KernelError)(str(e)) from None
+
+    def deliver(self, agent: Agent, result: Result) -> None:
+        """``out`` (or a transaction descriptor) hands ``result`` over: delivered once."""
+        agent.mark_delivered(result)
+        if self.journal is not None:
+            self.journal.put_delivered(agent.name, result.id)
 
     async def _start_audit(self) -> None:
         """Open the audit log first, so it is closed last and records everything in between;
@@ -513,6 +621,7 @@ class Kernel:
         if self.stopping:
             return
         self.stopping = True
+        self._journal_paused = True  # what is unfinished now runs again at the next mount
         self.approvals.close()  # every call waiting for a person ends with a no
         for agent in self.agents.values():
             for result in agent.unfinished():
@@ -602,6 +711,7 @@ class Kernel:
             agent.uid = uid
         if gid is not None:
             agent.gid = gid
+        self._journal_agent(agent)
         log.info(
             "agent %s: mode %04o, owner %d:%d (changed by uid %d)",
             name, agent.mode, agent.uid, agent.gid, cred.uid,
@@ -675,6 +785,7 @@ class Kernel:
             raise AlreadyExists(f"agent {name!r} exists")
         agent = Agent(name, uid, gid, self.config.results_keep)
         self.agents[name] = agent
+        self._journal_agent(agent)
         if self._env is not None:
             # mem/NAME appears with the agent and belongs to the agent's owner (an existing one
             # the daemon made in advance is handed over; one a user made stays theirs)
@@ -699,6 +810,8 @@ class Kernel:
         self.cancel(name, reason="agent removed")
         agent.removed = True
         del self.agents[name]
+        if self.journal is not None:
+            self.journal.drop_agent(name)
         self._actors.pop(name, None)
         agent.notify()
         self.audit_event(agent.uid if uid is None else uid, name, "agent_remove",
@@ -717,6 +830,8 @@ class Kernel:
         agent = self.agent(name)
         self.counts["submitted"] += 1
         result = agent.new_result(None, reserved)
+        if self.journal is not None:
+            self.journal.put_syscall(name, result.id, data, result.created)
         if self.audit_log is not None:  # of the bytes as written: ~1 µs, the parsed call's ~8
             result.args_digest = digest(data)
         try:
@@ -731,14 +846,23 @@ class Kernel:
             agent.notify()
             e.result = result
             raise
+        try:
+            self._start_accepted(agent, result)
+        except KernelError as e:
+            e.result = result
+            raise
+        return result
+
+    def _start_accepted(self, agent: Agent, result: Result) -> None:
+        """Run a parsed syscall (just submitted, or accepted before a restart)."""
         call = result.syscall
+        assert call is not None
         if isinstance(call, LLMCall):
             try:
                 self.spend_check(agent)
             except KernelError as e:
                 self._finish(agent, result, ResultState.FAILED, e.message, e.errno)
                 agent.notify()
-                e.result = result
                 raise
         if isinstance(call, ToolCall):  # a row of the syscall table
             self._spawn(agent, result, self._run_tool)
@@ -747,7 +871,6 @@ class Kernel:
         else:
             self._dispatch(agent, result)
         agent.notify()
-        return result
 
     def _dispatch(self, agent: Agent, result: Result) -> None:
         """Start an llm call: at once, or after fetching the context its fields ask for."""
@@ -1002,6 +1125,8 @@ class Kernel:
         self.counts["submitted"] += 1
         self.counts["invalid"] += 1
         result = agent.new_result(None, reserved)
+        if self.journal is not None:
+            self.journal.put_syscall(name, result.id, None, result.created)
         self._finish(agent, result, ResultState.FAILED, message, code)
         agent.notify()
         return result
@@ -1102,6 +1227,7 @@ class Kernel:
                     and epoch == agent.conversation.epoch
                 ):
                     agent.conversation.add_turn(call.prompt, result.data.decode().rstrip("\n"))
+                    self._journal_agent(agent)
                 self._finish(agent, result, ResultState.DONE, reason=u.finished)
         for agent in touched:
             agent.notify()
@@ -1124,7 +1250,13 @@ class Kernel:
         result.finish(state, error, code, reason)
         self._audit_result(agent, result, raw)
         self.counts[state.value] += 1
-        agent.record_finish(result)
+        dropped = agent.record_finish(result)
+        if self.journal is not None and not self._journal_paused:
+            self.journal.put_result(
+                agent.name, result.id, state.value, result.body(), result.record(),
+                result.delivered,
+            )  # fmt: skip
+            self.journal.drop_results(agent.name, dropped)
         if agent.chat_active is result:
             agent.chat_active = None
             while agent.chat_backlog and agent.chat_active is None and not self.stopping:
@@ -1182,7 +1314,7 @@ class Kernel:
                 if head is not None and head.finished:
                     if accept is not None and not accept():
                         raise WouldBlock("reader went away")
-                    agent.mark_delivered(head)
+                    self.deliver(agent, head)
                     return head
                 if nonblocking:
                     raise WouldBlock("no finished result is waiting")
@@ -1254,13 +1386,18 @@ class Kernel:
         update = self.check_config(data)
         self.check_config_change(name, update, uid)
         agent.config = apply_config_update(agent.config, update)
+        self._journal_agent(agent)
         return agent.config
 
     def reset_history(self, name: str) -> None:
-        self.agent(name).conversation.reset()
+        agent = self.agent(name)
+        agent.conversation.reset()
+        self._journal_agent(agent)
 
     def replace_history(self, name: str, data: bytes) -> None:
-        self.agent(name).conversation.replace(parse_jsonl(data))
+        agent = self.agent(name)
+        agent.conversation.replace(parse_jsonl(data))
+        self._journal_agent(agent)
 
     def check_scheduler(self, name: str) -> None:
         if name not in SCHEDULERS:

@@ -60,6 +60,9 @@ class Result:
         self.sources: list[str] = []  # memory files and store passages put in the prompt
         self.args_digest = ""  # the audit log's digest of the syscall as written (kernel/audit.py)
         self.tool_calls: list[dict[str, Any]] = []  # an llm call's tool calls, as they finish
+        # after a crash (kernel/journal.py): how often it was started again, or that it was not
+        self.restarts = 0
+        self.interrupted = False
         self.changed = ChangeSignal()
 
     # ---- state changes (trio thread only) ---------------------------------------------------
@@ -100,6 +103,27 @@ class Result:
         self.finish_reason = reason or state.value
         self.finished_at = time.time()
         self._notify()
+
+    # ---- the journal's record of it -----------------------------------------------------------
+
+    RECORDED = (
+        "error", "errno", "finish_reason", "created", "started", "first_token", "finished_at",
+        "tokens_in", "tokens_cached", "tokens_out", "sources", "args_digest", "tool_calls",
+        "restarts", "interrupted",
+    )  # fmt: skip
+
+    def record(self) -> dict[str, Any]:
+        """What the journal keeps of a finished result besides its bytes and state."""
+        return {k: getattr(self, k) for k in self.RECORDED}
+
+    def restore(self, state: str, data: bytes, record: dict[str, Any], delivered: bool) -> None:
+        """Become the finished result the journal recorded (at the next mount)."""
+        for key in self.RECORDED:
+            if key in record:
+                setattr(self, key, record[key])
+        self.state = ResultState(state)
+        self.data = bytearray(data)
+        self.delivered = delivered
 
     # ---- queries ----------------------------------------------------------------------------
 
@@ -158,4 +182,6 @@ class Result:
             "sources": self.sources,
             "tools": list(getattr(self.syscall, "tools", ())),  # offered to the model
             "tool_calls": self.tool_calls,
+            "restarts": self.restarts,
+            "interrupted": self.interrupted,
         }

@@ -25,6 +25,9 @@ noise, and each reporting medians over repetitions:
   ``mem/``, through the mount and directly.
 * **contexts** — what preempting a sequence costs at several context lengths.
 
+``soak`` stands apart from that run (``make soak``, ``python -m aiosfs.bench.soak``): the
+paper's load on one mount for minutes, sampled into curves rather than medians.
+
 Results go to ``OUT/results.json`` and ``OUT/bench.png``; ``docs/benchmarks.md`` summarises a run.
 The package drives daemons (``aiosfs.harness``) with plain file operations and never imports
 torch. Modules: ``stats`` (percentiles, Jain's index), ``traffic`` (the mount and agents'

@@ -87,6 +87,7 @@ class AgentsDir(Dir):
         # the mode mkdir asks for is not taken: an agent starts closed (Agent.DEFAULT_MODE), and
         # its owner opens it with chmod
         self.kernel.create_agent(name, ctx.uid, ctx.gid)
+        await self.kernel.durable()  # the agent is in the journal before mkdir returns
         return self.children()[name]
 
     async def rmdir(self, name: str, ctx: pyfuse3.RequestContext) -> None:
@@ -353,7 +354,7 @@ class SyscallHandle(AgentHandle):
         self.failed = code
         result = self.kernel.fail_submission(self.agent_name, message, code, reserved=self.readable)
         if self.readable:
-            self.kernel.agent(self.agent_name).mark_delivered(result)
+            self.kernel.deliver(self.kernel.agent(self.agent_name), result)
         raise pyfuse3.FUSEError(code)
 
     def _submit(self) -> None:
@@ -365,7 +366,7 @@ class SyscallHandle(AgentHandle):
             failed = e.result
             if failed is not None and self.readable:
                 # the caller learns of the failure now (EINVAL); it is not answered again
-                self.kernel.agent(self.agent_name).mark_delivered(failed)
+                self.kernel.deliver(self.kernel.agent(self.agent_name), failed)
             raise
         if self.readable:
             self.mine.append(result)
@@ -376,6 +377,9 @@ class SyscallHandle(AgentHandle):
             raise pyfuse3.FUSEError(failed)
         if self.pending:
             self._submit()
+            # the promise of docs/filesystem.md: once this close returns, the syscall is
+            # answered, even across a crash (kernel/journal.py)
+            await self.kernel.durable()
 
     async def read(self, off: int, size: int) -> bytes:
         if self.pending:
@@ -390,7 +394,8 @@ class SyscallHandle(AgentHandle):
                     raise pyfuse3.FUSEError(errno.EAGAIN)
                 await self.blocking(lambda: self.kernel.wait_result(agent, head))
             self.mine.popleft()
-            agent.mark_delivered(head)
+            self.kernel.deliver(agent, head)
+            await self.kernel.durable()  # delivered once, even across a crash
             self.current, self.cursor = head, 0
         data = self.current.body()[self.cursor : self.cursor + size]
         self.cursor += len(data)
@@ -435,6 +440,7 @@ class OutHandle(AgentHandle):
                     agent, self.nonblocking, accept=lambda: process_alive(self.pid)
                 )
             )
+            await kernel.durable()  # delivered once, even across a crash
         return self.result.body()[off : off + size]
 
     def poll(self, handle: pyfuse3.PollHandle | None) -> int:

@@ -2,16 +2,18 @@
 
 from __future__ import annotations
 
+import errno
 import json
 import os
 import signal
 import subprocess
 import threading
 import time
+from pathlib import Path
 
 import pytest
 
-from tests.mounting import Mount, eventually
+from tests.mounting import Mount, eventually, mounted
 
 pytestmark = pytest.mark.mount
 
@@ -97,3 +99,51 @@ def test_concurrent_writers_each_get_exactly_one_result_on_out(mount: Mount) -> 
     answers = [mount.read("agents", name, "out") for _ in range(10)]
     expected = [mount.read("agents", name, "results", str(i)) for i in range(1, 11)]
     assert answers == expected  # FIFO by syscall number, each exactly once
+
+
+def test_max_tasks_bounds_the_readers_a_mount_can_hold_blocked(tmp_path: Path) -> None:
+    """Each read blocked on ``out`` holds one FUSE worker task. Under ``--max-tasks 16``, 15
+    blocked readers leave the mount answering; the 16th takes the last task and nothing more is
+    served (not even a listing) until the daemon goes: why a mount for N blocked readers needs
+    ``--max-tasks`` above N (docs/filesystem.md, "Mount behaviour")."""
+    with mounted(tmp_path, "tiny-random", "--max-tasks", "16") as m:
+        name = m.agent()
+        ended: list[int | None] = []
+
+        def reader() -> None:
+            try:
+                fd = os.open(m.p("agents", name, "out"), os.O_RDONLY)
+                try:
+                    os.read(fd, 100)
+                finally:
+                    os.close(fd)
+                ended.append(None)
+            except OSError as e:
+                ended.append(e.errno)
+
+        readers = [threading.Thread(target=reader, daemon=True) for _ in range(16)]
+        for t in readers[:15]:
+            t.start()
+        eventually(lambda: m.json("sys/stats")["fs"]["blocked_reads"] == 15, what="15 readers")
+        assert name in os.listdir(m.p("agents"))  # one task is still free
+        readers[15].start()
+        listed: list[int | None] = []
+
+        def listdir() -> None:
+            try:
+                os.listdir(m.p("agents"))
+                listed.append(None)
+            except OSError as e:
+                listed.append(e.errno)
+
+        listing = threading.Thread(target=listdir, daemon=True)
+        time.sleep(0.5)  # the 16th reader reaches the daemon
+        listing.start()
+        listing.join(2)
+        assert listing.is_alive(), "the listing was answered with every task held"
+        m.proc.kill()  # the connection goes, and with it every request it held
+        m.proc.wait(10)
+        for t in [*readers, listing]:
+            t.join(10)
+        gone = {errno.ENOTCONN, errno.ECONNABORTED}
+        assert len(ended) == 16 and set(ended) <= gone and listed[0] in gone

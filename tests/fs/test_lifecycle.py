@@ -65,6 +65,12 @@ def test_mount_refuses_a_missing_dir(tmp_path: Path) -> None:
     )
 
 
+def test_mount_refuses_too_few_worker_tasks(tmp_path: Path) -> None:
+    res = cli("mount", str(tmp_path), "--model", "tiny-random", "--max-tasks", "8")
+    assert res.returncode == 1
+    assert res.stderr.strip() == "aiosfs: --max-tasks must be at least 16, not 8"
+
+
 def test_mount_refuses_a_non_empty_dir(tmp_path: Path) -> None:
     (tmp_path / "file").write_text("x")
     res = cli("mount", str(tmp_path), "--model", "tiny-random")
