@@ -40,7 +40,8 @@ async def answers(k: Kernel, one_at_a_time: bool = False) -> list[bytes]:
 async def run(
     core: LLMCore, one_at_a_time: bool = False, **config: object
 ) -> tuple[list[bytes], dict]:
-    k = make_kernel(core, model=core.name, prefix_cache_mb=0, **config)
+    # each run starts from nothing: no journal of an earlier run's agent to restore
+    k = make_kernel(core, model=core.name, prefix_cache_mb=0, journal=False, **config)
     try:
         out = await answers(k, one_at_a_time)
         engine = k.engines[core.name]
