@@ -8,9 +8,19 @@ crash"): once the ``close()`` that submits a syscall has returned, the syscall w
 **One writer, group commits.** The kernel (on the trio thread) appends records to a queue and
 never touches the database; one writer thread takes everything queued, writes it in one
 transaction and commits once, then tells every waiter whose records that commit held. Sixteen
-agents submitting at once share one fsync instead of queueing for sixteen. Records keep their
+agents submitting at once share a few fsyncs instead of queueing for sixteen. Records keep their
 order: a commit holds every record queued before the newest one it holds, so awaiting
 ``durable()`` after a submission also covers the agent's creation and config before it.
+
+**A commit starts when someone waits for it**, or once the oldest record nobody waits for has
+been queued :data:`IDLE_COMMIT_S`. A syscall on the transaction descriptor is accepted (its row),
+finishes and is delivered within a millisecond, and only the delivery waits: committing the
+accepted row at once cost a second fsync per round trip (2.1 commits each, 1.0 now), often still
+in flight when the delivery needed its own, and split sixteen agents' closes over more commits
+(docs/benchmarks.md, "What the journal costs"). Nothing is promised on a record until a
+``durable()`` that covers it returns, so holding it up to 20 ms changes no guarantee; it only
+bounds what a crash may take that nobody was told was kept (a result finished but not yet
+delivered: the syscall runs again after a restart, as one that was running does).
 
 What is written when:
 
@@ -103,6 +113,12 @@ class Loaded:
 
 Record = tuple[str, tuple[Any, ...]]
 
+IDLE_COMMIT_S = 0.02
+"""The longest a record nobody waits for (a finished result, a config or history change) stays
+queued before the writer commits it on its own (docs/filesystem.md: "within 20 ms"). Well above
+a short syscall's duration, so that the commit it would start is rarely in flight when that
+syscall's delivery needs its own; short, so that a crash takes little work that must run again."""
+
 
 class JournalError(Exception):
     """The journal could not commit (a full disk, an I/O error): what was waiting on it fails."""
@@ -111,8 +127,9 @@ class JournalError(Exception):
 class Journal:
     """The journal of one data dir. ``start`` the writer before writing; ``close`` last."""
 
-    def __init__(self, path: Path) -> None:
+    def __init__(self, path: Path, idle_commit_s: float = IDLE_COMMIT_S) -> None:
         self.path = path
+        self.idle_commit_s = idle_commit_s
         self._db = sqlite3.connect(path, check_same_thread=False, isolation_level=None)
         self._db.execute("PRAGMA journal_mode = WAL")
         self._db.execute("PRAGMA synchronous = FULL")
@@ -127,7 +144,9 @@ class Journal:
         self._cv = threading.Condition()
         self._queue: list[Record] = []
         self._queued = 0  # records ever queued
-        self._committed = 0  # records ever committed (or failed: see ``_failed_upto``)
+        self._committed = 0  # records ever committed (or failed: see ``_failures``)
+        self._wanted = 0  # the newest record a waiter (durable, flush) is waiting for
+        self._oldest = 0.0  # when the oldest record in the queue was queued (monotonic)
         # recent failed commits: (first record, last record, why); a waiter looks up its own
         self._failures: list[tuple[int, int, str]] = []
         self._waiters: list[tuple[int, trio.Event]] = []  # trio thread only
@@ -138,6 +157,8 @@ class Journal:
         self.commits = 0
         self.records = 0
         self.commit_seconds = 0.0
+        self.waits = 0  # durable() calls that had to wait for a commit (trio thread only)
+        self.wait_seconds = 0.0  # and how long: the commit, and the hand-offs to and from it
 
     # ---- reading back ------------------------------------------------------------------------
 
@@ -219,9 +240,11 @@ class Journal:
 
     def _append(self, sql: str, params: tuple[Any, ...]) -> None:
         with self._cv:
+            if not self._queue:  # the writer starts the idle clock; later ones change nothing
+                self._oldest = time.monotonic()
+                self._cv.notify()
             self._queue.append((sql, params))
             self._queued += 1
-            self._cv.notify()
 
     async def durable(self) -> None:
         """Return once every record queued so far is committed; JournalError if the commit
@@ -229,19 +252,36 @@ class Journal:
         with self._cv:
             target = self._queued
             done = self._committed >= target
+            self._want(target)
         if not done:
+            started = time.monotonic()
             event = trio.Event()
             self._waiters.append((target, event))
             await event.wait()
+            self.waits += 1
+            self.wait_seconds += time.monotonic() - started
         for first, last, why in self._failures:
             if first <= target <= last:
                 raise JournalError(f"the journal could not commit: {why}")
 
+    def _want(self, target: int) -> None:
+        """Someone waits for every record up to ``target``: commit now (``_cv`` held)."""
+        if target > self._wanted:
+            self._wanted = target
+            if self._committed < target:
+                self._cv.notify()
+
+    def _due(self) -> float:
+        """Seconds until the queue must be committed (0: now); ``_cv`` held, queue not empty."""
+        if self._closing or self._wanted > self._committed:
+            return 0.0
+        return self._oldest + self.idle_commit_s - time.monotonic()
+
     def _writer(self) -> None:
         while True:
             with self._cv:
-                while not self._queue and not self._closing:
-                    self._cv.wait()
+                while not self._closing and (not self._queue or self._due() > 0):
+                    self._cv.wait(self._due() if self._queue else None)
                 if not self._queue and self._closing:
                     return
                 batch, self._queue = self._queue, []
@@ -294,6 +334,7 @@ class Journal:
         """Block until everything queued is committed (shutdown, from a worker thread)."""
         with self._cv:
             target = self._queued
+            self._want(target)
         while True:
             with self._cv:
                 if self._committed >= target or self._thread is None:
@@ -312,6 +353,10 @@ class Journal:
         self._db.close()
 
     def info(self) -> dict[str, Any]:
+        """The counters ``sys/stats`` shows as ``journal``: how well commits are grouped
+        (``records_per_commit``), what one costs (``commit_ms_avg``: the statements and the
+        fsync), and what a ``durable()`` that waited waited (``wait_ms_avg``: the commit, the
+        hand-offs to the writer thread and back, any commit it queued behind)."""
         return {
             "path": str(self.path),
             "commits": self.commits,
@@ -320,4 +365,6 @@ class Journal:
             "commit_ms_avg": round(1000 * self.commit_seconds / self.commits, 3)
             if self.commits
             else None,
+            "waits": self.waits,
+            "wait_ms_avg": round(1000 * self.wait_seconds / self.waits, 3) if self.waits else None,
         }

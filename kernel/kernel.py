@@ -1469,6 +1469,7 @@ class Kernel:
             "tokens_per_s": round(sum(e.tokens_per_s for e in self.engines.values()), 2),
             "preemptions": sum(c.get("snapshots", 0) for c in contexts),
             "snapshot_bytes": sum(c.get("ram_bytes", 0) + c.get("disk_bytes", 0) for c in contexts),
+            "journal": self.journal.info() if self.journal is not None else None,
         }
 
     def status(self) -> dict[str, Any]:

@@ -21,6 +21,9 @@ noise, and each reporting medians over repetitions:
   mount / direct ratios, the latency the mount adds, and Jain's index under the flooder on both.
 * **overhead** — a trivial syscall (one token of the tiny model) through the mount, against the
   same call made on the kernel directly (``python -m kernel.microbench``).
+* **journal** — the round trip of a trivial syscall (``mem_read``) and the close of 16 agents
+  submitting at once, on a mount with the journal on and one with it off, alternating; commits
+  per syscall from the journal's own counters.
 * **storage** — ingest and search latency in ``store/``, memory operations and eviction in
   ``mem/``, through the mount and directly.
 * **contexts** — what preempting a sequence costs at several context lengths.
@@ -33,7 +36,7 @@ The package drives daemons (``aiosfs.harness``) with plain file operations and n
 torch. Modules: ``stats`` (percentiles, Jain's index), ``traffic`` (the mount and agents'
 closed-loop turns), ``llm`` (scaling, fairness, contexts), ``engine`` and ``llama_server``
 (against llama-server), ``remote`` (a remote model against its own server), ``overhead``,
-``storage``, ``report`` (summary, plot) and ``cli`` (options and the run).
+``journal``, ``storage``, ``report`` (summary, plot) and ``cli`` (options and the run).
 """
 
 from __future__ import annotations

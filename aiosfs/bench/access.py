@@ -28,7 +28,7 @@ from aiosfs.harness import Mount, write_config
 KINDS = ("syscall", "store_read", "fs_read")
 
 
-def _transaction(m: Mount, agent: str, body: bytes) -> None:
+def transaction(m: Mount, agent: str, body: bytes) -> None:
     """One syscall written and answered on one descriptor of ``agents/AGENT/syscall``."""
     with open(m.p("agents", agent, "syscall"), "r+b", buffering=0) as f:
         f.write(body)
@@ -59,8 +59,8 @@ def _prepare(m: Mount) -> dict[str, Callable[[], None]]:
             f.read()
 
     calls: dict[str, Callable[[], None]] = {
-        "syscall": lambda: _transaction(m, "bench", trivial),
-        "store_read": lambda: _transaction(m, "bench", read),
+        "syscall": lambda: transaction(m, "bench", trivial),
+        "store_read": lambda: transaction(m, "bench", read),
         "fs_read": fs_read,
     }
     for fn in calls.values():  # warm: the first call of each kind pays for imports and caches

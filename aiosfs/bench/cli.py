@@ -19,6 +19,7 @@ from typing import Any
 
 from aiosfs.bench.access import run_access
 from aiosfs.bench.engine import run_engine
+from aiosfs.bench.journal import run_journal
 from aiosfs.bench.llm import MODEST_AGENTS, run_contexts, run_llm
 from aiosfs.bench.overhead import run_overhead
 from aiosfs.bench.remote import run_remote
@@ -28,6 +29,7 @@ from aiosfs.bench.tools import print_tools_summary, run_tools
 
 OVERHEAD_CALLS_PER_BLOCK = 50
 ACCESS_CALLS_PER_BLOCK = 100
+JOURNAL_CALLS_PER_BLOCK = 100
 MEASUREMENTS = (
     "scaling",
     "fairness",
@@ -38,8 +40,9 @@ MEASUREMENTS = (
     "storage",
     "tools",
     "access",
+    "journal",
 )
-ONLY = ("storage", "tools", "access", "engine", "remote")
+ONLY = ("storage", "tools", "access", "engine", "remote", "journal")
 """The measurements with an ``--only-NAME`` option, which skips every other one (the first
 such option given wins)."""
 
@@ -83,6 +86,10 @@ def run_bench(args: argparse.Namespace) -> dict[str, Any]:
         results["access"] = run_access(
             workdir, args.access_blocks, ACCESS_CALLS_PER_BLOCK, args.threads
         )
+    if not args.skip_journal:
+        results["journal"] = run_journal(
+            workdir, args.journal_blocks, JOURNAL_CALLS_PER_BLOCK, args.journal_rounds, args.threads
+        )
     results["finished"] = time.strftime("%Y-%m-%d %H:%M:%S")
     results["machine"]["load_avg_at_end"] = os.getloadavg()
     (out / "results.json").write_text(json.dumps(results, indent=2, default=str))
@@ -93,6 +100,17 @@ def run_bench(args: argparse.Namespace) -> dict[str, Any]:
             say("matplotlib is not installed; no plot")
     shutil.rmtree(workdir, ignore_errors=True)
     return results
+
+
+def positive(text: str) -> int:
+    """An option that counts repetitions: a whole number, at least 1."""
+    try:
+        n = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a whole number") from None
+    if n < 1:
+        raise argparse.ArgumentTypeError(f"{n} is not at least 1")
+    return n
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
@@ -159,6 +177,24 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
         help="agents beside the flooder in the remote measurement's fairness runs",
     )
     p.add_argument("--access-blocks", type=int, default=10)
+    p.add_argument(
+        "--only-journal",
+        action="store_true",
+        help="only what the journal costs: round trips and 16 agents at once, journal on and off",
+    )
+    p.add_argument("--skip-journal", action="store_true", help="skip the journal measurement")
+    p.add_argument(
+        "--journal-blocks",
+        type=positive,
+        default=10,
+        help=f"alternating blocks of {JOURNAL_CALLS_PER_BLOCK} round trips, journal on and off",
+    )
+    p.add_argument(
+        "--journal-rounds",
+        type=positive,
+        default=20,
+        help="alternating rounds of 16 agents submitting at once, journal on and off",
+    )
     p.add_argument(
         "--llama-server",
         metavar="PATH",

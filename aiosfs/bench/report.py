@@ -157,6 +157,39 @@ def print_summary(results: dict[str, Any]) -> None:
             f"FUSE adds {o['overhead_p50_ms']:.2f} ms at p50 "
             f"(x{o['ratio_median_of_blocks']:.2f}, median of blocks)"
         )
+    print_journal(results.get("journal"))
+
+
+def print_journal(j: dict[str, Any] | None) -> None:
+    """The journal measurement: what it adds to a round trip and to a close, how many syscalls
+    shared a commit, where a waiter's wait went, and what the disk's own fsync took."""
+    if not j:
+        return
+    rt, b = j["round_trip"], j["burst"]
+    print(
+        f"journal, round trip of {j['call']}: on p50 {rt['on_p50_ms']:.3f} / p99 "
+        f"{rt['on_p99_ms']:.3f} ms, off p50 {rt['off_p50_ms']:.3f} / p99 {rt['off_p99_ms']:.3f} "
+        f"ms; adds {rt['added_p50_ms']:+.3f} ms at p50 (median of {j['blocks']} blocks); "
+        f"{rt['journal']['commits_per_syscall']} commits per syscall one at a time"
+    )
+    print(
+        f"journal, {b['agents']} agents at once ({b['rounds']} rounds): close p50 on "
+        f"{b['on_p50_ms']:.3f} / off {b['off_p50_ms']:.3f} ms, p99 on {b['on_p99_ms']:.3f} / off "
+        f"{b['off_p99_ms']:.3f} ms, adds {b['added_p50_ms']:+.3f} ms at p50; "
+        f"{b['journal']['commits_per_syscall']} commits per syscall "
+        f"({b['commits_per_syscall_while_closing']} while the closes were in flight), "
+        f"{b['journal']['records_per_commit']} records per commit"
+    )
+    for label, part in (("a round trip", rt["journal"]), ("a close of 16", b["journal"])):
+        print(
+            f"journal, where {label}'s wait goes: {fmt(part['wait_ms_avg'])} ms = a commit "
+            f"{fmt(part['commit_ms_avg'])} ms + {fmt(part.get('wait_beyond_commit_ms'))} ms of "
+            "hand-offs and queueing"
+        )
+    print(
+        f"journal, the disk: an fdatasync of 4 KiB p50 {j['fsync_probe']['p50_ms']:.3f} / p99 "
+        f"{j['fsync_probe']['p99_ms']:.3f} ms"
+    )
 
 
 def print_engine(engine: dict[str, Any] | None, name: str = "engine", modest: int = 15) -> None:

@@ -6,7 +6,7 @@ sys/models/NAME  JSON: one model, local or remote: state, requests in flight, la
 sys/reload     write anything: re-read the config's [models.NAME] tables; read: what it did
 sys/scheduler  the policy (write a name to switch)
 sys/queue      JSON: waiting and running sequences per model and agent
-sys/stats      JSON: syscall counts, tokens, tokens per second, blocked readers
+sys/stats      JSON: syscall counts, tokens, tokens per second, journal commits, blocked readers
 sys/status     JSON: all of the above, for ``aiosfs status``
 sys/approvals/ calls waiting for a person (``aiosfs/trees/approvals.py``; ``fs.py`` adds it)
 sys/audit      JSON lines: every syscall, tool call and access decision (the daemon's owner only)

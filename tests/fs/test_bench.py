@@ -37,7 +37,7 @@ def test_bench_runs_and_writes_results(tmp_path: Path) -> None:
         "--overhead-blocks 2 --context-lengths 64,128 --embedder hashing --ingest 100 "
         "--search-large 150 --search-queries 5 --mem-ops 20 --large-mib 4 "
         "--tool-calls 10 --tool-agents 4 --tool-rounds 1 --tool-pairs 1 --access-blocks 2 "
-        "--skip-engine --skip-remote"
+        "--skip-engine --skip-remote --skip-journal"  # tests/test_bench_journal.py runs it
     )
     res = subprocess.run(
         [sys.executable, "-m", "aiosfs", *args, "--out", str(out)],

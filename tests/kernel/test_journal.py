@@ -57,6 +57,34 @@ async def test_records_come_back_and_commits_are_grouped(tmp_path: Path) -> None
     assert (one.state, one.raw, one.delivered) == ("queued", b"hello 0", False)
 
 
+async def test_a_commit_waits_for_a_waiter_and_takes_everything_queued(tmp_path: Path) -> None:
+    journal = Journal(tmp_path / "journal.db", idle_commit_s=60)
+    journal.start()
+    journal.put_agent("a", 1000, 1000, 0o700, 1.5, {}, [], 0, 1)
+    journal.put_syscall("a", 1, b"hello", 2.0)  # accepted, on a transaction descriptor
+    journal.put_result("a", 1, "done", b"hi\n", {}, False)  # finished at once
+    await trio.sleep(0.1)
+    assert journal.commits == 0  # nobody waits yet: nothing to fsync for
+    journal.put_delivered("a", 1)
+    await journal.durable()  # the delivering read
+    assert (journal.commits, journal.records, journal.waits) == (1, 5, 1)
+    journal.close()
+    (row,) = Journal(tmp_path / "journal.db").load().syscalls
+    assert (row.state, row.data, row.delivered) == ("done", b"hi\n", True)
+
+
+async def test_what_nobody_waits_for_is_committed_on_its_own(tmp_path: Path) -> None:
+    journal = Journal(tmp_path / "journal.db", idle_commit_s=0.02)
+    journal.start()
+    journal.put_agent("a", 1000, 1000, 0o700, 1.5, {"max_tokens": 8}, [], 0, 1)
+    with trio.fail_after(10):
+        while journal.commits == 0:
+            await trio.sleep(0.01)
+    (agent,) = Journal(tmp_path / "journal.db").load().agents  # another connection sees it
+    assert agent.config == {"max_tokens": 8} and journal.waits == 0
+    journal.close()
+
+
 @pytest.fixture
 def data_dir() -> Path:
     return Path(tempfile.mkdtemp(prefix="aiosfs-journal-"))
