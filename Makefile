@@ -6,7 +6,7 @@ MOUNT ?= mnt
 CC ?= cc
 PYTEST_ARGS ?=
 
-.PHONY: install run test lint static examples bench posix clean llama-server
+.PHONY: install run test faults lint static examples bench posix clean llama-server
 
 install:
 	@scripts/install.sh
@@ -33,7 +33,12 @@ llama-server: install
 	@scripts/llama-server.sh >/dev/null
 
 test: static examples llama-server
-	AIOSFS_REQUIRE_LLAMA_SERVER=1 $(PY) -m pytest $(PYTEST_ARGS)
+	AIOSFS_REQUIRE_LLAMA_SERVER=1 $(PY) -m pytest -m "not slow" $(PYTEST_ARGS)
+
+# The fault tests (tests/kernel/test_faults.py, tests/fs/test_faults.py, tests/fs/test_make_run.py),
+# the long ones that `make test` leaves out (marked slow) included: a few minutes on 2 cores.
+faults: install examples
+	$(PY) -m pytest -m "" tests/kernel/test_faults.py tests/fs/test_faults.py tests/fs/test_make_run.py $(PYTEST_ARGS)
 
 # The benchmark mounts its own daemons (about 50 minutes on 2 cores, the first run also builds
 # llama-server: scripts/llama-server.sh); BENCH_ARGS to adjust it.
