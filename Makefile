@@ -1,5 +1,6 @@
 # aiosfs: two commands matter. `make run` installs what is missing, mounts at ./mnt, answers a
 # demo prompt through the mount and serves until Ctrl-C. `make test` installs, then runs the tests.
+# VENV: the virtualenv `install` fills and `run` uses
 VENV ?= .venv
 PY := $(VENV)/bin/python
 MOUNT ?= mnt
@@ -9,7 +10,7 @@ PYTEST_ARGS ?=
 .PHONY: install run test faults lint static examples bench posix clean llama-server
 
 install:
-	@scripts/install.sh
+	@AIOSFS_VENV=$(VENV) scripts/install.sh
 
 examples: mount_examples/c/aiosfs_client
 
@@ -17,7 +18,7 @@ mount_examples/c/aiosfs_client: mount_examples/c/aiosfs_client.c
 	$(CC) -O2 -Wall -Wextra -Werror -o $@ $<
 
 run: install examples
-	@scripts/run.sh $(MOUNT)
+	@AIOSFS_VENV=$(VENV) scripts/run.sh $(MOUNT)
 
 # The static checks: ruff, the import contracts of the module map (pyproject.toml's
 # [tool.importlinter]) and mypy over kernel/ and aiosfs/.
