@@ -1,15 +1,16 @@
 # aiosfs: two commands matter. `make run` installs what is missing, mounts at ./mnt, answers a
 # demo prompt through the mount and serves until Ctrl-C. `make test` installs, then runs the tests.
+# VENV: the virtualenv `install` fills and `run` uses
 VENV ?= .venv
 PY := $(VENV)/bin/python
 MOUNT ?= mnt
 CC ?= cc
 PYTEST_ARGS ?=
 
-.PHONY: install run test lint static examples bench soak posix clean llama-server crash
+.PHONY: install run test faults lint static examples bench soak posix clean llama-server crash
 
 install:
-	@scripts/install.sh
+	@AIOSFS_VENV=$(VENV) scripts/install.sh
 
 examples: mount_examples/c/aiosfs_client
 
@@ -17,7 +18,7 @@ mount_examples/c/aiosfs_client: mount_examples/c/aiosfs_client.c
 	$(CC) -O2 -Wall -Wextra -Werror -o $@ $<
 
 run: install examples
-	@scripts/run.sh $(MOUNT)
+	@AIOSFS_VENV=$(VENV) scripts/run.sh $(MOUNT)
 
 # The static checks: ruff, the import contracts of the module map (pyproject.toml's
 # [tool.importlinter]) and mypy over kernel/ and aiosfs/.
@@ -33,7 +34,12 @@ llama-server: install
 	@scripts/llama-server.sh >/dev/null
 
 test: static examples llama-server
-	AIOSFS_REQUIRE_LLAMA_SERVER=1 $(PY) -m pytest $(PYTEST_ARGS)
+	AIOSFS_REQUIRE_LLAMA_SERVER=1 $(PY) -m pytest -m "not slow" $(PYTEST_ARGS)
+
+# The fault tests (tests/kernel/test_faults.py, tests/fs/test_faults.py, tests/fs/test_make_run.py),
+# the long ones that `make test` leaves out (marked slow) included: a few minutes on 2 cores.
+faults: install examples
+	$(PY) -m pytest -m "" tests/kernel/test_faults.py tests/fs/test_faults.py tests/fs/test_make_run.py $(PYTEST_ARGS)
 
 # The benchmark mounts its own daemons (about 50 minutes on 2 cores, the first run also builds
 # llama-server: scripts/llama-server.sh); BENCH_ARGS to adjust it.

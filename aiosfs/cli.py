@@ -201,17 +201,20 @@ def launch_background(args: argparse.Namespace, mountpoint: str, config: Any) ->
             start_new_session=True,  # Ctrl-C in this terminal must not reach the daemon
         )
     os.close(write_fd)
-    ok = False
-    with os.fdopen(read_fd, "r") as progress:
-        for line in progress:
-            line = line.rstrip("\n")
-            if line.startswith("error:"):
-                print(f"aiosfs: {line}", file=sys.stderr)
-                break
-            print(f"aiosfs: {line}", file=sys.stderr)
-            if line.startswith("ready"):
-                ok = True
-                break
+    try:
+        ok = relay_progress(read_fd)
+    except KeyboardInterrupt:
+        # Ctrl-C before the mount is ready: whoever asked for it gave up, so the daemon goes
+        # too (it runs in a session of its own, which the Ctrl-C does not reach)
+        signal.signal(signal.SIGINT, signal.SIG_IGN)  # a second Ctrl-C must not stop this
+        print("aiosfs: interrupted; stopping the daemon", file=sys.stderr)
+        proc.terminate()
+        try:
+            proc.wait(timeout=30)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait()
+        raise
     if ok:
         print(
             f"aiosfs: serving {mountpoint} (pid {proc.pid}); stop with: aiosfs umount {mountpoint}"
@@ -223,6 +226,19 @@ def launch_background(args: argparse.Namespace, mountpoint: str, config: Any) ->
         proc.terminate()
         status = proc.wait()
     return fail(f"daemon exited with status {status}; log: {log_path}")
+
+
+def relay_progress(read_fd: int) -> bool:
+    """Show the daemon's progress lines until it is ready (True) or says why not (False)."""
+    with os.fdopen(read_fd, "r") as progress:
+        for line in progress:
+            line = line.rstrip("\n")
+            print(f"aiosfs: {line}", file=sys.stderr)
+            if line.startswith("error:"):
+                return False
+            if line.startswith("ready"):
+                return True
+    return False
 
 
 def _daemon_argv(args: argparse.Namespace, mountpoint: str, ready_fd: int) -> list[str]:

@@ -22,6 +22,7 @@ import logging
 import os
 import signal
 import sys
+import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -89,10 +90,44 @@ class LateReplies(logging.Filter):
         return True
 
 
+class DataDirLog(logging.FileHandler):
+    """``DATA_DIR/aiosfs.log``. The data dir's disk may fill up, and then every record fails
+    to be written: logging's default prints a traceback to stderr for each one, which buries
+    what the daemon says about the full disk itself. A record that cannot be written is
+    counted instead, and stderr gets one line about it a minute; writing resumes by itself
+    once there is room."""
+
+    WARN_EVERY_S = 60.0
+
+    def __init__(self, path: Path) -> None:
+        super().__init__(path)
+        self.lost = 0
+        self._warned_at: float | None = None
+
+    def handleError(self, record: logging.LogRecord) -> None:
+        error = sys.exc_info()[1]
+        if not isinstance(error, OSError):
+            super().handleError(record)
+            return
+        self.lost += 1
+        now = time.monotonic()
+        if self._warned_at is not None and now - self._warned_at < self.WARN_EVERY_S:
+            return
+        self._warned_at = now
+        line = logging.LogRecord(
+            __name__, logging.WARNING, __file__, 0,
+            "%s cannot be written (%s): %d log records lost so far",
+            (self.baseFilename, error.strerror or error, self.lost), None,
+        )  # fmt: skip
+        with contextlib.suppress(OSError, ValueError):
+            sys.stderr.write(self.format(line) + "\n")
+            sys.stderr.flush()
+
+
 def setup_logging(data_dir: Path, foreground: bool, level: str = "INFO") -> Path:
     data_dir.mkdir(parents=True, exist_ok=True)
     path = data_dir / "aiosfs.log"
-    handlers: list[logging.Handler] = [logging.FileHandler(path)]
+    handlers: list[logging.Handler] = [DataDirLog(path)]
     if foreground:
         handlers.append(logging.StreamHandler())
     logging.basicConfig(

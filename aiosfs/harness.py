@@ -29,6 +29,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from aiosfs.mountpoint import fuse_mounts
+
 READY_TIMEOUT = 180.0
 """Seconds to wait for the mount and its models (tiny-random loads in seconds)."""
 STOP_TIMEOUT = 10.0
@@ -57,6 +59,13 @@ def eventually(check: Callable[[], bool], timeout: float = 10, what: str = "cond
         if time.monotonic() > deadline:
             raise AssertionError(f"{what} did not happen within {timeout} s")
         time.sleep(0.02)
+
+
+def is_mounted(path: Path) -> bool:
+    """Is anything mounted at ``path``, a dead FUSE mount included? (``os.path.ismount`` says
+    no to a dead one, whose ``stat`` fails: a daemon killed with -9 leaves one until
+    ``auto_unmount`` clears it, and a new mount there would fail meanwhile.)"""
+    return os.path.ismount(path) or os.path.realpath(path) in fuse_mounts()
 
 
 def write_config(tmp: Path, **settings: object) -> str:
@@ -285,7 +294,7 @@ def start_mount(
     unless ``need_ready``. ``cwd`` is where the daemon runs (the tests run it in the source
     tree, so that ``python -m aiosfs`` finds the code under test)."""
     mp, data = tmp / "mnt", tmp / "data"
-    eventually(lambda: not os.path.ismount(mp), what="the previous mount to go")
+    eventually(lambda: not is_mounted(mp), what="the previous mount to go")
     mp.mkdir(parents=True, exist_ok=True)
     data.mkdir(parents=True, exist_ok=True)
     log = tmp / LOG_NAME

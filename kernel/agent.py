@@ -73,6 +73,17 @@ class Agent:
         result.reserved = False
         self._undelivered.pop(result.id, None)
 
+    def undeliver(self, result: Result, reserved: bool = False) -> None:
+        """Take a delivery back (its reader was told of a failure instead): the result waits
+        in its place again, for ``out``, or for the transaction descriptor that reserved it."""
+        if result.id not in self.results:
+            return  # trimmed by ``results_keep`` meanwhile
+        result.delivered = False
+        result.reserved = reserved
+        self._undelivered[result.id] = result
+        self._undelivered = dict(sorted(self._undelivered.items()))
+        self.notify()
+
     def unreserve(self, result: Result) -> None:
         """A transaction descriptor closed without reading this result: hand it to ``out``."""
         if result.reserved and not result.delivered:

@@ -231,8 +231,11 @@ class Journal:
             (state, data, json.dumps(meta, ensure_ascii=False), int(delivered), agent, rid),
         )
 
-    def put_delivered(self, agent: str, rid: int) -> None:
-        self._append("UPDATE syscalls SET delivered = 1 WHERE agent = ? AND id = ?", (agent, rid))
+    def put_delivered(self, agent: str, rid: int, delivered: bool = True) -> None:
+        self._append(
+            "UPDATE syscalls SET delivered = ? WHERE agent = ? AND id = ?",
+            (int(delivered), agent, rid),
+        )
 
     def drop_results(self, agent: str, ids: list[int]) -> None:
         for rid in ids:
@@ -307,7 +310,8 @@ class Journal:
                     self._db.execute(sql, params)
                 self._db.execute("COMMIT")
             except BaseException:
-                self._db.execute("ROLLBACK")
+                if self._db.in_transaction:  # SQLite rolls back a COMMIT the disk refused itself
+                    self._db.execute("ROLLBACK")
                 raise
         except sqlite3.Error as e:
             log.error("journal commit of %d records failed: %s", len(batch), e)

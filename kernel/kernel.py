@@ -312,10 +312,8 @@ class Kernel:
                 result = Result(srow.id, row.name, None, reserved=False)
                 if srow.state in ("done", "failed", "cancelled"):
                     result.restore(srow.state, srow.data, srow.meta, srow.delivered)
-                    # the call as written, for results/N.json (its prompt, tools); one that
-                    # never parsed stays without
-                    with contextlib.suppress(KernelError):
-                        if srow.raw is not None:
+                    if srow.raw is not None:  # results/N.json names its call and prompt
+                        with contextlib.suppress(KernelError):
                             result.syscall = self.syscalls.parse(srow.raw, self.limits)
                 else:
                     unfinished.append((result, srow.raw))
@@ -368,6 +366,15 @@ class Kernel:
         agent.mark_delivered(result)
         if self.journal is not None:
             self.journal.put_delivered(agent.name, result.id)
+
+    def undeliver(self, agent: Agent, result: Result, reserved: bool = False) -> None:
+        """Take back a delivery whose reader got an error instead of the result: the journal
+        could not keep it (a full disk), or the reader died before the answer reached it. The
+        result waits in its place again, for the next reader of ``out`` (or, ``reserved``, the
+        transaction descriptor's next read), and the journal says so too."""
+        agent.undeliver(result, reserved)
+        if self.journal is not None:
+            self.journal.put_delivered(agent.name, result.id, delivered=False)
 
     async def _start_audit(self) -> None:
         """Open the audit log first, so it is closed last and records everything in between;

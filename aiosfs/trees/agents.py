@@ -87,7 +87,13 @@ class AgentsDir(Dir):
         # the mode mkdir asks for is not taken: an agent starts closed (Agent.DEFAULT_MODE), and
         # its owner opens it with chmod
         self.kernel.create_agent(name, ctx.uid, ctx.gid)
-        await self.kernel.durable()  # the agent is in the journal before mkdir returns
+        try:
+            await self.kernel.durable()  # the agent is in the journal before mkdir returns
+        except KernelError:
+            # mkdir fails (ENOSPC on a full disk), so no agent may be left either: a crash
+            # would lose it, and with it every syscall it had accepted meanwhile
+            self.kernel.remove_agent(name, ctx.uid)
+            raise
         return self.children()[name]
 
     async def rmdir(self, name: str, ctx: pyfuse3.RequestContext) -> None:
@@ -395,7 +401,12 @@ class SyscallHandle(AgentHandle):
                 await self.blocking(lambda: self.kernel.wait_result(agent, head))
             self.mine.popleft()
             self.kernel.deliver(agent, head)
-            await self.kernel.durable()  # delivered once, even across a crash
+            try:
+                await self.kernel.durable()  # delivered once, even across a crash
+            except KernelError:  # not kept: this read fails, the next one gets the answer
+                self.kernel.undeliver(agent, head, reserved=True)
+                self.mine.appendleft(head)
+                raise
             self.current, self.cursor = head, 0
         data = self.current.body()[self.cursor : self.cursor + size]
         self.cursor += len(data)
@@ -435,12 +446,20 @@ class OutHandle(AgentHandle):
         if self.result is None:
             kernel = self.kernel
             agent = kernel.agent(self.agent_name)
-            self.result = await self.blocking(
+            result = await self.blocking(
                 lambda: kernel.next_out(
                     agent, self.nonblocking, accept=lambda: process_alive(self.pid)
                 )
             )
-            await kernel.durable()  # delivered once, even across a crash
+            try:
+                await kernel.durable()  # delivered once, even across a crash
+            except KernelError:  # not kept (a full disk): the next reader gets it instead
+                kernel.undeliver(agent, result)
+                raise
+            if not process_alive(self.pid):  # killed while the delivery was being kept
+                kernel.undeliver(agent, result)
+                raise pyfuse3.FUSEError(errno.EINTR)
+            self.result = result
         return self.result.body()[off : off + size]
 
     def poll(self, handle: pyfuse3.PollHandle | None) -> int:

@@ -22,7 +22,9 @@ sampler masks its logits with it, and each token sampled advances it. Only that 
 touched, so constrained and free requests share a batch without changing each other's output.
 
 Failures are contained: a request that cannot be prepared fails alone; an exception in a step
-fails that step's sequences and the engine carries on.
+(the policy, the swap, the forward pass) fails that step's sequences with ``engine error: ...``,
+one in a sequence's own sampling or detokenising fails that sequence alone, and the engine
+carries on.
 """
 
 from __future__ import annotations
@@ -43,7 +45,7 @@ from kernel.llm.rate import TokenRate
 from kernel.llm.request import GenerationRequest, Update
 from kernel.llm.sampling import new_rng, sample
 from kernel.llm.scheduler import Limits, Scheduler, ServiceLedger, make_scheduler
-from kernel.llm.sequence import Sequence
+from kernel.llm.sequence import SeqState, Sequence
 from kernel.llm.swap import SwapManager
 
 if TYPE_CHECKING:
@@ -347,14 +349,39 @@ class Engine:
         return feeds
 
     def _step(self, updates: list[Update]) -> bool:
-        """Run one step: schedule, one forward pass, postprocess. False if nothing was fed."""
-        feeds = self._schedule()
-        if not feeds:
-            return False
-        rows = self._forward(feeds, updates)
-        if rows is not None:
+        """Run one step: schedule, one forward pass, postprocess. False if nothing was fed.
+
+        An exception anywhere in it fails the step's sequences and nothing else: the thread
+        carries on with the rest (were it to die, every request would wait for ever). Where the
+        step's batch is not known yet (the policy itself raised), the running batch fails, or
+        what waits if nothing runs, so the same exception cannot come back at every step."""
+        feeds: list[tuple[Sequence, int]] = []
+        try:
+            feeds = self._schedule()
+            if not feeds:
+                return False
+            rows = self._forward(feeds)
             self._postprocess(feeds, rows, updates)
+        except Exception as e:
+            victims = [s for s, _ in feeds] or list(self.scheduler.running)
+            victims = victims or list(self.scheduler.waiting)
+            log.exception("engine step failed; failing its %d sequences", len(victims))
+            self._fail(victims, f"engine error: {type(e).__name__}: {e}", updates)
         return True
+
+    def _fail(self, seqs: list[Sequence], error: str, updates: list[Update]) -> None:
+        """End ``seqs`` with ``error``, but those the step finished before it failed."""
+        for seq in seqs:
+            if seq.state is SeqState.FINISHED:
+                continue
+            self.scheduler.remove(seq.id)
+            seq.state = SeqState.FINISHED
+            try:
+                self._drop(seq)
+            except Exception:  # the core cannot even free it: the answer still ends
+                log.exception("request %d: cannot free its KV", seq.id)
+                seq.kv = None
+            updates.append(Update(seq.id, finished="error", error=error))
 
     def _schedule(self) -> list[tuple[Sequence, int]]:
         """Ask the policy for the batch, swap its preempted sequences out and its resumed ones
@@ -370,25 +397,15 @@ class Engine:
                 self._start_from_prefix(seq)
         return self._feeds(decision.run)
 
-    def _forward(
-        self, feeds: list[tuple[Sequence, int]], updates: list[Update]
-    ) -> list[Tensor] | None:
-        """The logits row of each feed; None if the pass failed, which fails its sequences."""
+    def _forward(self, feeds: list[tuple[Sequence, int]]) -> list[Tensor]:
+        """The logits row of each feed (an exception fails the step: ``_step``)."""
         started = time.monotonic()
         fed_tokens = sum(n for _, n in feeds)
-        try:
-            if self.scheduler.batched:
-                logits = self.core.forward(feeds)
-                rows = [logits[i] for i in range(len(feeds))]
-            else:  # one forward pass per sequence (the AIOS baseline)
-                rows = [self.core.forward([feed])[0] for feed in feeds]
-        except Exception as e:
-            log.exception("engine step failed; failing its %d sequences", len(feeds))
-            for seq, _ in feeds:
-                self.scheduler.finish(seq)
-                self._drop(seq)
-                updates.append(Update(seq.id, finished="error", error=f"engine error: {e}"))
-            return None
+        if self.scheduler.batched:
+            logits = self.core.forward(feeds)
+            rows = [logits[i] for i in range(len(feeds))]
+        else:  # one forward pass per sequence (the AIOS baseline)
+            rows = [self.core.forward([feed])[0] for feed in feeds]
         elapsed = time.monotonic() - started
         self.busy_seconds += elapsed
         self.steps += 1
@@ -404,41 +421,47 @@ class Engine:
         self, feeds: list[tuple[Sequence, int]], rows: list[Tensor], updates: list[Update]
     ) -> None:
         """Charge what was fed, sample a token for each sequence whose feed reached its end,
-        and report the text it released; finished sequences leave the batch."""
+        and report the text it released; finished sequences leave the batch. A sequence whose
+        sampling or detokenising raises fails alone: its row is its own."""
         generated = 0
         for (seq, n), row in zip(feeds, rows, strict=True):
-            prompt_fed = max(0, min(seq.fed, len(seq.prompt_ids)) - max(0, seq.fed - n))
-            self.prompt_tokens += prompt_fed
-            self.ledger.charge(seq.agent, prompt=prompt_fed)
-            if seq.unfed:
-                continue  # a prefill chunk that did not reach the end of the prompt yet
-            constraint = seq.constraint
-            assert constraint is None or isinstance(constraint, TokenConstraint)
-            token = sample(row, seq.params, seq.output_ids, seq.rng, constraint)
-            if constraint is not None and not constraint.advance(token):
-                # the mask allows only tokens the grammar accepts: this is a bug, not the model
-                log.error("request %d: grammar refused token %d", seq.id, token)
-                self.scheduler.finish(seq)
-                self._drop(seq)
-                error = f"output grammar refused token {token}: {constraint.error}"
-                updates.append(Update(seq.id, finished="error", error=error))
-                continue
-            text = seq.append_token(token, self.core.eos_ids, self.core)
-            generated += 1
-            seq.slice_tokens += 1
-            self.ledger.charge(seq.agent, generated=1)
-            update = Update(seq.id, text=text, tokens_out=1)
-            if not seq.started_reported:
-                seq.started_reported = True
-                update.started = True
-                update.tokens_in = len(seq.prompt_ids)
-                update.tokens_cached = seq.cached_tokens
-            if seq.finish_reason is not None:
-                update.finished = seq.finish_reason
-                self._finish(seq)
-            updates.append(update)
+            try:
+                generated += self._advance(seq, n, row, updates)
+            except Exception as e:
+                log.exception("request %d: its step failed", seq.id)
+                self._fail([seq], f"engine error: {type(e).__name__}: {e}", updates)
         self.tokens_generated += generated
         self.rate.add(generated)
+
+    def _advance(self, seq: Sequence, n: int, row: Tensor, updates: list[Update]) -> int:
+        """One sequence's part of ``_postprocess``; returns the tokens it generated (0 or 1)."""
+        prompt_fed = max(0, min(seq.fed, len(seq.prompt_ids)) - max(0, seq.fed - n))
+        self.prompt_tokens += prompt_fed
+        self.ledger.charge(seq.agent, prompt=prompt_fed)
+        if seq.unfed:
+            return 0  # a prefill chunk that did not reach the end of the prompt yet
+        constraint = seq.constraint
+        assert constraint is None or isinstance(constraint, TokenConstraint)
+        token = sample(row, seq.params, seq.output_ids, seq.rng, constraint)
+        if constraint is not None and not constraint.advance(token):
+            # the mask allows only tokens the grammar accepts: this is a bug, not the model
+            log.error("request %d: grammar refused token %d", seq.id, token)
+            self._fail([seq], f"output grammar refused token {token}: {constraint.error}", updates)
+            return 0
+        text = seq.append_token(token, self.core.eos_ids, self.core)
+        seq.slice_tokens += 1
+        self.ledger.charge(seq.agent, generated=1)
+        update = Update(seq.id, text=text, tokens_out=1)
+        if not seq.started_reported:
+            seq.started_reported = True
+            update.started = True
+            update.tokens_in = len(seq.prompt_ids)
+            update.tokens_cached = seq.cached_tokens
+        update.finished = seq.finish_reason
+        updates.append(update)  # before ``_finish``, which a core may fail: the answer is whole
+        if seq.finish_reason is not None:
+            self._finish(seq)
+        return 1
 
     def _finish(self, seq: Sequence) -> None:
         self.scheduler.finish(seq)

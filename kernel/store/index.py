@@ -21,6 +21,7 @@ import sqlite3
 import threading
 import time
 from collections.abc import Callable
+from typing import Any
 
 import numpy as np
 
@@ -34,6 +35,8 @@ CHUNK_CHARS = 800
 # embedding whole, and its passages would crowd out everything else's.
 INDEX_BYTES = 4 << 20
 CHUNK_OVERLAP = 100
+RETRY_FIRST_S = 1.0  # a failed indexing round is tried again after this, then twice as long...
+RETRY_MAX_S = 30.0  # ...up to this
 
 
 def chunk_text(text: str) -> list[tuple[int, str]]:
@@ -71,6 +74,8 @@ class Indexer:
         self._stats_lock = threading.Lock()
         self.indexed_chunks = 0
         self.index_seconds = 0.0
+        # the failure each phase ("chunk", "embed") is retrying now: message, since, last, failures
+        self.errors: dict[str, dict[str, Any]] = {}
         self._stop = threading.Event()
         self._wake = threading.Event()  # a file is waiting to be split into passages
         self._embed_wake = threading.Event()  # passages are waiting for their embeddings
@@ -79,12 +84,15 @@ class Indexer:
             # The chunker pauses a little after each round so that files arriving in a burst
             # are split in a few transactions, not one each (every one takes the write lock
             # that the writers of files need too).
-            for name, step, wake, pause in (
-                ("store-chunk", self._chunk_pending, self._wake, 0.1),
-                ("store-embed", self._embed_chunks, self._embed_wake, 0.0),
+            for phase, step, wake, pause in (
+                ("chunk", self._chunk_pending, self._wake, 0.1),
+                ("embed", self._embed_chunks, self._embed_wake, 0.0),
             ):
                 thread = threading.Thread(
-                    target=self._loop, args=(step, wake, pause), name=name, daemon=True
+                    target=self._loop,
+                    args=(phase, step, wake, pause),
+                    name=f"store-{phase}",
+                    daemon=True,
                 )
                 thread.start()
                 self._threads.append(thread)
@@ -121,23 +129,59 @@ class Indexer:
             self.index_seconds += seconds
 
     def _loop(
-        self, step: Callable[[sqlite3.Connection], bool], wake: threading.Event, pause: float
+        self,
+        phase: str,
+        step: Callable[[sqlite3.Connection], bool],
+        wake: threading.Event,
+        pause: float,
     ) -> None:
         """One indexer thread: ``step`` does one round and says whether there was work;
-        ``pause`` seconds pass between rounds that had work. A failed round is logged and
-        retried, so one bad file cannot stop the index for good."""
+        ``pause`` seconds pass between rounds that had work. A failed round (a broken embedding
+        model, a full disk) is retried, one second later and then less often, up to
+        ``RETRY_MAX_S``, or at once when new work arrives; it is kept in ``errors`` (sys/store
+        shows it) until a round succeeds. Only the first of a run of identical failures is
+        logged with its traceback, so a model that stays broken does not flood the log."""
         db = connect(self.db.path)
+        delay = RETRY_FIRST_S
         while not self._stop.is_set():
             try:
                 wake.clear()  # before looking, so that a wake-up during the step is not lost
-                if not step(db):
-                    wake.wait(1.0)
-                elif pause:
-                    self._stop.wait(pause)
-            except Exception:
-                log.exception("indexing failed; retrying in a second")
-                time.sleep(1.0)
+                worked = step(db)
+            except Exception as e:
+                self._failed(phase, e)
+                wake.wait(delay)
+                delay = min(2 * delay, RETRY_MAX_S)
+                continue
+            if self.errors.pop(phase, None) is not None:
+                log.info("store indexing (%s) works again", phase)
+            delay = RETRY_FIRST_S
+            if not worked:
+                wake.wait(1.0)
+            elif pause:
+                self._stop.wait(pause)
         db.close()
+
+    def _failed(self, phase: str, e: Exception) -> None:
+        message = f"{type(e).__name__}: {e}"
+        last = self.errors.get(phase)
+        if last is not None and last["message"] == message:
+            last["failures"] += 1
+            last["last"] = time.time()
+            log.debug("store indexing (%s) failed again: %s", phase, message)
+            return
+        now = time.time()
+        # a new dict each time: readers on other threads see one whole record or the other
+        self.errors[phase] = {"message": message, "since": now, "last": now, "failures": 1}
+        log.exception("store indexing (%s) failed; files wait to be indexed until it works", phase)
+
+    def error(self) -> dict[str, Any] | None:
+        """The failure that holds indexing up now, if any (the embedding phase's first: it is
+        the one the model can break), for sys/store."""
+        for phase in ("embed", "chunk"):
+            failure = self.errors.get(phase)
+            if failure is not None:
+                return {"phase": phase, **failure}
+        return None
 
     def _chunk_pending(self, db: sqlite3.Connection, limit: int = 256) -> bool:
         """Replace the passages of up to ``limit`` waiting files with their current text,
@@ -173,7 +217,8 @@ class Indexer:
                     )
             db.execute("COMMIT")
         except BaseException:
-            db.execute("ROLLBACK")
+            if db.in_transaction:  # a COMMIT the disk refused is rolled back by SQLite itself
+                db.execute("ROLLBACK")
             raise
         if rows:
             self._count(0, time.perf_counter() - start)
@@ -227,7 +272,8 @@ class Indexer:
                 )
             db.execute("COMMIT")
         except BaseException:
-            db.execute("ROLLBACK")
+            if db.in_transaction:  # a COMMIT the disk refused is rolled back by SQLite itself
+                db.execute("ROLLBACK")
             raise
         self._count(len(rows), time.perf_counter() - start)
         self._on_change()

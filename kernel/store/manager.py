@@ -1255,5 +1255,6 @@ class StorageManager:
             "chunks_to_embed": unembedded,
             "embedder": self.embedder_name,
             "index_seconds": round(self._index.index_seconds, 2),
+            "index_error": self._index.error(),
             "database": str(self.db_path),
         }

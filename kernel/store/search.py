@@ -23,6 +23,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from kernel.errors import KernelError
 from kernel.store.db import Database
 from kernel.store.embedders import Embedder
 from kernel.store.tree import is_below, normalize
@@ -102,7 +103,12 @@ class Search:
         ids, paths, vecs = self._vectors()
         if not len(ids) or not query.strip():
             return []
-        q = self.embedder.embed([query])[0]
+        try:
+            q = self.embedder.embed([query])[0]
+        except Exception as e:  # the model is broken: say so, rather than an internal error
+            raise KernelError(
+                f"search by meaning is unavailable: the embedder failed: {type(e).__name__}: {e}"
+            ) from e
         scores = vecs @ q
         best: dict[str, tuple[float, int]] = {}
         hidden: set[str] = set()
