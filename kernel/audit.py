@@ -298,7 +298,8 @@ class AuditLog:
                 self._db.executemany(_INSERT, rows)
                 self._db.execute("COMMIT")
             except sqlite3.Error:
-                self._db.execute("ROLLBACK")
+                if self._db.in_transaction:  # SQLite rolls back a COMMIT a full disk refused
+                    self._db.execute("ROLLBACK")
                 raise
         except sqlite3.Error as e:
             now = time.monotonic()

@@ -53,6 +53,8 @@ import trio
 log = logging.getLogger(__name__)
 
 SCHEMA_VERSION = 1
+RETRY_S = 0.5  # a failed commit is tried again after this, times the failures so far ...
+RETRY_CAP_S = 5.0  # ... up to this
 
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS agents (
@@ -281,6 +283,7 @@ class Journal:
         return self._oldest + self.idle_commit_s - time.monotonic()
 
     def _writer(self) -> None:
+        failing = 0  # consecutive failed commits (a full disk): logged once, retried
         while True:
             with self._cv:
                 while not self._closing and (not self._queue or self._due() > 0):
@@ -291,18 +294,37 @@ class Journal:
                 upto = self._queued
                 first = self._committed + 1
             started = time.monotonic()
-            error = self._commit(batch)
+            error = self._commit(batch, quiet=failing)
             elapsed = time.monotonic() - started
             with self._cv:
-                self._committed = upto
-                if error is not None:
+                if error is None:
+                    self._committed = upto
+                    # what failed before is in now: nobody may be told otherwise any more
+                    self._failures = [f for f in self._failures if f[1] > upto]
+                else:
+                    # the waiters of these records are told (their close fails: nothing
+                    # promised), but the records stay, first in line, and are tried again:
+                    # a result finished or an agent removed while the disk was full must not
+                    # be forgotten once there is room again
                     self._failures = [*self._failures[-63:], (first, upto, error)]
-            self.commits += 1
-            self.records += len(batch)
-            self.commit_seconds += elapsed
+                    self._queue = batch + self._queue
+            if error is None:
+                if failing:
+                    log.warning("journal: committing again after %d failed tries", failing)
+                failing = 0
+                self.commits += 1
+                self.records += len(batch)
+                self.commit_seconds += elapsed
+            else:
+                failing += 1
             self._wake_soon(upto)
+            if error is not None:
+                if self._closing:  # the daemon is stopping: no one is left to try again
+                    log.error("journal: %d records not written: %s", len(self._queue), error)
+                    return
+                time.sleep(min(RETRY_CAP_S, RETRY_S * failing))
 
-    def _commit(self, batch: list[Record]) -> str | None:
+    def _commit(self, batch: list[Record], quiet: int = 0) -> str | None:
         try:
             self._db.execute("BEGIN IMMEDIATE")
             try:
@@ -314,7 +336,8 @@ class Journal:
                     self._db.execute("ROLLBACK")
                 raise
         except sqlite3.Error as e:
-            log.error("journal commit of %d records failed: %s", len(batch), e)
+            if not quiet:  # once per run of failures, not once a second
+                log.error("journal commit of %d records failed (retrying): %s", len(batch), e)
             return str(e)
         return None
 

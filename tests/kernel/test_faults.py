@@ -269,12 +269,6 @@ async def test_a_failing_embedder_loses_no_write_is_reported_and_indexing_recove
     assert any("store indexing (embed) works again" in r.getMessage() for r in caplog.records)
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="kernel/journal.py drops the records of a commit that failed (a full disk) instead "
-    "of committing them with the next one: a result that finished while the disk was full "
-    "stays 'queued' in the journal, so after a restart it runs again and is delivered twice",
-)
 async def test_a_result_finished_on_a_full_disk_is_delivered_once_across_a_restart(
     tiny_core: LLMCore, tmp_path: Path
 ) -> None:
