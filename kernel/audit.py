@@ -380,6 +380,22 @@ class AuditLog:
             self._agent_base[agent] = self._agent_end.get(agent, 0)
         self._agent_first.pop(agent, None)
 
+    def resume_agent(self, agent: str) -> None:
+        """An agent came back from the journal after a restart: its stream goes on from where
+        its own part began (its ``agent_create`` record), not from the restart."""
+        try:
+            with self._db_lock:
+                self._flush_locked()
+                row = self._db.execute(
+                    "SELECT MAX(apos) FROM records WHERE agent = ? AND line LIKE ?",
+                    (agent, b'%"call": "agent_create"%'),
+                ).fetchone()
+        except sqlite3.Error as e:
+            self._lost(e)
+            row = None
+        self._agent_base[agent] = 0 if row is None or row[0] is None else int(row[0])
+        self._agent_first.pop(agent, None)
+
     def end_agent(self, agent: str) -> None:
         self._agent_base.pop(agent, None)
         self._agent_first.pop(agent, None)

@@ -307,6 +307,8 @@ class Kernel:
             agent.conversation.epoch = row.epoch
             self.agents[row.name] = agent
             self.memory.ensure_agent(row.name, owner=(row.uid, row.gid))
+            if self.audit_log is not None:
+                self.audit_log.resume_agent(row.name)
             unfinished: list[tuple[Result, bytes | None]] = []
             for srow in by_agent.get(row.name, []):
                 result = Result(srow.id, row.name, None, reserved=False)
