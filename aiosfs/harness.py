@@ -324,7 +324,9 @@ def start_mount(
             raise DaemonError(f"daemon exited with {proc.returncode}:\n{mount.log_tail()}")
         if os.path.ismount(mp):
             try:
-                models = mount.json("sys", "status")["models"]
+                # the models' own files: sys/status would also survey mem/ (its atimes)
+                names = os.listdir(mp / "sys" / "models")
+                models = {n: mount.json("sys", "models", n) for n in names}
                 if all(m["state"] in ("ready", "failed") for m in models.values()):
                     break
             except (OSError, ValueError):

@@ -158,7 +158,8 @@ def test_memory_survives_unmount_and_remount(tmp_path: Path) -> None:
         with open(m.p("mem", "keeper", "unclosed"), "w") as f:  # closed by the with
             f.write("saved at close")
     with mounted(tmp_path, "tiny-random", "--config", cfg) as m:
-        assert "agents" in os.listdir(m.path) and os.listdir(m.p("agents")) == []
+        # the agent is back too (the journal: docs/filesystem.md, "After a crash")
+        assert os.listdir(m.p("agents")) == ["keeper"]
         assert m.read("mem", "keeper", "sub", "x") == "remembered\n"
         assert m.read("mem", "keeper", "unclosed") == "saved at close"
         eventually(lambda: "keeper" in m.json("sys/mem")["agents"], what="sys/mem listing")
