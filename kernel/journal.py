@@ -337,7 +337,7 @@ class Journal:
                 raise
         except sqlite3.Error as e:
             if not quiet:  # once per run of failures, not once a second
-                log.error("journal commit of %d records failed (retrying): %s", len(batch), e)
+                log.error("journal commit of %d records failed: %s (retrying)", len(batch), e)
             return str(e)
         return None
 

@@ -34,7 +34,8 @@ TRIVIAL = json.dumps({"call": "llm", "prompt": "hi", "max_tokens": 1}).encode()
 
 
 async def serve(model: str, threads: int) -> None:
-    kernel = Kernel(KernelConfig(model=model, threads=threads))
+    # a measurement kernel: nothing of an earlier run to restore
+    kernel = Kernel(KernelConfig(model=model, threads=threads, journal=False))
     await kernel.start()
     await kernel.wait_loaded()
     kernel.create_agent("direct")

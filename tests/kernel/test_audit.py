@@ -188,7 +188,7 @@ def test_retention_by_age_and_by_count(tmp_path: Path) -> None:
 
 
 async def test_reopening_keeps_every_record(tiny_core: LLMCore) -> None:
-    kernel = make_kernel(tiny_core)
+    kernel = make_kernel(tiny_core, journal=False)  # reopens the audit log, not the agents
     await kernel.start()
     kernel.create_agent("a")
     for _ in range(3):
