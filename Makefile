@@ -7,7 +7,7 @@ MOUNT ?= mnt
 CC ?= cc
 PYTEST_ARGS ?=
 
-.PHONY: install run test faults lint static examples bench soak posix clean llama-server crash
+.PHONY: install run test faults lint static examples bench soak soak-fs posix clean llama-server crash
 
 install:
 	@AIOSFS_VENV=$(VENV) scripts/install.sh
@@ -55,6 +55,14 @@ bench: install
 SOAK_ARGS ?=
 soak: install
 	$(PY) -m aiosfs.bench.soak --out soak-results $(SOAK_ARGS)
+# The stateful test of tests/fs/test_stateful.py run long: random operations, valid and hostile,
+# against one mount, each checked against a model and the errnos docs/filesystem.md lists, the
+# daemon alive and its log clean. SOAK_FS_OPS operations (100,000: about 20 minutes on 2 cores);
+# prints ops/s and every answer by operation (docs/benchmarks.md, "Hostile input").
+SOAK_FS_OPS ?= 100000
+soak-fs: install
+	AIOSFS_SOAK_FS_OPS=$(SOAK_FS_OPS) $(PY) -m pytest -s -q -p no:cacheprovider \
+		tests/fs/test_stateful.py -k test_soak_fs $(PYTEST_ARGS)
 
 # pjdfstest over store/, mem/NAME/ and tmpfs (as root; ~5 minutes a target on 2 cores). pjdfstest
 # is in no registry we use: build it yourself and say where, PJDFSTEST=/path/to/pjdfstest make posix.

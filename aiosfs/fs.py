@@ -11,6 +11,7 @@ table and the interrupt watcher through ``VfsEnv``.
 
 from __future__ import annotations
 
+import contextlib
 import errno
 import functools
 import itertools
@@ -21,6 +22,7 @@ from collections.abc import Callable, Coroutine, Sequence
 from typing import Any, ParamSpec, TypeVar
 
 import pyfuse3
+import trio
 
 from aiosfs.trees.agents import AgentsDir
 from aiosfs.trees.approvals import ApprovalsDir
@@ -66,6 +68,18 @@ The full contract: docs/filesystem.md in the aiosfs source.
 """
 
 
+def forget_names(stale: Sequence[tuple[int, str]]) -> None:
+    """Make the OS kernel forget each cached (directory inode, name) and the directory's cached
+    attributes. Run in a thread of its own, never on the trio thread: to drop a name the OS
+    kernel takes the directory's lock, which a request waiting for the trio thread may hold.
+    A name or directory it has nothing cached for is ENOENT, and fine."""
+    for parent, name in stale:
+        with contextlib.suppress(OSError):
+            pyfuse3.invalidate_entry(parent, os.fsencode(name))
+        with contextlib.suppress(OSError):
+            pyfuse3.invalidate_inode(parent, attr_only=True)
+
+
 def guarded(fn: Callable[P, Coroutine[Any, Any, R]]) -> Callable[P, Coroutine[Any, Any, R]]:
     """Turn kernel errors into errnos and unexpected exceptions into a logged EIO."""
 
@@ -86,10 +100,24 @@ def guarded(fn: Callable[P, Coroutine[Any, Any, R]]) -> Callable[P, Coroutine[An
 
 
 def decode_name(name: bytes) -> str:
+    """A name to look up. Names are UTF-8 (the store keeps them as text, and one rule holds
+    for every tree), so nothing is ever called a name that is not: ENOENT, as for any name
+    that is not there. (``os.fsdecode`` would smuggle the bytes in as lone surrogates, which
+    fail later wherever the name is encoded again.)"""
     try:
-        return os.fsdecode(name)
+        return name.decode("utf-8")
     except UnicodeDecodeError:
         raise fuse_error(errno.ENOENT) from None
+
+
+def name_to_create(name: bytes) -> str:
+    """A name to create (mkdir, create, symlink, mknod, the new name of a link or a rename):
+    one that is not UTF-8 is refused with EINVAL, everywhere, before any tree sees it."""
+    try:
+        return name.decode("utf-8")
+    except UnicodeDecodeError:
+        log.debug("refused a name that is not UTF-8: %r", name)
+        raise fuse_error(errno.EINVAL) from None
 
 
 class AiosFS(pyfuse3.Operations):
@@ -116,9 +144,24 @@ class AiosFS(pyfuse3.Operations):
         sys_dir = build_sys(root, kernel, self.stats, mountpoint)
         sys_dir.add(ApprovalsDir("approvals", sys_dir, kernel))  # what waits for a person
         root.add(sys_dir)
-        root.add(MemRoot("mem", root, kernel))
-        root.add(StoreDir.root("store", root, kernel))
+        self.mem = MemRoot("mem", root, kernel)
+        self.store = StoreDir.root("store", root, kernel)
+        root.add(self.mem)
+        root.add(self.store)
         root.add(ToolsDir("tools", root, kernel))
+        kernel.watch_names(self.names_changed)
+
+    async def names_changed(self, tree: str, path: str) -> None:
+        """An agent's call (``mem_write``, ``mem_delete``, ``store_write``, a rollback) added or
+        removed ``tree``'s name ``path``; no request of ours did, so the OS kernel may still
+        hold the old name and its directories' old attributes (for ``entry_timeout`` and
+        ``attr_timeout``). Tell it to forget them before the call is answered, so whoever reads
+        the answer and then looks sees the change (docs/filesystem.md, "Names an agent
+        changes")."""
+        top = self.mem if tree == "mem" else self.store
+        stale = top.cached_names(path)
+        if stale:
+            await trio.to_thread.run_sync(forget_names, stale)
 
     def stats(self) -> dict[str, Any]:
         return {
@@ -195,7 +238,7 @@ class AiosFS(pyfuse3.Operations):
         self, parent_inode: int, name: bytes, mode: int, ctx: pyfuse3.RequestContext
     ) -> pyfuse3.EntryAttributes:
         parent = self._dir(parent_inode)
-        node = await parent.mkdir(decode_name(name), mode, ctx)
+        node = await parent.mkdir(name_to_create(name), mode, ctx)
         return self._entry(node)
 
     @guarded
@@ -215,7 +258,7 @@ class AiosFS(pyfuse3.Operations):
         self, parent_inode: int, name: bytes, mode: int, flags: int, ctx: pyfuse3.RequestContext
     ) -> tuple[pyfuse3.FileInfo, pyfuse3.EntryAttributes]:
         parent = self._dir(parent_inode)
-        node, handle = await parent.create(decode_name(name), mode, flags, ctx)
+        node, handle = await parent.create(name_to_create(name), mode, flags, ctx)
         return self._register(node, handle), self._entry(node)
 
     @guarded
@@ -231,7 +274,7 @@ class AiosFS(pyfuse3.Operations):
         old_parent = self._dir(parent_inode_old)
         new_parent = self._dir(parent_inode_new)
         await old_parent.rename_from(
-            decode_name(name_old), new_parent, decode_name(name_new), flags, ctx
+            decode_name(name_old), new_parent, name_to_create(name_new), flags, ctx
         )
 
     @guarded
@@ -246,21 +289,21 @@ class AiosFS(pyfuse3.Operations):
         if node.is_dir:
             raise fuse_error(errno.EPERM)  # no hard links to directories, as link(2) says
         parent = self._dir(new_parent_inode)
-        return self._entry(await parent.link(decode_name(new_name), node, ctx))
+        return self._entry(await parent.link(name_to_create(new_name), node, ctx))
 
     @guarded
     async def symlink(
         self, parent_inode: int, name: bytes, target: bytes, ctx: pyfuse3.RequestContext
     ) -> pyfuse3.EntryAttributes:
         parent = self._dir(parent_inode)
-        return self._entry(await parent.symlink(decode_name(name), target, ctx))
+        return self._entry(await parent.symlink(name_to_create(name), target, ctx))
 
     @guarded
     async def mknod(
         self, parent_inode: int, name: bytes, mode: int, rdev: int, ctx: pyfuse3.RequestContext
     ) -> pyfuse3.EntryAttributes:
         parent = self._dir(parent_inode)
-        return self._entry(await parent.mknod(decode_name(name), mode, rdev, ctx))
+        return self._entry(await parent.mknod(name_to_create(name), mode, rdev, ctx))
 
     # ---- extended attributes --------------------------------------------------------------------
 

@@ -15,6 +15,7 @@ from typing import Any
 from kernel.access import check_capabilities
 from kernel.errors import InvalidArgument
 from kernel.syscalls import SyscallLimits, decode_text, sampling_fields
+from kernel.text import loads
 
 PRIVILEGED_KEYS = ("group", "capabilities")
 """Keys only the agent's owner (or root) may change: they widen or narrow what it may do."""
@@ -127,7 +128,7 @@ def parse_config_update(data: bytes, limits: SyscallLimits | None = None) -> dic
     raw: dict[str, Any]
     if text.startswith("{"):
         try:
-            raw = json.loads(text)
+            raw = loads(text, "config")
         except json.JSONDecodeError as e:
             raise InvalidArgument(f"invalid JSON config: {e.msg} at column {e.colno}") from None
         if not isinstance(raw, dict):

@@ -11,6 +11,7 @@ import json
 
 from kernel.errors import InvalidArgument
 from kernel.syscalls import ROLES, Message, decode_text
+from kernel.text import loads
 
 
 class Conversation:
@@ -49,7 +50,7 @@ def parse_jsonl(data: bytes) -> list[Message]:
         if not line.strip():
             continue
         try:
-            obj = json.loads(line)
+            obj = loads(line, f"history line {n}")
         except json.JSONDecodeError as e:
             raise InvalidArgument(f"history line {n}: invalid JSON ({e.msg})") from None
         if (

@@ -82,7 +82,15 @@ from kernel.memory import MemoryManager
 from kernel.names import validate_agent_name
 from kernel.results import Result, ResultState
 from kernel.store import StorageManager
-from kernel.syscalls import CallEnv, LLMCall, Message, SyscallLimits, ToolCall, builtin_table
+from kernel.syscalls import (
+    CallEnv,
+    LLMCall,
+    Message,
+    NamesChanged,
+    SyscallLimits,
+    ToolCall,
+    builtin_table,
+)
 from kernel.syscalls.prompt import build_request, gather_context
 from kernel.tools import (
     Caller,
@@ -197,6 +205,7 @@ class Kernel:
         self._teardown = contextlib.AsyncExitStack()
         # the managers as syscall handlers see them; made by start()
         self._env: CallEnv | None = None
+        self._name_watchers: list[NamesChanged] = []  # see watch_names
         self._tools: ToolManager | None = None
         # agents, conversations, syscalls and results kept across crashes (kernel/journal.py);
         # None until start(), and when ``journal`` is off; what it held at start, until restored
@@ -264,7 +273,9 @@ class Kernel:
             )
         )
         self._teardown.push_async_callback(self.workers.store, storage.close)
-        self._env = CallEnv(memory, storage, self.workers, approve=self.approve)
+        self._env = CallEnv(
+            memory, storage, self.workers, approve=self.approve, changed=self.names_changed
+        )
         self._tools = self._build_tools()
         self._teardown.push_async_callback(self._tools.aclose)
         builtin = self._tools.sources[0]
@@ -743,6 +754,21 @@ class Kernel:
         if budget is None:
             return max_tokens
         return max(1, min(max_tokens, budget - agent.tokens_window.used()))
+
+    # ---- names changed behind a front end -----------------------------------------------------
+
+    def watch_names(self, watcher: NamesChanged) -> None:
+        """``await watcher(tree, path)`` whenever a call of an agent or a tool adds or removes
+        a name in memory or the store (``mem_write``, ``mem_delete``, ``store_write``,
+        ``store_rollback``), before that call is answered. A front end that keeps names in a
+        cache of its own (the filesystem: the OS kernel's cache of names and directory
+        attributes) never saw the change happen, and must drop what it cached."""
+        self._name_watchers.append(watcher)
+
+    async def names_changed(self, tree: str, path: str) -> None:
+        """Tell every watcher (``watch_names``) that ``tree``'s name ``path`` changed."""
+        for watcher in self._name_watchers:
+            await watcher(tree, path)
 
     # ---- approvals: a person in the loop (kernel/approvals.py) -------------------------------
 

@@ -279,6 +279,39 @@ def write_in_place(fd: int, data: bytes | bytearray) -> None:
     os.fsync(fd)
 
 
+def bytes_on_disk(top: Path) -> int:
+    """The sizes of the regular files below ``top``, by directory descriptors (one open per
+    level of the tree, as ``os.fwalk``), never following a link: not even to look at what it
+    names, which ``os.fwalk`` does (its ``DirEntry.is_dir()`` follows), so that a link in
+    memory pointing into the mount never makes the daemon wait for an answer from itself."""
+    flags = os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC
+    try:
+        fd = os.open(top, flags)
+    except OSError:
+        return 0
+    total = 0
+    levels = [(fd, os.scandir(fd))]
+    while levels:
+        fd, entries = levels[-1]
+        entry = next(entries, None)
+        if entry is None:
+            entries.close()
+            os.close(fd)
+            levels.pop()
+            continue
+        with contextlib.suppress(OSError):  # gone meanwhile
+            if entry.is_dir(follow_symlinks=False):
+                child = os.open(entry.name, flags, dir_fd=fd)
+                try:
+                    levels.append((child, os.scandir(child)))
+                except OSError:
+                    os.close(child)
+                    raise
+            elif entry.is_file(follow_symlinks=False):
+                total += entry.stat(follow_symlinks=False).st_size
+    return total
+
+
 def _serialized(
     method: Callable[Concatenate[MemoryManager, P], R],
 ) -> Callable[Concatenate[MemoryManager, P], R]:
@@ -1431,14 +1464,7 @@ class MemoryManager:
     def info(self) -> dict[str, Any]:
         agents: dict[str, Any] = {}
         for agent in self.agents():
-            on_disk = 0
-            # By directory descriptors (any depth), never into a link.
-            for _top, _dirs, files, dir_fd in os.fwalk(self.root / agent):
-                for name in files:
-                    with contextlib.suppress(OSError):
-                        st = os.stat(name, dir_fd=dir_fd, follow_symlinks=False)
-                        if stat.S_ISREG(st.st_mode):
-                            on_disk += st.st_size
+            on_disk = bytes_on_disk(self.root / agent)
             st_agent = self.stats.get(agent, AgentMemStats())
             resident = self.resident.get(agent, 0)
             agents[agent] = {

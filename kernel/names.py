@@ -43,12 +43,18 @@ def validate_agent_name(name: str) -> str:
 
 def check_name(name: str) -> str:
     """Return ``name`` if a user may create a file or directory of that name (one component of a
-    memory or store path), else raise InvalidArgument (or NameTooLong past NAME_MAX bytes)."""
+    memory or store path), else raise InvalidArgument (or NameTooLong past NAME_MAX bytes). A
+    name is UTF-8 text: a string with lone surrogates (``os.fsdecode`` of bytes that are not
+    UTF-8) is refused, since the store keeps names as text."""
     if name in ("", ".", "..") or name.endswith(TMP_SUFFIX):
         raise InvalidArgument(f"invalid name {name!r}")
     if "/" in name or "\0" in name:
         raise InvalidArgument(f"a name may not contain '/' or NUL: {name!r}")
-    if len(name.encode()) > NAME_MAX:
+    try:
+        size = len(name.encode())
+    except UnicodeEncodeError:  # a lone surrogate: bytes that were not UTF-8, smuggled in
+        raise InvalidArgument(f"a name must be UTF-8 text: {name!r}") from None
+    if size > NAME_MAX:
         raise NameTooLong(f"name longer than {NAME_MAX} bytes")
     return name
 

@@ -25,6 +25,7 @@ filesystem. The kernel follows symbolic links itself; the daemon never does.
 from __future__ import annotations
 
 import builtins
+import contextlib
 import errno
 import os
 import stat
@@ -36,6 +37,7 @@ import pyfuse3
 from aiosfs.trees import creator
 from aiosfs.vfs import Dir, Handle, Metadata, Node, PathCache, check_access, fuse_error
 from kernel import Kernel
+from kernel.errors import KernelError
 from kernel.memory import RENAME_EXCHANGE, RENAME_NOREPLACE, MemoryManager, Where
 from kernel.names import TMP_SUFFIX, check_name
 
@@ -210,8 +212,10 @@ class MemDirBase(MemNode, Dir):
         for name in self.names():
             try:
                 out[name] = self.node_for(self, join(self.path, name), name)
-            except pyfuse3.FUSEError:
-                continue  # removed between the listing and the look
+            except (pyfuse3.FUSEError, KernelError):
+                # removed between the listing and the look, or a name no client could have
+                # made (bytes that are not UTF-8, put in the data dir by hand)
+                continue
         return out
 
     async def named(self) -> builtins.list[tuple[str, Node]]:
@@ -247,6 +251,24 @@ class MemRoot(MemDirBase):
         bits, owner = creator(mode, ctx)
         await self.call(memory.ensure_agent, name, bits, owner)
         return self.node_for(self, name, name)
+
+    def cached_names(self, path: str) -> list[tuple[int, str]]:
+        """(directory inode, name) for each name on the way to ``AGENT/PATH`` whose
+        directory has a node, so possibly a name the OS kernel caches; a directory no longer
+        there (an agent's ``mem_delete``) is forgotten here too, so that a new one made at
+        its path gets a node of its own."""
+        parts = path.split("/")
+        out = []
+        for i in range(1, len(parts)):
+            parent = self.paths.get("/".join(parts[:i]))
+            if parent is None:
+                break
+            out.append((parent.inode, parts[i]))
+        agent, rel = parts[0], "/".join(parts[1:])
+        with contextlib.suppress(KernelError):  # changed again meanwhile: looked up afresh
+            if self.memory.lookup(agent, rel) is None:
+                self.paths.forget(path)
+        return out
 
     async def rmdir(self, name: str, ctx: pyfuse3.RequestContext) -> None:
         """``rm -r mem/NAME`` ends here, once the tree below is gone."""

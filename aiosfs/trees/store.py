@@ -223,6 +223,20 @@ class StoreDir(StoreNode, Dir):
         nodes.put(root)
         return root
 
+    def cached_names(self, path: str) -> list[tuple[int, str]]:
+        """(directory inode, name) for each name on the way to ``path`` (below this
+        directory, the store's root) whose directory has a node: what the OS kernel may cache
+        of a path an agent's call changed."""
+        parts = [p for p in path.split("/") if p]
+        out = []
+        for i, name in enumerate(parts):
+            entry = self.storage.entry("/".join(parts[:i]))
+            parent = self.nodes.get(entry.ino) if entry is not None else None
+            if parent is None or parent.detached or not isinstance(parent, Node):
+                break
+            out.append((parent.inode, name))
+        return out
+
     def _node(self, name: str) -> Node:
         node = self.node_for(self, join(self.path, name), name)
         assert isinstance(node, Node)

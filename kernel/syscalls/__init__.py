@@ -20,7 +20,6 @@ from kernel.syscalls.schema import (
     Syscall,
     SyscallLimits,
     ToolCall,
-    decode_text,
     is_incomplete,
     sampling_fields,
 )
@@ -28,11 +27,13 @@ from kernel.syscalls.table import (
     BUILTIN_CALLS,
     CallEnv,
     Handler,
+    NamesChanged,
     Row,
     SyscallTable,
     builtin_table,
     parse_syscall,
 )
+from kernel.text import decode_text  # what users write is decoded in one place
 
 __all__ = [
     "BUILTIN_CALLS",
@@ -42,6 +43,7 @@ __all__ = [
     "Handler",
     "LLMCall",
     "Message",
+    "NamesChanged",
     "Retrieve",
     "Row",
     "Syscall",

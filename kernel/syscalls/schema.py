@@ -27,6 +27,7 @@ from typing import Any
 
 from kernel.errors import InvalidArgument
 from kernel.llm.grammar import ResponseFormat, parse_response_format
+from kernel.text import decode_text, loads
 
 ROLES = ("system", "user", "assistant")
 
@@ -105,17 +106,6 @@ class SyscallLimits:
     max_tokens: int = 4096
 
 
-def decode_text(data: bytes, what: str) -> str:
-    """Decode strict UTF-8, naming the first bad byte so the user can find it."""
-    try:
-        return data.decode("utf-8")
-    except UnicodeDecodeError as e:
-        bad = data[e.start : e.start + 1].hex()
-        raise InvalidArgument(
-            f"{what} is not valid UTF-8 (byte 0x{bad} at offset {e.start})"
-        ) from None
-
-
 def is_incomplete(data: bytes) -> bool:
     """Could further writes still turn ``data`` into valid input?
 
@@ -149,7 +139,7 @@ def frame(data: bytes, known: Sequence[str]) -> LLMCall | tuple[str, dict[str, A
     if not stripped.startswith("{"):
         return LLMCall(prompt=text.rstrip("\n"), chat=True)
     try:
-        obj = json.loads(stripped)
+        obj = loads(stripped, "syscall")
     except json.JSONDecodeError as e:
         raise InvalidArgument(
             f"invalid JSON syscall: {e.msg} at line {e.lineno} column {e.colno} "

@@ -51,15 +51,27 @@ wait for a person where the path is in a protected subtree (the kernel's ``appro
 ``AccessDenied`` (capability ``"approval"``) on a no, returns at once elsewhere."""
 
 
+NamesChanged = Callable[[str, str], Awaitable[None]]
+"""``changed(tree, path)``: a call added or removed the name ``path`` of ``tree`` (``"mem"``:
+``AGENT/PATH``; ``"store"``: ``PATH``), or one of the directories on its way; awaited before
+the call is answered (the kernel's ``names_changed``)."""
+
+
+async def _nobody_watches(tree: str, path: str) -> None:
+    """No one keeps names in front of the managers (a kernel that is not mounted)."""
+
+
 @dataclass(frozen=True)
 class CallEnv:
-    """What a handler works with: the managers, the worker threads their calls run on, and the
-    kernel's gate for changes that wait for a person."""
+    """What a handler works with: the managers, the worker threads their calls run on, the
+    kernel's gate for changes that wait for a person, and whom to tell of names a call changed
+    (a cache of names in front of the managers did not see the change happen)."""
 
     memory: MemoryManager
     storage: StorageManager
     workers: Workers
     approve: Approver
+    changed: NamesChanged = _nobody_watches
 
 
 Handler = Callable[[CallEnv, "Actor", dict[str, Any]], Awaitable[str]]
@@ -160,6 +172,7 @@ async def _mem_write(env: CallEnv, actor: Actor, a: dict[str, Any]) -> str:
     size = await env.workers.mem(
         env.memory.write_file, agent, a["path"], data, a.get("append", False), actor.cred
     )
+    await env.changed("mem", f"{agent}/{a['path']}")  # perhaps a new name
     return f"ok: {a['path']} is {size} bytes\n"
 
 
@@ -172,6 +185,7 @@ async def _mem_list(env: CallEnv, actor: Actor, a: dict[str, Any]) -> str:
 async def _mem_delete(env: CallEnv, actor: Actor, a: dict[str, Any]) -> str:
     agent = _own_memory(actor, "mem_delete")
     await env.workers.mem(env.memory.delete, agent, a["path"], actor.cred)
+    await env.changed("mem", f"{agent}/{a['path']}")
     return f"ok: deleted {a['path']}\n"
 
 
@@ -198,6 +212,7 @@ async def _store_write(env: CallEnv, actor: Actor, a: dict[str, Any]) -> str:
     await env.approve(actor, "store_write", real, a)  # a protected subtree waits for a person
     # create the file if need be, and its directories: an agent has no mkdir call
     entry = await env.workers.store(s.write, real, data, True, True, actor.cred, actor.need_store)
+    await env.changed("store", real)  # perhaps a new file, and directories on its way
     return f"ok: {a['path']} version {entry.version}, {entry.size} bytes\n"
 
 
@@ -233,6 +248,7 @@ async def _store_rollback(env: CallEnv, actor: Actor, a: dict[str, Any]) -> str:
     real = await env.workers.store(s.resolve, a["path"], actor.cred, actor.need_store, True)
     await env.approve(actor, "store_rollback", real, a)
     entry = await env.workers.store(s.rollback, real, a["version"], actor.cred, actor.need_store)
+    await env.changed("store", real)  # a removed file comes back
     return f"ok: {a['path']} restored from version {a['version']} as version {entry.version}\n"
 
 

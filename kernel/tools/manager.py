@@ -43,6 +43,7 @@ from jsonschema.protocols import Validator
 from jsonschema.validators import validator_for
 
 from kernel.errors import InvalidArgument, NotFound
+from kernel.text import loads
 from kernel.tools.tool import (
     FAILURES,
     BrokenTool,
@@ -71,7 +72,7 @@ def parse_arguments(data: bytes | str) -> dict[str, Any]:
         text = data.decode() if isinstance(data, bytes) else data
         if not text.strip():
             return {}
-        obj = json.loads(text)
+        obj = loads(text, "tool arguments")
     except (json.JSONDecodeError, UnicodeDecodeError) as e:
         raise InvalidArgument(f"tool arguments are not JSON: {e}") from None
     if not isinstance(obj, dict):
