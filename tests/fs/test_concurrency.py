@@ -7,6 +7,7 @@ import json
 import os
 import signal
 import subprocess
+import sys
 import threading
 import time
 from pathlib import Path
@@ -32,6 +33,52 @@ def test_ctrl_c_ends_a_cat_blocked_on_out_within_half_a_second(mount: Mount) -> 
     # the result it was waiting for is still there for the next reader
     mount.write(f"agents/{name}/syscall", "after the interrupt")
     assert mount.read("agents", name, "out") == mount.read("agents", name, "results", "1")
+
+
+THREAD_READERS = r"""
+import ctypes, os, signal, sys, threading
+libc = ctypes.CDLL(None, use_errno=True)
+signal.signal(signal.SIGUSR1, lambda *_: None)  # taken, not fatal: the read sees EINTR
+def reader(i, path):
+    fd = os.open(path, os.O_RDONLY)
+    buf = ctypes.create_string_buffer(4096)
+    n = libc.read(fd, buf, 4096)  # libc's read: EINTR comes back instead of a retry
+    print(i, "eintr" if n < 0 and ctypes.get_errno() == 4 else f"read {n}", flush=True)
+threads = [threading.Thread(target=reader, args=(i, p)) for i, p in enumerate(sys.argv[1:])]
+for t in threads:
+    t.start()
+print("ids", *[t.ident for t in threads], flush=True)
+for line in sys.stdin:  # "kill I": a signal aimed at reader I's thread alone
+    signal.pthread_kill(threads[int(line.split()[1])].ident, signal.SIGUSR1)
+"""
+
+
+def test_a_signal_aimed_at_one_thread_interrupts_that_threads_read_only(mount: Mount) -> None:
+    """FUSE names the calling thread; the watcher keys reads by process and still sees a
+    signal sent to one of its threads (``pthread_kill``), leaving the others blocked."""
+    names = [mount.agent() for _ in range(3)]
+    child = subprocess.Popen(
+        [sys.executable, "-c", THREAD_READERS, *[mount.p("agents", n, "out") for n in names]],
+        stdin=subprocess.PIPE,
+        stdout=subprocess.PIPE,
+        text=True,
+    )
+    try:
+        assert child.stdout is not None and child.stdin is not None
+        assert child.stdout.readline().startswith("ids")
+        eventually(lambda: mount.json("sys/stats")["fs"]["blocked_reads"] == 3, what="3 readers")
+        child.stdin.write("kill 1\n")
+        child.stdin.flush()
+        assert child.stdout.readline().split() == ["1", "eintr"]
+        time.sleep(1)  # five sweeps: the other two are left alone
+        assert mount.json("sys/stats")["fs"]["blocked_reads"] == 2
+        mount.write(f"agents/{names[0]}/syscall", '{"call": "mem_list"}')
+        assert child.stdout.readline().split() == ["0", "read", "0"]  # an empty listing
+    finally:
+        child.kill()
+        child.wait(timeout=10)
+    # the process has gone: its last blocked read ends too
+    eventually(lambda: mount.json("sys/stats")["fs"]["blocked_reads"] == 0, what="no readers")
 
 
 def test_a_thousand_blocked_readers_do_not_stall_the_filesystem(mount: Mount) -> None:
