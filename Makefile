@@ -19,7 +19,7 @@ examples: mount_examples/c/aiosfs_client mount_examples/go/aiosfs_client
 	$(NODE) --check mount_examples/node/aiosfs_client.mjs
 
 mount_examples/c/aiosfs_client: mount_examples/c/aiosfs_client.c
-	$(CC) -O2 -Wall -Wextra -Werror -o $@ $<
+	$(CC) -O2 -Wall -Wextra -Werror -pthread -o $@ $<
 
 # Go builds offline: the module has no dependencies, GOPROXY=off and GOTOOLCHAIN=local mean
 # nothing is ever fetched, and the caches live in build/go (a clean clone as root has no $HOME

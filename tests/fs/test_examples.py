@@ -75,48 +75,6 @@ def test_bash_react_agent_needs_a_mount(tmp_path: Path) -> None:
     assert res.returncode == 1 and "is aiosfs mounted" in res.stderr
 
 
-def test_python_client(mount: Mount) -> None:
-    res = run(
-        [
-            sys.executable,
-            str(EXAMPLES / "python_client.py"),
-            str(mount.path),
-            "Why is the sky blue?",
-            "--max-tokens",
-            "6",
-        ]
-    )
-    assert res.returncode == 0, res.stderr
-    assert res.stdout.strip()
-
-
-def test_c_client(mount: Mount, tmp_path: Path) -> None:
-    binary = EXAMPLES / "c" / "aiosfs_client"
-    if not binary.exists():  # `make test` builds it; build it here for a bare pytest run
-        if shutil.which("cc") is None:
-            pytest.skip("no C compiler")
-        binary = tmp_path / "aiosfs_client"
-        subprocess.run(
-            [
-                "cc",
-                "-O2",
-                "-Wall",
-                "-Wextra",
-                "-Werror",
-                "-o",
-                str(binary),
-                str(EXAMPLES / "c" / "aiosfs_client.c"),
-            ],
-            check=True,
-        )
-    name = mount.agent(max_tokens=5)
-    res = run([str(binary), str(mount.path), name, "What is the capital of France?"])
-    assert res.returncode == 0, res.stderr
-    assert res.stdout == mount.read("agents", name, "results", "1")
-    bad = run([str(binary), str(mount.path), name, '{"call": "llm", "max_token": 3}'])
-    assert bad.returncode == 1 and "Invalid argument" in bad.stderr
-
-
 # ---- the common task: one client per language -------------------------------------------------
 #
 # Each client creates an agent, uses the transaction file, reads stream live, searches the store
@@ -131,23 +89,46 @@ def require(command: str) -> str:
     return path
 
 
+def built(target: str) -> list[str]:
+    """A client that needs building, rebuilt first by its make target if its sources are newer
+    (a no-op after `make examples`)."""
+    res = subprocess.run(
+        ["make", "-s", "-C", str(ROOT), target], capture_output=True, text=True, timeout=300
+    )
+    assert res.returncode == 0, res.stdout + res.stderr
+    return [str(ROOT / target)]
+
+
+def bash_client() -> list[str]:
+    return ["bash", str(EXAMPLES / "bash_client.sh")]
+
+
+def python_client() -> list[str]:
+    return [sys.executable, str(EXAMPLES / "python_client.py")]
+
+
+def c_client() -> list[str]:
+    require("cc")
+    return built("mount_examples/c/aiosfs_client")
+
+
 def node_client() -> list[str]:
     return [require("node"), str(EXAMPLES / "node" / "aiosfs_client.mjs")]
 
 
 def go_client() -> list[str]:
-    """The Go client, rebuilt first by its make target if its sources are newer (a no-op after
-    `make examples`): offline, with the build cache in build/go."""
+    """Built offline, with its build cache in build/go (the Makefile says how)."""
     require("go")
-    target = "mount_examples/go/aiosfs_client"
-    built = subprocess.run(
-        ["make", "-s", "-C", str(ROOT), target], capture_output=True, text=True, timeout=300
-    )
-    assert built.returncode == 0, built.stdout + built.stderr
-    return [str(ROOT / target)]
+    return built("mount_examples/go/aiosfs_client")
 
 
-CLIENTS = {"node": node_client, "go": go_client}
+CLIENTS = {
+    "bash": bash_client,
+    "py": python_client,
+    "c": c_client,
+    "node": node_client,
+    "go": go_client,
+}
 LINE = r"[^\n]*\n"
 
 
