@@ -5,6 +5,8 @@ VENV ?= .venv
 PY := $(VENV)/bin/python
 MOUNT ?= mnt
 CC ?= cc
+GO ?= go
+NODE ?= node
 PYTEST_ARGS ?=
 
 .PHONY: install run test faults lint static examples bench soak soak-fs posix clean llama-server crash
@@ -12,10 +14,21 @@ PYTEST_ARGS ?=
 install:
 	@AIOSFS_VENV=$(VENV) scripts/install.sh
 
-examples: mount_examples/c/aiosfs_client
+# The clients in mount_examples/ that need building (C, Go) and a syntax check of the Node.js one.
+examples: mount_examples/c/aiosfs_client mount_examples/go/aiosfs_client
+	$(NODE) --check mount_examples/node/aiosfs_client.mjs
 
 mount_examples/c/aiosfs_client: mount_examples/c/aiosfs_client.c
-	$(CC) -O2 -Wall -Wextra -Werror -o $@ $<
+	$(CC) -O2 -Wall -Wextra -Werror -pthread -o $@ $<
+
+# Go builds offline: the module has no dependencies, GOPROXY=off and GOTOOLCHAIN=local mean
+# nothing is ever fetched, and the caches live in build/go (a clean clone as root has no $HOME
+# cache to rely on).
+GO_ENV := GOCACHE=$(CURDIR)/build/go/cache GOPATH=$(CURDIR)/build/go/path GOPROXY=off \
+	GOTOOLCHAIN=local GOFLAGS=-mod=readonly CGO_ENABLED=0
+mount_examples/go/aiosfs_client: mount_examples/go/main.go mount_examples/go/go.mod
+	cd mount_examples/go && $(GO_ENV) $(GO) vet . && $(GO_ENV) $(GO) build -trimpath -o aiosfs_client .
+	@test -z "$$(gofmt -l mount_examples/go)" || { gofmt -d mount_examples/go; exit 1; }
 
 run: install examples
 	@AIOSFS_VENV=$(VENV) scripts/run.sh $(MOUNT)
@@ -81,5 +94,5 @@ lint: static
 	$(PY) -m ruff format --check kernel aiosfs tests mount_examples
 
 clean:
-	rm -f mount_examples/c/aiosfs_client
+	rm -f mount_examples/c/aiosfs_client mount_examples/go/aiosfs_client
 	rm -rf .pytest_cache .ruff_cache build *.egg-info

@@ -1,155 +1,263 @@
 #!/usr/bin/env python3
 """Talk to a mounted aiosfs with nothing but ``open()`` and ``os``: no aiosfs imports.
 
-usage: python_client.py MOUNTPOINT [PROMPT] [--max-tokens N]
+usage: python_client.py [--max-tokens N] MOUNTPOINT [PROMPT]
 
-It creates its own agent, then shows three ways to use it:
+The clients' common task (the Node.js, Go, C and bash clients do the same steps):
 
-(a) the transaction file: ``agents/NAME/syscall`` opened read-write. Write the question, then
-    read the same file object: the read submits the syscall and returns the answer to exactly
-    that syscall, whatever else the agent has in flight;
-(b) a structured JSON syscall written with a plain write-and-close (submitted at close), its
-    answer read from ``agents/NAME/out``;
-(c) ``agents/NAME/status`` (JSON) and the ``agents/NAME/results/`` directory.
+1. ``mkdir agents/py-PID`` creates an agent; its ``config`` takes ``{"max_tokens": N}``;
+2. the transaction file: ``agents/NAME/syscall`` opened read-write. Write the prompt, then read
+   the same file object: the read submits the syscall and returns the answer to exactly that
+   syscall, whatever else the agent has in flight;
+3. ``agents/NAME/stream`` read in a loop while a JSON syscall runs: its tokens as they are
+   generated, then EOF; ``out`` then hands out the same answer;
+4. a note written into ``store/NAME/``, indexed (``sys/store`` says ``"pending_index": 0``),
+   then found by meaning: ``ls store/NAME/.search/QUERY/``;
+5. ``rmdir agents/NAME`` removes the agent (and the note goes too), even when something fails.
 
-The agent is removed at the end, even when something fails.
+Exit status 0; 1 with ``STEP PATH: ERRNO (message)`` when a file operation fails (EINVAL: the
+kernel rejected a config or a syscall, and its reason from ``status`` follows); 2 on bad usage.
 """
 
 from __future__ import annotations
 
 import argparse
+import contextlib
 import errno
 import json
 import os
+import shutil
 import sys
+import threading
+import time
+from collections.abc import Callable, Iterator
+from typing import TypeVar
+
+T = TypeVar("T")
+
+PROG = "python_client"
+NOTE = (
+    "Agents talk to the kernel through files: write a request to syscall, "
+    "read the answer from out.\n"
+)
+QUERY = "how do agents talk to the kernel"
+INDEX_TIMEOUT_S = 60.0
 
 
-def write_text(path: str, text: str) -> None:
-    """Write a whole file in one go. The kernel acts on it at close (or at the write, once the
-    bytes look complete), and rejects bad input with EINVAL from write() or close(); the error
-    is re-raised naming the file, which Python leaves out for errors from write and close."""
+class StepError(Exception):
+    """A failed step: what the client was doing, on which path, and the errno's name."""
+
+    def __init__(self, step: str, path: str, code: int, detail: str | None = None) -> None:
+        self.code = code
+        name = errno.errorcode.get(code, f"errno {code}")
+        super().__init__(f"{step} {path}: {name} ({detail or os.strerror(code)})")
+
+
+def step(what: str, path: str, fn: Callable[[], T]) -> T:
+    """Run one file operation; an OSError becomes a StepError naming the step and the path."""
     try:
-        with open(path, "w", encoding="utf-8") as f:
-            f.write(text)
+        return fn()
     except OSError as e:
-        raise OSError(e.errno, e.strerror, path) from None
+        raise StepError(what, path, e.errno or errno.EIO) from None
 
 
-def read_text(path: str) -> str:
-    """Read a whole file. On ``out`` and ``syscall`` the read blocks until the answer is done."""
-    with open(path, encoding="utf-8") as f:
-        return f.read()
+def write_file(path: str, data: bytes, create: bool = False) -> None:
+    """Write a whole file and close it. The kernel acts on a config or syscall at the close (or
+    at the write, once the bytes look complete) and reports a rejection from either."""
+    flags = os.O_WRONLY | os.O_TRUNC | (os.O_CREAT if create else 0)
+    fd = step("open", path, lambda: os.open(path, flags, 0o644))
+    with closing(fd, path):
+        step("write", path, lambda: os.write(fd, data))
 
 
-def transaction(agent_dir: str, prompt: str) -> str:
-    """(a) One syscall on one descriptor: write the question, read back its answer.
-
-    Mode "r+b" is O_RDWR without O_TRUNC or O_CREAT. Bytes are used rather than text so that
-    nothing is buffered between the write and the read: the read is what submits the syscall.
-    """
-    with open(os.path.join(agent_dir, "syscall"), "r+b", buffering=0) as f:
-        f.write(prompt.encode("utf-8") + b"\n")
-        # The first read submits what was written and blocks until the answer is complete; it
-        # comes back whole, then EOF. Loop anyway, as one should with any read().
-        chunks = []
-        while chunk := f.read(65536):
-            chunks.append(chunk)
-    return b"".join(chunks).decode("utf-8")
-
-
-def json_syscall(agent_dir: str, prompt: str, max_tokens: int) -> str:
-    """(b) A structured syscall: write-and-close submits it; ``out`` delivers its answer.
-
-    Without ``"chat": true`` an ``llm`` call is stateless: it does not see or join the agent's
-    conversation history. An invalid syscall (say, a misspelt field) fails the write or the
-    close with EINVAL.
-    """
-    call = {"call": "llm", "prompt": prompt, "max_tokens": max_tokens, "temperature": 0.0}
-    path = os.path.join(agent_dir, "syscall")
+@contextlib.contextmanager
+def closing(fd: int, path: str) -> Iterator[None]:
+    """Close ``fd`` after the block. Its error counts (the kernel reports a rejected syscall at
+    close too) unless the block already failed: then that first error is the one reported."""
     try:
-        write_text(path, json.dumps(call) + "\n")
-    except OSError as e:
-        if e.errno == errno.EINVAL:
-            # The kernel's reason for rejecting a syscall is in the agent's status.
-            status = json.loads(read_text(os.path.join(agent_dir, "status")))
-            reason = (status.get("last_error") or {}).get("message", "")
-            raise OSError(e.errno, f"{e.strerror}: {reason}", path) from None
+        yield
+    except BaseException:
+        with contextlib.suppress(OSError):
+            os.close(fd)
         raise
-    # `out` hands out the agent's undelivered answers oldest first. The answer from (a) was
-    # delivered on its own descriptor, so this is the answer to the JSON syscall.
-    return read_text(os.path.join(agent_dir, "out"))
+    step("close", path, lambda: os.close(fd))
 
 
-def show(title: str, answer: str) -> None:
-    print(f"--- {title} ---")
-    print(answer, end="" if answer.endswith("\n") else "\n")
-    # A failed syscall still has an answer; its last line is "error: MESSAGE".
-    last = answer.rstrip("\n").rpartition("\n")[2]
-    if last.startswith("error: "):
-        print(f"(that syscall failed: {last[len('error: ') :]})", file=sys.stderr)
+def read_file(path: str) -> bytes:
+    """Read a whole file. On ``out`` the read blocks until the answer is complete."""
+    with step("open", path, lambda: open(path, "rb")) as f:
+        return step("read", path, f.read)
+
+
+def read_all(fd: int, on_chunk: Callable[[bytes], None] = lambda chunk: None) -> bytes:
+    """Read ``fd`` until EOF, handing each chunk to ``on_chunk`` as it arrives."""
+    chunks = []
+    while chunk := os.read(fd, 65536):
+        chunks.append(chunk)
+        on_chunk(chunk)
+    return b"".join(chunks)
+
+
+def transaction(agent_dir: str, prompt: str) -> bytes:
+    """2. One syscall on one descriptor: write the prompt, read back its answer.
+
+    O_RDWR without O_TRUNC or O_CREAT: the descriptor that asks is the one that hears. Plain
+    descriptors, so that nothing is buffered between the write and the read: the read is what
+    submits the syscall. It blocks until the answer is complete, which comes back whole, then EOF.
+    """
+    path = os.path.join(agent_dir, "syscall")
+    fd = step("open", path, lambda: os.open(path, os.O_RDWR))
+    with closing(fd, path):
+        # A trailing newline marks the text complete, so a bad syscall fails this write (EINVAL).
+        step("write", path, lambda: os.write(fd, prompt.encode() + b"\n"))
+        return step("read", path, lambda: read_all(fd))
+
+
+def streamed(agent_dir: str, prompt: str, max_tokens: int) -> tuple[int, int]:
+    """3. A JSON syscall, its tokens read live from ``stream``; returns (reads, bytes).
+
+    A read of stream attaches to the agent's oldest unfinished answer, or waits for the next
+    syscall when none is; so the read starts (in a thread) before the syscall is submitted,
+    never after (an answer that finished first would be missed, and the read would wait for
+    the next one). Should the submission fail, main removes the agent and the read ends with
+    ENOENT.
+    """
+    stream_path = os.path.join(agent_dir, "stream")
+    fd = step("open", stream_path, lambda: os.open(stream_path, os.O_RDONLY))
+    reads = 0
+    live: dict[str, bytes | StepError] = {}
+
+    def show(chunk: bytes) -> None:
+        nonlocal reads
+        reads += 1
+        sys.stdout.buffer.write(chunk)
+        sys.stdout.buffer.flush()
+
+    def reader() -> None:
+        try:
+            live["text"] = step("read", stream_path, lambda: read_all(fd, show))
+        except StepError as e:
+            live["text"] = e
+        finally:
+            os.close(fd)
+
+    sys.stdout.flush()
+    thread = threading.Thread(target=reader, daemon=True)
+    thread.start()
+    call = {"call": "llm", "prompt": prompt, "max_tokens": max_tokens, "temperature": 0.0}
+    # write-and-close submits it
+    write_file(os.path.join(agent_dir, "syscall"), json.dumps(call).encode() + b"\n")
+    thread.join()
+    text = live["text"]
+    if isinstance(text, StepError):
+        raise text
+    # out hands out undelivered answers oldest first; the transaction's answer was delivered on
+    # its own descriptor, so this is the streamed one, whole.
+    out_path = os.path.join(agent_dir, "out")
+    if read_file(out_path) != text:
+        raise StepError("compare", out_path, errno.EIO, "out differs from what stream showed")
+    return reads, len(text)
+
+
+def search(mount: str, name: str) -> None:
+    """4. Write a note into store/, wait until it is indexed, find it by meaning."""
+    directory = os.path.join(mount, "store", name)
+    note = os.path.join(directory, "notes.txt")
+    step("mkdir", directory, lambda: os.mkdir(directory))
+    # store/ is an ordinary filesystem: create, write, close (the close commits it).
+    write_file(note, NOTE.encode(), create=True)
+    start = time.monotonic()
+    store_info = os.path.join(mount, "sys", "store")
+    while json.loads(read_file(store_info))["pending_index"] > 0:  # files not yet searchable
+        if time.monotonic() - start > INDEX_TIMEOUT_S:
+            raise StepError("wait for the index of", note, errno.ETIMEDOUT, "still not indexed")
+        time.sleep(0.05)
+    print(f"wrote store/{name}/notes.txt; indexed after {time.monotonic() - start:.1f} s")
+    # A query is a directory; its entries are symbolic links RANK-FILENAME to the matches.
+    results = os.path.join(directory, ".search", QUERY)
+    ranked = sorted(n for n in step("list", results, lambda: os.listdir(results)) if n[0] != ".")
+    for entry in ranked:
+        link = os.path.join(results, entry)
+        print(f"{entry} -> {step('readlink', link, lambda link=link: os.readlink(link))}")
+    if "1-notes.txt" not in ranked:
+        raise StepError("search", results, errno.ENOENT, "notes.txt is not the best match")
+
+
+def last_error(agent_dir: str) -> str | None:
+    """The message of ``status``'s "last_error", or None if it cannot be read."""
+    try:
+        with open(os.path.join(agent_dir, "status"), encoding="utf-8") as f:
+            return (json.load(f).get("last_error") or {}).get("message")
+    except (OSError, ValueError):
+        return None
+
+
+def run(mount: str, name: str, prompt: str, max_tokens: int) -> None:
+    """Steps 2 to 4 on an agent that exists; main creates and removes it."""
+    agent_dir = os.path.join(mount, "agents", name)
+    config = os.path.join(agent_dir, "config")
+    # config takes a JSON object (or key=value lines); only the keys named change.
+    write_file(config, json.dumps({"max_tokens": max_tokens}).encode())
+    print(f"config: max_tokens={json.loads(read_file(config))['max_tokens']}")
+
+    print(f"--- transaction: agents/{name}/syscall ---", flush=True)
+    sys.stdout.buffer.write(transaction(agent_dir, prompt))
+
+    print(f"--- stream: agents/{name}/stream ---")
+    reads, size = streamed(agent_dir, f"In one sentence: {prompt}", max_tokens)
+    print(f"(stream: {reads} reads, {size} bytes; out has the same answer)")
+
+    print(f"--- search: store/{name}/.search/{QUERY}/ ---")
+    search(mount, name)
 
 
 def main() -> int:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser = argparse.ArgumentParser(prog=PROG, description=__doc__.split("\n\n")[0])
     parser.add_argument("mountpoint", help="where aiosfs is mounted, e.g. ./mnt")
     parser.add_argument("prompt", nargs="?", default="What is a file system? Answer briefly.")
-    parser.add_argument("--max-tokens", type=int, default=64, help="answer length (default 64)")
+    parser.add_argument("--max-tokens", type=int, default=32, help="answer length (default 32)")
     args = parser.parse_args()
+    if args.max_tokens < 1:
+        parser.error("--max-tokens takes a positive integer")
 
-    agents = os.path.join(args.mountpoint, "agents")
-    if not os.path.isdir(agents):
-        print(f"python_client: {agents} not found; is aiosfs mounted there?", file=sys.stderr)
-        return 1
-
-    # A unique agent name, so concurrent or repeated runs never share an agent.
-    name = f"pyclient-{os.getpid()}"
-    agent_dir = os.path.join(agents, name)
+    name = f"py-{os.getpid()}"  # unique, so concurrent runs never share an agent
+    agent_dir = os.path.join(args.mountpoint, "agents", name)
     try:
-        os.mkdir(agent_dir)  # mkdir creates the agent
+        os.mkdir(agent_dir)  # 1. mkdir creates the agent
     except OSError as e:
-        print(f"python_client: mkdir {agent_dir}: {e.strerror}", file=sys.stderr)
+        hint = f"; is aiosfs mounted at {args.mountpoint}?" if e.errno == errno.ENOENT else ""
+        print(
+            f"{PROG}: {StepError('mkdir', agent_dir, e.errno or errno.EIO)}{hint}", file=sys.stderr
+        )
         return 1
     print(f"created agent {name}")
 
+    rc = 0
     try:
-        # config takes a JSON object (or key=value lines); only the keys named change.
-        write_text(os.path.join(agent_dir, "config"), json.dumps({"max_tokens": args.max_tokens}))
-        print("config:", json.dumps(json.loads(read_text(os.path.join(agent_dir, "config")))))
-
-        show(f"(a) transaction on agents/{name}/syscall", transaction(agent_dir, args.prompt))
-
-        answer = json_syscall(agent_dir, f"In one sentence: {args.prompt}", args.max_tokens)
-        show(f"(b) JSON syscall, answer from agents/{name}/out", answer)
-
-        status = json.loads(read_text(os.path.join(agent_dir, "status")))
-        print("--- (c) status ---")
-        print(
-            f"state={status['state']} done={status['done']} failed={status['failed']} "
-            f"tokens_in={status['tokens_in']} tokens_out={status['tokens_out']}"
-        )
-        # results/N is an answer, results/N.json its metadata (tokens, latency, finish reason).
-        results_dir = os.path.join(agent_dir, "results")
-        entries = sorted(os.listdir(results_dir), key=lambda n: (int(n.split(".")[0]), n))
-        print("results/:", " ".join(entries))
-        for entry in entries:
-            if entry.endswith(".json"):
-                meta = json.loads(read_text(os.path.join(results_dir, entry)))
-                print(
-                    f"  {entry}: {meta['state']}, {meta['tokens_out']} tokens, "
-                    f"finish_reason={meta.get('finish_reason')}"
-                )
-        rc = 0
-    except OSError as e:
-        # e.g. EINVAL from a rejected syscall or config, ENOENT if the mount went away.
-        where = f"{e.filename}: " if e.filename else ""
-        print(f"python_client: {where}{e.strerror or e}", file=sys.stderr)
+        run(args.mountpoint, name, args.prompt, args.max_tokens)
+    except StepError as e:
+        sys.stdout.flush()
+        print(f"{PROG}: {e}", file=sys.stderr)
+        if e.code == errno.EINVAL and (reason := last_error(agent_dir)):
+            # The kernel's reason for rejecting a config or a syscall is in the agent's status.
+            print(f"{PROG}: the kernel said: {reason}", file=sys.stderr)
         rc = 1
     finally:
+        store_dir = os.path.join(args.mountpoint, "store", name)
+        if os.path.lexists(store_dir):
+            try:
+                shutil.rmtree(store_dir)
+                print(f"removed store/{name}")
+            except OSError as e:
+                print(
+                    f"{PROG}: {StepError('rm', store_dir, e.errno or errno.EIO)}", file=sys.stderr
+                )
+                rc = 1
         try:
-            os.rmdir(agent_dir)  # rmdir removes the agent (and cancels anything it still runs)
+            os.rmdir(agent_dir)  # 5. rmdir removes the agent and cancels anything it still runs
             print(f"removed agent {name}")
         except OSError as e:
-            print(f"python_client: rmdir {agent_dir}: {e.strerror}", file=sys.stderr)
+            print(f"{PROG}: {StepError('rmdir', agent_dir, e.errno or errno.EIO)}", file=sys.stderr)
             rc = 1
     return rc
 

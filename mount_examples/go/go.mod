@@ -1,0 +1,3 @@
+module aiosfs.example/client
+
+go 1.19
