@@ -1,4 +1,4 @@
-"""The ``aiosfs`` command: mount, umount, reload, status.
+"""The ``aiosfs`` command: mount, umount, reload, status, serve-api.
 
 ``aiosfs mount`` without ``--foreground`` starts the daemon as a detached process and stays only
 to show its progress (model loading); it exits 0 once the mount is ready, or 1 with the daemon's
@@ -102,6 +102,27 @@ def build_parser() -> argparse.ArgumentParser:
     s = sub.add_parser("status", help="a summary of a mounted kernel")
     s.add_argument("mountpoint")
     s.add_argument("--json", action="store_true", help="print sys/status as is")
+
+    a = sub.add_parser(
+        "serve-api",
+        help="serve the OpenAI API (chat completions, models, embeddings) of a mount",
+        description="A client of the mount: every request is file operations on MOUNTPOINT, "
+        "made as the user its key maps to. See docs/openai-api.md.",
+    )
+    a.add_argument("mountpoint")
+    a.add_argument("--host", default="127.0.0.1", help="address to listen on (127.0.0.1)")
+    a.add_argument("--port", type=int, default=8000, help="port to listen on (8000)")
+    a.add_argument(
+        "--keys",
+        type=Path,
+        help="TOML file of [[key]] tables (key, user or uid, agent); mode 0600, yours. "
+        "Without it every request acts as you and no key is checked",
+    )
+    a.add_argument(
+        "--agent",
+        help="without --keys: the agent requests run as (default api; AGENT-USER with a "
+        "user field)",
+    )
     return p
 
 
@@ -118,9 +139,38 @@ def main(argv: list[str] | None = None) -> int:
             return bench_main(args)
         if args.command == "reload":
             return cmd_reload(args)
+        if args.command == "serve-api":
+            return cmd_serve_api(args)
         return cmd_status(args)
     except KeyboardInterrupt:
         return 130
+
+
+# ---- serve-api ------------------------------------------------------------------------------
+
+
+def cmd_serve_api(args: argparse.Namespace) -> int:
+    """The OpenAI-compatible door (aiosfs/api/): checked keys, a checked mount, then serve."""
+    from aiosfs.api.keys import DEFAULT_AGENT, Keys, KeysError, load_keys, own_identity
+    from aiosfs.api.server import check_mount, serve
+    from kernel.errors import InvalidArgument
+
+    mount = Path(args.mountpoint).resolve()
+    try:
+        keys = (
+            load_keys(args.keys)
+            if args.keys
+            else Keys(None, own_identity(args.agent or DEFAULT_AGENT))
+        )
+    except KeysError as e:
+        return fail(str(e))
+    except InvalidArgument as e:
+        return fail(f"--agent: {e.message}")
+    if not 0 < args.port < 65536:
+        return fail(f"--port must be 1-65535, not {args.port}")
+    check_mount(mount)
+    serve(mount, keys, args.host, args.port)
+    return 0
 
 
 # ---- mount ----------------------------------------------------------------------------------

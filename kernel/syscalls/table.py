@@ -252,6 +252,46 @@ async def _store_rollback(env: CallEnv, actor: Actor, a: dict[str, Any]) -> str:
     return f"ok: {a['path']} restored from version {a['version']} as version {entry.version}\n"
 
 
+# ---- embeddings: the store's embedder, for any text --------------------------------------------
+
+MAX_EMBED_INPUTS = 256
+MAX_EMBED_CHARS = 64 * 1024  # one input; the embedder reads a passage's first few hundred words
+
+
+def check_texts(field: str, value: Any) -> list[str]:
+    """One text or a non-empty list of up to ``MAX_EMBED_INPUTS``, each non-empty."""
+    texts = [value] if isinstance(value, str) else value
+    if not isinstance(texts, list) or not texts or not all(isinstance(t, str) for t in texts):
+        raise InvalidArgument(f'field "{field}" must be a string or a non-empty list of strings')
+    if len(texts) > MAX_EMBED_INPUTS:
+        raise InvalidArgument(f'field "{field}" takes at most {MAX_EMBED_INPUTS} texts')
+    for i, text in enumerate(texts):
+        if not text:
+            raise InvalidArgument(f"{field}[{i}] is empty: there is nothing to embed")
+        if len(text) > MAX_EMBED_CHARS:
+            raise InvalidArgument(f"{field}[{i}] is over {MAX_EMBED_CHARS} characters")
+    return texts
+
+
+async def _embed(env: CallEnv, actor: Actor, a: dict[str, Any]) -> str:
+    """The vectors the store's own embedder makes of the texts (the ones its search by meaning
+    compares), so a client needs no model of its own: one JSON object, ``embedder, dim,
+    tokens, data`` (a list of vectors, in the order of ``input``). Reads no file, so it needs
+    no permission or capability."""
+    texts: list[str] = a["input"]
+    embedder = env.storage.embedder
+    vectors, tokens = await env.workers.store(
+        lambda: (embedder.embed(texts), embedder.count_tokens(texts))
+    )
+    answer = {
+        "embedder": env.storage.embedder_name,
+        "dim": int(vectors.shape[1]),
+        "tokens": tokens,
+        "data": [[float(x) for x in row] for row in vectors],
+    }
+    return json.dumps(answer, separators=(",", ":")) + "\n"
+
+
 # ---- the built-in rows ------------------------------------------------------------------------
 
 _FILE = Field(check_path, required=True)  # names a file
@@ -287,8 +327,10 @@ BUILTIN_CALLS: tuple[tuple[str, Row], ...] = (
             {"path": _FILE, "version": Field(int_between(1, 2**62), required=True)}, _store_rollback
         ),
     ),
+    ("embed", Row({"input": Field(check_texts, required=True)}, _embed)),
 )
-"""The memory and storage calls. A kernel starts from these (``builtin_table``) and may add more."""
+"""The memory, storage and embedding calls. A kernel starts from these (``builtin_table``) and
+may add more."""
 
 
 def builtin_table() -> SyscallTable:

@@ -50,6 +50,7 @@ def test_mkdir_ls_and_agent_files(mount: Mount) -> None:
     assert "alpha" in mount.sh("ls agents").stdout.split()
     assert sorted(os.listdir(mount.p("agents/alpha"))) == [
         "audit",
+        "call",
         "config",
         "ctl",
         "history",
