@@ -55,7 +55,8 @@ faults: install examples
 	$(PY) -m pytest -m "" tests/kernel/test_faults.py tests/fs/test_faults.py tests/fs/test_make_run.py $(PYTEST_ARGS)
 
 # The benchmark mounts its own daemons (about 50 minutes on 2 cores, the first run also builds
-# llama-server: scripts/llama-server.sh); BENCH_ARGS to adjust it.
+# llama-server: scripts/llama-server.sh); BENCH_ARGS to adjust it. It writes results.json and
+# its plots (results-*.png: aiosfs/bench/plots.py) into bench-results/.
 BENCH_ARGS ?=
 bench: install
 	$(VENV)/bin/aiosfs bench --out bench-results $(BENCH_ARGS)

@@ -63,6 +63,7 @@ README = b"""aiosfs: an LLM agent operating system as a filesystem.
                                       exec 3<>tools/calculator/call
                                       echo '{"expression": "2+2"}' >&3; cat <&3
   cat sys/status                    kernel state
+  cat sys/metrics                   the same counters for Prometheus
 
 The full contract: docs/filesystem.md in the aiosfs source.
 """

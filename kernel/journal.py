@@ -392,6 +392,8 @@ class Journal:
             "commit_ms_avg": round(1000 * self.commit_seconds / self.commits, 3)
             if self.commits
             else None,
+            "commit_seconds": round(self.commit_seconds, 6),
             "waits": self.waits,
+            "wait_seconds": round(self.wait_seconds, 6),
             "wait_ms_avg": round(1000 * self.wait_seconds / self.waits, 3) if self.waits else None,
         }

@@ -26,7 +26,7 @@ import logging
 import os
 import time
 from collections.abc import Awaitable, Callable
-from dataclasses import dataclass, replace
+from dataclasses import dataclass, field, replace
 from typing import Any
 
 import trio
@@ -70,6 +70,7 @@ from kernel.errors import (
     TooLarge,
     WouldBlock,
 )
+from kernel.histogram import Histogram
 from kernel.journal import Journal, JournalError, Loaded, SyscallRow
 from kernel.llm.core import LLMCore
 from kernel.llm.cores import make_core
@@ -124,6 +125,9 @@ PUBLIC_STATUS = frozenset(
 )  # fmt: skip
 """The parts of an agent's status that sys/status shows every user."""
 
+UNPARSED = "unparsed"
+"""The call name a syscall that never parsed (malformed, too large) is counted under."""
+
 DEFAULT_TOOL_ROUNDS = 4  # rounds of tool calls an llm call gets unless it says otherwise
 
 CoreFactory = Callable[[str, KernelConfig], LLMCore]
@@ -139,6 +143,9 @@ class Inflight:
     engine: ModelEngine
     epoch: int
     round: Round | None = None  # a tool-calling round: its text goes here, not to the result
+    model: str = ""  # the name the engine goes by, for the time-to-first-token histogram
+    handed: float = field(default_factory=time.monotonic)  # when the engine was handed it
+    answered: bool = False  # its first token came
 
 
 class Round:
@@ -155,6 +162,14 @@ class Round:
         if self.finish is None:
             self.finish, self.error = finish, error
             self.done.set()
+
+
+def observe(table: dict[str, Histogram], key: str, seconds: float) -> None:
+    """Add a duration to ``table``'s histogram for ``key``, made on first use."""
+    hist = table.get(key)
+    if hist is None:
+        hist = table[key] = Histogram()
+    hist.observe(seconds)
 
 
 def store_key(path: str) -> str:
@@ -222,6 +237,12 @@ class Kernel:
         self.counts = {"submitted": 0, "done": 0, "failed": 0, "cancelled": 0, "invalid": 0}
         self.tokens_in = 0
         self.tokens_out = 0
+        # finished syscalls by (call, outcome); one that never parsed is call UNPARSED
+        self.by_call: dict[tuple[str, str], int] = {}
+        # seconds from submission to finish, by call; from handing a generation to a model to
+        # its first token (its queueing and prefill), by model: for sys/metrics (latency_info)
+        self.latency: dict[str, Histogram] = {}
+        self.ttft: dict[str, Histogram] = {}
         # requests waiting for a person (destructive tools, protected store subtrees)
         self.approvals = Approvals(config.approval_timeout_s, self._record_approval)
 
@@ -1057,7 +1078,7 @@ class Kernel:
         )
         step = Round()
         self._inflight[request.request_id] = Inflight(
-            agent, result, engine, agent.conversation.epoch, step
+            agent, result, engine, agent.conversation.epoch, step, model=model
         )
         engine.submit(request)
         while not step.done.is_set():
@@ -1190,7 +1211,7 @@ class Kernel:
         if allowed != request.sampling.max_tokens:
             request = replace(request, sampling=replace(request.sampling, max_tokens=allowed))
         self._inflight[request.request_id] = Inflight(
-            agent, result, engine, agent.conversation.epoch
+            agent, result, engine, agent.conversation.epoch, model=model
         )
         engine.submit(request)
 
@@ -1234,6 +1255,9 @@ class Kernel:
                 self.tokens_in += u.tokens_in
                 agent.tokens_window.add(u.tokens_in - u.tokens_cached)
             agent.tokens_window.add(u.tokens_out)
+            if u.tokens_out and not entry.answered:
+                entry.answered = True
+                observe(self.ttft, entry.model, time.monotonic() - entry.handed)
             result.tokens_out += u.tokens_out
             agent.tokens_out += u.tokens_out
             self.tokens_out += u.tokens_out
@@ -1285,6 +1309,10 @@ class Kernel:
         result.finish(state, error, code, reason)
         self._audit_result(agent, result, raw)
         self.counts[state.value] += 1
+        call = result.syscall.call if result.syscall is not None else UNPARSED
+        self.by_call[call, state.value] = self.by_call.get((call, state.value), 0) + 1
+        if result.finished_at is not None:
+            observe(self.latency, call, max(0.0, result.finished_at - result.created))
         dropped = agent.record_finish(result)
         if self.journal is not None and not self._journal_paused:
             self.journal.put_result(
@@ -1495,6 +1523,9 @@ class Kernel:
 
     def stats(self) -> dict[str, Any]:
         contexts = [e.kv_info.get("contexts", {}) for e in self.engines.values()]
+        by_call: dict[str, dict[str, int]] = {}
+        for (call, outcome), n in sorted(self.by_call.items()):
+            by_call.setdefault(call, {})[outcome] = n
         return {
             "syscalls": dict(self.counts),
             "inflight": len(self._inflight),
@@ -1505,6 +1536,17 @@ class Kernel:
             "preemptions": sum(c.get("snapshots", 0) for c in contexts),
             "snapshot_bytes": sum(c.get("ram_bytes", 0) + c.get("disk_bytes", 0) for c in contexts),
             "journal": self.journal.info() if self.journal is not None else None,
+            "by_call": by_call,
+            "approvals_pending": len(self.approvals.pending()),
+        }
+
+    def latency_info(self) -> dict[str, Any]:
+        """The distributions behind ``sys/metrics``'s histograms (``kernel/histogram.py``):
+        ``syscall`` by call, seconds from submission to finish; ``ttft`` by model, seconds from
+        handing a generation to the model to its first token."""
+        return {
+            "syscall": {call: h.info() for call, h in self.latency.items()},
+            "ttft": {model: h.info() for model, h in self.ttft.items()},
         }
 
     def status(self) -> dict[str, Any]:

@@ -1482,6 +1482,11 @@ class MemoryManager:
             "global_budget_bytes": self.global_budget,
             "k": self.k,
             "resident_bytes": sum(self.resident.values()),
+            "evicted_bytes": sum(a["evicted_bytes"] for a in agents.values()),
+            # over every agent there has been, so that they only grow (counters)
+            "hits": sum(s.hits for s in self.stats.values()),
+            "misses": sum(s.misses for s in self.stats.values()),
+            "evictions": sum(s.evictions for s in self.stats.values()),
             "evict_seconds": round(self.evict_seconds, 4),
             "load_seconds": round(self.load_seconds, 4),
             "agents": agents,

@@ -31,12 +31,14 @@ noise, and each reporting medians over repetitions:
 ``soak`` stands apart from that run (``make soak``, ``python -m aiosfs.bench.soak``): the
 paper's load on one mount for minutes, sampled into curves rather than medians.
 
-Results go to ``OUT/results.json`` and ``OUT/bench.png``; ``docs/benchmarks.md`` summarises a run.
+Results go to ``OUT/results.json`` and its plots beside it (``OUT/results-*.png``);
+``docs/benchmarks.md`` summarises a run.
 The package drives daemons (``aiosfs.harness``) with plain file operations and never imports
 torch. Modules: ``stats`` (percentiles, Jain's index), ``traffic`` (the mount and agents'
 closed-loop turns), ``llm`` (scaling, fairness, contexts), ``engine`` and ``llama_server``
 (against llama-server), ``remote`` (a remote model against its own server), ``overhead``,
-``journal``, ``storage``, ``report`` (summary, plot) and ``cli`` (options and the run).
+``journal``, ``storage``, ``report`` (progress, the summary), ``plots`` (a results JSON to PNGs,
+also on its own: ``python -m aiosfs.bench.plots FILE.json``) and ``cli`` (options and the run).
 """
 
 from __future__ import annotations

@@ -23,7 +23,7 @@ from aiosfs.bench.journal import run_journal
 from aiosfs.bench.llm import MODEST_AGENTS, run_contexts, run_llm
 from aiosfs.bench.overhead import run_overhead
 from aiosfs.bench.remote import run_remote
-from aiosfs.bench.report import machine, plot, print_summary, say
+from aiosfs.bench.report import machine, print_summary, say
 from aiosfs.bench.storage import run_storage
 from aiosfs.bench.tools import print_tools_summary, run_tools
 
@@ -48,9 +48,8 @@ such option given wins)."""
 
 
 def run_bench(args: argparse.Namespace) -> dict[str, Any]:
-    """Run every measurement not skipped; write ``OUT/results.json`` (and ``OUT/bench.png``
-    when scaling or the engine measurement ran and matplotlib is installed); return the
-    results."""
+    """Run every measurement not skipped; write ``OUT/results.json`` and, with matplotlib,
+    its plots beside it (``OUT/results-*.png``: ``plots.py``); return the results."""
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
     workdir = Path(tempfile.mkdtemp(prefix="aiosfs-bench-"))
@@ -93,11 +92,13 @@ def run_bench(args: argparse.Namespace) -> dict[str, Any]:
     results["finished"] = time.strftime("%Y-%m-%d %H:%M:%S")
     results["machine"]["load_avg_at_end"] = os.getloadavg()
     (out / "results.json").write_text(json.dumps(results, indent=2, default=str))
-    if "scaling" in results or "engine" in results:
-        try:
-            plot(results, out / "bench.png")
-        except ImportError:
-            say("matplotlib is not installed; no plot")
+    from aiosfs.bench.plots import plot_results  # here: python -m aiosfs.bench.plots runs it
+
+    try:
+        for path in plot_results(results, out, "results"):
+            say(f"plot: {path}")
+    except ImportError:
+        say("matplotlib is not installed; no plots")
     shutil.rmtree(workdir, ignore_errors=True)
     return results
 
@@ -116,6 +117,15 @@ def positive(text: str) -> int:
 def add_arguments(p: argparse.ArgumentParser) -> None:
     """The options of ``aiosfs bench``; ``aiosfs.cli`` adds them to its ``bench`` subcommand
     (kept here so that the benchmark's knobs live with the benchmark)."""
+    p.add_argument(
+        "--plot",
+        nargs="+",
+        type=Path,
+        metavar="RESULTS.json",
+        help="run nothing: plot these results files (aiosfs bench's, make soak's) as PNGs "
+        "beside them, or in --plot-out",
+    )
+    p.add_argument("--plot-out", type=Path, metavar="DIR", help="where --plot writes its PNGs")
     p.add_argument("--model", default="smollm2")
     p.add_argument(
         "--agents",
@@ -261,9 +271,16 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
 
 
 def main(args: argparse.Namespace) -> int:
-    """``aiosfs bench``: run, print the summary, say where the results are."""
+    """``aiosfs bench``: run, print the summary, say where the results are (or, with
+    ``--plot``, only plot results kept from earlier runs)."""
+    if args.plot:
+        from aiosfs.bench.plots import plot_paths
+
+        return plot_paths(args.plot, args.plot_out)
     results = run_bench(args)
     print_summary(results)
     print_tools_summary(results)
-    print(f"bench: results in {args.out}/results.json and {args.out}/bench.png", file=sys.stderr)
+    print(
+        f"bench: results in {args.out}/results.json and {args.out}/results-*.png", file=sys.stderr
+    )
     return 0

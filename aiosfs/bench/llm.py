@@ -41,8 +41,10 @@ SCALING_CONFIGS = ["fifo", "serial", "aios"]
 SCALING_KEYS = (
     "tokens_per_s",
     "ttft_p50_s",
+    "ttft_p95_s",
     "ttft_p99_s",
     "latency_p50_s",
+    "latency_p95_s",
     "latency_p99_s",
     "jain",
     "tokens",

@@ -1,8 +1,8 @@
-"""What the benchmark shows: progress lines, the machine it ran on, the summary table, the plot.
+"""What the benchmark shows: progress lines, the machine it ran on, the summary table (the
+plots are ``plots.py``'s).
 
 Progress goes to stderr and the summary to stdout, so ``aiosfs bench > summary.txt`` keeps the
-table alone. matplotlib is imported only to plot, so that it stays an optional dependency
-(``pip install aiosfs[bench]``) and a run without it still writes ``results.json``.
+table alone.
 """
 
 from __future__ import annotations
@@ -10,7 +10,6 @@ from __future__ import annotations
 import os
 import platform
 import sys
-from pathlib import Path
 from typing import Any
 
 from aiosfs.bench.stats import fmt
@@ -29,86 +28,6 @@ def machine() -> dict[str, Any]:
         "python": platform.python_version(),
         "load_avg_at_start": os.getloadavg(),
     }
-
-
-def plot(results: dict[str, Any], path: Path) -> None:
-    """Throughput and p99 latency against agent count for the three scheduling configurations,
-    the fairness indexes, and the engine measurement's throughput against llama-server (each
-    panel when its measurement ran); raises ImportError without matplotlib."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    scaling = results.get("scaling", {}).get("summary", {})
-    fair = results.get("fairness", {}).get("summary", {})
-    engine = results.get("engine", {}).get("scaling", {}).get("summary", {})
-    panels = (["throughput", "p99"] if scaling else []) + (["fairness"] if fair else [])
-    panels += ["engine"] if engine else []
-    if not panels:
-        return
-    fig, axes_list = plt.subplots(1, len(panels), figsize=(5 * len(panels), 4.2), squeeze=False)
-    axes = dict(zip(panels, axes_list[0], strict=True))
-    if scaling:
-        ns = sorted({int(n) for n in scaling})
-        for config, style in (("fifo", "o-"), ("serial", "s--"), ("aios", "^:")):
-            label = {
-                "fifo": "aiosfs (batched)",
-                "serial": "(a) one at a time",
-                "aios": "(b) AIOS-style",
-            }[config]
-            tput = [scaling[str(n)][config]["tokens_per_s"] for n in ns]
-            p99 = [scaling[str(n)][config]["latency_p99_s"] for n in ns]
-            axes["throughput"].plot(ns, tput, style, label=label)
-            axes["p99"].plot(ns, p99, style, label=label)
-        axes["throughput"].set(
-            xscale="log",
-            xlabel="concurrent agents",
-            ylabel="generated tokens/s",
-            title="Aggregate throughput (median)",
-        )
-        axes["p99"].set(
-            xscale="log",
-            yscale="log",
-            xlabel="concurrent agents",
-            ylabel="seconds",
-            title="p99 completion latency (median)",
-        )
-        for ax in (axes["throughput"], axes["p99"]):
-            _agent_axis(ax, ns)
-    if fair:
-        names = list(fair)
-        ax = axes["fairness"]
-        ax.bar(names, [fair[c]["jain"] or 0 for c in names], color=["#c66", "#6a6"][: len(names)])
-        ax.axhline(0.9, color="k", ls="--", lw=1)
-        ax.set(
-            ylim=(0, 1.05), ylabel="Jain's index", title="Fairness: 1 flooder + 15 modest agents"
-        )
-    if engine:
-        ns = sorted({int(n) for n in engine})
-        labels = [k for k in engine[str(ns[0])] if k not in ("ratios", "reps")]
-        ax = axes["engine"]
-        for label in labels:
-            style = "s--" if label.startswith("llama-server") else "o-"
-            ax.plot(ns, [engine[str(n)][label]["tokens_per_s"] for n in ns], style, label=label)
-        ax.set(
-            xscale="log",
-            xlabel="concurrent agents",
-            ylabel="generated tokens/s",
-            title="Engine: aiosfs against llama-server (median)",
-        )
-        _agent_axis(ax, ns)
-    fig.suptitle(f"aiosfs bench — {results['model']} on {results['machine']['cpus']} CPUs")
-    fig.tight_layout()
-    fig.savefig(path, dpi=110)
-
-
-def _agent_axis(ax: Any, ns: list[int]) -> None:
-    """Agent counts as the ticks of a log axis, a legend and a light grid."""
-    ax.set_xticks(ns, [str(n) for n in ns])
-    ax.minorticks_off()
-    ax.legend()
-    ax.grid(alpha=0.3)
 
 
 def print_summary(results: dict[str, Any]) -> None:

@@ -47,6 +47,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import IO, Any, TypeVar
 
+from aiosfs.bench.plots import plot_soak
 from aiosfs.bench.report import machine, say
 from aiosfs.bench.stats import fmt, jain, percentile
 from aiosfs.bench.traffic import FOLLOW_UPS, PROMPTS, Run, ask, bench_mount, summarize
@@ -522,7 +523,7 @@ def run_soak(args: argparse.Namespace) -> dict[str, Any]:
     results["machine"]["load_avg_at_end"] = os.getloadavg()
     (out / "soak.json").write_text(json.dumps(results, indent=2, default=str))
     try:
-        plot_soak(results, out / "soak.png")
+        plot_soak(results, out / "soak.png")  # aiosfs/bench/plots.py, like the bench's plots
     except ImportError:
         say("matplotlib is not installed; no plot")
     shutil.rmtree(workdir, ignore_errors=True)
@@ -675,65 +676,6 @@ def _mib(kib: float | None) -> float | None:
 
 
 # ---- what it shows --------------------------------------------------------------------------
-
-
-def plot_soak(results: dict[str, Any], path: Path) -> None:
-    """The curves over time: daemon RSS (and the prefix cache's part), ``ls agents/``, tokens/s
-    and syscalls finished, blocked reads; the phases shaded. Raises ImportError without
-    matplotlib."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    samples = results["samples"]
-    fig, axes = plt.subplots(4, 1, figsize=(9, 10), sharex=True)
-
-    def curve(ax: Any, key: str, scale: float = 1.0, **kw: Any) -> None:
-        pts = [(x["t"], x[key] * scale) for x in samples if key in x]
-        if pts:
-            ax.plot(*zip(*pts, strict=True), **kw)
-
-    curve(axes[0], "rss_kib", 1 / 1024, label="RSS")
-    curve(axes[0], "hwm_kib", 1 / 1024, ls="--", label="peak RSS")
-    curve(axes[0], "prefix_cache_bytes", 1 / 2**20, ls=":", label="prefix cache")
-    axes[0].set(ylabel="MiB", title="daemon memory")
-    curve(axes[1], "ls_ms", marker=".", lw=0.8)
-    axes[1].axhline(LS_GOAL_MS, color="r", ls="--", lw=1, label=f"goal {LS_GOAL_MS:.0f} ms")
-    axes[1].set(ylabel="ms", title="os.listdir(agents/)")
-    curve(axes[2], "tokens_per_s", label="tokens/s (sys/stats)")
-    finished = [
-        (x["t"], x["syscalls"]["done"] + x["syscalls"]["failed"] + x["syscalls"]["cancelled"])
-        for x in samples
-        if "syscalls" in x
-    ]
-    if finished:
-        twin = axes[2].twinx()
-        twin.plot(*zip(*finished, strict=True), color="gray", ls=":", label="syscalls finished")
-        twin.set_ylabel("syscalls finished")
-    axes[2].set(ylabel="tokens/s", title="throughput")
-    curve(axes[3], "blocked_reads")
-    axes[3].set(ylabel="reads", xlabel="seconds", title="blocked reads (sys/stats)")
-    colours = {"setup": "#eee", "load": "#e6f2e6", "drain": "#f6eedd", "release": "#e6ecf6"}
-    spans: list[tuple[str, float, float]] = []
-    for x in samples:
-        if spans and spans[-1][0] == x["phase"]:
-            spans[-1] = (x["phase"], spans[-1][1], x["t"])
-        else:
-            spans.append((x["phase"], x["t"], x["t"]))
-    for ax in axes:
-        for phase, a, b in spans:
-            ax.axvspan(a, b, color=colours.get(phase, "#fff"), zorder=0)
-        ax.grid(alpha=0.3)
-    axes[0].legend(loc="lower right")
-    axes[1].legend(loc="upper right")
-    st = results["settings"]
-    fig.suptitle(
-        f"aiosfs soak — {st['model']}, {st['agents']} agents, {st['idle']} idle, "
-        f"{st['readers']} blocked readers, {st['scheduler']}"
-    )
-    fig.tight_layout()
-    fig.savefig(path, dpi=100)
 
 
 def print_soak(results: dict[str, Any]) -> None:

@@ -243,8 +243,10 @@ def summarize(run: Run) -> dict[str, Any]:
         "wall_s": round(wall, 3),
         "tokens_per_s": round(tokens / wall, 2),
         "ttft_p50_s": percentile(ttft, 0.5),
+        "ttft_p95_s": percentile(ttft, 0.95),
         "ttft_p99_s": percentile(ttft, 0.99),
         "latency_p50_s": percentile(lat, 0.5),
+        "latency_p95_s": percentile(lat, 0.95),
         "latency_p99_s": percentile(lat, 0.99),
         "jain": jain(per_agent_rate),
     }

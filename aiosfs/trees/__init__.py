@@ -2,7 +2,7 @@
 (``sys/approvals/``), ``mem``, ``store``, ``tools`` and ``search`` (store queries). Each builds
 its nodes and handles on ``aiosfs.vfs`` and talks to the kernel facade it is given. No tree
 imports another (``store`` reaches ``search``, whose query directories hang below it), and only
-``aiosfs.fs`` imports them.
+``aiosfs.fs`` imports them. ``metrics`` is no tree: it renders ``sys/metrics`` for ``sys``.
 
 This package module holds the helpers more than one tree needs.
 """

@@ -8,6 +8,7 @@ sys/scheduler  the policy (write a name to switch)
 sys/queue      JSON: waiting and running sequences per model and agent
 sys/stats      JSON: syscall counts, tokens, tokens per second, journal commits, blocked readers
 sys/status     JSON: all of the above, for ``aiosfs status``
+sys/metrics    the same counters in Prometheus's text format (``aiosfs/trees/metrics.py``)
 sys/approvals/ calls waiting for a person (``aiosfs/trees/approvals.py``; ``fs.py`` adds it)
 sys/audit      JSON lines: every syscall, tool call and access decision (the daemon's owner only)
 """
@@ -22,6 +23,7 @@ from collections.abc import Callable
 from typing import Any
 
 from aiosfs.trees import LogFile, when_complete
+from aiosfs.trees.metrics import metrics_renderer
 from aiosfs.vfs import Dir, GeneratedFile, Node, StaticDir, as_json
 from kernel import Kernel, __version__
 from kernel.syscalls import decode_text
@@ -64,6 +66,8 @@ def build_sys(
         "store": lambda: as_json(kernel.storage.info()),
         "stats": lambda: as_json(stats()),
         "status": lambda: as_json(status()),
+        # world-readable like status: agent names and counts, never prompts or errors
+        "metrics": metrics_renderer(kernel, fs_stats),
     }
     for name, render in files.items():
         d.add(GeneratedFile(name, d, render))

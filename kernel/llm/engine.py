@@ -158,6 +158,7 @@ class Engine:
             "policy": self.scheduler.name,
             "steps": self.steps,
             "mean_batch": round(self.batch_total / self.steps, 2) if self.steps else 0.0,
+            "batch_sequences": self.batch_total,  # summed over steps: a rate over any window
             "tokens_generated": self.tokens_generated,
             "prompt_tokens": self.prompt_tokens,
             "tokens_per_s": round(self.rate.rate(), 2),

@@ -204,6 +204,7 @@ class Scheduler(ABC):
                 for s in self.running
             ],
             "waiting": len(self.waiting),
+            "preemptions": sum(s.preemptions for s in list(self.ledger.agents.values())),
             "per_agent": per_agent,
             "service": {
                 agent: {

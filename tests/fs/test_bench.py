@@ -62,7 +62,8 @@ def test_bench_runs_and_writes_results(tmp_path: Path) -> None:
     assert storage["memory_mount"]["ops"] == storage["memory_direct"]["ops"] == 20
     large = storage["large_file"]
     assert large["mib"] == 4 and large["write_mb_s"] > 0 and large["read_mb_s"] > 0
-    assert (out / "bench.png").stat().st_size > 10_000
+    for plot in ("scaling-throughput", "scaling-latency", "fairness", "contexts"):
+        assert (out / f"results-{plot}.png").stat().st_size > 10_000
     assert "speed-up vs serial" in res.stdout
     tools = results["tools"]
     assert set(tools["overhead"]) == {"builtin", "exec", "mcp"}

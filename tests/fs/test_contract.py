@@ -350,6 +350,7 @@ def test_sys_files(mount: Mount) -> None:
         "audit",
         "context",
         "mem",
+        "metrics",
         "models",
         "pid",
         "queue",
