@@ -17,7 +17,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.mounting import ROOT, Mount, eventually, mounted
+from tests.mounting import ROOT, Mount, eventually, mounted, write_config
 from tests.terminal import PROMPT, Terminal
 from tests.users import User, ensure_user, public_tmpdir
 
@@ -31,7 +31,8 @@ def mount() -> Iterator[Mount]:
     """A mount other users reach (``--allow-other``, in a directory they can traverse)."""
     tmp = public_tmpdir("aiosfs-top-")
     try:
-        with mounted(tmp, "tiny-random", "--allow-other") as m:
+        cfg = write_config(tmp, store_embedder="hashing", store_protected=["contracts"])
+        with mounted(tmp, "tiny-random", "--allow-other", "--config", cfg) as m:
             yield m
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
@@ -95,6 +96,13 @@ def test_owner_watches_switches_cancels_streams_resizes_quits(mount: Mount, term
     quick = mount.agent(max_tokens=2, name="quick")
     mount.write(f"agents/{quick}/syscall", "hi\n")
     assert mount.read(f"agents/{quick}/out")
+    # a write into the protected contracts/ that waits for a person in sys/approvals/
+    os.mkdir(mount.p("agents/writer"))
+    mount.write("agents/writer/config", "capabilities.store_write=/contracts\n")
+    call = {"call": "store_write", "path": "contracts/plan.md", "content": "signed"}
+    mount.write("agents/writer/syscall", json.dumps(call))
+    eventually(lambda: any(n.isdigit() for n in os.listdir(mount.p("sys/approvals"))))
+    (request,) = [n for n in os.listdir(mount.p("sys/approvals")) if n.isdigit()]
     line = start_top(term, str(mount.path))
 
     # the agents with their state, owner and counts; the model with its batch
@@ -110,8 +118,21 @@ def test_owner_watches_switches_cancels_streams_resizes_quits(mount: Mount, term
     assert re.search(r"tiny-random \(default\) ready", screen)
     assert re.search(r"batch 1 running \(max \d+\), 0 waiting", screen)
     assert re.search(r"prefill \d+ tok", screen) and "prefix cache" in screen
-    assert "mem/" in screen and "index backlog" in screen and "approvals 0 waiting" in screen
+    assert "mem/" in screen and "index backlog" in screen
+    assert "approvals 1 waiting, 1 yours to decide" in screen
+    # (the side panel wraps the line where the terminal is narrow)
+    wait = rf"#{request} writer: store_write /?contracts/plan\.md,\s+\d+\s+s left"
+    assert re.search(wait, screen), screen
+    assert row(screen, "writer")[2] == "awaiting_approval"  # type: ignore[index]
+    mount.write(f"sys/approvals/{request}", "no\n")
+    term.wait_text(r"approvals 0 waiting, 0 yours to decide")
     term.wait_text(r"\d+\.\d tok/s [▁▂▃▄▅▆▇█]{2,}")  # the sparkline grows a sample a second
+
+    # ?: the keys, until escape
+    term.keys("?")
+    term.wait_text(r"enter, s\s+open the selected agent's stream")
+    term.keys("Escape")
+    term.wait_for(lambda s: "open the selected agent's stream" not in s, what="help closed")
 
     # p: choose a policy; it is written to sys/scheduler
     policies = mount.json("sys/status")["schedulers"]
@@ -208,7 +229,7 @@ def test_another_user_sees_public_figures_and_is_refused_the_rest(
 def test_a_stuck_then_vanished_mount_is_a_message_and_q_still_quits(
     tmp_path: Path, term: Terminal
 ) -> None:
-    with mounted(tmp_path) as m:
+    with mounted(tmp_path, "tiny-random", "--embedder", "hashing") as m:
         line = start_top(term, str(m.path))
         term.wait_text(r"policy fifo")
         os.kill(m.proc.pid, signal.SIGSTOP)  # every read now waits for the daemon
