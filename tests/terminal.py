@@ -9,6 +9,7 @@ reads the screen as text with :meth:`screen` (``capture-pane -p``) and polls it 
 
 from __future__ import annotations
 
+import contextlib
 import os
 import re
 import shlex
@@ -38,12 +39,18 @@ class Terminal:
         with os.fdopen(fd, "w") as f:
             f.write(f"PS1={shlex.quote(PROMPT)}\n")
         os.chmod(self.rcfile, 0o644)  # a program run as another user may start a shell too
-        # -u: the detached server has no client to ask whether the terminal speaks UTF-8
-        self.tmux(
-            "new-session", "-d", "-s", "t", "-x", str(width), "-y", str(height), "-c", cwd, *args,
-            f"bash --noprofile --rcfile {shlex.quote(self.rcfile)}",
-        )  # fmt: skip
-        self.wait_for(lambda s: PROMPT.rstrip() in s, what="the shell's prompt")
+        self.socket_path: str | None = None
+        try:
+            # -u: the detached server has no client to ask whether the terminal speaks UTF-8
+            self.tmux(
+                "new-session", "-d", "-s", "t", "-x", str(width), "-y", str(height),
+                "-c", cwd, *args, f"bash --noprofile --rcfile {shlex.quote(self.rcfile)}",
+            )  # fmt: skip
+            self.socket_path = self.show("#{socket_path}")
+            self.wait_for(lambda s: PROMPT.rstrip() in s, what="the shell's prompt")
+        except BaseException:
+            self.close()
+            raise
 
     def tmux(self, *args: str) -> str:
         out = subprocess.run(
@@ -91,5 +98,9 @@ class Terminal:
         return self.wait_for(lambda s: re.search(pattern, s), timeout, repr(pattern))
 
     def close(self) -> None:
+        """Stop this terminal's tmux server, and remove its socket (tmux leaves it behind)."""
         subprocess.run(["tmux", "-L", self.socket, "kill-server"], capture_output=True, check=False)
-        os.unlink(self.rcfile)
+        for path in (self.socket_path, self.rcfile):
+            if path:
+                with contextlib.suppress(FileNotFoundError):
+                    os.unlink(path)
