@@ -1,4 +1,4 @@
-"""The ``aiosfs`` command: mount, umount, reload, status, serve-api.
+"""The ``aiosfs`` command: mount, umount, reload, status, top, serve-api.
 
 ``aiosfs mount`` without ``--foreground`` starts the daemon as a detached process and stays only
 to show its progress (model loading); it exits 0 once the mount is ready, or 1 with the daemon's
@@ -99,6 +99,13 @@ def build_parser() -> argparse.ArgumentParser:
     )
     r.add_argument("mountpoint")
 
+    t = sub.add_parser(
+        "top",
+        help="a live dashboard of a mount (any user of it): agents, models, mem/, store/",
+        description="Reads only the mount's sys/ and agents/ files; press ? in it for the keys.",
+    )
+    t.add_argument("mountpoint", nargs="?", default="mnt", help="the mount (default ./mnt)")
+
     s = sub.add_parser("status", help="a summary of a mounted kernel")
     s.add_argument("mountpoint")
     s.add_argument("--json", action="store_true", help="print sys/status as is")
@@ -141,6 +148,10 @@ def main(argv: list[str] | None = None) -> int:
             return cmd_reload(args)
         if args.command == "serve-api":
             return cmd_serve_api(args)
+        if args.command == "top":
+            from aiosfs.top import main as top_main
+
+            return top_main(args.mountpoint)
         return cmd_status(args)
     except KeyboardInterrupt:
         return 130

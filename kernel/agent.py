@@ -51,6 +51,10 @@ class Agent:
         self.tool_calls = 0  # tool calls made for this agent's llm calls
         self.counts = {s.value: 0 for s in ResultState if s is not ResultState.QUEUED}
         self.last_error: dict[str, Any] | None = None
+        # the latest finished syscall's timings (``results/N.json``'s ``latency_s`` and
+        # ``time_to_first_token_s``), so a dashboard sees them without reading every result
+        self.latency_s: float | None = None
+        self.ttft_s: float | None = None
         self.changed = ChangeSignal()
 
     # ---- results ----------------------------------------------------------------------------
@@ -93,9 +97,13 @@ class Agent:
     def record_finish(self, result: Result) -> list[int]:
         """Count a finished result; returns the ids of the old results it pushed out."""
         self.counts[result.state.value] += 1
+        self._record_timings(result)
         if result.error is not None:
             self.record_error("syscall", result.error, result.errno, result.id)
         return self._trim_results()
+
+    def _record_timings(self, result: Result) -> None:
+        self.latency_s, self.ttft_s = result.latency_s, result.ttft_s
 
     def adopt(self, result: Result) -> None:
         """Take back a result the journal kept (the next mount after a crash or an unmount):
@@ -106,6 +114,7 @@ class Agent:
             self._undelivered[result.id] = result
         if result.finished:
             self.counts[result.state.value] += 1
+            self._record_timings(result)
 
     def record_error(self, source: str, message: str, code: int, result: int | None = None) -> None:
         """Remember the latest failure, so that a client told only "Invalid argument" by a
@@ -160,6 +169,8 @@ class Agent:
             "syscalls": self.next_id - 1,
             "tokens_in": self.tokens_in,
             "tokens_out": self.tokens_out,
+            "latency_s": self.latency_s,
+            "ttft_s": self.ttft_s,
             "tool_calls": self.tool_calls,
             "history_turns": self.conversation.turns,
             "results_kept": sum(1 for r in self.results.values() if r.finished),

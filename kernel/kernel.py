@@ -121,7 +121,7 @@ log = logging.getLogger(__name__)
 
 PUBLIC_STATUS = frozenset(
     {"name", "state", "uid", "queued", "running", "done", "failed", "cancelled", "syscalls",
-     "tokens_in", "tokens_out"}
+     "tokens_in", "tokens_out", "latency_s", "ttft_s"}
 )  # fmt: skip
 """The parts of an agent's status that sys/status shows every user."""
 

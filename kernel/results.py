@@ -168,10 +168,18 @@ class Result:
             text = call.messages[-1].content
         return text if len(text) <= limit else text[: limit - 1] + "…"
 
+    @property
+    def latency_s(self) -> float | None:
+        """Seconds from submission to the end; ``None`` until it ends."""
+        return None if not self.finished_at else round(self.finished_at - self.created, 4)
+
+    @property
+    def ttft_s(self) -> float | None:
+        """Seconds from submission to the first generated token; ``None`` before one."""
+        return None if not self.first_token else round(self.first_token - self.created, 4)
+
     def meta(self) -> dict[str, Any]:
         """What ``results/N.json`` shows: everything about the syscall except its text."""
-        latency = self.finished_at - self.created if self.finished_at else None
-        ttft = self.first_token - self.created if self.first_token else None
         return {
             "id": self.id,
             "agent": self.agent,
@@ -188,8 +196,8 @@ class Result:
             "created": self.created,
             "started": self.started,
             "finished": self.finished_at,
-            "time_to_first_token_s": None if ttft is None else round(ttft, 4),
-            "latency_s": None if latency is None else round(latency, 4),
+            "time_to_first_token_s": self.ttft_s,
+            "latency_s": self.latency_s,
             "delivered": self.delivered,
             "sources": self.sources,
             "tools": list(getattr(self.syscall, "tools", ())),  # offered to the model

@@ -6,7 +6,7 @@ cd "$(dirname "$0")/.."
 
 VENV=${AIOSFS_VENV:-.venv}
 PY=${PYTHON:-python3}
-DEBS="fuse3 libfuse3-dev pkg-config git rsync sqlite3 attr tar perl g++ cmake ninja-build golang-go nodejs"
+DEBS="fuse3 libfuse3-dev pkg-config git rsync sqlite3 attr tar perl g++ cmake ninja-build golang-go nodejs tmux"
 # Packages wanted only for one command (the Go and Node.js clients in mount_examples/): where that
 # command is already on PATH (Node.js from NodeSource or nvm, Go from go.dev), it is used as it is
 # rather than installed over.
