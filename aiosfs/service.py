@@ -121,8 +121,11 @@ class Unit:
     def systemctl(self, *args: str) -> list[str]:
         return ["systemctl", *(["--user"] if self.scope == "user" else []), *args]
 
-    def start_commands(self) -> list[list[str]]:
-        return [self.systemctl("daemon-reload"), self.systemctl("enable", "--now", self.name)]
+    def start_commands(self, rewritten: bool = False) -> list[list[str]]:
+        """Load the unit, enable it for boot and start it; a unit ``rewritten`` over one that
+        may be running is restarted, since ``enable --now`` leaves a running unit as it was."""
+        commands = [self.systemctl("daemon-reload"), self.systemctl("enable", "--now", self.name)]
+        return commands + ([self.systemctl("restart", self.name)] if rewritten else [])
 
     def stop_commands(self) -> list[list[str]]:
         return [self.systemctl("disable", "--now", self.name)]
@@ -206,6 +209,7 @@ def linger_command(scope: Scope) -> list[str] | None:
 def install(unit: Unit, write: bool = True) -> tuple[bool, str]:
     """Write ``unit`` and, where systemd runs, enable and start it. Returns whether it was
     started, and what to tell the user (the commands to run where it was not)."""
+    rewritten = unit.path.exists()
     if write:
         try:
             unit.path.parent.mkdir(parents=True, exist_ok=True)
@@ -217,8 +221,9 @@ def install(unit: Unit, write: bool = True) -> tuple[bool, str]:
     linger = linger_command(unit.scope)
     at_boot = "to start it at boot, before you log in"
     if write and systemd_running():
-        run_systemctl(unit.start_commands())
-        lines = [f"installed {unit.path} and started {unit.name}"]
+        run_systemctl(unit.start_commands(rewritten))
+        done = "restarted" if rewritten else "started"
+        lines = [f"installed {unit.path} and {done} {unit.name}"]
         if linger:
             lines.append(f"{at_boot}, run once: {shlex.join(linger)}")
         return True, "\n".join(lines)
@@ -227,7 +232,7 @@ def install(unit: Unit, write: bool = True) -> tuple[bool, str]:
         head += "nothing was started. On a machine with systemd, start it with:"
     else:
         head = f"wrote nothing (--print); to install it as {unit.path}, then run:"
-    lines = [head, *(f"  {shlex.join(c)}" for c in unit.start_commands())]
+    lines = [head, *(f"  {shlex.join(c)}" for c in unit.start_commands(rewritten))]
     if linger:
         lines.append(f"  {shlex.join(linger)}   # {at_boot}")
     return False, "\n".join(lines)

@@ -16,7 +16,11 @@ say() { printf 'install: %s\n' "$*" >&2; }
 # on 2 cores) and keeps the wheel in its cache, so later installs take seconds. pip -q would be
 # silent for those minutes; this shows the compiler's progress in tenths instead.
 install_llama_cpp() {
-    if "$VENV/bin/python" -m pip show -q "${LLAMA_CPP%%==*}" 2>/dev/null | grep -q "^Version: ${LLAMA_CPP##*==}$"; then
+    # The installed version, read whole (grep -q would stop reading, and under pipefail pip's
+    # broken pipe failed the check: every install compiled again); pip show -q prints nothing.
+    local have
+    have=$("$VENV/bin/python" -m pip show "${LLAMA_CPP%%==*}" 2>/dev/null | sed -n 's/^Version: //p' || true)
+    if [ "$have" = "${LLAMA_CPP##*==}" ]; then
         return
     fi
     say "installing $LLAMA_CPP (first time: compiles llama.cpp, about 6 minutes on 2 cores)"

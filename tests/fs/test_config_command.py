@@ -5,42 +5,29 @@ tests/fs/test_service.py, whose unit reads its variables from the service's env 
 from __future__ import annotations
 
 import json
-import os
-import subprocess
-import sys
 from pathlib import Path
 
-from tests.mounting import ROOT
+from tests.fs.conftest import Cli
 
 
-def aiosfs(env: dict[str, str], *args: str) -> subprocess.CompletedProcess[str]:
-    clean = {k: v for k, v in os.environ.items() if not k.startswith(("XDG_", "AIOSFS_"))}
-    return subprocess.run(
-        [sys.executable, "-m", "aiosfs", *args],
-        capture_output=True,
-        text=True,
-        env={**clean, "PYTHONPATH": str(ROOT), **env},
-        timeout=60,
-    )
-
-
-def test_table_and_json_show_every_source(tmp_path: Path) -> None:
+def test_table_and_json_show_every_source(cli: Cli, tmp_path: Path) -> None:
     file = tmp_path / "aiosfs.toml"
     file.write_text('[kernel]\nscheduler = "rr"\nquantum = 8\nmax_running = 16\n')
-    env = {"AIOSFS_QUANTUM": "12", "AIOSFS_MAX_RUNNING": "6", "HOME": str(tmp_path)}
+    env = {"AIOSFS_QUANTUM": "12", "AIOSFS_MAX_RUNNING": "6"}
     args = ("config", "--config", str(file), "--max-running", "3")
-    done = aiosfs(env, *args, "--json")
-    assert done.returncode == 0, done.stderr
-    settings = json.loads(done.stdout)
+    code, out, err = cli(*args, "--json", **env)
+    assert code == 0, err
+    settings = json.loads(out)
     assert settings["scheduler"] == {"value": "rr", "source": f"file {file}"}
     assert settings["quantum"] == {"value": 12, "source": "environment AIOSFS_QUANTUM"}
     assert settings["max_running"] == {"value": 3, "source": "flag --max-running"}
     assert settings["step_tokens"] == {"value": 256, "source": "default"}
-    assert settings["data_dir"]["value"] == str(tmp_path / ".local/share/aiosfs")
+    assert settings["data_dir"] == {"value": str(tmp_path / ".local/share/aiosfs"),
+                                    "source": "default"}  # fmt: skip
 
-    table = aiosfs(env, *args)
-    assert table.returncode == 0, table.stderr
-    lines = table.stdout.splitlines()
+    code, out, err = cli(*args, **env)
+    assert code == 0, err
+    lines = out.splitlines()
     assert lines[0].split() == ["setting", "value", "source"]
     rows = {line.split()[0]: line.split(None, 2)[1:] for line in lines[1:]}
     assert rows["scheduler"] == ["rr", f"file {file}"]
@@ -49,11 +36,11 @@ def test_table_and_json_show_every_source(tmp_path: Path) -> None:
     assert set(rows) == set(settings)  # the same settings, every one of them
 
 
-def test_bad_values_exit_1_naming_where_they_came_from(tmp_path: Path) -> None:
-    done = aiosfs({"AIOSFS_MAX_RUNNING": "lots"}, "config")
-    assert done.returncode == 1
-    assert done.stderr.strip() == "aiosfs: AIOSFS_MAX_RUNNING must be an integer, not 'lots'"
-    done = aiosfs({}, "config", "--config", str(tmp_path / "none.toml"))
-    assert done.returncode == 1 and "cannot read config" in done.stderr
-    done = aiosfs({}, "config", "--core", "gpu")
-    assert done.returncode == 2 and "invalid choice" in done.stderr
+def test_bad_values_exit_1_naming_where_they_came_from(cli: Cli, tmp_path: Path) -> None:
+    code, _, err = cli("config", AIOSFS_MAX_RUNNING="lots")
+    assert code == 1
+    assert err.strip() == "aiosfs: AIOSFS_MAX_RUNNING must be an integer, not 'lots'"
+    code, _, err = cli("config", "--config", str(tmp_path / "none.toml"))
+    assert code == 1 and "cannot read config" in err
+    code, _, err = cli("config", "--core", "gpu")
+    assert code == 2 and "invalid choice" in err

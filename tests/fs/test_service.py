@@ -24,15 +24,19 @@ from pathlib import Path
 import pytest
 
 from aiosfs.harness import LogWatch, is_mounted
-from aiosfs.service import escape_path
+from aiosfs.service import escape_path, unit_name
 from kernel.llm.models import default_cache_dir
+from tests.fs.conftest import Cli
 from tests.mounting import ROOT, require_fuse
 
 Unit = dict[str, list[tuple[str, str]]]
+MODEL_CACHE = default_cache_dir()
+"""The machine's model cache, read before a test's fixture gives it a home of its own."""
 
 
 def aiosfs(home: Path, *args: str) -> subprocess.CompletedProcess[str]:
-    """The command as a user runs it, with ``home`` as their home (and nothing of ours)."""
+    """The command as a user runs it, in a process of its own, with ``home`` as their home
+    (and no XDG_ or AIOSFS_ variables of ours)."""
     env = {k: v for k, v in os.environ.items() if not k.startswith(("XDG_", "AIOSFS_"))}
     env.update(HOME=str(home), PYTHONPATH=str(ROOT))
     return subprocess.run(
@@ -135,10 +139,9 @@ def test_escape_is_systemd_escape() -> None:
 
 
 @pytest.mark.mount
-def test_install_runs_as_the_unit_says_and_uninstall_removes_it(tmp_path: Path) -> None:
+def test_install_runs_as_the_unit_says_and_uninstall_removes_it(cli: Cli, tmp_path: Path) -> None:
     require_fuse()
-    home, data = tmp_path / "home", tmp_path / "data"
-    home.mkdir()
+    home, data = cli.home, tmp_path / "data"
     mnt = home / "my mnt"  # a space: the unit's quoting is exercised, not only its words
     config = tmp_path / "aiosfs.toml"
     config.write_text('[kernel]\nstore_embedder = "hashing"\n')
@@ -175,10 +178,10 @@ def test_install_runs_as_the_unit_says_and_uninstall_removes_it(tmp_path: Path) 
     # --model overrides (flags win over the environment)
     env_file = home / ".config" / "aiosfs" / "service.env"
     env_file.parent.mkdir()
-    env_file.write_text(f"# for aiosfs.service\nAIOSFS_CACHE={default_cache_dir()}\n"
+    env_file.write_text(f"# for aiosfs.service\nAIOSFS_CACHE={MODEL_CACHE}\n"
                         "AIOSFS_SCHEDULER=fair\nAIOSFS_MODEL=no-such-model\n")  # fmt: skip
     env = unit_environment(unit, home)
-    assert env["AIOSFS_CACHE"] == str(default_cache_dir())
+    assert env["AIOSFS_CACHE"] == str(MODEL_CACHE)
     env["PYTHONPATH"] = str(ROOT)  # the unit's interpreter runs this tree's code
     notify = NotifySocket(tmp_path / "notify")
     env["NOTIFY_SOCKET"] = str(notify.path)
@@ -224,35 +227,45 @@ def test_install_runs_as_the_unit_says_and_uninstall_removes_it(tmp_path: Path) 
             proc.wait()
         subprocess.run(["fusermount3", "-u", "-z", str(mnt)], capture_output=True, check=False)
 
-    gone = aiosfs(home, "service", "uninstall", "--mountpoint", str(mnt))
-    assert gone.returncode == 0, gone.stderr
-    assert "removed" in gone.stderr and not path.exists()
-    again = aiosfs(home, "service", "uninstall", "--mountpoint", str(mnt))
-    assert again.returncode == 1 and "no unit for this mount point" in again.stderr
+    code, _, err = cli("service", "uninstall", "--mountpoint", str(mnt))
+    assert code == 0 and "removed" in err and not path.exists(), err
+    code, _, err = cli("service", "uninstall", "--mountpoint", str(mnt))
+    assert code == 1 and "no unit for this mount point" in err
 
 
-def test_print_writes_nothing_and_system_units_start_at_boot(tmp_path: Path) -> None:
-    done = aiosfs(tmp_path, "service", "install", "--system", "--print", "--model", "tiny-random")
-    assert done.returncode == 0, done.stderr
-    unit = parse_unit(done.stdout)
+def test_print_writes_nothing_and_system_units_start_at_boot(cli: Cli, tmp_path: Path) -> None:
+    code, out, err = cli("service", "install", "--system", "--print", "--model", "tiny-random")
+    assert code == 0, err
+    unit = parse_unit(out)
     assert one(unit, "Install", "WantedBy") == "multi-user.target"
     start = command(one(unit, "Service", "ExecStart"))
     assert start[4] == str(tmp_path / "aiosfs") and "--model" in start  # the default mount point
-    assert "systemctl enable --now" in done.stderr and "--user" not in done.stderr
+    assert "systemctl enable --now" in err and "--user" not in err
     assert not (tmp_path / ".config").exists()
-    assert not Path(
-        "/etc/systemd/system", f"aiosfs-{escape_path(str(tmp_path))}-aiosfs.service"
-    ).exists()
+    assert not Path("/etc/systemd/system", unit_name(str(tmp_path / "aiosfs"))).exists()
+    code, out, err = cli("service", "uninstall", "--system", "--print")
+    assert (
+        code == 0 and "systemctl disable --now" in err and "rm '/etc/systemd/system/aiosfs-" in err
+    )
 
 
-def test_bad_input_is_refused_before_anything_is_written(tmp_path: Path) -> None:
-    missing = aiosfs(tmp_path, "service", "install", "--config", str(tmp_path / "nope.toml"))
-    assert missing.returncode == 1 and "cannot read config" in missing.stderr
-    bad = aiosfs(tmp_path, "service", "install", "--max-running", "0")
-    assert bad.returncode == 1 and "--max-running: max_running must be" in bad.stderr
+def test_install_again_restarts_and_bad_input_is_refused(cli: Cli, tmp_path: Path) -> None:
+    assert cli("service", "install")[0] == 0
+    code, _, err = cli("service", "install", "--model", "tiny-random")  # a new definition
+    assert code == 0 and "systemctl --user restart" in err, err
+    code, _, err = cli("service", "install", "--config", str(tmp_path / "nope.toml"))
+    assert code == 1 and "cannot read config" in err
+    code, _, err = cli("service", "install", "--max-running", "0")
+    assert code == 1 and "--max-running: max_running must be" in err
+    code, _, err = cli("service", "install", "--max-tasks", "3")
+    assert code == 1 and "--max-tasks must be at least" in err
     (tmp_path / "file").write_text("")
-    notdir = aiosfs(tmp_path, "service", "install", "--mountpoint", str(tmp_path / "file"))
-    assert notdir.returncode == 1 and "is not a directory" in notdir.stderr
-    assert not (tmp_path / ".config").exists()
-    both = aiosfs(tmp_path, "service", "install", "--user", "--system")
-    assert both.returncode == 2 and "not allowed with" in both.stderr
+    code, _, err = cli("service", "install", "--mountpoint", str(tmp_path / "file"))
+    assert code == 1 and "is not a directory" in err
+    code, _, err = cli("service", "install", "--user", "--system")
+    assert code == 2 and "not allowed with" in err
+    code, _, err = cli("service", "uninstall", "--mountpoint", str(tmp_path / "elsewhere"))
+    assert code == 1 and "no unit for this mount point" in err
+    assert f"installed: {unit_name(str(tmp_path / 'aiosfs'))}" in err
+    units = list((tmp_path / ".config" / "systemd" / "user").iterdir())
+    assert [u.name for u in units] == [unit_name(str(tmp_path / "aiosfs"))]  # refused: none
