@@ -17,10 +17,15 @@ import subprocess
 import sys
 import time
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
+
+import shtab
 
 from kernel import __version__
 from kernel.llm.scheduler import POLICIES
+
+if TYPE_CHECKING:
+    from kernel.config import KernelConfig, LoadedConfig
 
 EXIT_USAGE = 2
 MAX_TASKS = 4096
@@ -29,6 +34,8 @@ or ``stream`` holds one until it is answered, and when all are held nothing else
 even the write that would answer them), so ``--max-tasks`` must exceed the blocked readers."""
 MIN_TASKS = 16
 """Fewer leave too few for the requests that release the blocked ones."""
+DEFAULT_MOUNTPOINT = "~/aiosfs"
+"""Where ``aiosfs service install`` mounts unless told (a folder of its own in your home)."""
 
 
 def fail(message: str, code: int = 1) -> int:
@@ -45,30 +52,9 @@ def build_parser() -> argparse.ArgumentParser:
     sub = p.add_subparsers(dest="command", required=True)
 
     m = sub.add_parser("mount", help="start the kernel and mount it at MOUNTPOINT")
-    m.add_argument("mountpoint")
+    m.add_argument("mountpoint").complete = shtab.DIRECTORY  # type: ignore[attr-defined]
     m.add_argument("--foreground", "-f", action="store_true", help="serve in this process")
-    m.add_argument("--config", type=Path, help="TOML file with a [kernel] table")
-    m.add_argument("--model", help="default model: smollm2, tiny-random, a folder or .gguf")
-    m.add_argument("--data-dir", type=Path, help="where state and the log live")
-    m.add_argument("--scheduler", help=f"scheduling policy: {', '.join(POLICIES)} (default fifo)")
-    m.add_argument("--threads", type=int, help="threads per model (default: all cores)")
-    m.add_argument(
-        "--core",
-        choices=("auto", "llamacpp", "transformers"),
-        help="what runs the models: llama.cpp for GGUF, transformers otherwise (auto, default)",
-    )
-    m.add_argument("--device", help="where the transformers core runs: cpu (default) or cuda[:N]")
-    m.add_argument(
-        "--gguf-weights",
-        choices=("f16", "native"),
-        help="llama.cpp core: weights dequantised to f16 (default) or the file's quantisation",
-    )
-    m.add_argument("--max-running", type=int, help="sequences decoded together per model")
-    m.add_argument(
-        "--embedder",
-        choices=("minilm", "hashing"),
-        help="store/ search: all-MiniLM-L6-v2 (default) or model-free word hashing",
-    )
+    add_kernel_flags(m)
     m.add_argument("--allow-other", action="store_true", help="let other users use the mount")
     m.add_argument(
         "--max-tasks",
@@ -107,7 +93,7 @@ def build_parser() -> argparse.ArgumentParser:
     t.add_argument("mountpoint", nargs="?", default="mnt", help="the mount (default ./mnt)")
 
     s = sub.add_parser("status", help="a summary of a mounted kernel")
-    s.add_argument("mountpoint")
+    s.add_argument("mountpoint").complete = shtab.DIRECTORY  # type: ignore[attr-defined]
     s.add_argument("--json", action="store_true", help="print sys/status as is")
 
     a = sub.add_parser(
@@ -130,7 +116,129 @@ def build_parser() -> argparse.ArgumentParser:
         help="without --keys: the agent requests run as (default api; AGENT-USER with a "
         "user field)",
     )
+    c = sub.add_parser(
+        "config",
+        help="the settings a mount would use, and where each came from",
+        epilog="Every kernel setting with its value and its source: default, the config "
+        "file, the environment (AIOSFS_KEY) or a flag; each wins over the ones before it.",
+    )
+    add_kernel_flags(c)
+    c.add_argument("--json", action="store_true", help="one JSON object, for scripts")
+
+    svc = sub.add_parser(
+        "service",
+        help="a systemd unit that mounts at boot and unmounts on stop",
+        epilog="install writes a systemd unit for one mount point (a user unit unless "
+        "--system) and, where systemd runs, enables and starts it; uninstall stops it and "
+        "removes it. Without systemd the unit is written and printed with the commands.",
+    )
+    actions = svc.add_subparsers(dest="action", required=True)
+    si = actions.add_parser("install", help="write the unit, enable and start it")
+    su = actions.add_parser("uninstall", help="stop and disable the unit, remove it")
+    for a in (si, su):
+        a.add_argument(
+            "--mountpoint",
+            default=DEFAULT_MOUNTPOINT,
+            help=f"where the service mounts (default {DEFAULT_MOUNTPOINT})",
+        ).complete = shtab.DIRECTORY  # type: ignore[attr-defined]
+        scope = a.add_mutually_exclusive_group()
+        scope.add_argument(
+            "--user",
+            dest="scope",
+            action="store_const",
+            const="user",
+            help="a unit of your own service manager (default)",
+        )
+        scope.add_argument(
+            "--system",
+            dest="scope",
+            action="store_const",
+            const="system",
+            help="a system unit in /etc/systemd/system, run by root",
+        )
+        a.add_argument(
+            "--print", action="store_true", help="print the unit (or the commands); change nothing"
+        )
+    add_kernel_flags(si)
+    si.add_argument("--allow-other", action="store_true", help="let other users use the mount")
+    si.add_argument("--max-tasks", type=int, help=f"FUSE worker tasks (default {MAX_TASKS})")
+
+    comp = sub.add_parser(
+        "completion",
+        help="print the shell completion script for bash or zsh",
+        epilog="bash: source <(aiosfs completion bash), or save it as "
+        "~/.local/share/bash-completion/completions/aiosfs. zsh: save it as _aiosfs in a folder "
+        "of your $fpath.",
+    )
+    comp.add_argument("shell", choices=("bash", "zsh"))
     return p
+
+
+# The kernel settings a flag can give (setting -> flag), for mount, config and service install;
+# every other setting comes from the config file or the environment (kernel.config.load_config).
+KERNEL_FLAGS = {
+    "model": "--model",
+    "data_dir": "--data-dir",
+    "scheduler": "--scheduler",
+    "threads": "--threads",
+    "core": "--core",
+    "gguf_weights": "--gguf-weights",
+    "device": "--device",
+    "max_running": "--max-running",
+    "store_embedder": "--embedder",
+}
+
+
+def add_kernel_flags(p: argparse.ArgumentParser) -> None:
+    """``--config`` and the flags of ``KERNEL_FLAGS``: one definition for every command that
+    loads the kernel's settings, so ``aiosfs config`` takes exactly what ``mount`` does."""
+    p.add_argument(
+        "--config", type=Path, help="TOML file with a [kernel] table"
+    ).complete = shtab.FILE  # type: ignore[attr-defined]
+    p.add_argument("--model", help="default model: smollm2, tiny-random, a folder or .gguf")
+    p.add_argument(
+        "--data-dir", type=Path, help="where state and the log live"
+    ).complete = shtab.DIRECTORY  # type: ignore[attr-defined]
+    p.add_argument("--scheduler", help=f"scheduling policy: {', '.join(POLICIES)} (default fifo)")
+    p.add_argument("--threads", type=int, help="threads per model (default: all cores)")
+    p.add_argument(
+        "--core",
+        choices=("auto", "llamacpp", "transformers"),
+        help="what runs the models: llama.cpp for GGUF, transformers otherwise (auto, default)",
+    )
+    p.add_argument("--device", help="where the transformers core runs: cpu (default) or cuda[:N]")
+    p.add_argument(
+        "--gguf-weights",
+        choices=("f16", "native"),
+        help="llama.cpp core: weights dequantised to f16 (default) or the file's quantisation",
+    )
+    p.add_argument("--max-running", type=int, help="sequences decoded together per model")
+    p.add_argument(
+        "--embedder",
+        choices=("minilm", "hashing"),
+        help="store/ search: all-MiniLM-L6-v2 (default) or model-free word hashing",
+    )
+
+
+def kernel_flag_values(args: argparse.Namespace) -> dict[str, Any]:
+    """Setting -> the value its flag was given (``None``: not given)."""
+    return {key: getattr(args, _dest(flag)) for key, flag in KERNEL_FLAGS.items()}
+
+
+def kernel_flag_argv(args: argparse.Namespace) -> list[str]:
+    """``--config`` and the kernel flags given, as a command line again (paths absolute: the
+    command may run elsewhere, as the daemon does in the background or a service does)."""
+    argv: list[str] = []
+    given = {"--config": args.config}
+    given.update({flag: getattr(args, _dest(flag)) for flag in KERNEL_FLAGS.values()})
+    for flag, value in given.items():
+        if value is not None:
+            argv += [flag, str(Path(value).resolve()) if isinstance(value, Path) else str(value)]
+    return argv
+
+
+def _dest(flag: str) -> str:
+    return flag.lstrip("-").replace("-", "_")
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -152,6 +260,13 @@ def main(argv: list[str] | None = None) -> int:
             from aiosfs.top import main as top_main
 
             return top_main(args.mountpoint)
+        if args.command == "config":
+            return cmd_config(args)
+        if args.command == "service":
+            return cmd_service(args)
+        if args.command == "completion":
+            print(shtab.complete(build_parser(), shell=args.shell), end="")
+            return 0
         return cmd_status(args)
     except KeyboardInterrupt:
         return 130
@@ -187,23 +302,16 @@ def cmd_serve_api(args: argparse.Namespace) -> int:
 # ---- mount ----------------------------------------------------------------------------------
 
 
-def kernel_config(args: argparse.Namespace) -> Any:
-    from kernel.config import KernelConfig
+def load_kernel_config(args: argparse.Namespace) -> LoadedConfig:
+    """The settings for ``mount`` and ``config`` alike: defaults, ``--config``, the
+    environment, the flags (``kernel.config.load_config``)."""
+    from kernel.config import load_config
 
-    overrides = {
-        "model": args.model,
-        "data_dir": args.data_dir,
-        "scheduler": args.scheduler,
-        "threads": args.threads,
-        "core": args.core,
-        "gguf_weights": args.gguf_weights,
-        "device": args.device,
-        "max_running": args.max_running,
-        "store_embedder": args.embedder,
-    }
-    if args.config:
-        return KernelConfig.from_toml(args.config, **overrides)
-    return KernelConfig().with_overrides(**overrides)
+    return load_config(args.config, flags=kernel_flag_values(args), flag_names=KERNEL_FLAGS)
+
+
+def kernel_config(args: argparse.Namespace) -> KernelConfig:
+    return load_kernel_config(args).config
 
 
 def cmd_mount(args: argparse.Namespace) -> int:
@@ -304,22 +412,8 @@ def relay_progress(read_fd: int) -> bool:
 
 def _daemon_argv(args: argparse.Namespace, mountpoint: str, ready_fd: int) -> list[str]:
     argv = ["mount", mountpoint, "--foreground", "--ready-fd", str(ready_fd)]
-    for flag, value in (
-        ("--config", args.config),
-        ("--model", args.model),
-        ("--data-dir", args.data_dir),
-        ("--scheduler", args.scheduler),
-        ("--threads", args.threads),
-        ("--core", args.core),
-        ("--gguf-weights", args.gguf_weights),
-        ("--device", args.device),
-        ("--max-running", args.max_running),
-        ("--embedder", args.embedder),
-        ("--log-level", args.log_level),
-        ("--max-tasks", args.max_tasks),
-    ):
-        if value is not None:
-            argv += [flag, str(Path(value).resolve()) if isinstance(value, Path) else str(value)]
+    argv += kernel_flag_argv(args)
+    argv += ["--log-level", str(args.log_level), "--max-tasks", str(args.max_tasks)]
     if args.allow_other:
         argv.append("--allow-other")
     return argv
@@ -440,3 +534,72 @@ def format_status(st: dict[str, Any]) -> str:
             f"done {a['done']}, failed {a['failed']}"
         )
     return "\n".join(lines)
+
+
+# ---- config ---------------------------------------------------------------------------------
+
+
+def cmd_config(args: argparse.Namespace) -> int:
+    """The settings ``mount`` would start the kernel with (the same loader), with sources."""
+    from kernel.errors import KernelError
+
+    try:
+        rows = load_kernel_config(args).describe()
+    except KernelError as e:
+        return fail(str(e))
+    if args.json:
+        settings = {r["key"]: {"value": r["value"], "source": r["source"]} for r in rows}
+        print(json.dumps(settings, indent=2))
+        return 0
+    shown = [(r["key"], _config_value(r["value"]), r["source"]) for r in rows]
+    width = [max(len(row[i]) for row in [("setting", "value", "source"), *shown]) for i in (0, 1)]
+    for key, value, source in [("setting", "value", "source"), *shown]:
+        print(f"{key:<{width[0]}}  {value:<{width[1]}}  {source}")
+    return 0
+
+
+def _config_value(value: Any) -> str:
+    """A value as a person reads it: text as is, everything else as JSON (true, [], {})."""
+    return value if isinstance(value, str) else json.dumps(value, separators=(", ", ": "))
+
+
+# ---- service --------------------------------------------------------------------------------
+
+
+def cmd_service(args: argparse.Namespace) -> int:
+    from aiosfs import service
+    from kernel.errors import KernelError
+
+    scope: service.Scope = "system" if args.scope == "system" else "user"
+    mountpoint = os.path.abspath(os.path.expanduser(args.mountpoint))
+    if os.path.exists(mountpoint) and not os.path.isdir(mountpoint):
+        return fail(f"mount point {mountpoint} is not a directory")
+    try:
+        mount_args: list[str] = []
+        settings = None
+        if args.action == "install":
+            if args.max_tasks is not None and args.max_tasks < MIN_TASKS:
+                return fail(f"--max-tasks must be at least {MIN_TASKS}, not {args.max_tasks}")
+            # refused now rather than at boot: a config file that does not load, a bad flag
+            settings = load_kernel_config(args).config
+            mount_args = kernel_flag_argv(args)
+            if args.allow_other:
+                mount_args.append("--allow-other")
+            if args.max_tasks is not None:
+                mount_args += ["--max-tasks", str(args.max_tasks)]
+        python = os.path.abspath(sys.executable)  # not resolved: a venv's python is a link
+        unit = service.render_unit(mountpoint, python, mount_args, scope)
+        if args.action == "uninstall":
+            print(f"aiosfs: {service.uninstall(unit, write=not args.print)}", file=sys.stderr)
+            return 0
+        started, note = service.install(unit, write=not args.print)
+    except (service.ServiceError, KernelError) as e:
+        return fail(str(e))
+    if not started:
+        print(unit.text, end="")
+    print(f"aiosfs: {note}", file=sys.stderr)
+    if settings is not None:
+        print(
+            f"aiosfs: its data dir: {settings.data_dir} (`aiosfs config` says why)", file=sys.stderr
+        )
+    return 0

@@ -5,7 +5,8 @@ Life cycle:
 1. check the mount point, build the kernel and the filesystem, ``pyfuse3.init`` (mounts, with
    ``auto_unmount`` so a killed daemon leaves no dead mount behind);
 2. start the engines (models load in their threads while the mount already answers ``ls``),
-   report progress to the launcher on ``ready_fd`` until every model is loaded;
+   report progress to the launcher on ``ready_fd`` until every model is loaded, and to systemd
+   (``READY=1`` then, when a ``Type=notify`` unit started it: ``aiosfs.sdnotify``);
 3. serve until unmounted, or until SIGINT/SIGTERM: then fail unfinished syscalls and wake
    every blocked reader with an error, let those replies go out, and leave the FUSE loop
    (SIGHUP re-reads the config file's ``[models.NAME]`` tables instead: ``Kernel.reload``);
@@ -33,6 +34,7 @@ import trio
 
 from aiosfs.fs import AiosFS
 from aiosfs.mountpoint import check_mountpoint
+from aiosfs.sdnotify import Notifier
 from kernel import Kernel, KernelConfig
 from kernel.errors import KernelError
 
@@ -52,13 +54,16 @@ class DaemonOptions:
 
 
 class Reporter:
-    """Progress to the launcher's pipe (or stderr in the foreground)."""
+    """Progress to the launcher's pipe (or stderr in the foreground), and to systemd as the
+    unit's status line (``systemctl status``)."""
 
-    def __init__(self, fd: int | None) -> None:
+    def __init__(self, fd: int | None, systemd: Notifier) -> None:
         self.fd = fd
+        self.systemd = systemd
 
     def say(self, line: str) -> None:
         log.info("%s", line)
+        self.systemd.notify(f"STATUS={line}")
         if self.fd is None:
             print(f"aiosfs: {line}", flush=True, file=sys.stderr)
             return
@@ -164,6 +169,7 @@ async def _report_loading(kernel: Kernel, reporter: Reporter, failed: trio.Event
         if not pending:
             info = ", ".join(_loaded(n, e.info()) for n, e in kernel.engines.items())
             reporter.say(f"ready: models loaded: {info}")
+            reporter.systemd.notify("READY=1", f"STATUS=serving; models loaded: {info}")
             reporter.close()
             return
         await trio.sleep(0.25)
@@ -178,6 +184,7 @@ async def _serve(opts: DaemonOptions, kernel: Kernel, fs: AiosFS, reporter: Repo
             return
         stopping.set()
         log.info("stopping: %s", reason)
+        reporter.systemd.notify("STOPPING=1", f"STATUS=stopping: {reason}")
         await kernel.shutdown()  # fails unfinished syscalls; blocked readers wake with an error
         await trio.sleep(0.1)  # let their replies go out before the session closes
         pyfuse3.terminate()
@@ -191,12 +198,15 @@ async def _serve(opts: DaemonOptions, kernel: Kernel, fs: AiosFS, reporter: Repo
                 await stop(f"signal {signal.Signals(signum).name}")
 
     def reload() -> None:
+        # systemd (ExecReload sends the SIGHUP) waits for READY=1 again, whatever the outcome
+        reporter.systemd.notify("RELOADING=1")
         try:
             done = kernel.reload()
         except KernelError as e:
             log.error("SIGHUP: config not reloaded: %s", e.message)
         else:
             log.info("SIGHUP: config reloaded: %s", done)
+        reporter.systemd.notify("READY=1")
 
     async def on_load_failure(failed: trio.Event) -> None:
         nonlocal status
@@ -238,7 +248,7 @@ def run_daemon(opts: DaemonOptions) -> int:
     """
     status = 1
     with contextlib.ExitStack() as stack:
-        reporter = Reporter(opts.ready_fd)
+        reporter = Reporter(opts.ready_fd, Notifier.from_environment())
         stack.callback(reporter.close)
         mountpoint = check_mountpoint(opts.mountpoint)
         kernel = Kernel(opts.config, config_loader=opts.config_loader)

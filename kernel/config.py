@@ -1,14 +1,21 @@
-"""Kernel-wide settings, from defaults, an optional TOML file and command-line overrides."""
+"""Kernel-wide settings and where each came from: defaults, a TOML file, the environment, flags.
+
+``load_config`` is the one place the layers meet (each wins over the one before it), and it
+records the source of every value: ``aiosfs mount`` starts the kernel with what it returns and
+``aiosfs config`` prints the same result, so the two cannot disagree.
+"""
 
 from __future__ import annotations
 
+import dataclasses
 import os
 import re
 import tomllib
+import typing
 from collections.abc import Mapping
 from dataclasses import dataclass, field, fields, replace
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 from kernel.access import Capabilities, parse_groups
 from kernel.errors import InvalidArgument
@@ -19,8 +26,11 @@ from kernel.llm.scheduler import POLICIES
 from kernel.tools.mcp import McpServerConfig, parse_mcp_servers
 
 
-def default_data_dir() -> Path:
-    base = os.environ.get("XDG_DATA_HOME") or os.path.expanduser("~/.local/share")
+def default_data_dir(environ: Mapping[str, str] | None = None) -> Path:
+    """``$XDG_DATA_HOME/aiosfs`` (``~/.local/share/aiosfs``); ``environ`` is ``os.environ``
+    unless given."""
+    env = os.environ if environ is None else environ
+    base = env.get("XDG_DATA_HOME") or os.path.expanduser("~/.local/share")
     return Path(base) / "aiosfs"
 
 
@@ -82,24 +92,10 @@ class KernelConfig:
 
     @classmethod
     def from_toml(cls, path: Path, **overrides: Any) -> KernelConfig:
-        """Read ``[kernel]`` from a TOML file (keys as in this class), then apply overrides."""
-        try:
-            with open(path, "rb") as f:
-                data = tomllib.load(f)
-        except (OSError, tomllib.TOMLDecodeError) as e:
-            raise InvalidArgument(f"cannot read config {path}: {e}") from None
-        section = dict(data.get("kernel", data))
-        section.pop("mcp", None)  # a file without a [kernel] table: its [mcp] is not a setting
-        section.pop("groups", None)
-        section.pop("models", None)
-        section["groups"] = parse_groups(data.get("groups"))
-        section["models"] = parse_models(data.get("models"))
-        mcp = data.get("mcp", {})
-        if not isinstance(mcp, dict) or set(mcp) - {"servers"}:
-            raise InvalidArgument("[mcp] holds only [mcp.servers.NAME] tables")
-        section["mcp_servers"] = parse_mcp_servers(mcp.get("servers"))
-        given = {k: v for k, v in overrides.items() if v is not None}  # flags win
-        return cls().with_overrides(**{**section, **given})
+        """Read ``[kernel]`` from a TOML file (keys as in this class), then apply overrides
+        (``None`` is an override not given). The environment is not read: ``load_config`` is
+        the whole layering."""
+        return load_config(path, flags=overrides, environ={}).config
 
     def with_overrides(self, **values: Any) -> KernelConfig:
         known = {f.name: f for f in fields(self)}
@@ -181,3 +177,186 @@ def protected_paths(value: Any) -> tuple[str, ...]:
             raise InvalidArgument(f"store_protected: {path!r} may not contain '.' or '..'")
         kept.append("/".join(parts))
     return tuple(dict.fromkeys(kept))
+
+
+# ---- the layers: default < file < environment < flag ------------------------------------------
+
+ENV_PREFIX = "AIOSFS_"
+"""A setting ``KEY`` in the environment is ``AIOSFS_KEY`` (``AIOSFS_MAX_RUNNING=8``)."""
+ENV_NAMES = {"cache_dir": "AIOSFS_CACHE"}
+"""The exceptions: ``cache_dir`` keeps the name it had before there was an environment layer."""
+FILE_ONLY = frozenset({"mcp_servers", "models", "groups"})
+"""Tables: only a config file can hold them, so they have no environment variable."""
+SECRET = "(redacted)"
+
+SourceKind = Literal["default", "file", "environment", "flag"]
+
+
+@dataclass(frozen=True)
+class Source:
+    """Where one setting's value came from. ``where`` is the file's path, the variable's name
+    or the flag; for a default, the variable it follows (``XDG_DATA_HOME``), if any."""
+
+    kind: SourceKind
+    where: str = ""
+
+    def __str__(self) -> str:
+        if not self.where:
+            return self.kind
+        if self.kind == "default":
+            return f"default (${self.where})"
+        return f"{self.kind} {self.where}"
+
+
+@dataclass(frozen=True)
+class LoadedConfig:
+    """The effective settings and, for every setting, the layer its value came from."""
+
+    config: KernelConfig
+    sources: Mapping[str, Source]
+
+    def describe(self) -> list[dict[str, Any]]:
+        """Every setting as ``{"key", "value", "source"}`` with a JSON value, secrets redacted
+        (``aiosfs config``): the values of MCP servers' ``env`` (that is how secrets reach
+        them) and the credentials in URLs. An API key itself is never in the configuration,
+        only the variable or the file it is read from."""
+        return [
+            {
+                "key": f.name,
+                "value": _shown(getattr(self.config, f.name)),
+                "source": str(self.sources[f.name]),
+            }
+            for f in fields(self.config)
+        ]
+
+
+def env_var(key: str) -> str:
+    """The environment variable that sets ``key``."""
+    return ENV_NAMES.get(key, ENV_PREFIX + key.upper())
+
+
+def load_config(
+    file: Path | None = None,
+    flags: Mapping[str, Any] | None = None,
+    flag_names: Mapping[str, str] | None = None,
+    environ: Mapping[str, str] | None = None,
+) -> LoadedConfig:
+    """The settings from the defaults, then ``file`` (a TOML file), then the environment
+    (``environ``, ``os.environ`` unless given), then ``flags`` (key to value, ``None`` for a
+    flag not given, spelled as in ``flag_names`` in the report): each layer wins over the ones
+    before it. A bad value is InvalidArgument naming its layer (the file, the variable, the
+    flag), since each layer is checked as it is applied."""
+    env = os.environ if environ is None else environ
+    config = KernelConfig(data_dir=default_data_dir(env), cache_dir=default_cache_dir(env))
+    sources: dict[str, Source] = {f.name: Source("default") for f in fields(config)}
+    if env.get("XDG_DATA_HOME"):
+        sources["data_dir"] = Source("default", "XDG_DATA_HOME")
+    if env.get("XDG_CACHE_HOME"):
+        sources["cache_dir"] = Source("default", "XDG_CACHE_HOME")
+    if file is not None:
+        values = read_config_file(file)
+        config = _apply(config, values, f"config {file}")
+        sources.update(dict.fromkeys(values, Source("file", str(file))))
+    hints = typing.get_type_hints(KernelConfig)
+    for f in fields(config):
+        var = env_var(f.name)
+        text = env.get(var)
+        if f.name in FILE_ONLY or not text:  # an empty variable is one not set
+            continue
+        config = _apply(config, {f.name: _from_text(hints[f.name], text, var)}, var)
+        sources[f.name] = Source("environment", var)
+    names = flag_names or {}
+    for key, value in (flags or {}).items():
+        if value is None:
+            continue
+        flag = names.get(key, "--" + key.replace("_", "-"))
+        config = _apply(config, {key: value}, flag)
+        sources[key] = Source("flag", flag)
+    return LoadedConfig(config, sources)
+
+
+def read_config_file(path: Path) -> dict[str, Any]:
+    """The settings a TOML file gives: its ``[kernel]`` table (or, without one, its top-level
+    keys) and the ``[mcp.servers.NAME]``, ``[groups.NAME]`` and ``[models.NAME]`` tables,
+    parsed; only the keys the file has."""
+    try:
+        with open(path, "rb") as f:
+            data = tomllib.load(f)
+    except (OSError, tomllib.TOMLDecodeError) as e:
+        raise InvalidArgument(f"cannot read config {path}: {e}") from None
+    section = dict(data.get("kernel", data))
+    section.pop("mcp", None)  # a file without a [kernel] table: its [mcp] is not a setting
+    section.pop("groups", None)
+    section.pop("models", None)
+    try:
+        if "groups" in data:
+            section["groups"] = parse_groups(data["groups"])
+        if "models" in data:
+            section["models"] = parse_models(data["models"])
+        if "mcp" in data:
+            mcp = data["mcp"]
+            if not isinstance(mcp, dict) or set(mcp) - {"servers"}:
+                raise InvalidArgument("[mcp] holds only [mcp.servers.NAME] tables")
+            section["mcp_servers"] = parse_mcp_servers(mcp.get("servers"))
+    except InvalidArgument as e:
+        raise InvalidArgument(f"config {path}: {e.message}") from None
+    return section
+
+
+def _apply(config: KernelConfig, values: Mapping[str, Any], layer: str) -> KernelConfig:
+    """``config`` with ``values``, checked whole; a mistake names ``layer``. The layers before
+    were valid, so what fails is this layer's doing (or its mix with them)."""
+    try:
+        return config.with_overrides(**values)
+    except InvalidArgument as e:
+        raise InvalidArgument(f"{layer}: {e.message}") from None
+
+
+_TRUE = ("1", "true", "yes", "on")
+_FALSE = ("0", "false", "no", "off")
+
+
+def _from_text(hint: Any, text: str, var: str) -> Any:
+    """An environment variable's text as the setting's type: ``true``/``false`` (or 1/0,
+    yes/no, on/off), numbers, a comma-separated list, and for ``tool_dirs`` folders separated
+    by ``:`` as in ``PATH``."""
+    if hint is bool:
+        if text.lower() in _TRUE + _FALSE:
+            return text.lower() in _TRUE
+        raise InvalidArgument(f"{var} must be true or false, not {text!r}")
+    if hint is int or hint is float:
+        try:
+            return hint(text)
+        except ValueError:
+            kind = "an integer" if hint is int else "a number"
+            raise InvalidArgument(f"{var} must be {kind}, not {text!r}") from None
+    if typing.get_origin(hint) is tuple:
+        (item, _dots) = typing.get_args(hint)
+        sep = os.pathsep if item is Path else ","
+        return [part.strip() for part in text.split(sep) if part.strip()]
+    return text  # str and Path: as given (with_overrides expands ~ in a path)
+
+
+_URL_CREDENTIALS = re.compile(r"(?<=://)[^/@\s]+@")
+
+
+def _shown(value: Any, key: str = "") -> Any:
+    """``value`` as JSON (paths as strings, tuples as lists, dataclasses as objects), with the
+    values of an ``env`` table and the credentials of URLs replaced by ``(redacted)``."""
+    if dataclasses.is_dataclass(value) and not isinstance(value, type):
+        return {
+            f.name: _shown(getattr(value, f.name), f.name)
+            for f in fields(value)
+            if f.name != "name"  # a [models.NAME] table's name is its key already
+        }
+    if isinstance(value, Mapping):
+        if key == "env":
+            return dict.fromkeys(value, SECRET)
+        return {str(k): _shown(v) for k, v in value.items()}
+    if isinstance(value, tuple | list):
+        return [_shown(v, key) for v in value]
+    if isinstance(value, Path):
+        return str(value)
+    if isinstance(value, str):
+        return _URL_CREDENTIALS.sub(f"{SECRET}@", value)
+    return value

