@@ -339,7 +339,9 @@ class SyscallHandle(AgentHandle):
         self.current: Result | None = None
         self.cursor = 0
 
-    async def write(self, off: int, buf: bytes) -> int:
+    def _take(self, buf: bytes) -> None:
+        """Add ``buf`` to what this descriptor will submit: refused after a failed write, and
+        EFBIG past the size limit (the bytes are dropped)."""
         if self.failed:
             raise pyfuse3.FUSEError(self.failed)
         limit = self.kernel.limits.max_bytes
@@ -349,6 +351,9 @@ class SyscallHandle(AgentHandle):
                 f"syscall of at least {size} bytes is over the {limit}-byte limit", errno.EFBIG
             )
         self.pending += buf
+
+    async def write(self, off: int, buf: bytes) -> int:
+        self._take(buf)
         if not is_incomplete(bytes(self.pending)):
             try:
                 self.kernel.check_syscall(bytes(self.pending))
@@ -460,15 +465,7 @@ class CallHandle(SyscallHandle):
     async def write(self, off: int, buf: bytes) -> int:
         if not self.readable:
             return await super().write(off, buf)
-        if self.failed:
-            raise pyfuse3.FUSEError(self.failed)
-        limit = self.kernel.limits.max_bytes
-        if len(self.pending) + len(buf) > limit:
-            size = len(self.pending) + len(buf)
-            self._fail(
-                f"syscall of at least {size} bytes is over the {limit}-byte limit", errno.EFBIG
-            )
-        self.pending += buf  # checked at submission: its errors are answered, as JSON
+        self._take(buf)  # checked at submission: its errors are answered, as JSON
         return len(buf)
 
     def _submit(self) -> None:

@@ -317,11 +317,11 @@ def op_create(path: bytes, flags: int, mode: int) -> None:
     os.close(os.open(path, flags, mode))
 
 
-def op_write(path: bytes, flags: int, mode: int, offset: int, data: bytes) -> int:
-    """open, one pwrite, close; when the write fails, the close may fail only the same way."""
-    fd = os.open(path, flags, mode)
+def write_then_close(fd: int, write: Callable[[], int]) -> int:
+    """Run ``write`` on ``fd`` and close it; when the write fails, the close may fail only the
+    same way."""
     try:
-        n = os.pwrite(fd, data, offset) if data else 0
+        n = write()
     except OSError as e:
         try:
             os.close(fd)
@@ -330,6 +330,12 @@ def op_write(path: bytes, flags: int, mode: int, offset: int, data: bytes) -> in
         raise
     os.close(fd)
     return n
+
+
+def op_write(path: bytes, flags: int, mode: int, offset: int, data: bytes) -> int:
+    """open, one pwrite, close."""
+    fd = os.open(path, flags, mode)
+    return write_then_close(fd, lambda: os.pwrite(fd, data, offset) if data else 0)
 
 
 def op_read(path: bytes, offset: int, size: int) -> bytes:
@@ -351,16 +357,7 @@ def op_ftruncate(path: bytes, size: int) -> None:
 def op_control(path: str, data: bytes, flags: int) -> None:
     """Write a control file (config, history, ctl) in one write and close it."""
     fd = os.open(path, flags)
-    try:
-        if data:
-            os.write(fd, data)
-    except OSError as e:
-        try:
-            os.close(fd)
-        except OSError as again:
-            assert again.errno == e.errno, f"write failed with {e}, then its close with {again}"
-        raise
-    os.close(fd)
+    write_then_close(fd, lambda: os.write(fd, data) if data else 0)
 
 
 def op_transaction(path: str, body: bytes) -> bytes:
