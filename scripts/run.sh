@@ -70,6 +70,8 @@ echo
 echo "aiosfs is serving at $MNT. Try, in another terminal:"
 echo "  mkdir $MNT/agents/me; echo 'Tell me a joke' > $MNT/agents/me/syscall; cat $MNT/agents/me/out"
 echo "  cat $MNT/sys/status        $AIOSFS status $MNT"
+echo "  $AIOSFS top $MNT             (a live dashboard; q quits)"
+echo "  $AIOSFS serve-api $MNT       (the OpenAI API on 127.0.0.1:8000, docs/openai-api.md)"
 echo "Press Ctrl-C to unmount."
 while mountpoint -q "$MNT"; do
     sleep 1 &
