@@ -259,7 +259,9 @@ class AuditLog:
         """The indexer thread: every ``FLUSH_EVERY_S`` while rows are pending, they go into the
         database in one transaction, the WAL is checkpointed now and then (a checkpoint syncs
         the disk: milliseconds) and a long tail whose lines are all in the database emptied."""
-        while True:
+        # ``close`` sets ``_stop`` and then ``_wake``; the clear below may swallow that wake,
+        # so the loop looks at ``_stop`` again before it waits (else it waits for ever)
+        while not self._stop.is_set():
             self._wake.wait()
             if self._stop.wait(FLUSH_EVERY_S):
                 return

@@ -22,7 +22,7 @@ from pathlib import Path
 import pytest
 
 from aiosfs.harness import eventually
-from tests.mounting import Mount, start_mount, stop_mount
+from tests.mounting import Mount, start_mount, stop_mount, write_config
 
 AGENTS = [f"a{i}" for i in range(4)]
 
@@ -58,8 +58,11 @@ def test_kill_9_in_a_loop_loses_no_accepted_syscall(tmp_path: Path) -> None:
     seed = int(os.environ.get("AIOSFS_CRASH_SEED", str(time.time_ns() % 10**6)))
     rng = random.Random(seed)
     accepted: dict[str, set[str]] = {a: set() for a in AGENTS}
+    # an agent submits ~100 syscalls a round: with the default results_keep (1,000) twenty
+    # rounds would trim the first rounds' results, as retention should; keep them all instead
+    config = write_config(tmp_path, results_keep=1_000_000)
     for rnd in range(rounds + 1):
-        m = start_mount(tmp_path, "tiny-random")
+        m = start_mount(tmp_path, "tiny-random", "--config", config)
         try:
             check_answered(m.path, accepted, f"seed {seed}, round {rnd}")
             if rnd < rounds:
