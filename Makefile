@@ -9,7 +9,7 @@ GO ?= go
 NODE ?= node
 PYTEST_ARGS ?=
 
-.PHONY: install run test faults lint static examples bench soak soak-fs posix clean llama-server crash
+.PHONY: install run test test-long faults lint static examples bench soak soak-fs posix clean llama-server crash
 
 install:
 	@AIOSFS_VENV=$(VENV) scripts/install.sh
@@ -49,6 +49,13 @@ llama-server: install
 test: static examples llama-server
 	AIOSFS_REQUIRE_LLAMA_SERVER=1 $(PY) -m pytest -m "not slow" $(PYTEST_ARGS)
 
+# What `make test` leaves out to stay well under 15 minutes (marked slow): the benchmark's own
+# end-to-end runs (tests/fs/test_bench.py, test_soak.py, tests/test_bench_journal.py and
+# test_bench_remote.py), the transformers core's equivalence on SmolLM2 (its tiny-random twin is
+# in make test) and the longest fault run: about 5 minutes on 2 cores.
+test-long: install examples llama-server
+	AIOSFS_REQUIRE_LLAMA_SERVER=1 $(PY) -m pytest -m slow $(PYTEST_ARGS)
+
 # The fault tests (tests/kernel/test_faults.py, tests/fs/test_faults.py, tests/fs/test_make_run.py),
 # the long ones that `make test` leaves out (marked slow) included: a few minutes on 2 cores.
 faults: install examples
@@ -86,10 +93,13 @@ posix: install
 	@AIOSFS_VENV=$(VENV) scripts/posix.sh $(POSIX_TARGETS)
 
 # kill -9 of the daemon at random moments, CRASH_ROUNDS times on one data dir: every syscall
-# whose close returned must be answered after the remount (tests/fs/test_crash.py; ~5 s a round)
+# whose close returned must be answered after the remount (tests/fs/test_crash.py, 10-20 s a
+# round), and files closed in store/ and mem/ must be there (tests/fs/test_durability.py).
+# make test runs 2 and 3 rounds of them.
 CRASH_ROUNDS ?= 20
 crash: install
-	AIOSFS_CRASH_ROUNDS=$(CRASH_ROUNDS) $(PY) -m pytest -q tests/fs/test_crash.py
+	AIOSFS_CRASH_ROUNDS=$(CRASH_ROUNDS) AIOSFS_DURABILITY_ROUNDS=$(CRASH_ROUNDS) \
+		$(PY) -m pytest -q tests/fs/test_crash.py tests/fs/test_durability.py
 
 lint: static
 	$(PY) -m ruff format --check kernel aiosfs tests mount_examples

@@ -23,7 +23,7 @@ from kernel.llm.cores import CORES, GGUF_WEIGHTS, MAX_SLOTS
 from kernel.llm.models import default_cache_dir
 from kernel.llm.remote import ModelDecl, parse_models
 from kernel.llm.scheduler import POLICIES
-from kernel.tools.mcp import McpServerConfig, parse_mcp_servers
+from kernel.tools.mcp_config import McpServerConfig, parse_mcp_servers
 
 
 def default_data_dir(environ: Mapping[str, str] | None = None) -> Path:

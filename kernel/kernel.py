@@ -114,7 +114,6 @@ from kernel.tools.calling import (
     transcript_line,
     unique_calls,
 )
-from kernel.tools.mcp import McpSource
 from kernel.workers import Workers
 
 log = logging.getLogger(__name__)
@@ -522,8 +521,11 @@ class Kernel:
         sources: list[ToolSource] = [
             builtins,
             ExecutableSource([cfg.data_dir / "tools", *cfg.tool_dirs]),
-            *(McpSource(name, server) for name, server in cfg.mcp_servers.items()),
         ]
+        if cfg.mcp_servers:  # the MCP SDK takes about a second to import: only when one is used
+            from kernel.tools.mcp import McpSource
+
+            sources += [McpSource(name, server) for name, server in cfg.mcp_servers.items()]
         return ToolManager(sources, global_lock=cfg.tools_global_lock)
 
     async def _tool_syscall(self, call: str, caller: Caller, args: dict[str, Any]) -> str:

@@ -30,6 +30,7 @@ def bench_args(line: str) -> argparse.Namespace:
     return p.parse_args(shlex.split(line))
 
 
+@pytest.mark.slow  # ~15 s: `make test-long`
 @pytest.mark.timeout(90)
 def test_journal_measurement_runs_on_and_off(
     tmp_path: Path, capsys: pytest.CaptureFixture[str]

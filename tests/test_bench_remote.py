@@ -25,6 +25,7 @@ from tests.remote.servers import binary as llama_server_binary
 pytestmark = pytest.mark.mount
 
 
+@pytest.mark.slow  # ~11 s: `make test-long`
 @pytest.mark.timeout(60)
 def test_remote_measurement_runs_through_the_mount_and_direct(tmp_path: Path) -> None:
     require_fuse()

@@ -36,7 +36,11 @@ def load(kind: str) -> LLMCore:
     return core
 
 
-@pytest.fixture(scope="module", params=["transformers", "llamacpp"])
+# the transformers core on SmolLM2 (~70 s) is in `make test-long`; make test keeps its
+# tiny-random twin (tests/kernel/test_equivalence.py) and the default core, llama.cpp, here
+@pytest.fixture(
+    scope="module", params=[pytest.param("transformers", marks=pytest.mark.slow), "llamacpp"]
+)
 def smol(request: pytest.FixtureRequest) -> Iterator[LLMCore]:
     yield load(request.param)
 

@@ -28,6 +28,7 @@ def test_jain_and_percentile() -> None:
     assert percentile([], 0.5) is None
 
 
+@pytest.mark.slow  # ~110 s: `make test-long`
 @pytest.mark.timeout(300)
 def test_bench_runs_and_writes_results(tmp_path: Path) -> None:
     require_fuse()

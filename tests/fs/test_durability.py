@@ -67,7 +67,7 @@ def test_closed_files_survive_kill_9_in_a_loop(tmp_path: Path) -> None:
     rng = random.Random(4)
     committed: dict[str, tuple[str, str]] = {}  # path -> (digest, token) of the last closed write
     maybe: dict[str, tuple[str, str]] = {}
-    rounds = 6
+    rounds = int(os.environ.get("AIOSFS_DURABILITY_ROUNDS", "3"))  # `make crash`: 20
     for rnd in range(rounds):
         with mounted(tmp_path, "tiny-random", "--config", cfg) as m:
             os.makedirs(m.p("store/d"), exist_ok=True)

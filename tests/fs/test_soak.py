@@ -43,7 +43,8 @@ def soak(tmp_path: Path, *args: str, timeout: float = 100) -> subprocess.Complet
     )
 
 
-@pytest.mark.timeout(120)  # ~25-30 s; the margin is for a busy machine
+@pytest.mark.slow  # ~20-30 s: `make test-long`
+@pytest.mark.timeout(120)  # the margin is for a busy machine
 def test_soak_at_a_tiny_size_answers_everything_and_reports_the_curves(tmp_path: Path) -> None:
     require_fuse()
     res = soak(

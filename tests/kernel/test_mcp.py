@@ -18,14 +18,8 @@ import pytest
 import trio
 
 from kernel.errors import InvalidArgument
-from kernel.tools.mcp import (
-    Caller,
-    McpServerConfig,
-    McpSource,
-    ToolError,
-    ToolSpec,
-    parse_mcp_servers,
-)
+from kernel.tools.mcp import Caller, McpSource, ToolError, ToolSpec
+from kernel.tools.mcp_config import McpServerConfig, parse_mcp_servers
 
 SERVER = Path(__file__).parent / "mcp_servers" / "demo_server.py"
 CALLER = Caller(agent="alice", uid=os.getuid(), gid=os.getgid())
