@@ -47,7 +47,7 @@ llama-server: install
 	@scripts/llama-server.sh >/dev/null
 
 test: static examples llama-server
-	AIOSFS_REQUIRE_LLAMA_SERVER=1 $(PY) -m pytest -m "not slow" $(PYTEST_ARGS)
+	AIOSFS_REQUIRE_LLAMA_SERVER=1 $(PY) -m pytest -m "not slow" --durations=25 $(PYTEST_ARGS)
 
 # What `make test` leaves out to stay well under 15 minutes (marked slow): the benchmark's own
 # end-to-end runs (tests/fs/test_bench.py, test_soak.py, tests/test_bench_journal.py and
