@@ -52,7 +52,7 @@ test: static examples llama-server
 # What `make test` leaves out to stay well under 15 minutes (marked slow): the benchmark's own
 # end-to-end runs (tests/fs/test_bench.py, test_soak.py, tests/test_bench_journal.py and
 # test_bench_remote.py), the transformers core's equivalence on SmolLM2 (its tiny-random twin is
-# in make test) and the longest fault run: about 5 minutes on 2 cores.
+# in make test) and the longest fault run: about 4 minutes on 2 cores.
 test-long: install examples llama-server
 	AIOSFS_REQUIRE_LLAMA_SERVER=1 $(PY) -m pytest -m slow $(PYTEST_ARGS)
 
