@@ -15,6 +15,7 @@ from pathlib import Path
 
 import pytest
 
+from tests.fs.test_stateful import op_transaction
 from tests.mounting import Mount, mounted, write_config
 
 pytestmark = pytest.mark.mount
@@ -41,15 +42,7 @@ def errno_of(fn: Callable[[], object]) -> int:
 
 
 def transaction(m: Mount, body: bytes) -> bytes:
-    fd = os.open(m.p("agents/h/syscall"), os.O_RDWR)
-    try:
-        os.write(fd, body)
-        out = b""
-        while chunk := os.read(fd, 65536):
-            out += chunk
-        return out
-    finally:
-        os.close(fd)
+    return op_transaction(m.p("agents/h/syscall"), body)
 
 
 @pytest.mark.parametrize("tree", ["mem/h", "store"])
