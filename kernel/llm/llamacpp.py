@@ -45,7 +45,14 @@ import torch
 
 from kernel.llm.core import HFTokenizerCore, SavedKV
 from kernel.llm.cores import GGUF_WEIGHTS, MAX_SLOTS
-from kernel.llm.models import ModelSpec, Progress, gguf_path, gguf_tokenizer
+from kernel.llm.models import (
+    ModelSpec,
+    Progress,
+    cache_entry,
+    gguf_path,
+    gguf_tokenizer,
+    prune_stale,
+)
 from kernel.llm.sequence import KVCache, Sequence
 
 log = logging.getLogger(__name__)
@@ -99,8 +106,7 @@ def weights_file(
     source = gguf_path(spec)
     if weights == "native":
         return source
-    stat = source.stat()
-    target = cache_dir / f"{spec.name}-f16-{stat.st_size}-{int(stat.st_mtime)}.gguf"
+    target = cache_entry(cache_dir, spec.name, "f16", source, ".gguf")
     if target.exists():
         return target
     progress(f"dequantising {source.name} to f16 for llama.cpp (one-off, a few seconds)")
@@ -118,6 +124,7 @@ def weights_file(
         os.replace(tmp, target)  # atomic: a crash never leaves half a model in the cache
     finally:
         tmp.unlink(missing_ok=True)
+    prune_stale(target)
     return target
 
 

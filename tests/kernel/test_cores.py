@@ -45,3 +45,42 @@ def test_bad_core_settings_are_refused_with_a_reason() -> None:
     ):
         with pytest.raises(InvalidArgument, match=match):
             KernelConfig().with_overrides(**bad)
+
+
+def test_the_cache_keys_a_conversion_by_its_source_bytes_and_drops_stale_ones(tmp_path) -> None:
+    """A fresh venv reinstalls the wheel: the same bytes with a new mtime must find the entry
+    made before, and making an entry removes what older files of that model left (keyed by
+    mtime, every venv had left a converted copy of 270-540 MB behind: 15 GB here)."""
+    import os
+
+    from kernel.llm.models import cache_entry, prune_stale
+
+    cache = tmp_path / "cache"
+    cache.mkdir()
+    source = tmp_path / "model.gguf"
+    source.write_bytes(os.urandom(3 << 20))
+    first = cache_entry(cache, "m", "f16", source, ".gguf")
+    os.utime(source, (1, 1))  # reinstalled: same bytes, another mtime
+    assert cache_entry(cache, "m", "f16", source, ".gguf") == first
+    data = bytearray(source.read_bytes())
+    data[-1] ^= 1  # another file of the same name and size (a new wheel)
+    source.write_bytes(bytes(data))
+    assert cache_entry(cache, "m", "f16", source, ".gguf") != first
+    stale = [cache / "m-f16-98362432-1796107991.gguf", cache / "m-f16-3145728-0123abcd.gguf"]
+    kept = [
+        cache / "m-big-f16-1-abc.gguf",  # another model whose name starts the same
+        cache / "m-fp32-1-abc",  # another kind of entry of this model
+        cache / "m-f16-1-abc.gguf.77.tmp",  # someone's conversion in progress
+    ]
+    for path in [*stale, *kept]:
+        path.write_bytes(b"x")
+    old_folder = cache / "m-fp32-98362432-1796111127"
+    old_folder.mkdir()
+    (old_folder / "config.json").write_text("{}")
+    first.write_bytes(b"made")
+    prune_stale(first)
+    assert first.exists() and all(p.exists() for p in kept)
+    assert not any(p.exists() for p in stale)
+    assert old_folder.exists()  # not an f16 entry
+    prune_stale(kept[1])
+    assert not old_folder.exists() and kept[1].exists()
