@@ -48,6 +48,7 @@ from kernel.llm.sequence import Sequence
 from kernel.llm.wire import (
     CONTINUE_STYLES,
     KINDS,
+    PENALTY_FIELDS,
     WIRE_FORMATS,
     EchoFilter,
     Event,
@@ -77,6 +78,7 @@ class ModelDecl:
     api_key_env: str | None = None
     api_key_file: Path | None = None
     continue_style: str = "prefill"  # how a partial answer is continued (``wire.py``)
+    penalty_field: str | None = None  # the field the agent's repetition_penalty goes in
     retries: int = 4  # further attempts after a failure, on other endpoints where possible
     connect_timeout_s: float = 10.0
     read_timeout_s: float = 300.0  # the longest silence inside a stream (a queued prompt)
@@ -109,6 +111,7 @@ _DECL_KEYS = {
     "endpoints",
     "endpoint",
     "max_in_flight",
+    "penalty_field",
     "context",
     "api_key_env",
     "api_key_file",
@@ -178,6 +181,18 @@ def parse_models(tables: Any) -> dict[str, ModelDecl]:
         style = t.get("continue", "prefill")
         if style not in CONTINUE_STYLES:
             raise InvalidArgument(f"{where}: continue must be {' or '.join(CONTINUE_STYLES)}")
+        penalty = t.get("penalty_field")
+        if penalty is not None:
+            if kind != "openai":
+                raise InvalidArgument(
+                    f"{where}: penalty_field is for the openai kind (the {kind} API has no "
+                    "repetition penalty)"
+                )
+            if penalty not in PENALTY_FIELDS:
+                raise InvalidArgument(
+                    f"{where}: penalty_field must be {' or '.join(PENALTY_FIELDS)} "
+                    "(vLLM and SGLang take repetition_penalty, llama.cpp's server repeat_penalty)"
+                )
         key_env = t.get("api_key_env")
         key_file = t.get("api_key_file")
         if key_env is not None and not isinstance(key_env, str):
@@ -192,6 +207,7 @@ def parse_models(tables: Any) -> dict[str, ModelDecl]:
             api_key_env=key_env,
             api_key_file=Path(key_file).expanduser() if key_file else None,
             continue_style=style,
+            penalty_field=penalty,
             max_in_flight=ints.get("max_in_flight", 16),
             context=ints.get("context", 8192),
             retries=ints.get("retries", 4),
@@ -246,7 +262,7 @@ class RemoteEngine:
         self.decl = decl
         self.name = decl.name
         self.emit = emit
-        self.wire = WIRE_FORMATS[decl.kind](decl.model, decl.continue_style)
+        self.wire = WIRE_FORMATS[decl.kind](decl.model, decl.continue_style, decl.penalty_field)
         self.pool = EndpointPool(list(decl.endpoints))
         self.ledger = ServiceLedger()
         # the server keeps the KV: only the count of requests in flight is ours to limit

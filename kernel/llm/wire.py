@@ -25,6 +25,10 @@ from kernel.llm.request import GenerationRequest
 
 KINDS = ("openai", "anthropic")
 CONTINUE_STYLES = ("prefill", "continue_final_message")
+# Where an OpenAI-kind server takes a repetition penalty: the Chat Completions API has none, so
+# each server family has its own extra field (vLLM and SGLang ``repetition_penalty``, llama.cpp's
+# server ``repeat_penalty``), and OpenAI itself refuses either.
+PENALTY_FIELDS = ("repetition_penalty", "repeat_penalty")
 
 
 @dataclass
@@ -87,9 +91,12 @@ class WireFormat:
     kind: ClassVar[str]
     path: ClassVar[str]
 
-    def __init__(self, model: str, continue_style: str = "prefill") -> None:
+    def __init__(
+        self, model: str, continue_style: str = "prefill", penalty_field: str | None = None
+    ) -> None:
         self.model = model
         self.continue_style = continue_style
+        self.penalty_field = penalty_field  # None: the server's own default applies
 
     def headers(self, api_key: str | None) -> dict[str, str]:
         raise NotImplementedError
@@ -143,6 +150,8 @@ class OpenAIChat(WireFormat):
             body["stop"] = list(s.stop)
         if s.seed is not None:
             body["seed"] = s.seed
+        if self.penalty_field is not None:
+            body[self.penalty_field] = s.repetition_penalty
         if s.schema is not None:
             body["response_format"] = {
                 "type": "json_schema",

@@ -31,6 +31,7 @@ def test_openai_table_with_endpoints() -> None:
             "context": 32768,
             "retries": 0,
             "continue": "continue_final_message",
+            "penalty_field": "repetition_penalty",
             "connect_timeout_s": 2,
             "read_timeout_s": 60.5,
             "health_interval_s": 3,
@@ -46,6 +47,7 @@ def test_openai_table_with_endpoints() -> None:
         context=32768,
         retries=0,
         continue_style="continue_final_message",
+        penalty_field="repetition_penalty",
         connect_timeout_s=2.0,
         read_timeout_s=60.5,
         health_interval_s=3.0,
@@ -58,7 +60,7 @@ def test_defaults_and_single_endpoint_key() -> None:
     decl = one({"model": "llama", "endpoint": URL})
     assert decl.kind == "openai" and decl.endpoints == (URL,)
     assert decl.max_in_flight == 16 and decl.context == 8192 and decl.retries == 4
-    assert decl.continue_style == "prefill"
+    assert decl.continue_style == "prefill" and decl.penalty_field is None
     assert decl.connect_timeout_s == 10.0 and decl.read_timeout_s == 300.0
     assert decl.health_interval_s == 10.0
     assert decl.api_key_env is None and decl.api_key_file is None and decl.api_key() is None
@@ -136,6 +138,13 @@ def test_no_tables() -> None:
         ({"model": "x", "endpoint": URL, "health_interval_s": True}, "health_interval_s"),
         ({"model": "x", "endpoint": URL, "health_interval_s": "10"}, "health_interval_s"),
         ({"model": "x", "endpoint": URL, "continue": "resume"}, "continue"),
+        ({"model": "x", "endpoint": URL, "penalty_field": "penalty"}, "penalty_field"),
+        ({"model": "x", "endpoint": URL, "penalty_field": 1.1}, "penalty_field"),
+        (
+            {"kind": "anthropic", "model": "x", "endpoint": URL, "penalty_field": "repeat_penalty"},
+            "penalty_field",
+        ),
+        ({"kind": "local", "model": "smollm2", "penalty_field": "repeat_penalty"}, "penalty_field"),
     ],
 )
 def test_mistakes_name_the_table_and_the_key(table: dict[str, Any], key: str) -> None:

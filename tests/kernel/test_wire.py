@@ -18,6 +18,7 @@ import pytest
 
 from kernel.llm.request import GenerationRequest, SamplingParams
 from kernel.llm.wire import (
+    PENALTY_FIELDS,
     AnthropicMessages,
     Chunk,
     EchoFilter,
@@ -468,3 +469,11 @@ def test_error_message_plain_text_and_empty() -> None:
     assert error_message(500, b"x" * 1000) == "HTTP 500: " + "x" * 300
     assert error_message(404, b'{"detail": "Not Found"}') == 'HTTP 404: {"detail": "Not Found"}'
     assert error_message(500, b"\xff\xfe oops").startswith("HTTP 500: ")
+
+
+def test_the_repetition_penalty_goes_only_where_the_table_names_its_field() -> None:
+    sampling = SamplingParams(repetition_penalty=1.3)
+    assert not set(PENALTY_FIELDS) & set(OpenAIChat("m").body(request(sampling), "", 9))
+    for field in PENALTY_FIELDS:
+        body = OpenAIChat("m", penalty_field=field).body(request(sampling), "", 9)
+        assert body[field] == 1.3 and not set(PENALTY_FIELDS) - {field} & set(body)

@@ -313,6 +313,19 @@ async def test_response_format_is_the_servers_json_schema(
         jsonschema.validate(json.loads(text(result)), schema)
 
 
+async def test_the_repetition_penalty_reaches_a_server_that_takes_one(
+    tiny_core: LLMCore, srv: ls.Server
+) -> None:
+    """With ``penalty_field`` the agent's penalty is the server's: llama.cpp's server, given
+    ``repeat_penalty`` 2 on a story that repeats itself greedily, answers otherwise."""
+    models = {"remote": table(base_url(srv), penalty_field="repeat_penalty")}
+    async with remote_kernel(tiny_core, models) as k:
+        name = agent(k, "teller")
+        plain = text(await answer(k, name, STORY, 48, repetition_penalty=1.0))
+        penalised = text(await answer(k, name, STORY, 48, repetition_penalty=2.0))
+        assert plain != penalised, plain
+
+
 async def test_reload_adds_and_removes_models_and_finishes_what_they_accepted(
     tiny_core: LLMCore, srv: ls.Server, tmp_path: Path
 ) -> None:
