@@ -188,7 +188,15 @@ class OpenAIChat(WireFormat):
 
 class AnthropicMessages(WireFormat):
     """The Messages API with ``stream: true``. Its version header is the one the documented
-    event stream belongs to; the key goes in ``x-api-key``."""
+    event stream belongs to; the key goes in ``x-api-key``.
+
+    The API has no JSON-Schema output; its own way to one is a tool the model must call. So a
+    request with a schema offers one tool, ``output``, whose input schema is the request's, and
+    forces it (``tool_choice``); the tool call's input, streamed as ``input_json_delta``
+    events, is the answer's text. A resumed answer (after a preemption or a failover) cannot
+    continue inside a tool call: it goes on as a text prefill of the JSON so far, which the
+    server no longer holds to the schema. A schema whose top level is not an object (the only
+    kind a tool's input may be) is not sent either."""
 
     kind = "anthropic"
     path = "/messages"
@@ -230,6 +238,16 @@ class AnthropicMessages(WireFormat):
             body["top_p"] = s.top_p
         if s.stop:
             body["stop_sequences"] = list(s.stop)
+        schema = object_schema(s.schema) if s.schema is not None and not prefix else None
+        if schema is not None:
+            body["tools"] = [
+                {
+                    "name": OUTPUT_TOOL,
+                    "description": "Give the whole answer as this tool's input.",
+                    "input_schema": schema,
+                }
+            ]
+            body["tool_choice"] = {"type": "tool", "name": OUTPUT_TOOL}
         return body
 
     def sent_prefix(self, prefix: str) -> str:
@@ -248,7 +266,9 @@ class AnthropicMessages(WireFormat):
             return Chunk(tokens_in=_int(usage.get("input_tokens")))
         if kind == "content_block_delta":
             delta = obj.get("delta") or {}
-            text = delta.get("text") if delta.get("type") == "text_delta" else None
+            kinds = {"text_delta": "text", "input_json_delta": "partial_json"}
+            field = kinds.get(delta.get("type"))
+            text = delta.get(field) if field else None
             return Chunk(text=text if isinstance(text, str) else "")
         if kind == "message_delta":
             reason = (obj.get("delta") or {}).get("stop_reason")
@@ -260,6 +280,26 @@ class AnthropicMessages(WireFormat):
         if kind == "message_stop":
             return Chunk(done=True)
         return Chunk()  # ping, content_block_start/stop: nothing to do
+
+
+OUTPUT_TOOL = "output"  # the tool an Anthropic model is made to call for a schema's answer
+
+
+def object_schema(schema: dict[str, Any]) -> dict[str, Any] | None:
+    """``schema`` as a tool's input schema (``"type": "object"`` at the top, which the tool
+    step's ``anyOf`` of two objects lacks), or None when its top level may be anything else."""
+    if schema.get("type") == "object":
+        return schema
+    for key in ("anyOf", "oneOf"):
+        options = schema.get(key)
+        if (
+            "type" not in schema
+            and isinstance(options, list)
+            and options
+            and all(isinstance(o, dict) and o.get("type") == "object" for o in options)
+        ):
+            return {"type": "object", **schema}
+    return None
 
 
 WIRE_FORMATS: dict[str, type[WireFormat]] = {c.kind: c for c in (OpenAIChat, AnthropicMessages)}

@@ -18,6 +18,7 @@ import pytest
 
 from kernel.llm.request import GenerationRequest, SamplingParams
 from kernel.llm.wire import (
+    OUTPUT_TOOL,
     PENALTY_FIELDS,
     AnthropicMessages,
     Chunk,
@@ -341,16 +342,91 @@ def test_anthropic_parse_documented_stream(stop_reason: str, finish: str) -> Non
     assert all(c.error is None for c in chunks)
 
 
-def test_anthropic_parse_ignores_non_text_deltas() -> None:
+def test_anthropic_parse_ignores_other_deltas() -> None:
     event = data(
         {
             "type": "content_block_delta",
             "index": 1,
-            "delta": {"type": "input_json_delta", "partial_json": '{"loc'},
+            "delta": {"type": "thinking_delta", "thinking": "Let me see"},
         },
         "content_block_delta",
     )
     assert AnthropicMessages("c").parse(event) == Chunk()
+
+
+PLACE = {
+    "type": "object",
+    "properties": {"city": {"type": "string"}},
+    "required": ["city"],
+}
+
+
+def test_anthropic_schema_goes_as_a_forced_tool() -> None:
+    """The Messages API's own way to JSON output: one tool whose input schema is the
+    request's, which the model must call."""
+    wire = AnthropicMessages("claude")
+    body = wire.body(request(SamplingParams(schema=PLACE)), "", 40)
+    (tool,) = body["tools"]
+    assert tool["name"] == OUTPUT_TOOL and tool["input_schema"] == PLACE
+    assert body["tool_choice"] == {"type": "tool", "name": OUTPUT_TOOL}
+    # the tool step's schema, an anyOf of two objects, gets the object type a tool input needs
+    step = {"anyOf": [PLACE, {"type": "object", "properties": {"answer": {"type": "string"}}}]}
+    sent = wire.body(request(SamplingParams(schema=step)), "", 40)["tools"][0]["input_schema"]
+    assert sent == {"type": "object", **step}
+    # what a tool input cannot be, and a resumed answer, go without
+    for schema in ({"type": "array", "items": PLACE}, {"anyOf": [PLACE, {"type": "string"}]}):
+        assert "tools" not in wire.body(request(SamplingParams(schema=schema)), "", 40)
+    resumed = wire.body(request(SamplingParams(schema=PLACE)), '{"city": "Pa', 40)
+    assert "tools" not in resumed and "tool_choice" not in resumed
+    assert resumed["messages"][-1] == {"role": "assistant", "content": '{"city": "Pa'}
+
+
+def test_anthropic_forced_tool_stream_is_the_answer() -> None:
+    """The documented events of a tool call: its input, in pieces of partial JSON, is the
+    text of the answer."""
+    events = [
+        ("message_start", {"type": "message_start", "message": {"usage": {"input_tokens": 30}}}),
+        (
+            "content_block_start",
+            {
+                "type": "content_block_start",
+                "index": 0,
+                "content_block": {
+                    "type": "tool_use",
+                    "id": "toolu_01",
+                    "name": "output",
+                    "input": {},
+                },
+            },
+        ),
+        *[
+            (
+                "content_block_delta",
+                {
+                    "type": "content_block_delta",
+                    "index": 0,
+                    "delta": {"type": "input_json_delta", "partial_json": piece},
+                },
+            )
+            for piece in ("", '{"city', '": "Par', 'is"}')
+        ],
+        ("content_block_stop", {"type": "content_block_stop", "index": 0}),
+        (
+            "message_delta",
+            {
+                "type": "message_delta",
+                "delta": {"stop_reason": "tool_use", "stop_sequence": None},
+                "usage": {"output_tokens": 8},
+            },
+        ),
+        ("message_stop", {"type": "message_stop"}),
+    ]
+    lines: list[str] = []
+    for name, obj in events:
+        lines += [f"event: {name}", f"data: {json.dumps(obj)}", ""]
+    chunks = [AnthropicMessages("c").parse(e) for e in decode(lines)]
+    assert json.loads("".join(c.text for c in chunks)) == {"city": "Paris"}
+    assert Chunk(finish="stop", tokens_out=8) in chunks and chunks[-1] == Chunk(done=True)
 
 
 @pytest.mark.parametrize(

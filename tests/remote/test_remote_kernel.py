@@ -313,6 +313,19 @@ async def test_response_format_is_the_servers_json_schema(
         jsonschema.validate(json.loads(text(result)), schema)
 
 
+async def test_an_anthropic_schema_goes_as_a_forced_tool_the_server_accepts(
+    tiny_core: LLMCore, srv: ls.Server
+) -> None:
+    """llama-server's Messages API takes the forced ``output`` tool (the wire format is
+    tests/kernel/test_wire.py's). It does not hold SmolLM2 to it (the model's chat template
+    has no tool calls), so only the answer's arrival is checked here, not its JSON."""
+    schema = {"type": "object", "properties": {"city": {"type": "string"}}, "required": ["city"]}
+    fmt = {"type": "json_schema", "json_schema": {"name": "place", "schema": schema}}
+    async with remote_kernel(tiny_core, {"remote": table(base_url(srv), kind="anthropic")}) as k:
+        result = await answer(k, agent(k, "geo"), CAPITAL, 16, response_format=fmt)
+        assert text(result) and result.tokens_out > 0
+
+
 async def test_the_repetition_penalty_reaches_a_server_that_takes_one(
     tiny_core: LLMCore, srv: ls.Server
 ) -> None:
