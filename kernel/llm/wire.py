@@ -267,7 +267,7 @@ class AnthropicMessages(WireFormat):
         if kind == "content_block_delta":
             delta = obj.get("delta") or {}
             kinds = {"text_delta": "text", "input_json_delta": "partial_json"}
-            field = kinds.get(delta.get("type"))
+            field = kinds.get(str(delta.get("type")))
             text = delta.get(field) if field else None
             return Chunk(text=text if isinstance(text, str) else "")
         if kind == "message_delta":
