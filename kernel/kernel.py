@@ -210,6 +210,8 @@ class Kernel:
         self._core_factory = core_factory
         self._request_ids = itertools.count(1)
         self._inflight: dict[int, Inflight] = {}  # by request id
+        # the cancel scope of each syscall's async step (``_spawn``), by (agent, result id)
+        self._steps: dict[tuple[str, int], trio.CancelScope] = {}
         self._trio_token: trio.lowlevel.TrioToken | None = None
         # call name -> row; each kernel has its own, so that the rows it adds stay its own
         self.syscalls = builtin_table()
@@ -951,14 +953,21 @@ class Kernel:
     ) -> None:
         """Run an async step of a syscall; its failure fails the syscall, never the kernel."""
 
+        key = (agent.name, result.id)
+        scope = self._steps[key] = trio.CancelScope()  # here, so a cancel at once finds it
+
         async def guarded() -> None:
             try:
-                await fn(agent, result)
+                with scope:  # cancelled with the syscall (``_cancel``)
+                    await fn(agent, result)
             except KernelError as e:
                 self._finish(agent, result, ResultState.FAILED, e.message, e.errno)
             except Exception as e:
                 log.exception("syscall %s/%d failed", agent.name, result.id)
                 self._finish(agent, result, ResultState.FAILED, f"internal error: {e}", errno.EIO)
+            finally:
+                if self._steps.get(key) is scope:
+                    del self._steps[key]
             agent.notify()
 
         trio.lowlevel.spawn_system_task(guarded)
@@ -1334,20 +1343,45 @@ class Kernel:
         agent = self.agent(name)
         self.approvals.cancel_agent(name)  # its calls waiting for a person end with a no
         victims = agent.unfinished()
+        self._cancel(agent, victims, reason)
+        return len(victims)
+
+    def cancel_result(self, name: str, result_id: int, reason: str = "cancelled") -> bool:
+        """Cancel one syscall of an agent (``cancel N`` on ``ctl``: a client that went away
+        ends its own request, not the agent's others). False if it had finished already;
+        NotFound if the agent never had it or no longer keeps it."""
+        agent = self.agent(name)
+        result = agent.results.get(result_id)
+        if result is None:
+            raise NotFound(f"agent {name!r} has no syscall {result_id}")
+        if result.finished:
+            return False
+        self._cancel(agent, [result], reason)
+        return True
+
+    def _cancel(self, agent: Agent, victims: list[Result], reason: str) -> None:
+        """End ``victims`` as cancelled: out of the engines' batches and queues, their async
+        steps (context gathering, tool calls, a person's approval they wait for) cancelled,
+        and a chat turn waiting behind another taken out of the line."""
+        chosen = {id(r) for r in victims}
         by_engine: dict[ModelEngine, list[int]] = {}
         for rid, entry in list(self._inflight.items()):
-            if entry.agent is agent:
+            if entry.agent is agent and id(entry.result) in chosen:
                 del self._inflight[rid]
                 by_engine.setdefault(entry.engine, []).append(rid)
                 if entry.round is not None:
                     entry.round.end("cancelled")
         for engine, rids in by_engine.items():
             engine.cancel(rids)
+        kept = [r for r in agent.chat_backlog if id(r) not in chosen]
         agent.chat_backlog.clear()
+        agent.chat_backlog.extend(kept)
         for result in victims:
+            scope = self._steps.pop((agent.name, result.id), None)
+            if scope is not None:
+                scope.cancel()
             self._finish(agent, result, ResultState.CANCELLED, reason, errno.ECANCELED)
         agent.notify()
-        return len(victims)
 
     # ---- waiting for results ----------------------------------------------------------------
 

@@ -47,6 +47,7 @@ class Exchange:
         self.fd = -1
         self.buffer = b""
         self.id: int | None = None
+        self.answered = False  # its result line was read
 
     def start(self, syscall: dict[str, Any], model: str | None = None) -> None:
         """Create the agent if it is new, open its ``call`` file and write the syscall (in a
@@ -108,6 +109,8 @@ class Exchange:
         obj: dict[str, Any] = json.loads(line)
         if "id" in obj:
             self.id = int(obj["id"])
+        if "result" in obj:
+            self.answered = True
         return obj
 
     def collect(self) -> tuple[str, dict[str, Any]]:
@@ -127,10 +130,16 @@ class Exchange:
                 os.close(fd)
 
     def drain_and_close(self) -> None:
-        """The client went away: read the answer to its end (so it is delivered here, not
-        left on ``out``), then close."""
+        """The stream's end. If the client went away before the answer did, the syscall is
+        cancelled (``cancel N`` on the agent's ``ctl``, as the key's user: the model stops
+        generating for nobody, as an OpenAI server stops) and its result read here, so that
+        it is not left on ``out``; then close."""
         with contextlib.suppress(t.ApiError, OSError, ValueError):
-            if self.fd >= 0:
+            if self.fd >= 0 and not self.answered:
+                if self.id is not None:
+                    ctl = self.mount / "agents" / self.agent / "ctl"
+                    with acting_as(self.ident):
+                        ctl.write_bytes(f"cancel {self.id}\n".encode())
                 self.collect()
         self.close()
 

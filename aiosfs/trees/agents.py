@@ -8,7 +8,7 @@ agents/NAME/results/N  every finished answer as an ordinary file; N.json its met
 agents/NAME/status     JSON: state, counts, tokens, last error
 agents/NAME/config     JSON; write JSON or key=value lines to change settings
 agents/NAME/history    the conversation as JSON lines; truncate it to reset the agent
-agents/NAME/ctl        write "cancel" (queued and running work) or "reset" (history)
+agents/NAME/ctl        write "cancel" (queued and running work), "cancel N" or "reset" (history)
 agents/NAME/audit      JSON lines: this agent's part of the audit log (sys/audit)
 
 Everything in ``agents/NAME`` belongs to the agent's owner, and the directory's mode is the
@@ -51,7 +51,7 @@ from aiosfs.vfs import (
 from kernel import Kernel
 from kernel.access import agent_file_mode, process_cred
 from kernel.conversation import parse_jsonl
-from kernel.errors import InvalidArgument, KernelError
+from kernel.errors import InvalidArgument, KernelError, NotFound
 from kernel.results import Result
 from kernel.syscalls import decode_text, is_incomplete
 
@@ -60,6 +60,7 @@ T = TypeVar("T")
 CTL_COMMANDS = ("cancel", "reset")
 CTL_HELP = b"""commands (write one per line):
   cancel    cancel this agent's queued and running syscalls
+  cancel N  cancel its syscall N alone (the id in results/N and call's {"id": N})
   reset     clear the conversation history
 """
 
@@ -149,7 +150,7 @@ class AgentDir(Dir):
                 lambda: CTL_HELP,
                 apply=self._recording("ctl", self._ctl),
                 mode=0o600,
-                check=when_complete(self._recording("ctl", parse_ctl)),
+                check=when_complete(self._recording("ctl", self._check_ctl)),
             ),
             ResultsDir("results", self),
             LogFile("audit", self, self._audit_size, self._audit_read, mode=0o400),
@@ -233,23 +234,46 @@ class AgentDir(Dir):
         else:
             kernel.replace_history(self.name, data)
 
+    def _check_ctl(self, data: bytes) -> list[tuple[str, int | None]]:
+        """The commands, each syscall id checked too (at the write, where ``echo`` reports a
+        refusal: a failing close goes unseen) before anything runs."""
+        commands = parse_ctl(data)
+        for _command, rid in commands:
+            if rid is not None and rid not in self.kernel.agent(self.name).results:
+                raise NotFound(f"ctl: agent {self.name!r} has no syscall {rid}")
+        return commands
+
     def _ctl(self, data: bytes, _append: bool) -> None:
-        for command in parse_ctl(data):
-            if command == "cancel":
-                self.kernel.cancel(self.name, reason="cancelled by ctl")
-            else:
+        for command, rid in self._check_ctl(data):
+            if command == "reset":
                 self.kernel.reset_history(self.name)
+            elif rid is None:
+                self.kernel.cancel(self.name, reason="cancelled by ctl")
+            else:  # one that has finished meanwhile stays as it is: no error
+                self.kernel.cancel_result(self.name, rid, reason="cancelled by ctl")
 
 
-def parse_ctl(data: bytes) -> list[str]:
-    """The commands written to ``ctl``, one a line; all are checked before any runs."""
-    commands = [c.strip() for c in decode_text(data, "ctl").splitlines() if c.strip()]
-    for command in commands:
+def parse_ctl(data: bytes) -> list[tuple[str, int | None]]:
+    """The commands written to ``ctl``, one a line, with ``cancel``'s syscall id where one is
+    given; all are checked before any runs."""
+    out: list[tuple[str, int | None]] = []
+    for line in decode_text(data, "ctl").splitlines():
+        words = line.split()
+        if not words:
+            continue
+        command, args = words[0], words[1:]
         if command not in CTL_COMMANDS:
             raise InvalidArgument(
-                f"unknown ctl command {command!r}; try: {', '.join(CTL_COMMANDS)}"
+                f"unknown ctl command {line.strip()!r}; try: {', '.join(CTL_COMMANDS)}"
             )
-    return commands
+        if command == "cancel" and len(args) == 1 and args[0].isdigit() and args[0].isascii():
+            out.append((command, int(args[0])))
+        elif args:
+            usage = "cancel [N]" if command == "cancel" else command
+            raise InvalidArgument(f"ctl: {line.strip()!r}: usage: {usage}")
+        else:
+            out.append((command, None))
+    return out
 
 
 class AgentFile(Node):

@@ -179,6 +179,30 @@ def test_streaming_with_usage(door: Door, mount: Mount) -> None:
     assert len(text.encode()) == meta["bytes"] - (0 if text.endswith("\n") else 1)
 
 
+def test_a_client_that_goes_away_mid_stream_cancels_its_syscall(door: Door, mount: Mount) -> None:
+    """As an OpenAI server stops generating for a closed connection: the door cancels that
+    syscall alone (``cancel N`` on ``ctl``) and takes its result, so nothing is left on
+    ``out`` and the model is free again."""
+    stream = door.client().chat.completions.create(
+        model=MODEL,
+        messages=[{"role": "user", "content": "Go on for ever"}],
+        max_tokens=1500,
+        stream=True,
+    )
+    first = next(iter(stream))
+    stream.close()
+    n = first.id.rsplit("-", 1)[1]
+    deadline = time.monotonic() + 30
+    while not os.path.exists(mount.p("agents", "door", "results", f"{n}.json")):
+        assert time.monotonic() < deadline, "the syscall never ended"
+        time.sleep(0.05)
+    meta = door.meta("door", first.id)
+    assert meta["state"] == "cancelled" and meta["error"] == "cancelled by ctl", meta
+    assert meta["tokens_out"] < 1500 and meta["delivered"]
+    status = mount.json("agents/door/status")
+    assert status["running"] == status["queued"] == 0 and status["undelivered"] == 0, status
+
+
 def test_response_format_json_schema(door: Door) -> None:
     schema = {"type": "object", "properties": {"n": {"type": "integer", "minimum": 0,
               "maximum": 9}}, "required": ["n"], "additionalProperties": False}  # fmt: skip

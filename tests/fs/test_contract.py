@@ -341,6 +341,32 @@ def test_ctl_cancel_and_reset(mount: Mount) -> None:
     assert "Invalid argument" in res.stderr
 
 
+def test_ctl_cancels_one_syscall_and_leaves_the_others(mount: Mount) -> None:
+    """``cancel N``: what a client that went away asks (the OpenAI door does), without ending
+    the agent's other work. Three chat turns: the first runs, the next two wait behind it."""
+    name = mount.agent(max_tokens=3000)
+    for text in ("first", "second", "third"):
+        mount.write(f"agents/{name}/syscall", text)
+    ids = [1, 2, 3]  # a new agent's syscalls are numbered from 1
+    assert mount.json(f"agents/{name}/status")["syscalls"] == 3
+    mount.sh(f"echo cancel {ids[1]} > agents/{name}/ctl; echo cancel {ids[0]} > agents/{name}/ctl")
+    assert mount.read("agents", name, "out").endswith("error: cancelled by ctl\n")
+    assert mount.read("agents", name, "out").endswith("error: cancelled by ctl\n")
+    mount.sh(f"echo cancel > agents/{name}/ctl")  # the third ran next; now it goes too
+    assert mount.json(f"agents/{name}/results/{ids[2]}.json")["state"] == "cancelled"
+    # a finished one stays as it was; one the agent never had, or a bad line, is refused
+    mount.sh(f"echo cancel {ids[0]} > agents/{name}/ctl")
+    for line, error in (
+        ("cancel 999", "No such file"),
+        ("cancel x", "Invalid argument"),
+        ("cancel 1 2", "Invalid argument"),
+        ("reset now", "Invalid argument"),
+    ):
+        res = mount.sh(f"echo '{line}' > agents/{name}/ctl", check=False)
+        assert error in res.stderr, (line, res.stderr)
+    assert mount.json(f"agents/{name}/status")["cancelled"] == 3
+
+
 # ---- sys/ -------------------------------------------------------------------------------------
 
 

@@ -214,6 +214,26 @@ async def test_a_cancelled_call_or_removed_agent_takes_its_request_away(guarded:
     await trio.testing.wait_all_tasks_blocked()  # the handler saw its no and wrote nothing
     assert k.storage.entry("contracts/x") is None
 
+    # one syscall cancelled alone (``cancel N``): its request goes, the other's stays
+    one = k.submit("clerk", syscall("store_write", path="contracts/one", content="1"))
+    other = k.submit("clerk", syscall("store_write", path="contracts/other", content="2"))
+    with trio.fail_after(10):
+        while len(k.approvals.pending()) < 2:
+            await trio.sleep(0.01)
+    assert k.cancel_result("clerk", one.id, reason="cancelled by ctl") is True
+    await one.wait_finished()
+    assert one.state is ResultState.CANCELLED and not other.finished
+    await trio.testing.wait_all_tasks_blocked()  # its cancelled step has run and ended
+    (left,) = k.approvals.pending()
+    assert left.args["path"] == "contracts/other"
+    assert k.cancel_result("clerk", one.id) is False  # finished already: nothing to do
+    k.approvals.decide(left.id, True, 0)
+    await other.wait_finished()
+    assert other.state is ResultState.DONE
+    await trio.testing.wait_all_tasks_blocked()
+    assert k.storage.entry("contracts/one") is None
+    assert k.storage.read("contracts/other") == b"2"
+
     result = k.submit("clerk", syscall("store_write", path="finance/2026/y", content="y"))
     await first_waiting(k.approvals)
     k.remove_agent("clerk")
