@@ -1088,6 +1088,7 @@ class Kernel:
             ),
         )
         step = Round()
+        result.model = model
         self._inflight[request.request_id] = Inflight(
             agent, result, engine, agent.conversation.epoch, step, model=model
         )
@@ -1221,6 +1222,7 @@ class Kernel:
         allowed = self.token_allowance(agent, request.sampling.max_tokens)
         if allowed != request.sampling.max_tokens:
             request = replace(request, sampling=replace(request.sampling, max_tokens=allowed))
+        result.model = model
         self._inflight[request.request_id] = Inflight(
             agent, result, engine, agent.conversation.epoch, model=model
         )

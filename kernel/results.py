@@ -63,6 +63,7 @@ class Result:
         self.sources: list[str] = []  # memory files and store passages put in the prompt
         self.args_digest = ""  # the audit log's digest of the syscall as written (kernel/audit.py)
         self.tool_calls: list[dict[str, Any]] = []  # an llm call's tool calls, as they finish
+        self.model: str | None = None  # the model an llm call was handed to (its name)
         # after a crash (kernel/journal.py): how often it was started again, or that it was not
         self.restarts = 0
         self.interrupted = False
@@ -113,7 +114,7 @@ class Result:
     RECORDED = (
         "error", "errno", "finish_reason", "created", "started", "first_token", "finished_at",
         "tokens_in", "tokens_cached", "tokens_out", "sources", "args_digest", "tool_calls",
-        "restarts", "interrupted", "text_end",
+        "restarts", "interrupted", "text_end", "model",
     )  # fmt: skip
 
     def record(self) -> dict[str, Any]:
@@ -184,6 +185,7 @@ class Result:
             "id": self.id,
             "agent": self.agent,
             "call": self.syscall.call if self.syscall else None,
+            "model": self.model,
             "prompt": self.prompt_summary(),
             "state": self.state.value,
             "finish_reason": self.finish_reason,

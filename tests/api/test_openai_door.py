@@ -142,6 +142,7 @@ def test_chat_is_a_syscall_of_the_keys_agent(door: Door, mount: Mount) -> None:
     )  # fmt: skip
     meta = door.meta("door", r.id)
     assert meta["state"] == "done" and meta["call"] == "llm" and meta["delivered"] is True
+    assert meta["model"] == MODEL  # the model the kernel handed it to
     assert r.choices[0].finish_reason == meta["finish_reason"] == "length"
     assert r.usage is not None
     assert (r.usage.prompt_tokens, r.usage.completion_tokens) == (

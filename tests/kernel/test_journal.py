@@ -143,6 +143,7 @@ async def test_a_restart_brings_back_agents_results_and_what_was_not_delivered(
         meta = b.results[3].meta()
         assert meta["state"] == "done" and meta["restarts"] == 0 and not meta["interrupted"]
         assert meta["prompt"] == "two" and meta["call"] == "llm"  # results/N.json as before
+        assert meta["model"] == "tiny-random"
         # the next syscall is numbered after them
         assert k2.submit("a", llm("three")).id == 5
     finally:

@@ -114,6 +114,7 @@ async def test_an_answer_streams_with_the_servers_counts(
         result = await answer(k, name, CAPITAL, 16)
         assert "Paris" in text(result)
         assert 0 < result.tokens_out <= 16 and result.tokens_in > 10
+        assert result.meta()["model"] == "remote"
         info = k.models_info()["remote"]
         assert info["remote"] and info["state"] == "ready" and info["healthy"]
         assert info["requests"] == info["finished"] == 1 and info["errors"] == 0
