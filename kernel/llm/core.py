@@ -31,7 +31,6 @@ import torch
 
 from kernel.llm.kv import KVShape, SeqKV
 from kernel.llm.models import ModelSpec, Progress, load_model
-from kernel.llm.packed import ATTN_IMPLEMENTATION, NO_MASK, StepPlan
 from kernel.llm.sequence import KVCache, Sequence
 
 
@@ -184,8 +183,13 @@ class TransformersCore(HFTokenizerCore):
             device=self.device,
         )
         self.model.to(self.device)
-        self._no_mask = NO_MASK.to(self.device)
-        self.model.set_attn_implementation(ATTN_IMPLEMENTATION)
+        # imported here, not at the top: it pulls in transformers' modeling code (2.3 s here),
+        # which a mount whose models all run on llama.cpp never needs
+        from kernel.llm import packed
+
+        self._packed = packed
+        self._no_mask = packed.NO_MASK.to(self.device)
+        self.model.set_attn_implementation(packed.ATTN_IMPLEMENTATION)
 
     @torch.inference_mode()
     def forward(self, feeds: list[tuple[Sequence, int]]) -> torch.Tensor:
@@ -203,7 +207,7 @@ class TransformersCore(HFTokenizerCore):
             positions += range(start, start + n)
             last.append(len(ids) - 1)
             segments.append((kv, n))
-        plan = StepPlan.build(segments)
+        plan = self._packed.StepPlan.build(segments)
         out = self.model(
             input_ids=torch.tensor([ids], dtype=torch.long, device=self.device),
             position_ids=torch.tensor([positions], dtype=torch.long, device=self.device),
