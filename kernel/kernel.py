@@ -1061,13 +1061,10 @@ class Kernel:
     ) -> str | None:
         """Generate one step under the grammar of ``choice``; its text, or None when the
         result was finished meanwhile (cancelled, failed, shutting down)."""
-        model = call.model or agent.config.model or self.default_model
-        engine = self.engines.get(model)
-        if engine is None:
-            self._finish(
-                agent, result, ResultState.FAILED, f"model {model!r} is not loaded", errno.ENOENT
-            )
+        chosen = self._engine_of(agent, result, call)
+        if chosen is None:
             return None
+        model, engine = chosen
         most = MAX_CALLS_PER_STEP if call.parallel_tool_calls else 1
         # An answer reads better spaced; tool arguments stay on track compact.
         schema = step_schema(specs, choice, most)
@@ -1088,7 +1085,6 @@ class Kernel:
             ),
         )
         step = Round()
-        result.model = model
         self._inflight[request.request_id] = Inflight(
             agent, result, engine, agent.conversation.epoch, step, model=model
         )
@@ -1204,13 +1200,10 @@ class Kernel:
         call = result.syscall
         assert isinstance(call, LLMCall)
         cfg = agent.config
-        model = call.model or cfg.model or self.default_model
-        engine = self.engines.get(model)
-        if engine is None:
-            self._finish(
-                agent, result, ResultState.FAILED, f"model {model!r} is not loaded", errno.ENOENT
-            )
+        chosen = self._engine_of(agent, result, call)
+        if chosen is None:
             return
+        model, engine = chosen
         request = build_request(
             next(self._request_ids),
             agent.name,
@@ -1222,11 +1215,26 @@ class Kernel:
         allowed = self.token_allowance(agent, request.sampling.max_tokens)
         if allowed != request.sampling.max_tokens:
             request = replace(request, sampling=replace(request.sampling, max_tokens=allowed))
-        result.model = model
         self._inflight[request.request_id] = Inflight(
             agent, result, engine, agent.conversation.epoch, model=model
         )
         engine.submit(request)
+
+    def _engine_of(
+        self, agent: Agent, result: Result, call: LLMCall
+    ) -> tuple[str, ModelEngine] | None:
+        """The model an llm call runs on (the call's, else the agent's, else the kernel's
+        default) and its engine, recorded in the result (``results/N.json``); None, the
+        result failed with ENOENT, when no such model is loaded."""
+        model = call.model or agent.config.model or self.default_model
+        engine = self.engines.get(model)
+        if engine is None:
+            self._finish(
+                agent, result, ResultState.FAILED, f"model {model!r} is not loaded", errno.ENOENT
+            )
+            return None
+        result.model = model
+        return model, engine
 
     def _emit(self, updates: list[Update]) -> None:
         """Engine thread -> trio thread."""
