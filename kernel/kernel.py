@@ -106,8 +106,14 @@ from kernel.tools import (
 )
 from kernel.tools.calling import (
     MAX_CALLS_PER_STEP,
+    Step,
+    call_key,
     call_record,
+    native_step,
+    native_tools,
+    native_turns,
     parse_step,
+    refusal,
     render_results,
     render_tools,
     step_schema,
@@ -153,6 +159,7 @@ class Round:
 
     def __init__(self) -> None:
         self.text: list[str] = []
+        self.tool_calls: tuple[tuple[str, str], ...] = ()  # a native-tools answer's calls
         self.finish: str | None = None  # the engine's finish reason, or "error"
         self.error = ""
         self.done = trio.Event()
@@ -1007,29 +1014,32 @@ class Kernel:
             context, result.sources = await gather_context(self._env, actor, call)
         caller = Caller(agent.name, agent.uid, agent.gid)
         rounds = call.max_tool_rounds or DEFAULT_TOOL_ROUNDS
-        system = render_tools(
-            specs, call.system if call.system is not None else agent.config.system
-        )
-        turns: list[dict[str, str]] = []  # the rounds so far: step, results, step, ...
+        turns: list[dict[str, Any]] = []  # the rounds so far: step, results, step, ...
         made: set[str] = set()  # every call made so far (name and arguments)
         stuck = False  # the last step only asked again what it had been told
+        native: bool | None = None  # the model takes the tools as its own (first round's)
         result.mark_running()
         for round_no in range(1, rounds + 2):
             choice = call.tool_choice if round_no == 1 else "auto"
             if round_no > rounds or call.tool_choice == "none" or stuck:
                 choice = "none"  # out of rounds, or going round in circles: now answer
-            text = await self._round(agent, result, call, context, system, turns, specs, choice)
-            if text is None:
-                return  # cancelled, failed or the kernel is stopping: already finished
-            try:
-                step = parse_step(text)
-            except ValueError:
+            chosen = self._engine_of(agent, result, call)
+            if chosen is None:
+                return
+            if native is None:
+                native = chosen[1].native_tools
+            elif native != chosen[1].native_tools:  # a reload swapped the model meanwhile
                 self._finish(
                     agent, result, ResultState.FAILED,
-                    f"round {round_no}: the model's step was cut off before it was complete "
-                    "JSON (raise max_tokens)", errno.EIO,
+                    f"model {chosen[0]!r} changed how it calls tools during this call",
+                    errno.EIO,
                 )  # fmt: skip
                 return
+            step = await self._round(
+                agent, result, call, context, turns, specs, choice, chosen, native, round_no
+            )
+            if step is None:
+                return  # cancelled, failed or the kernel is stopping: already finished
             if step.answer is not None:
                 self._answer(agent, result, call, step.answer)
                 return
@@ -1039,14 +1049,23 @@ class Kernel:
                 self._finish(agent, result, ResultState.DONE, reason="tool_calls")
                 return
             calls = unique_calls(step.calls)
-            keys = {name + json.dumps(args, sort_keys=True) for name, args in calls}
-            stuck = keys <= made
+            keys = {call_key(name, args) for name, args in calls}
+            stuck = keys <= made and not (step.native and not calls)
             made |= keys
             done = await self._call_tools(agent, result, caller, calls, round_no)
             if result.finished:
                 return
-            turns.append({"role": "assistant", "content": text})
-            turns.append({"role": "user", "content": render_results(calls, done, call.prompt)})
+            for refused in (c for c in step.native if c.problem):  # never run: the model reads why
+                out = refusal(refused)
+                args = refused.args or {}
+                result.tool_calls.append(call_record(refused.name, args, out, round_no))
+                result.append(transcript_line(refused.name, args, out))
+            if native:
+                by_key = {call_key(n, a): r for (n, a), r in zip(calls, done, strict=True)}
+                turns += native_turns(round_no, step, by_key)
+            else:
+                turns.append({"role": "assistant", "content": step.text})
+                turns.append({"role": "user", "content": render_results(calls, done, call.prompt)})
 
     async def _round(
         self,
@@ -1054,36 +1073,50 @@ class Kernel:
         result: Result,
         call: LLMCall,
         context: str,
-        system: str,
-        turns: list[dict[str, str]],
+        turns: list[dict[str, Any]],
         specs: list[ToolSpec],
         choice: str,
-    ) -> str | None:
-        """Generate one step under the grammar of ``choice``; its text, or None when the
-        result was finished meanwhile (cancelled, failed, shutting down)."""
-        chosen = self._engine_of(agent, result, call)
-        if chosen is None:
-            return None
+        chosen: tuple[str, ModelEngine],
+        native: bool,
+        round_no: int,
+    ) -> Step | None:
+        """Generate one step: under the grammar of ``choice``, or, on a model that calls
+        tools natively, with the tools as its server's own. The step, or None when the result
+        was finished meanwhile (cancelled, failed, shutting down, a step cut off)."""
         model, engine = chosen
         most = MAX_CALLS_PER_STEP if call.parallel_tool_calls else 1
-        # An answer reads better spaced; tool arguments stay on track compact.
-        schema = step_schema(specs, choice, most)
-        grammar = compile_schema(schema, spaced=choice == "none")
+        own = call.system if call.system is not None else agent.config.system
         request = build_request(
             next(self._request_ids), agent.name, call, agent.config,
             agent.conversation.messages, context,
         )  # fmt: skip
-        request = replace(
-            request,
-            messages=(*request.messages, *turns),
-            system=system,
-            sampling=replace(
-                request.sampling,
-                grammar=grammar,
-                schema=schema,
-                max_tokens=self.token_allowance(agent, request.sampling.max_tokens),
-            ),
-        )
+        allowance = self.token_allowance(agent, request.sampling.max_tokens)
+        names: dict[str, str] = {}
+        if native:
+            functions, names = native_tools(specs)
+            request = replace(
+                request,
+                messages=(*request.messages, *turns),
+                system=own,
+                sampling=replace(request.sampling, max_tokens=allowance),
+                tools=functions,
+                tool_choice=choice,
+                parallel_tool_calls=call.parallel_tool_calls,
+            )
+        else:
+            # An answer reads better spaced; tool arguments stay on track compact.
+            schema = step_schema(specs, choice, most)
+            request = replace(
+                request,
+                messages=(*request.messages, *turns),
+                system=render_tools(specs, own),
+                sampling=replace(
+                    request.sampling,
+                    grammar=compile_schema(schema, spaced=choice == "none"),
+                    schema=schema,
+                    max_tokens=allowance,
+                ),
+            )
         step = Round()
         self._inflight[request.request_id] = Inflight(
             agent, result, engine, agent.conversation.epoch, step, model=model
@@ -1101,7 +1134,24 @@ class Kernel:
             return None
         if step.finish == "cancelled" or result.finished:
             return None
-        return "".join(step.text)
+        text = "".join(step.text)
+        if native:
+            if step.finish == "length" and step.tool_calls:
+                self._cut_off(agent, result, round_no, "its tool call")
+                return None
+            return native_step(text, step.tool_calls, names, most)
+        try:
+            return replace(parse_step(text), text=text)
+        except ValueError:
+            self._cut_off(agent, result, round_no, "it")
+            return None
+
+    def _cut_off(self, agent: Agent, result: Result, round_no: int, what: str) -> None:
+        self._finish(
+            agent, result, ResultState.FAILED,
+            f"round {round_no}: the model's step was cut off before {what} was complete "
+            "(raise max_tokens)", errno.EIO,
+        )  # fmt: skip
 
     async def _call_tools(
         self,
@@ -1285,6 +1335,7 @@ class Kernel:
             if entry.round is not None:  # a tool-calling round: the loop reads it
                 entry.round.text.append(u.text)
                 if u.finished is not None:
+                    entry.round.tool_calls = u.tool_calls
                     del self._inflight[u.request_id]
                     entry.round.end(u.finished, u.error or "")
                     touched.add(agent)

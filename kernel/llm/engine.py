@@ -101,6 +101,7 @@ class Engine:
         # sequences outside the batch is kept (swapped-out snapshots and the prefix cache)
         self.queue_info: dict[str, Any] = self.scheduler.info()
         self.kv_info: dict[str, Any] = {"contexts": {}, "prefix_cache": {}}
+        self.native_tools = False  # a local model is held to the step schema by its grammar
 
     # ---- called from the trio thread --------------------------------------------------------
 

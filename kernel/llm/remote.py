@@ -17,6 +17,12 @@ another endpoint, continuing from what had arrived, up to ``retries`` times; the
 ends with an error result that names every endpoint's failure. Nothing accepted is dropped
 silently.
 
+A tool round on a model declared ``tool_calls = "native"`` offers the kernel's tools as the
+server's own (``wire.py``). Its answer, text or tool calls, is held until the stream ends and
+handed over whole (``Update.tool_calls``): a half-written tool call cannot be continued as a
+text snapshot, so no policy preempts such a round (``preemptible``), and one that fails over
+starts again from nothing.
+
 Token counts: each streamed delta counts as one generated token while the answer streams (what
 the policies charge), and the server's own usage figures replace the count when the stream
 ends. Prompt lengths are estimated from characters (three per token, on the safe side) to trim
@@ -26,6 +32,7 @@ the oldest history turns to the model's ``context``; the server's count is repor
 from __future__ import annotations
 
 import contextlib
+import json
 import logging
 import math
 import os
@@ -61,6 +68,7 @@ log = logging.getLogger(__name__)
 CHARS_PER_TOKEN = 3  # the prompt estimate errs long: a trimmed turn is better than a 400
 RETRYABLE_STATUS = frozenset({408, 409, 425, 429, 500, 502, 503, 504, 529})
 MODEL_KINDS = ("local", *KINDS)
+TOOL_CALL_STYLES = ("schema", "native")
 
 
 @dataclass(frozen=True)
@@ -78,6 +86,7 @@ class ModelDecl:
     api_key_env: str | None = None
     api_key_file: Path | None = None
     continue_style: str = "prefill"  # how a partial answer is continued (``wire.py``)
+    tool_calls: str = "schema"  # how tool rounds go: held to the step schema, or "native"
     penalty_field: str | None = None  # the field the agent's repetition_penalty goes in
     retries: int = 4  # further attempts after a failure, on other endpoints where possible
     connect_timeout_s: float = 10.0
@@ -116,6 +125,7 @@ _DECL_KEYS = {
     "api_key_env",
     "api_key_file",
     "continue",
+    "tool_calls",
     "retries",
     "connect_timeout_s",
     "read_timeout_s",
@@ -193,6 +203,18 @@ def parse_models(tables: Any) -> dict[str, ModelDecl]:
                     f"{where}: penalty_field must be {' or '.join(PENALTY_FIELDS)} "
                     "(vLLM and SGLang take repetition_penalty, llama.cpp's server repeat_penalty)"
                 )
+        tool_calls = t.get("tool_calls", "schema")
+        if tool_calls not in TOOL_CALL_STYLES:
+            raise InvalidArgument(
+                f"{where}: tool_calls must be {' or '.join(TOOL_CALL_STYLES)} (native: the "
+                "server's own tools and tool_calls; schema: each round held to the step's JSON "
+                "Schema)"
+            )
+        if tool_calls == "native" and kind == "local":
+            raise InvalidArgument(
+                f'{where}: tool_calls = "native" is for remote models (a local model is held '
+                "to the step schema by its grammar)"
+            )
         key_env = t.get("api_key_env")
         key_file = t.get("api_key_file")
         if key_env is not None and not isinstance(key_env, str):
@@ -208,6 +230,7 @@ def parse_models(tables: Any) -> dict[str, ModelDecl]:
             api_key_file=Path(key_file).expanduser() if key_file else None,
             continue_style=style,
             penalty_field=penalty,
+            tool_calls=tool_calls,
             max_in_flight=ints.get("max_in_flight", 16),
             context=ints.get("context", 8192),
             retries=ints.get("retries", 4),
@@ -230,6 +253,11 @@ class RemoteSequence(Sequence):
         self.reported_in = False
         self.scope: trio.CancelScope | None = None  # the stream now running, if any
         self.streams = 0  # how many streams it took (resumptions and failovers add one each)
+        # a native-tools answer, held until its stream ends: its text, and each tool call's
+        # name and arguments so far, by the call's index
+        self.native = bool(request.tools)
+        self.held: list[str] = []
+        self.calls: dict[int, list[str]] = {}
 
     @property
     def num_tokens(self) -> int:
@@ -238,6 +266,12 @@ class RemoteSequence(Sequence):
     @property
     def generated(self) -> int:
         return self.chunks
+
+    @property
+    def preemptible(self) -> bool:
+        # a native-tools round restarts when its stream is closed: preempted at every slice,
+        # a long one would never finish, so it runs to its end
+        return not self.native
 
 
 @dataclass
@@ -269,6 +303,7 @@ class RemoteEngine:
         self.limits = replace(limits, max_running=decl.max_in_flight, max_tokens_in_flight=1 << 40)
         self.scheduler: Scheduler = make_scheduler(policy, self.limits, self.ledger)
         self._transport = transport
+        self.native_tools = decl.tool_calls == "native"
         self.state = "new"  # new -> ready | failed; stopped
         self.progress = ""
         self.load_error: str | None = None
@@ -361,6 +396,7 @@ class RemoteEngine:
             "model": self.decl.model,
             "context": self.decl.context,
             "max_in_flight": self.decl.max_in_flight,
+            "tool_calls": self.decl.tool_calls,
             "in_flight": len(self.scheduler.running),
             "waiting": len(self.scheduler.waiting),
             "state": self.state,
@@ -476,6 +512,8 @@ class RemoteEngine:
         fixed = _estimate([*request.messages]) + _estimate(
             [{"content": request.system}] if request.system else []
         )
+        if request.tools:  # the server writes the tools into the prompt
+            fixed += math.ceil(len(json.dumps(request.tools)) / CHARS_PER_TOKEN)
         max_tokens = request.sampling.max_tokens
         while history and fixed + _estimate(history) + max_tokens > self.decl.context:
             history = history[2:]
@@ -553,6 +591,8 @@ class RemoteEngine:
         complete, else why not. Cancellation (preemption) leaves through the ``async with``,
         which closes the connection."""
         assert self._client is not None
+        if seq.native:  # nothing of an unfinished stream was handed over: start afresh
+            seq.held, seq.calls, seq.chunks = [], {}, 0
         prefix = seq.text
         left = seq.max_tokens - seq.chunks
         if left <= 0:
@@ -579,7 +619,7 @@ class RemoteEngine:
                     return _status_failure(resp.status_code, data, resp.headers)
                 async with contextlib.aclosing(_events(resp)) as events:
                     async for event in events:
-                        chunk = self.wire.parse(event)
+                        chunk = self.wire.parse(event, seq.native)
                         if chunk.error is not None:
                             return _Failure(f"the server reported: {chunk.error}", chunk.retryable)
                         if chunk.tokens_in is not None and not seq.reported_in:
@@ -588,6 +628,14 @@ class RemoteEngine:
                             self.emit([Update(seq.id, tokens_in=chunk.tokens_in)])
                         if chunk.tokens_out is not None:
                             server_out = chunk.tokens_out
+                        for piece in chunk.calls:
+                            call = seq.calls.setdefault(piece.index, ["", ""])
+                            call[0] += piece.name
+                            call[1] += piece.arguments
+                            if chunks == 0:
+                                self.pool.first_token(ep, seq.id, time.monotonic())
+                            chunks += 1
+                            self._delta(seq, "")
                         text = echo.feed(chunk.text)
                         if skip and text:
                             cut = min(skip, len(text) - len(text.lstrip()))
@@ -627,7 +675,11 @@ class RemoteEngine:
     def _delta(self, seq: RemoteSequence, text: str) -> None:
         seq.chunks += 1
         seq.slice_tokens += 1
-        seq.text += text
+        if seq.native:
+            seq.held.append(text)
+            text = ""  # handed over when the stream ends (``_end``)
+        else:
+            seq.text += text
         seq.reported_out += 1
         self.tokens_generated += 1
         self.rate.add(1)
@@ -648,6 +700,9 @@ class RemoteEngine:
         else:
             self.finished += 1
         update = Update(seq.id, finished=finish, error=error)
+        if seq.native and finish != "error":
+            update.text = "".join(seq.held)
+            update.tool_calls = tuple((c[0], c[1]) for _, c in sorted(seq.calls.items()))
         if not seq.started_reported:
             seq.started_reported = True
             update.started = True
@@ -694,7 +749,14 @@ def _status_failure(status: int, body: bytes, headers: Mapping[str, str]) -> _Fa
     return _Failure(reason, retry=False)  # the request itself is wrong: another try won't help
 
 
-def _estimate(messages: list[dict[str, str]]) -> int:
+def _estimate(messages: list[dict[str, Any]]) -> int:
     """Tokens a list of messages takes, from its characters (and a few per message for the
-    chat template's markers)."""
-    return sum(math.ceil(len(m.get("content") or "") / CHARS_PER_TOKEN) + 4 for m in messages)
+    chat template's markers); an assistant turn's native tool calls count as their JSON."""
+    return sum(
+        math.ceil(
+            (len(m.get("content") or "") + len(json.dumps(m.get("tool_calls") or "")))
+            / CHARS_PER_TOKEN
+        )
+        + 4
+        for m in messages
+    )

@@ -33,11 +33,20 @@ class GenerationRequest:
 
     request_id: int
     agent: str
-    messages: tuple[dict[str, str], ...]
+    # chat messages in the OpenAI shape: role and content, and for a tool round on a model
+    # that calls tools natively also an assistant turn's ``tool_calls`` and a ``tool`` turn's
+    # ``tool_call_id``
+    messages: tuple[dict[str, Any], ...]
     sampling: SamplingParams = field(default_factory=SamplingParams)
     history: tuple[dict[str, str], ...] = ()
     system: str | None = None
     priority: int = 0
+    # the functions offered to a model that calls tools natively (a remote model with
+    # ``tool_calls = "native"``), in the OpenAI shape, and how it may use them: ``auto``,
+    # ``required`` or ``none``; empty for every other request
+    tools: tuple[dict[str, Any], ...] = ()
+    tool_choice: str = "auto"
+    parallel_tool_calls: bool = True
 
 
 @dataclass
@@ -52,6 +61,9 @@ class Update:
     tokens_out: int = 0
     finished: str | None = None  # "stop", "length", or "error"
     error: str | None = None
+    # with ``finished``, the tool calls a native-tools request ended with: (name, arguments as
+    # the JSON text the server sent)
+    tool_calls: tuple[tuple[str, str], ...] = ()
 
 
 class ModelEngine(Protocol):
@@ -64,6 +76,7 @@ class ModelEngine(Protocol):
     loaded: threading.Event  # set once loading ended, however it ended
     queue_info: dict[str, Any]  # the scheduler's view, republished by the engine
     kv_info: dict[str, Any]  # where the state of sequences outside the batch is kept
+    native_tools: bool  # its server takes the kernel's tools as its own (``tools`` above)
 
     def start(self) -> None: ...
 

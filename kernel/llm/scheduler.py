@@ -11,7 +11,9 @@ The policies are the ``Scheduler`` subclasses listed in ``SCHEDULERS``, the one 
 class's docstring says how it decides, and its ``description`` sums that up in one line.
 
 Limits shared by all policies: ``max_running`` sequences in the batch, and ``max_tokens_in_flight``
-tokens of context summed over the batch (a new sequence waits rather than exceed it).
+tokens of context summed over the batch (a new sequence waits rather than exceed it). A sequence
+that is not ``preemptible`` (a remote native-tools round, which could only start again) is never
+chosen to leave the batch: it runs to its end.
 """
 
 from __future__ import annotations
@@ -255,7 +257,7 @@ class RoundRobinScheduler(Scheduler):
         preempted: list[Sequence] = []
         self._admit_in_order()
         expired = sorted(
-            (s for s in self.running if s.slice_tokens >= self.limits.quantum),
+            (s for s in self.running if s.slice_tokens >= self.limits.quantum and s.preemptible),
             key=lambda s: s.slice_tokens,
             reverse=True,
         )
@@ -284,9 +286,10 @@ class PriorityScheduler(Scheduler):
     def schedule(self) -> Decision:
         preempted: list[Sequence] = []
         self._admit_in_order()
-        while self.waiting and self.running:
+        while self.waiting and any(s.preemptible for s in self.running):
             best = self.order()[0]
-            victim = min(self.running, key=lambda s: (s.priority, -s.arrival))
+            victims = [s for s in self.running if s.preemptible]
+            victim = min(victims, key=lambda s: (s.priority, -s.arrival))
             if best.priority <= victim.priority or best in preempted:
                 break
             self._preempt(victim, preempted)
@@ -352,9 +355,10 @@ class FairScheduler(Scheduler):
             if self.can_admit(best):
                 self._admit(best)
                 continue
-            if not self.running:
+            victims = [s for s in self.running if s.preemptible]
+            if not victims:
                 break
-            victim = max(self.running, key=lambda s: self._key(s, counts))
+            victim = max(victims, key=lambda s: self._key(s, counts))
             mine, theirs = counts.get(best.agent, 0), counts[victim.agent]
             gap = self.ledger.of(victim.agent).counter - self.ledger.of(best.agent).counter
             overdue = theirs == mine + 1 and gap > self.limits.quantum
@@ -373,7 +377,10 @@ class FairScheduler(Scheduler):
         if active < 2:
             return
         for agent, n in self._running_counts().items():
-            mine = sorted((s for s in self.running if s.agent == agent), key=lambda s: s.num_tokens)
+            mine = sorted(
+                (s for s in self.running if s.agent == agent and s.preemptible),
+                key=lambda s: s.num_tokens,
+            )
             for seq in mine[: max(0, n - cap)]:  # the shortest contexts are the cheapest to save
                 self._preempt(seq, preempted)
 

@@ -94,6 +94,12 @@ class Sequence:
         return len(self.prompt_ids) + len(self.output_ids)
 
     @property
+    def preemptible(self) -> bool:
+        """Whether a policy may take it out of the batch and resume it later (every local
+        sequence; not a remote native-tools round, which could only start again)."""
+        return True
+
+    @property
     def generated(self) -> int:
         return len(self.output_ids)
 

@@ -13,12 +13,18 @@ checked without a server and the remote engine (``remote.py``) stays the one pla
 HTTP. A partial answer (what a preempted or failed-over generation had produced) goes back as
 the last, assistant, message: the server continues it (llama.cpp's server and Anthropic do this
 for a trailing assistant message; vLLM and SGLang when asked with ``continue_final_message``).
+
+A request with ``tools`` (a tool round on a model declared ``tool_calls = "native"``) offers them
+as the API's own tools, and the answer's tool calls come back as ``ToolDelta`` pieces, which
+the engine joins; its history carries the earlier rounds' calls and results in the OpenAI
+shape (an assistant turn's ``tool_calls``, ``tool`` turns), which the Messages API gets as
+``tool_use`` and ``tool_result`` blocks.
 """
 
 from __future__ import annotations
 
 import json
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any, ClassVar
 
 from kernel.llm.request import GenerationRequest
@@ -31,12 +37,24 @@ CONTINUE_STYLES = ("prefill", "continue_final_message")
 PENALTY_FIELDS = ("repetition_penalty", "repeat_penalty")
 
 
+@dataclass(frozen=True)
+class ToolDelta:
+    """A piece of a native tool call: the ``index``-th call of the answer, its name when this
+    piece starts it, and the next characters of its arguments (JSON text, streamed)."""
+
+    index: int
+    name: str = ""
+    arguments: str = ""
+
+
 @dataclass
 class Chunk:
-    """What one event says: text to append, the end (``finish``: "stop" or "length"), the
-    server's token counts when it gives them, or an error it reports inside the stream."""
+    """What one event says: text to append, pieces of tool calls, the end (``finish``: "stop"
+    or "length"), the server's token counts when it gives them, or an error it reports inside
+    the stream."""
 
     text: str = ""
+    calls: list[ToolDelta] = field(default_factory=list)
     finish: str | None = None
     tokens_in: int | None = None
     tokens_out: int | None = None
@@ -106,7 +124,8 @@ class WireFormat:
         answer so far; "" for a fresh start) with at most ``max_tokens`` more tokens."""
         raise NotImplementedError
 
-    def parse(self, event: Event) -> Chunk:
+    def parse(self, event: Event, native: bool = False) -> Chunk:
+        """One event of the answer; ``native``: the request offered native tools."""
         raise NotImplementedError
 
     def sent_prefix(self, prefix: str) -> str:
@@ -114,7 +133,7 @@ class WireFormat:
         return prefix
 
     @staticmethod
-    def _messages(request: GenerationRequest) -> list[dict[str, str]]:
+    def _messages(request: GenerationRequest) -> list[dict[str, Any]]:
         return [*request.history, *request.messages]
 
 
@@ -131,7 +150,7 @@ class OpenAIChat(WireFormat):
         return h
 
     def body(self, request: GenerationRequest, prefix: str, max_tokens: int) -> dict[str, Any]:
-        messages: list[dict[str, str]] = []
+        messages: list[dict[str, Any]] = []
         if request.system is not None:
             messages.append({"role": "system", "content": request.system})
         messages += self._messages(request)
@@ -157,6 +176,10 @@ class OpenAIChat(WireFormat):
                 "type": "json_schema",
                 "json_schema": {"name": "output", "schema": s.schema, "strict": True},
             }
+        if request.tools:
+            body["tools"] = [{"type": "function", "function": t} for t in request.tools]
+            body["tool_choice"] = request.tool_choice
+            body["parallel_tool_calls"] = request.parallel_tool_calls
         if prefix:
             messages.append({"role": "assistant", "content": prefix})
             if self.continue_style == "continue_final_message":
@@ -164,7 +187,7 @@ class OpenAIChat(WireFormat):
                 body["add_generation_prompt"] = False
         return body
 
-    def parse(self, event: Event) -> Chunk:
+    def parse(self, event: Event, native: bool = False) -> Chunk:
         if event.data.strip() == "[DONE]":
             return Chunk(done=True)
         obj = _json(event.data)
@@ -180,6 +203,19 @@ class OpenAIChat(WireFormat):
             content = delta.get("content")
             if isinstance(content, str):
                 chunk.text += content
+            for call in delta.get("tool_calls") or []:
+                if not isinstance(call, dict):
+                    continue
+                fn = call.get("function") or {}
+                index = _int(call.get("index"))
+                name, args = fn.get("name"), fn.get("arguments")
+                chunk.calls.append(
+                    ToolDelta(
+                        index if index is not None else 0,
+                        name if isinstance(name, str) else "",
+                        args if isinstance(args, str) else "",
+                    )
+                )
             reason = choice.get("finish_reason")
             if reason:
                 chunk.finish = "length" if reason == "length" else "stop"
@@ -196,7 +232,11 @@ class AnthropicMessages(WireFormat):
     events, is the answer's text. A resumed answer (after a preemption or a failover) cannot
     continue inside a tool call: it goes on as a text prefill of the JSON so far, which the
     server no longer holds to the schema. A schema whose top level is not an object (the only
-    kind a tool's input may be) is not sent either."""
+    kind a tool's input may be) is not sent either.
+
+    Native tools go as the API's tools (``input_schema``), ``tool_choice`` as ``auto``,
+    ``any`` or ``none``; each ``tool_use`` block of the answer is a call, its
+    ``input_json_delta`` events the arguments."""
 
     kind = "anthropic"
     path = "/messages"
@@ -222,7 +262,7 @@ class AnthropicMessages(WireFormat):
 
     def body(self, request: GenerationRequest, prefix: str, max_tokens: int) -> dict[str, Any]:
         s = request.sampling
-        messages = self._messages(request)
+        messages = anthropic_turns(self._messages(request))
         if prefix:
             messages.append({"role": "assistant", "content": self.sent_prefix(prefix)})
         body: dict[str, Any] = {
@@ -248,6 +288,19 @@ class AnthropicMessages(WireFormat):
                 }
             ]
             body["tool_choice"] = {"type": "tool", "name": OUTPUT_TOOL}
+        elif request.tools:
+            body["tools"] = [
+                {
+                    "name": t["name"],
+                    "description": t.get("description", ""),
+                    "input_schema": t["parameters"],
+                }
+                for t in request.tools
+            ]
+            choice: dict[str, Any] = {"type": _ANTHROPIC_CHOICE[request.tool_choice]}
+            if not request.parallel_tool_calls and request.tool_choice != "none":
+                choice["disable_parallel_tool_use"] = True
+            body["tool_choice"] = choice
         return body
 
     def sent_prefix(self, prefix: str) -> str:
@@ -255,17 +308,33 @@ class AnthropicMessages(WireFormat):
         and the engine drops the white space the continuation repeats."""
         return prefix.rstrip()
 
-    def parse(self, event: Event) -> Chunk:
+    def parse(self, event: Event, native: bool = False) -> Chunk:
         obj = _json(event.data)
-        # an event that is not JSON comes back from _json as an error, whatever its name
-        kind = obj.get("type") or ("error" if "error" in obj else event.name)
+        # an event that is not JSON comes back from _json as an error, whatever its name; an
+        # ``error`` event is one whatever its data says (llama-server's has no "type": "error")
+        kind = (
+            "error"
+            if event.name == "error"
+            else obj.get("type") or ("error" if "error" in obj else event.name)
+        )
         if kind == "error":
             return _error_chunk(obj.get("error") or obj)
         if kind == "message_start":
             usage = (obj.get("message") or {}).get("usage") or {}
             return Chunk(tokens_in=_int(usage.get("input_tokens")))
+        index = _int(obj.get("index"))
+        if kind == "content_block_start" and native:
+            block = obj.get("content_block") or {}
+            name = block.get("name")
+            if block.get("type") == "tool_use" and isinstance(name, str) and index is not None:
+                return Chunk(calls=[ToolDelta(index, name)])
         if kind == "content_block_delta":
             delta = obj.get("delta") or {}
+            if native and delta.get("type") == "input_json_delta" and index is not None:
+                piece = delta.get("partial_json")
+                return Chunk(
+                    calls=[ToolDelta(index, arguments=piece if isinstance(piece, str) else "")]
+                )
             kinds = {"text_delta": "text", "input_json_delta": "partial_json"}
             field = kinds.get(str(delta.get("type")))
             text = delta.get(field) if field else None
@@ -283,6 +352,43 @@ class AnthropicMessages(WireFormat):
 
 
 OUTPUT_TOOL = "output"  # the tool an Anthropic model is made to call for a schema's answer
+_ANTHROPIC_CHOICE = {"auto": "auto", "required": "any", "none": "none"}
+
+
+def anthropic_turns(messages: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """Chat turns in the OpenAI shape as the Messages API has them: an assistant turn's
+    ``tool_calls`` become ``tool_use`` blocks (after its text, if any), and the ``tool`` turns
+    that follow become one user turn of ``tool_result`` blocks. Plain turns pass as they are."""
+    out: list[dict[str, Any]] = []
+    for m in messages:
+        if m.get("role") == "assistant" and m.get("tool_calls"):
+            blocks: list[dict[str, Any]] = []
+            if m.get("content"):
+                blocks.append({"type": "text", "text": m["content"]})
+            for call in m["tool_calls"]:
+                fn = call["function"]
+                try:
+                    args = json.loads(fn["arguments"])
+                except ValueError:
+                    args = {}
+                blocks.append(
+                    {"type": "tool_use", "id": call["id"], "name": fn["name"], "input": args}
+                )
+            out.append({"role": "assistant", "content": blocks})
+        elif m.get("role") == "tool":
+            block = {
+                "type": "tool_result",
+                "tool_use_id": m["tool_call_id"],
+                "content": str(m.get("content") or ""),
+            }
+            last = out[-1] if out else None
+            if last and last["role"] == "user" and isinstance(last["content"], list):
+                last["content"].append(block)
+            else:
+                out.append({"role": "user", "content": [block]})
+        else:
+            out.append(m)
+    return out
 
 
 def object_schema(schema: dict[str, Any]) -> dict[str, Any] | None:

@@ -32,6 +32,7 @@ def test_openai_table_with_endpoints() -> None:
             "retries": 0,
             "continue": "continue_final_message",
             "penalty_field": "repetition_penalty",
+            "tool_calls": "native",
             "connect_timeout_s": 2,
             "read_timeout_s": 60.5,
             "health_interval_s": 3,
@@ -48,6 +49,7 @@ def test_openai_table_with_endpoints() -> None:
         retries=0,
         continue_style="continue_final_message",
         penalty_field="repetition_penalty",
+        tool_calls="native",
         connect_timeout_s=2.0,
         read_timeout_s=60.5,
         health_interval_s=3.0,
@@ -61,6 +63,7 @@ def test_defaults_and_single_endpoint_key() -> None:
     assert decl.kind == "openai" and decl.endpoints == (URL,)
     assert decl.max_in_flight == 16 and decl.context == 8192 and decl.retries == 4
     assert decl.continue_style == "prefill" and decl.penalty_field is None
+    assert decl.tool_calls == "schema"
     assert decl.connect_timeout_s == 10.0 and decl.read_timeout_s == 300.0
     assert decl.health_interval_s == 10.0
     assert decl.api_key_env is None and decl.api_key_file is None and decl.api_key() is None
@@ -145,6 +148,8 @@ def test_no_tables() -> None:
             "penalty_field",
         ),
         ({"kind": "local", "model": "smollm2", "penalty_field": "repeat_penalty"}, "penalty_field"),
+        ({"model": "x", "endpoint": URL, "tool_calls": "openai"}, "tool_calls"),
+        ({"kind": "local", "model": "smollm2", "tool_calls": "native"}, "tool_calls"),
     ],
 )
 def test_mistakes_name_the_table_and_the_key(table: dict[str, Any], key: str) -> None:

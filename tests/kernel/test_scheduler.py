@@ -227,3 +227,27 @@ def test_fair_takes_back_what_a_lone_agent_took_once_others_arrive() -> None:
     agents = [q.agent for q in decision.run]
     assert agents.count("flood") == 4 and agents.count("modest") == 1  # 8 // 2 active agents
     assert len(decision.preempted) == 4
+
+
+class Whole(Sequence):
+    """A sequence that cannot be resumed (as a remote native-tools round): never preempted."""
+
+    @property
+    def preemptible(self) -> bool:
+        return False
+
+
+@pytest.mark.parametrize("policy", ["rr", "priority", "fair"])
+def test_a_sequence_that_cannot_resume_runs_to_its_end(policy: str) -> None:
+    s = make_scheduler(policy, Limits(max_running=1, quantum=2))
+    req = GenerationRequest(1, "round", ({"role": "user", "content": "x"},), priority=0)
+    whole = Whole(req, [1], 12)
+    s.add(whole)
+    step(s)
+    for i, agent in enumerate(("urgent", "other")):
+        s.add(mk(10 + i, agent, priority=9, tokens=2))
+    ran = [step(s) for _ in range(11)]
+    assert (
+        all(r == [1] for r in ran) and whole.preemptions == 0 and whole.state is SeqState.FINISHED
+    )
+    assert step(s)[0] in (10, 11)  # then the others

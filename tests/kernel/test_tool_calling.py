@@ -12,6 +12,10 @@ from kernel.tools import ToolResult, ToolSpec
 from kernel.tools.calling import (
     ARGUMENT_CHARS,
     bounded,
+    call_key,
+    native_step,
+    native_tools,
+    native_turns,
     parse_step,
     render_results,
     step_schema,
@@ -96,3 +100,65 @@ def test_results_go_back_in_words_with_the_question() -> None:
     assert "datetime() failed (timeout): took longer than 5 s" in text
     assert text.endswith("answer: What is 37*91?")
     assert unique_calls([*calls, calls[0]]) == calls
+
+
+def test_native_tools_are_named_as_a_server_allows() -> None:
+    """A function name holds letters, digits, _ and -: an MCP tool's SERVER.TOOL goes as
+    SERVER_TOOL, made unique when two would clash, and maps back."""
+    mcp = ToolSpec(name="git.log", description=" Commits. ", schema={"type": "object"})
+    clash = ToolSpec(name="git_log", description="Also commits.", schema={"type": "object"})
+    functions, back = native_tools([CALC, mcp, clash])
+    assert [f["name"] for f in functions] == ["calculator", "git_log", "git_log_2"]
+    assert back == {"calculator": "calculator", "git_log": "git.log", "git_log_2": "git_log"}
+    assert functions[1] == {
+        "name": "git_log",
+        "description": "Commits.",
+        "parameters": {"type": "object"},
+    }
+    long = ToolSpec(name="s." + "x" * 120, description="d", schema={"type": "object"})
+    assert all(len(f["name"]) <= 64 for f in native_tools([long, long])[0])
+
+
+def test_a_native_step_refuses_what_it_cannot_run() -> None:
+    names = {"calculator": "calculator", "git_log": "git.log"}
+    assert native_step("Paris.", [], names) == native_step("Paris.", (), names)
+    assert native_step("Paris.", [], names).answer == "Paris."
+    step = native_step(
+        "Working.",
+        [
+            ("git_log", '{"n": 3}'),
+            ("shell", '{"cmd": "rm -rf /"}'),  # not offered: never run
+            ("calculator", '{"expression": "1+'),  # not JSON
+            ("calculator", '["1+1"]'),  # JSON, not an object
+            ("calculator", ""),  # no arguments at all: an empty object
+        ],
+        names,
+        max_calls=5,
+    )
+    assert step.answer is None and step.text == "Working."
+    assert step.calls == (("git.log", {"n": 3}), ("calculator", {}))
+    problems = [c.problem for c in step.native]
+    assert problems[0] == "" and "not one of the tools offered" in problems[1] and problems[4] == ""
+    assert "not a JSON object" in problems[2] and "not a JSON object" in problems[3]
+    over = native_step("", [("calculator", '{"expression": "1"}')] * 2, names, max_calls=1)
+    assert over.calls == (("calculator", {"expression": "1"}),)
+    assert "1 call at most" in over.native[1].problem
+
+
+def test_native_turns_pair_each_call_with_its_result() -> None:
+    names = {"calculator": "calculator"}
+    step = native_step("", [("calculator", '{"expression": "2*3"}'), ("shell", "{}")], names)
+    out = ToolResult("calculator", True, "ok", value=6)
+    turns = native_turns(2, step, {call_key("calculator", {"expression": "2*3"}): out})
+    assert turns[0] == {
+        "role": "assistant",
+        "content": "",
+        "tool_calls": [
+            {"id": "call_2_0", "type": "function",
+             "function": {"name": "calculator", "arguments": '{"expression": "2*3"}'}},
+            {"id": "call_2_1", "type": "function",
+             "function": {"name": "shell", "arguments": "{}"}},
+        ],
+    }  # fmt: skip
+    assert turns[1] == {"role": "tool", "tool_call_id": "call_2_0", "content": "6"}
+    assert turns[2]["tool_call_id"] == "call_2_1" and "not run" in turns[2]["content"]

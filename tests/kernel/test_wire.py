@@ -445,6 +445,14 @@ def test_anthropic_parse_error_event(kind: str, retryable: bool) -> None:
     assert chunk.error == "Nope" and chunk.retryable is retryable and not chunk.done
 
 
+def test_an_error_event_is_an_error_whatever_its_data_says() -> None:
+    """llama-server's Messages API ends a stream it cannot finish with an ``error`` event whose
+    data is its own error object (no ``"type": "error"``): still an error, and the message."""
+    data_ = {"code": 500, "message": "output does not match", "type": "server_error"}
+    chunk = AnthropicMessages("c").parse(Event("error", json.dumps(data_)))
+    assert chunk.error == "output does not match" and not chunk.retryable
+
+
 def test_anthropic_parse_non_json_is_an_error() -> None:
     # a named event whose data is not JSON is an error, not an empty delta that loses text
     chunk = AnthropicMessages("c").parse(Event("content_block_delta", "{truncated"))
@@ -553,3 +561,128 @@ def test_the_repetition_penalty_goes_only_where_the_table_names_its_field() -> N
     for field in PENALTY_FIELDS:
         body = OpenAIChat("m", penalty_field=field).body(request(sampling), "", 9)
         assert body[field] == 1.3 and not set(PENALTY_FIELDS) - {field} & set(body)
+
+
+# ---- native tools ------------------------------------------------------------------------------
+
+WEATHER = {
+    "name": "weather",
+    "description": "The weather in a city.",
+    "parameters": {"type": "object", "properties": {"city": {"type": "string"}}},
+}
+ROUND = (
+    {"role": "user", "content": "Weather in Paris and Rome?"},
+    {
+        "role": "assistant",
+        "content": "Looking.",
+        "tool_calls": [
+            {"id": "call_1_0", "type": "function",
+             "function": {"name": "weather", "arguments": '{"city": "Paris"}'}},
+            {"id": "call_1_1", "type": "function",
+             "function": {"name": "weather", "arguments": '{"city": "Rome"}'}},
+        ],
+    },
+    {"role": "tool", "tool_call_id": "call_1_0", "content": '"sunny"'},
+    {"role": "tool", "tool_call_id": "call_1_1", "content": "failed (timeout): slow"},
+)  # fmt: skip
+
+
+def native(choice: str = "auto", parallel: bool = True) -> GenerationRequest:
+    return GenerationRequest(
+        request_id=1,
+        agent="a",
+        messages=ROUND,
+        tools=(WEATHER,),
+        tool_choice=choice,
+        parallel_tool_calls=parallel,
+    )
+
+
+def test_openai_native_tools_are_the_apis_own() -> None:
+    body = OpenAIChat("m").body(native("required", parallel=False), "", 64)
+    assert body["tools"] == [{"type": "function", "function": WEATHER}]
+    assert body["tool_choice"] == "required" and body["parallel_tool_calls"] is False
+    assert "response_format" not in body
+    assert body["messages"] == list(ROUND)  # the rounds so far, in the API's own shape
+    assert "tools" not in OpenAIChat("m").body(request(), "", 64)
+
+
+def test_openai_streamed_tool_calls_come_in_pieces() -> None:
+    """The documented stream of two parallel calls: the first piece of each names it, the
+    rest carry its arguments, and the finish reason is ``tool_calls``."""
+    deltas = [
+        {"role": "assistant", "content": None},
+        {"tool_calls": [{"index": 0, "id": "a", "type": "function",
+                         "function": {"name": "weather", "arguments": ""}}]},
+        {"tool_calls": [{"index": 0, "function": {"arguments": '{"city": '}}]},
+        {"tool_calls": [{"index": 0, "function": {"arguments": '"Paris"}'}}]},
+        {"tool_calls": [{"index": 1, "id": "b", "type": "function",
+                         "function": {"name": "weather", "arguments": '{"city": "Rome"}'}}]},
+    ]  # fmt: skip
+    wire = OpenAIChat("m")
+    chunks = [wire.parse(data({"choices": [{"index": 0, "delta": d}]})) for d in deltas]
+    chunks.append(wire.parse(data({"choices": [{"index": 0, "delta": {},
+                                                "finish_reason": "tool_calls"}]})))  # fmt: skip
+    calls: dict[int, list[str]] = {}
+    for c in chunks:
+        for piece in c.calls:
+            call = calls.setdefault(piece.index, ["", ""])
+            call[0] += piece.name
+            call[1] += piece.arguments
+    assert calls == {0: ["weather", '{"city": "Paris"}'], 1: ["weather", '{"city": "Rome"}']}
+    assert chunks[-1].finish == "stop" and not "".join(c.text for c in chunks)
+
+
+def test_anthropic_native_tools_and_rounds_are_tool_use_and_tool_result_blocks() -> None:
+    wire = AnthropicMessages("c")
+    body = wire.body(native("required", parallel=False), "", 64)
+    assert body["tools"] == [
+        {"name": "weather", "description": "The weather in a city.",
+         "input_schema": WEATHER["parameters"]}
+    ]  # fmt: skip
+    assert body["tool_choice"] == {"type": "any", "disable_parallel_tool_use": True}
+    assert body["messages"] == [
+        ROUND[0],
+        {"role": "assistant", "content": [
+            {"type": "text", "text": "Looking."},
+            {"type": "tool_use", "id": "call_1_0", "name": "weather", "input": {"city": "Paris"}},
+            {"type": "tool_use", "id": "call_1_1", "name": "weather", "input": {"city": "Rome"}},
+        ]},
+        {"role": "user", "content": [
+            {"type": "tool_result", "tool_use_id": "call_1_0", "content": '"sunny"'},
+            {"type": "tool_result", "tool_use_id": "call_1_1", "content": "failed (timeout): slow"},
+        ]},
+    ]  # fmt: skip
+    assert wire.body(native("none"), "", 64)["tool_choice"] == {"type": "none"}
+    assert wire.body(native("auto"), "", 64)["tool_choice"] == {"type": "auto"}
+
+
+def test_anthropic_native_tool_use_blocks_are_calls_and_text_stays_text() -> None:
+    """The documented stream of a text block and a tool_use block: with native tools the
+    tool's partial JSON is its arguments; without (the forced ``output`` tool) it is text."""
+    events = [
+        {"type": "message_start", "message": {"usage": {"input_tokens": 30}}},
+        {"type": "content_block_start", "index": 0, "content_block": {"type": "text", "text": ""}},
+        {"type": "content_block_delta", "index": 0,
+         "delta": {"type": "text_delta", "text": "Let me look."}},
+        {"type": "content_block_stop", "index": 0},
+        {"type": "content_block_start", "index": 1,
+         "content_block": {"type": "tool_use", "id": "toolu_1", "name": "weather", "input": {}}},
+        {"type": "content_block_delta", "index": 1,
+         "delta": {"type": "input_json_delta", "partial_json": '{"city": '}},
+        {"type": "content_block_delta", "index": 1,
+         "delta": {"type": "input_json_delta", "partial_json": '"Paris"}'}},
+        {"type": "content_block_stop", "index": 1},
+        {"type": "message_delta", "delta": {"stop_reason": "tool_use"},
+         "usage": {"output_tokens": 12}},
+        {"type": "message_stop"},
+    ]  # fmt: skip
+    wire = AnthropicMessages("c")
+    chunks = [wire.parse(data(e, e["type"]), native=True) for e in events]
+    assert "".join(c.text for c in chunks) == "Let me look."
+    pieces = [p for c in chunks for p in c.calls]
+    assert {p.index for p in pieces} == {1} and "".join(p.name for p in pieces) == "weather"
+    assert "".join(p.arguments for p in pieces) == '{"city": "Paris"}'
+    plain = [wire.parse(data(e, e["type"])) for e in events]
+    assert not any(c.calls for c in plain)
+    assert "".join(c.text for c in plain) == 'Let me look.{"city": "Paris"}'

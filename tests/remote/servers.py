@@ -17,6 +17,7 @@ import http.client
 import http.server
 import json
 import os
+import socket
 import threading
 import time
 from collections.abc import Iterator, Sequence
@@ -56,6 +57,14 @@ def weights() -> Path:
     from kernel.llm.models import default_cache_dir, resolve_model
 
     return weights_file(resolve_model("smollm2"), default_cache_dir(), "f16", 2, lambda _m: None)
+
+
+TOOL_TEMPLATE = Path(__file__).with_name("tool_template.jinja")
+"""A ChatML template for SmolLM2 (which was not trained to call tools) that gives llama-server
+a tool-call format: the tools listed in the system turn, each call a bare JSON object
+``{"name": ..., "arguments": ...}``, each result a user turn. llama-server reads the format
+from the template, holds ``tool_choice: required`` to it with a grammar and parses the calls
+into ``tool_calls``: its own native tool calling, on a model that could not do it alone."""
 
 
 @contextlib.contextmanager
@@ -104,14 +113,18 @@ class Refusal:
 
 class Proxy:
     """A forwarding HTTP/1.1 server on loopback. ``refuse`` holds the answers to give instead
-    of forwarding, one per POST, in order; ``always`` (when set) answers every POST."""
+    of forwarding, one per POST, in order; ``always`` (when set) answers every POST; ``cut``
+    holds byte counts, one per POST, after which the answer's connection is dropped
+    mid-stream (as a server that dies would leave it)."""
 
     def __init__(self, target: ls.Server) -> None:
         self.target = target
         self.refuse: list[Refusal] = []
         self.always: Refusal | None = None
+        self.cut: list[int] = []
         self.posts = 0
         self.post_times: list[float] = []
+        self.bodies: list[Any] = []  # every POST's JSON, in order
         self._lock = threading.Lock()
         proxy = self
 
@@ -129,7 +142,9 @@ class Proxy:
                 with proxy._lock:
                     proxy.posts += 1
                     proxy.post_times.append(time.monotonic())
+                    proxy.bodies.append(json.loads(body or b"null"))
                     refusal = proxy.refuse.pop(0) if proxy.refuse else proxy.always
+                    cut = proxy.cut.pop(0) if proxy.cut and refusal is None else None
                 if refusal is not None:
                     self.send_response(refusal.status)
                     for k, v in refusal.headers.items():
@@ -139,9 +154,9 @@ class Proxy:
                     self.end_headers()
                     self.wfile.write(refusal.body)
                     return
-                self._forward(body)
+                self._forward(body, cut)
 
-            def _forward(self, body: bytes) -> None:
+            def _forward(self, body: bytes, cut: int | None = None) -> None:
                 conn = http.client.HTTPConnection(proxy.target.host, proxy.target.port, timeout=60)
                 try:
                     headers = {k: v for k, v in self.headers.items() if k.lower() != "host"}
@@ -153,7 +168,16 @@ class Proxy:
                             self.send_header(k, v)
                     self.send_header("transfer-encoding", "chunked")
                     self.end_headers()
+                    sent = 0
                     while chunk := resp.read1(65536):
+                        if cut is not None and sent + len(chunk) >= cut:
+                            chunk = chunk[: cut - sent]
+                            self.wfile.write(b"%x\r\n%s\r\n" % (len(chunk), chunk))
+                            self.wfile.flush()
+                            self.close_connection = True
+                            self.connection.shutdown(socket.SHUT_RDWR)
+                            return
+                        sent += len(chunk)
                         self.wfile.write(b"%x\r\n%s\r\n" % (len(chunk), chunk))
                         self.wfile.flush()
                     self.wfile.write(b"0\r\n\r\n")

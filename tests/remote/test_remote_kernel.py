@@ -2,7 +2,8 @@
 streaming and the server's token counts, cancellation the server sees, the in-flight limit,
 the policy's share when the server is the bottleneck, preemption by text snapshot, failover
 when a server is killed with ``kill -9`` mid-answer, 429 and 5xx answers with their
-``Retry-After``, keys, structured output, and a reload that adds and removes models.
+``Retry-After``, keys, structured output, tool rounds held to the step schema and as the
+server's own tools and tool calls, and a reload that adds and removes models.
 
 Every answer is greedy on the same weights. An answer preempted into pieces, or moved to another
 server halfway, must start exactly as the answer given in one piece and keep its length; after
@@ -32,7 +33,15 @@ from kernel.llm.core import LLMCore
 from kernel.llm.remote import parse_models
 from kernel.results import Result, ResultState
 from tests.conftest import make_kernel
-from tests.remote.servers import Proxy, Refusal, base_url, processing, server, wait_for
+from tests.remote.servers import (
+    TOOL_TEMPLATE,
+    Proxy,
+    Refusal,
+    base_url,
+    processing,
+    server,
+    wait_for,
+)
 
 pytestmark = pytest.mark.timeout(180)
 
@@ -44,6 +53,14 @@ QUESTIONS = [CAPITAL, "Count to five.", "Name three colours.", "What is two plus
 @pytest.fixture(scope="module")
 def srv(tmp_path_factory: pytest.TempPathFactory) -> Iterator[ls.Server]:
     with server(tmp_path_factory.mktemp("llama") / "server.log") as s:
+        yield s
+
+
+@pytest.fixture(scope="module")
+def tool_srv(tmp_path_factory: pytest.TempPathFactory) -> Iterator[ls.Server]:
+    """llama-server with a chat template that gives SmolLM2 a tool-call format (TOOL_TEMPLATE)."""
+    log = tmp_path_factory.mktemp("llama-tools") / "server.log"
+    with server(log, slots=2, extra=["--chat-template-file", str(TOOL_TEMPLATE)]) as s:
         yield s
 
 
@@ -416,3 +433,103 @@ async def test_a_table_may_name_a_local_model_and_the_default_may_be_remote(
         assert k.models_info()["remote"]["finished"] == 1
         small = await answer(k, agent(k, "local", "small"), "hello", 4)
         assert small.state is ResultState.DONE and small.tokens_out == 4
+
+
+TOOL_PROMPT = "Return JSON for the calculator: 99 * 99"
+
+
+async def test_native_tool_calls_are_the_servers_own(
+    tiny_core: LLMCore, tool_srv: ls.Server
+) -> None:
+    """With ``tool_calls = "native"`` a tool round offers the tools as the API's own and reads
+    the server's parsed calls: llama-server, whose template gives it a tool-call format, holds
+    ``tool_choice: required`` to it and answers ``tool_calls``. The kernel runs the call, and
+    the answer round (tool_choice none) gets it back as an assistant turn with the call and a
+    ``tool`` turn with its result."""
+    with Proxy(tool_srv) as proxy:
+        models = {"remote": table(base_url(proxy), tool_calls="native")}
+        async with remote_kernel(tiny_core, models) as k:
+            assert k.models_info()["remote"]["tool_calls"] == "native"
+            result = await answer(
+                k,
+                agent(k, "calc"),
+                TOOL_PROMPT,
+                100,
+                tools=["calculator"],
+                tool_choice="required",
+                parallel_tool_calls=False,
+                max_tool_rounds=1,
+                temperature=0,
+            )
+    meta = result.meta()
+    assert result.state is ResultState.DONE, meta
+    (call,) = meta["tool_calls"]
+    assert call["tool"] == "calculator" and call["round"] == 1, call
+    assert text(result).startswith("[tool calculator")
+    first, second = [b for b in proxy.bodies if b]
+    assert "response_format" not in first and "response_format" not in second
+    assert [t["function"]["name"] for t in first["tools"]] == ["calculator"]
+    assert first["tool_choice"] == "required" and first["parallel_tool_calls"] is False
+    assert second["tool_choice"] == "none"
+    asked, answered = second["messages"][-2:]
+    (made,) = asked["tool_calls"]
+    assert made["function"]["name"] == "calculator"
+    assert json.loads(made["function"]["arguments"]) == call["arguments"]
+    assert answered["role"] == "tool" and answered["tool_call_id"] == made["id"]
+
+
+async def test_native_tool_use_on_the_messages_api(tiny_core: LLMCore, tool_srv: ls.Server) -> None:
+    """The same on the Anthropic kind: the tools go as the Messages API's, ``required`` as
+    ``any``, and the server's ``tool_use`` block is the call. In ``manual`` mode the call is
+    the answer: llama-server's Messages endpoint ignores ``tool_choice: none`` (it passes only
+    auto and any on), so an answer round there would not be held to text. The round's
+    ``tool_result`` turns are tests/kernel/test_wire.py's."""
+    with Proxy(tool_srv) as proxy:
+        models = {"remote": table(base_url(proxy), kind="anthropic", tool_calls="native")}
+        async with remote_kernel(tiny_core, models) as k:
+            result = await answer(
+                k,
+                agent(k, "calc"),
+                TOOL_PROMPT,
+                100,
+                tools=["calculator"],
+                tool_choice="required",
+                tool_mode="manual",
+                parallel_tool_calls=False,
+                temperature=0,
+            )
+    assert result.state is ResultState.DONE, result.meta()
+    (wanted,) = json.loads(text(result))["tool_calls"]
+    assert wanted["tool"] == "calculator" and isinstance(wanted["arguments"], dict), wanted
+    (body,) = [b for b in proxy.bodies if b]
+    assert [t["name"] for t in body["tools"]] == ["calculator"]
+    assert body["tool_choice"] == {"type": "any", "disable_parallel_tool_use": True}
+
+
+async def test_a_native_round_cut_off_mid_call_starts_again(
+    tiny_core: LLMCore, tool_srv: ls.Server
+) -> None:
+    """A native round's stream dropped in the middle of its tool call (a dying server) is not
+    continued from the pieces that came: the retry starts the round again, and the call the
+    kernel runs is the retry's whole one."""
+    with Proxy(tool_srv) as proxy:
+        proxy.cut = [1200]  # past the first pieces of the call's arguments
+        models = {"remote": table(base_url(proxy), tool_calls="native")}
+        async with remote_kernel(tiny_core, models) as k:
+            result = await answer(
+                k,
+                agent(k, "calc"),
+                TOOL_PROMPT,
+                100,
+                tools=["calculator"],
+                tool_choice="required",
+                parallel_tool_calls=False,
+                tool_mode="manual",
+                temperature=0,
+            )
+            assert k.models_info()["remote"]["retries"] == 1
+    assert result.state is ResultState.DONE, result.meta()
+    (wanted,) = json.loads(text(result))["tool_calls"]
+    first, again = [b for b in proxy.bodies if b]
+    assert first == again  # the same request from the start, no partial answer
+    assert wanted["tool"] == "calculator" and set(wanted["arguments"]) == {"expression"}
