@@ -10,10 +10,16 @@ applied to the logits after the repetition penalty and before argmax or softmax,
 token always keeps the output valid, and a sampled token is drawn only among valid ones (the
 probabilities renormalise over them). Unconstrained sequences take exactly the path they took
 before, which keeps their output identical whatever their neighbours in the batch ask for.
+
+Greedy decoding of a row in memory (the llama.cpp core's, the transformers core's on CPU) runs
+in numpy: the same penalty in float32 and the same first-maximum argmax as torch's, so the
+same token, without the torch calls' fixed cost on every step (2-3 small ops, tens of
+microseconds each at best, far more when their thread pool meets a busy machine).
 """
 
 from __future__ import annotations
 
+import numpy as np
 import torch
 
 from kernel.llm.grammar import TokenConstraint
@@ -44,6 +50,20 @@ def apply_repetition_penalty(logits: torch.Tensor, seen: list[int], penalty: flo
     logits[idx] = torch.where(vals > 0, vals / penalty, vals * penalty)
 
 
+def greedy(row: np.ndarray, seen: list[int], penalty: float) -> int:
+    """``sample``'s greedy choice for a float32 row in memory: ``apply_repetition_penalty``
+    on a copy of the penalised entries only, then the first maximum."""
+    if penalty == 1.0 or not seen:
+        return int(row.argmax())
+    idx = np.fromiter(set(seen), dtype=np.intp)
+    vals = row[idx]
+    factor = np.float32(penalty)
+    changed = np.where(vals > 0, vals / factor, vals * factor)
+    row = row.copy()
+    row[idx] = changed
+    return int(row.argmax())
+
+
 def apply_grammar_mask(logits: torch.Tensor, constraint: TokenConstraint) -> None:
     """Set to -inf (in place) the logits of every token the grammar does not allow next,
     including ids past the tokenizer's vocabulary (padding rows of the embedding)."""
@@ -62,6 +82,13 @@ def sample(
 ) -> int:
     """Pick one token id from a 1-D float32 logits row; ``rng`` is the one ``new_rng`` made,
     ``constraint`` the sequence's grammar (None: any token)."""
+    if (
+        params.temperature == 0.0
+        and constraint is None
+        and logits.device.type == "cpu"
+        and logits.dtype == torch.float32
+    ):
+        return greedy(logits.numpy(), seen, params.repetition_penalty)
     logits = logits.float().clone()
     apply_repetition_penalty(logits, seen, params.repetition_penalty)
     if constraint is not None:
