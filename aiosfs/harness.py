@@ -27,7 +27,7 @@ import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import IO, Any, Protocol
 
 from aiosfs.mountpoint import fuse_mounts
 
@@ -39,6 +39,33 @@ LOG_NAME = "daemon.out"
 """The daemon's stdout and stderr, in the directory given to :func:`start_mount`."""
 DATA_LOG_NAME = "aiosfs.log"
 """The log the daemon itself keeps in its data directory (appended to across mounts)."""
+
+
+class DaemonProcess(Protocol):
+    """The daemon's process as :class:`Mount` uses it (what ``subprocess.Popen`` offers)."""
+
+    pid: int
+    returncode: int | None
+
+    def poll(self) -> int | None: ...
+
+    def wait(self, timeout: float | None = None) -> int: ...
+
+    def send_signal(self, sig: int) -> None: ...
+
+    def kill(self) -> None: ...
+
+
+Spawn = Callable[[list[str], IO[bytes], "Path | None"], DaemonProcess]
+"""Starts ``cmd`` (``python -m aiosfs mount ...``) with its output in the log file, in its own
+session, in the directory given (None: the caller's)."""
+
+
+def popen(cmd: list[str], log: IO[bytes], cwd: Path | None) -> DaemonProcess:
+    """The default :data:`Spawn`: a fresh process."""
+    return subprocess.Popen(
+        cmd, stdout=log, stderr=subprocess.STDOUT, cwd=cwd, start_new_session=True
+    )
 
 
 class DaemonError(RuntimeError):
@@ -192,7 +219,7 @@ class Mount:
         self,
         path: Path,
         data_dir: Path,
-        proc: subprocess.Popen[bytes],
+        proc: DaemonProcess,
         log: Path,
         logs: LogWatch | None = None,
     ) -> None:
@@ -286,13 +313,15 @@ def start_mount(
     ready_timeout: float = READY_TIMEOUT,
     cwd: Path | None = None,
     need_ready: bool = False,
+    spawn: Spawn = popen,
 ) -> Mount:
     """Start a daemon mounted at ``tmp/mnt`` with its data in ``tmp/data`` and its output in
     ``tmp/daemon.out``; return once the mount is up and every model has finished loading.
 
     A model that failed to load counts as finished (tests of that failure need the mount)
     unless ``need_ready``. ``cwd`` is where the daemon runs (the tests run it in the source
-    tree, so that ``python -m aiosfs`` finds the code under test)."""
+    tree, so that ``python -m aiosfs`` finds the code under test); ``spawn`` starts the
+    process (the tests' own launcher forks it from a process that has the imports done)."""
     mp, data = tmp / "mnt", tmp / "data"
     eventually(lambda: not is_mounted(mp), what="the previous mount to go")
     mp.mkdir(parents=True, exist_ok=True)
@@ -314,9 +343,7 @@ def start_mount(
     with open(log, "wb") as out:
         # before the daemon starts: the watch skips what an earlier mount left in the data log
         logs = LogWatch(log, data / DATA_LOG_NAME)
-        proc = subprocess.Popen(
-            cmd, stdout=out, stderr=subprocess.STDOUT, cwd=cwd, start_new_session=True
-        )
+        proc = spawn(cmd, out, cwd)
     mount = Mount(mp, data, proc, log, logs)
     deadline = time.monotonic() + ready_timeout
     while True:

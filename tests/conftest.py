@@ -56,3 +56,9 @@ def daemon_log_is_clean(request: pytest.FixtureRequest) -> Iterator[None]:
     for value in (getattr(request.node, "funcargs", None) or {}).values():
         if isinstance(value, Mount):
             check_daemon_log(value)
+
+
+def pytest_sessionfinish(session: pytest.Session, exitstatus: int) -> None:
+    from tests import zygote
+
+    zygote.close()

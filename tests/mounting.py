@@ -18,6 +18,7 @@ import pytest
 
 from aiosfs import harness
 from aiosfs.harness import DaemonLogError, Mount, eventually, stop_mount, write_config
+from tests import zygote
 
 __all__ = [
     "ROOT",
@@ -41,11 +42,19 @@ def require_fuse() -> None:
         pytest.skip("needs fusermount3 (Debian package fuse3)")
 
 
+def _spawn() -> dict[str, Any]:
+    """The tests' daemon launcher (``tests/zygote.py``), unless ``AIOSFS_TEST_ZYGOTE=0``."""
+    spawn = zygote.spawner()
+    return {"spawn": spawn} if spawn is not None else {}
+
+
 def start_mount(
     tmp: Path, model: str = "tiny-random", *extra: str, ready_timeout: float = 180
 ) -> Mount:
     require_fuse()
-    return harness.start_mount(tmp, model, *extra, ready_timeout=ready_timeout, cwd=ROOT)
+    return harness.start_mount(
+        tmp, model, *extra, ready_timeout=ready_timeout, cwd=ROOT, **_spawn()
+    )
 
 
 @contextlib.contextmanager
@@ -55,7 +64,7 @@ def mounted(tmp: Path, model: str = "tiny-random", *extra: str, **kw: Any) -> It
     require_fuse()
     problem = None
     try:
-        with harness.mounted(tmp, model, *extra, cwd=ROOT, **kw) as m:
+        with harness.mounted(tmp, model, *extra, cwd=ROOT, **_spawn(), **kw) as m:
             yield m
     except DaemonLogError as e:
         problem = str(e)
