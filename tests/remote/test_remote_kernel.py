@@ -398,21 +398,26 @@ async def test_reload_adds_and_removes_models_and_finishes_what_they_accepted(
         await k.shutdown()
 
 
+async def calculate(k: Kernel, prompt: str, **extra: Any) -> Result:
+    """An llm call offering only the calculator, which the model must call (once, greedily)."""
+    return await answer(
+        k,
+        agent(k, "calc"),
+        prompt,
+        100,
+        tools=["calculator"],
+        tool_choice="required",
+        parallel_tool_calls=False,
+        temperature=0,
+        **extra,
+    )
+
+
 async def test_tool_rounds_run_on_a_remote_model(tiny_core: LLMCore, srv: ls.Server) -> None:
     """The kernel's tool loop on a remote model: each round's step schema goes to the server as
     its JSON Schema, so the step parses and the kernel runs the tool it names."""
     async with remote_kernel(tiny_core, {"remote": table(base_url(srv))}) as k:
-        result = await answer(
-            k,
-            agent(k, "calc"),
-            "What is 99 * 99?",
-            100,
-            tools=["calculator"],
-            tool_choice="required",
-            parallel_tool_calls=False,
-            max_tool_rounds=1,
-            temperature=0,
-        )
+        result = await calculate(k, "What is 99 * 99?", max_tool_rounds=1)
         meta = result.meta()
         assert result.state is ResultState.DONE, meta
         (call,) = meta["tool_calls"]  # the step held to the schema: one well-formed call
@@ -450,17 +455,7 @@ async def test_native_tool_calls_are_the_servers_own(
         models = {"remote": table(base_url(proxy), tool_calls="native")}
         async with remote_kernel(tiny_core, models) as k:
             assert k.models_info()["remote"]["tool_calls"] == "native"
-            result = await answer(
-                k,
-                agent(k, "calc"),
-                TOOL_PROMPT,
-                100,
-                tools=["calculator"],
-                tool_choice="required",
-                parallel_tool_calls=False,
-                max_tool_rounds=1,
-                temperature=0,
-            )
+            result = await calculate(k, TOOL_PROMPT, max_tool_rounds=1)
     meta = result.meta()
     assert result.state is ResultState.DONE, meta
     (call,) = meta["tool_calls"]
@@ -487,17 +482,7 @@ async def test_native_tool_use_on_the_messages_api(tiny_core: LLMCore, tool_srv:
     with Proxy(tool_srv) as proxy:
         models = {"remote": table(base_url(proxy), kind="anthropic", tool_calls="native")}
         async with remote_kernel(tiny_core, models) as k:
-            result = await answer(
-                k,
-                agent(k, "calc"),
-                TOOL_PROMPT,
-                100,
-                tools=["calculator"],
-                tool_choice="required",
-                tool_mode="manual",
-                parallel_tool_calls=False,
-                temperature=0,
-            )
+            result = await calculate(k, TOOL_PROMPT, tool_mode="manual")
     assert result.state is ResultState.DONE, result.meta()
     (wanted,) = json.loads(text(result))["tool_calls"]
     assert wanted["tool"] == "calculator" and isinstance(wanted["arguments"], dict), wanted
@@ -516,17 +501,7 @@ async def test_a_native_round_cut_off_mid_call_starts_again(
         proxy.cut = [1200]  # past the first pieces of the call's arguments
         models = {"remote": table(base_url(proxy), tool_calls="native")}
         async with remote_kernel(tiny_core, models) as k:
-            result = await answer(
-                k,
-                agent(k, "calc"),
-                TOOL_PROMPT,
-                100,
-                tools=["calculator"],
-                tool_choice="required",
-                parallel_tool_calls=False,
-                tool_mode="manual",
-                temperature=0,
-            )
+            result = await calculate(k, TOOL_PROMPT, tool_mode="manual")
             assert k.models_info()["remote"]["retries"] == 1
     assert result.state is ResultState.DONE, result.meta()
     (wanted,) = json.loads(text(result))["tool_calls"]
