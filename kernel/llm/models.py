@@ -15,6 +15,7 @@ imported, and every load names a local path.
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import importlib.util
 import os
@@ -145,14 +146,24 @@ def cache_entry(cache: Path, name: str, what: str, source: Path, suffix: str = "
     a reinstalled wheel (the same bytes with a new mtime, as every fresh venv has) finds the
     entry made before instead of converting again and leaving the old copy behind, and a
     different file of the same name (a new wheel) gets an entry of its own."""
-    size = source.stat().st_size
+    st = source.stat()
+    return (
+        cache
+        / f"{name}-{what}-{st.st_size}-{_digest(str(source), st.st_size, st.st_mtime_ns)}{suffix}"
+    )
+
+
+@functools.lru_cache(maxsize=16)
+def _digest(path: str, size: int, _mtime_ns: int) -> str:
+    """``cache_entry``'s digest of a file, read once per version of it (a GGUF's tokenizer and
+    f16 entries both ask at load)."""
     digest = hashlib.sha256(str(size).encode())
-    with source.open("rb") as f:
+    with open(path, "rb") as f:
         digest.update(f.read(1 << 20))
         if size > 2 << 20:
             f.seek(-(1 << 20), os.SEEK_END)
             digest.update(f.read())
-    return cache / f"{name}-{what}-{size}-{digest.hexdigest()[:16]}{suffix}"
+    return digest.hexdigest()[:16]
 
 
 def prune_stale(entry: Path) -> None:
