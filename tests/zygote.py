@@ -9,6 +9,9 @@ of its own. Only the interpreter's start and imports are shared. The server does
 a fork but import: no torch operation runs, so no thread pool exists to be torn by the fork
 (the idle native threads that importing torch leaves are not copied, and the child makes its
 own pool at its first operation); before each fork it checks that no thread was added since.
+What a fresh process would read at its start does not reach a forked daemon: ``LD_PRELOAD``,
+the ``PYTHON*`` variables (the hash seed is the server's), anything a library reads once when
+imported; a test that needs those starts the command itself.
 The tests that start ``aiosfs`` as a user would (``tests/fs/test_lifecycle.py``,
 ``test_service.py``, ``test_make_run.py``) still run the command itself, and
 ``AIOSFS_TEST_ZYGOTE=0`` makes every mount a fresh process again.
