@@ -508,3 +508,18 @@ async def test_a_native_round_cut_off_mid_call_starts_again(
     first, again = [b for b in proxy.bodies if b]
     assert first == again  # the same request from the start, no partial answer
     assert wanted["tool"] == "calculator" and set(wanted["arguments"]) == {"expression"}
+
+
+async def test_a_native_call_cut_off_by_max_tokens_fails_clearly(
+    tiny_core: LLMCore, tool_srv: ls.Server
+) -> None:
+    """Eight tokens end the server's answer inside its tool call (``finish_reason: length``):
+    half a call is not run or guessed at; the syscall fails saying to raise max_tokens."""
+    models = {"remote": table(base_url(tool_srv), tool_calls="native")}
+    async with remote_kernel(tiny_core, models) as k:
+        result = await answer(
+            k, agent(k, "calc"), TOOL_PROMPT, 8, tools=["calculator"], tool_choice="required"
+        )
+    meta = result.meta()
+    assert result.state is ResultState.FAILED and not meta.get("tool_calls"), meta
+    assert "round 1" in meta["error"] and "raise max_tokens" in meta["error"], meta
