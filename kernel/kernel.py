@@ -1056,10 +1056,9 @@ class Kernel:
             if result.finished:
                 return
             for refused in (c for c in step.native if c.problem):  # never run: the model reads why
-                out = refusal(refused)
-                args = refused.args or {}
-                result.tool_calls.append(call_record(refused.name, args, out, round_no))
-                result.append(transcript_line(refused.name, args, out))
+                self._record_call(
+                    agent, result, refused.name, refused.args or {}, refusal(refused), round_no
+                )
             if native:
                 by_key = {call_key(n, a): r for (n, a), r in zip(calls, done, strict=True)}
                 turns += native_turns(round_no, step, by_key)
@@ -1090,15 +1089,15 @@ class Kernel:
             next(self._request_ids), agent.name, call, agent.config,
             agent.conversation.messages, context,
         )  # fmt: skip
-        allowance = self.token_allowance(agent, request.sampling.max_tokens)
+        sampling = replace(
+            request.sampling, max_tokens=self.token_allowance(agent, request.sampling.max_tokens)
+        )
         names: dict[str, str] = {}
-        if native:
+        if native:  # the server's own tools; its chat template describes them
             functions, names = native_tools(specs)
             request = replace(
                 request,
-                messages=(*request.messages, *turns),
                 system=own,
-                sampling=replace(request.sampling, max_tokens=allowance),
                 tools=functions,
                 tool_choice=choice,
                 parallel_tool_calls=call.parallel_tool_calls,
@@ -1106,17 +1105,10 @@ class Kernel:
         else:
             # An answer reads better spaced; tool arguments stay on track compact.
             schema = step_schema(specs, choice, most)
-            request = replace(
-                request,
-                messages=(*request.messages, *turns),
-                system=render_tools(specs, own),
-                sampling=replace(
-                    request.sampling,
-                    grammar=compile_schema(schema, spaced=choice == "none"),
-                    schema=schema,
-                    max_tokens=allowance,
-                ),
-            )
+            grammar = compile_schema(schema, spaced=choice == "none")
+            sampling = replace(sampling, grammar=grammar, schema=schema)
+            request = replace(request, system=render_tools(specs, own))
+        request = replace(request, messages=(*request.messages, *turns), sampling=sampling)
         step = Round()
         self._inflight[request.request_id] = Inflight(
             agent, result, engine, agent.conversation.epoch, step, model=model
@@ -1166,18 +1158,30 @@ class Kernel:
         done: list[ToolResult | None] = [None] * len(calls)
 
         async def one(i: int, name: str, args: dict[str, Any]) -> None:
-            out = await self._gated_call(agent, caller, name, args)
-            done[i] = out
-            result.tool_calls.append(call_record(name, args, out, round_no))
-            agent.tool_calls += 1
-            if not result.finished:
-                result.append(transcript_line(name, args, out))
-            agent.notify()
+            out = done[i] = await self._gated_call(agent, caller, name, args)
+            self._record_call(agent, result, name, args, out, round_no)
 
         async with trio.open_nursery() as nursery:
             for i, (name, args) in enumerate(calls):
                 nursery.start_soon(one, i, name, args)
         return [d for d in done if d is not None]
+
+    @staticmethod
+    def _record_call(
+        agent: Agent,
+        result: Result,
+        name: str,
+        args: dict[str, Any],
+        out: ToolResult,
+        round_no: int,
+    ) -> None:
+        """A call of the tool loop as it ended, run or refused: in ``results/N.json``, in the
+        agent's ``status`` count and, unless the result is finished, in its transcript."""
+        result.tool_calls.append(call_record(name, args, out, round_no))
+        agent.tool_calls += 1
+        if not result.finished:
+            result.append(transcript_line(name, args, out))
+        agent.notify()
 
     async def _gated_call(
         self, agent: Agent, caller: Caller, name: str, args: dict[str, Any]

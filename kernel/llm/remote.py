@@ -632,19 +632,16 @@ class RemoteEngine:
                             call = seq.calls.setdefault(piece.index, ["", ""])
                             call[0] += piece.name
                             call[1] += piece.arguments
-                            if chunks == 0:
-                                self.pool.first_token(ep, seq.id, time.monotonic())
-                            chunks += 1
-                            self._delta(seq, "")
                         text = echo.feed(chunk.text)
                         if skip and text:
                             cut = min(skip, len(text) - len(text.lstrip()))
                             text, skip = text[cut:], 0
-                        if text:
+                        # a piece of a tool call is a token of the answer as text is
+                        for delta in [""] * len(chunk.calls) + ([text] if text else []):
                             if chunks == 0:
                                 self.pool.first_token(ep, seq.id, time.monotonic())
                             chunks += 1
-                            self._delta(seq, text)
+                            self._delta(seq, delta)
                         if chunk.finish is not None:
                             finish = chunk.finish
                         if chunk.done:

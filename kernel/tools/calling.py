@@ -268,10 +268,9 @@ def render_results(
     for (name, args), r in zip(calls, results, strict=True):
         shown = ", ".join(f"{k}={json.dumps(v, ensure_ascii=False)}" for k, v in args.items())
         if r.ok:
-            value = json.dumps(r.value, ensure_ascii=False, default=str)[:RESULT_CHARS]
-            lines.append(f"The result of {name}({shown}) is {value}.")
+            lines.append(f"The result of {name}({shown}) is {result_text(r)}.")
         else:
-            lines.append(f"{name}({shown}) failed ({r.outcome}): {r.error[:RESULT_CHARS]}")
+            lines.append(f"{name}({shown}) {result_text(r)}")
     if question:
         lines.append(f"Using this result, answer: {question}")
     return "\n".join(lines)
