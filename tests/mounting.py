@@ -42,10 +42,9 @@ def require_fuse() -> None:
         pytest.skip("needs fusermount3 (Debian package fuse3)")
 
 
-def _spawn() -> dict[str, Any]:
+def _spawn() -> harness.Spawn:
     """The tests' daemon launcher (``tests/zygote.py``), unless ``AIOSFS_TEST_ZYGOTE=0``."""
-    spawn = zygote.spawner()
-    return {"spawn": spawn} if spawn is not None else {}
+    return zygote.spawner() or harness.popen
 
 
 def start_mount(
@@ -53,7 +52,7 @@ def start_mount(
 ) -> Mount:
     require_fuse()
     return harness.start_mount(
-        tmp, model, *extra, ready_timeout=ready_timeout, cwd=ROOT, **_spawn()
+        tmp, model, *extra, ready_timeout=ready_timeout, cwd=ROOT, spawn=_spawn()
     )
 
 
@@ -64,7 +63,7 @@ def mounted(tmp: Path, model: str = "tiny-random", *extra: str, **kw: Any) -> It
     require_fuse()
     problem = None
     try:
-        with harness.mounted(tmp, model, *extra, cwd=ROOT, **_spawn(), **kw) as m:
+        with harness.mounted(tmp, model, *extra, cwd=ROOT, spawn=_spawn(), **kw) as m:
             yield m
     except DaemonLogError as e:
         problem = str(e)

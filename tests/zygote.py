@@ -36,6 +36,8 @@ import traceback
 from pathlib import Path
 from typing import IO, Any
 
+from aiosfs.harness import Spawn
+
 ROOT = Path(__file__).resolve().parent.parent
 # the environment the session started with: the server imports under it, whatever a test that
 # happens to mount first has set (each daemon then gets its own test's environment)
@@ -235,7 +237,7 @@ class Zygote:
 _zygote: Zygote | None = None
 
 
-def spawner() -> Any:
+def spawner() -> Spawn | None:
     """The zygote's ``spawn``, the zygote started on first use; None where it is off."""
     global _zygote
     if os.environ.get("AIOSFS_TEST_ZYGOTE", "1") == "0":
