@@ -50,7 +50,7 @@ class KernelConfig:
     threads: int = 0  # threads per model (torch's or llama.cpp's); 0 = all cores
     # which core runs a model (kernel/llm/cores.py): auto = llama.cpp for GGUF, else transformers
     core: str = "auto"
-    gguf_weights: str = "f16"  # llama.cpp core: "f16" (dequantised once) or "native" (as filed)
+    gguf_weights: str = "auto"  # llama.cpp core: "native" (as filed), "f16" (once), "auto"
     context: int = 2048  # llama.cpp core: tokens per sequence (its KV is allocated up front)
     device: str = "cpu"  # where the transformers core runs: "cpu", or "cuda" / "cuda:N"
     mem_agent_mb: int = 16  # RAM for one agent's memory blocks; beyond it, K-LRU eviction

@@ -16,27 +16,49 @@ LLAMA_CPP="llama-cpp-python==0.3.36"  # the llama.cpp core (kernel/llm/llamacpp.
 
 say() { printf 'install: %s\n' "$*" >&2; }
 
-# llama-cpp-python ships as a source package: pip compiles llama.cpp for this CPU (about 6 minutes
-# on 2 cores) and keeps the wheel in its cache, so later installs take seconds. pip -q would be
-# silent for those minutes; this shows the compiler's progress in tenths instead.
+# llama-cpp-python ships as a source package, and we build it with one change to llama.cpp
+# (scripts/llama-cpp/aiosfs-a16.patch: 16-bit activations for Q4_1 and Q8_0 weights, see
+# docs/design.md). The sdist is downloaded, patched and compiled for this CPU (about 6 minutes
+# on 2 cores) into a wheel kept in the cache under a key of the patch, the build flags and the
+# CPU's flags, so later installs take seconds. pip -q would be silent for those minutes; this
+# shows the compiler's progress in tenths instead.
+LLAMA_PATCH=scripts/llama-cpp/aiosfs-a16.patch
+LLAMA_CMAKE="-DGGML_NATIVE=ON -DLLAMA_BUILD_TESTS=OFF -DLLAMA_BUILD_EXAMPLES=OFF -DLLAMA_CURL=OFF"
 install_llama_cpp() {
+    local version=${LLAMA_CPP##*==} key have have_key cache wheels work src
+    key=$( (cat "$LLAMA_PATCH"; echo "$LLAMA_CMAKE"; grep -m1 '^flags' /proc/cpuinfo || true) | sha256sum | cut -c1-16)
     # The installed version, read whole (grep -q would stop reading, and under pipefail pip's
     # broken pipe failed the check: every install compiled again); pip show -q prints nothing.
-    local have
     have=$("$VENV/bin/python" -m pip show "${LLAMA_CPP%%==*}" 2>/dev/null | sed -n 's/^Version: //p' || true)
-    if [ "$have" = "${LLAMA_CPP##*==}" ]; then
+    have_key=$(cat "$VENV/.aiosfs-llama-cpp" 2>/dev/null || true)
+    if [ "$have" = "$version" ] && [ "$have_key" = "$key" ]; then
         return
     fi
-    say "installing $LLAMA_CPP (first time: compiles llama.cpp, about 6 minutes on 2 cores)"
-    CMAKE_ARGS="-DGGML_NATIVE=ON -DLLAMA_BUILD_TESTS=OFF -DLLAMA_BUILD_EXAMPLES=OFF -DLLAMA_CURL=OFF" \
-        "$VENV/bin/python" -m pip install -v --no-deps "$LLAMA_CPP" 2>&1 | awk '
+    cache="${AIOSFS_CACHE:-${XDG_CACHE_HOME:-$HOME/.cache}/aiosfs}"
+    wheels="$cache/wheels/llama-cpp-python-$version-$key"
+    if ! ls "$wheels"/*.whl >/dev/null 2>&1; then
+        say "building $LLAMA_CPP with aiosfs's patch (first time: compiles llama.cpp, about 6 minutes on 2 cores)"
+        work=$(mktemp -d)
+        "$VENV/bin/python" -m pip download -q --no-deps --no-binary :all: -d "$work" "$LLAMA_CPP"
+        tar -xzf "$work/llama_cpp_python-$version.tar.gz" -C "$work"
+        src="$work/llama_cpp_python-$version"
+        git -C "$src/vendor/llama.cpp" apply -p1 "$PWD/$LLAMA_PATCH" ||
+            { say "$LLAMA_PATCH does not apply to $LLAMA_CPP"; exit 1; }
+        rm -rf "$wheels.tmp"
+        CMAKE_ARGS="$LLAMA_CMAKE" "$VENV/bin/python" -m pip wheel -v --no-deps -w "$wheels.tmp" "$src" 2>&1 | awk '
             match($0, /\[[0-9]+\/[0-9]+\]/) {
                 split(substr($0, RSTART + 1, RLENGTH - 2), f, "/")
                 tenth = int(10 * f[1] / f[2])
                 if (tenth > shown) { shown = tenth; printf "install: llama.cpp %d%% compiled\n", 10 * tenth > "/dev/stderr" }
             }
             /^(ERROR|error:)/ { print > "/dev/stderr" }'
+        ls "$wheels.tmp"/*.whl >/dev/null 2>&1 || { say "llama-cpp-python did not build"; exit 1; }
+        rm -rf "$wheels" && mv "$wheels.tmp" "$wheels"
+        rm -rf "$work"
+    fi
+    "$VENV/bin/python" -m pip install -q --no-deps --force-reinstall "$wheels"/*.whl
     "$VENV/bin/python" -c "import llama_cpp" || { say "llama-cpp-python did not install"; exit 1; }
+    echo "$key" > "$VENV/.aiosfs-llama-cpp"
 }
 
 missing=""
@@ -64,7 +86,7 @@ if [ ! -x "$VENV/bin/python" ]; then
 fi
 
 # The stamp records what the venv was built from; any change to these files reinstalls.
-want=$(cat requirements.lock pyproject.toml scripts/install.sh | sha256sum | cut -d' ' -f1)
+want=$(cat requirements.lock pyproject.toml scripts/install.sh "$LLAMA_PATCH" | sha256sum | cut -d' ' -f1)
 have=$(cat "$VENV/.aiosfs-install-stamp" 2>/dev/null || true)
 if [ "$want" != "$have" ]; then
     say "installing pinned Python dependencies into $VENV (first run takes a few minutes)"

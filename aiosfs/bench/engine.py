@@ -35,8 +35,9 @@ from aiosfs.harness import Mount
 _SLOTS = {"max_running": 64, "context": 1024}
 AIOSFS_CONFIGS: list[tuple[str, dict[str, Any]]] = [
     # 64 places and 1,024 tokens a sequence: what llama-server gets at 64 agents (-np, -c)
-    ("aiosfs llama.cpp f16", {"core": "llamacpp", "gguf_weights": "f16", **_SLOTS}),
+    # native: the GGUF's own weights, 16-bit activations with aiosfs's patch (the default)
     ("aiosfs llama.cpp native", {"core": "llamacpp", "gguf_weights": "native", **_SLOTS}),
+    ("aiosfs llama.cpp f16", {"core": "llamacpp", "gguf_weights": "f16", **_SLOTS}),
     ("aiosfs transformers", {"core": "transformers", "max_running": 64}),
 ]
 """aiosfs configurations the engine measurement runs, each a label and the ``[kernel]`` settings

@@ -18,13 +18,18 @@ Why these settings (measured on the 2-core test machine, docs/design.md has the 
   to llama.cpp's rounding; the transformers core keeps it exactly (``core = "transformers"``).
   The price of the streams: each slot's context is allocated up front (``slots x context``
   cells).
-* **Weights dequantised to f16 once** (``gguf_weights = "f16"``, the default). On quantised
-  weights llama.cpp also quantises the activations (to 8 bits) for its integer dot products.
-  That flips close calls: asked for the capital of France, SmolLM2's Q4_1 file answers in
-  French nonsense on llama.cpp (and on llama-server) while the same weights dequantised say
-  "Paris". On f16 weights llama.cpp keeps the activations in f16/f32, answers like the fp32
-  transformers core, and is faster for batches (its f16 matrix kernels beat its Q4 ones past a
-  few sequences). ``"native"`` runs the file's own quantisation: the fastest single stream.
+* **The file's own weights, with 16-bit activations** (``gguf_weights = "auto"``, the default).
+  On quantised weights stock llama.cpp also quantises the activations (to 8 bits) for its
+  integer dot products. That flips close calls: asked for the capital of France, SmolLM2's
+  Q4_1 file answers in French nonsense on llama.cpp (and on llama-server) while the same
+  weights dequantised say "Paris". We build llama.cpp with one change
+  (``scripts/llama-cpp/aiosfs-a16.patch``): Q4_1 and Q8_0 weights are multiplied by
+  activations rounded to 16 bits per block of 32, exact integer sums, so the file answers as
+  its dequantised weights do (49 of 50 prompts as the fp32 transformers core, against 47 for
+  f16 weights) while a step still reads 4-bit weights: the fastest single stream. ``"auto"``
+  takes that when the loaded library has the change (:func:`a16_kernels`) and every tensor of
+  the file is of a type it covers, else the weights dequantised to f16 once (``"f16"``, which
+  keep the activations at f16/f32 and are the faster choice for large batches).
 * **Snapshots are llama.cpp's per-sequence state** (``llama_state_seq_get_data`` /
   ``set_data``): the bytes go to the swap manager and the prefix cache like any ``SavedKV``; a
   prefix is a saved sequence loaded into a fresh slot and cut to its first ``n`` tokens.
@@ -93,10 +98,42 @@ def _llama() -> Any:
     return _lib
 
 
+A16_TYPES = frozenset({"F32", "F16", "Q4_1", "Q8_0"})
+"""Tensor types whose products keep activations at 16 bits or more with aiosfs's patch."""
+
+
+def a16_kernels() -> bool:
+    """Whether the loaded ggml multiplies Q4_1 and Q8_0 weights by 16-bit activations (the
+    patch ``make install`` builds in), not stock ggml's 8-bit ones."""
+    _llama()
+    try:  # the library libllama loaded, looked up without loading another copy
+        cpu = ctypes.CDLL("libggml-cpu.so.0", mode=os.RTLD_NOLOAD | os.RTLD_LAZY)
+    except OSError:
+        return False
+    return hasattr(cpu, "ggml_cpu_aiosfs_a16")
+
+
+def tensor_types(path: Path) -> frozenset[str]:
+    """The tensor types in a GGUF file (its header, read through a memory map)."""
+    from gguf import GGUFReader
+
+    return frozenset(t.tensor_type.name for t in GGUFReader(path).tensors)
+
+
+def resolve_weights(spec: ModelSpec, weights: str) -> str:
+    """``auto`` made concrete: the file as it is where its products keep 16-bit activations,
+    else f16 (see the module docstring)."""
+    if weights != "auto":
+        return weights
+    if a16_kernels() and tensor_types(gguf_path(spec)) <= A16_TYPES:
+        return "native"
+    return "f16"
+
+
 def weights_file(
     spec: ModelSpec,
     cache_dir: Path,
-    weights: str = "f16",
+    weights: str = "auto",
     threads: int = 0,
     progress: Progress = lambda _msg: None,
 ) -> Path:
@@ -104,7 +141,7 @@ def weights_file(
     dequantised to f16 (every tensor the file quantises), written once into the cache. The
     benchmark gives llama-server this same file."""
     source = gguf_path(spec)
-    if weights == "native":
+    if resolve_weights(spec, weights) == "native":
         return source
     target = cache_entry(cache_dir, spec.name, "f16", source, ".gguf")
     if target.exists():
@@ -149,7 +186,7 @@ class LlamaCppCore(HFTokenizerCore):
         threads: int = 0,
         slots: int = 32,
         context: int = 2048,
-        weights: str = "f16",
+        weights: str = "auto",
         batch_tokens: int = 512,
     ) -> None:
         if weights not in GGUF_WEIGHTS:
@@ -163,7 +200,8 @@ class LlamaCppCore(HFTokenizerCore):
         self.slots = slots
         self.max_sequences = slots
         self.context = context
-        self.weights = weights
+        self.requested_weights = weights
+        self.weights = weights  # made concrete when loaded ("auto" becomes native or f16)
         self.batch_tokens = max(batch_tokens, slots)
         self.max_context = 0
         self.eos_ids = frozenset()
@@ -188,6 +226,7 @@ class LlamaCppCore(HFTokenizerCore):
         start = time.monotonic()
         lib = self._lib = _llama()
         self.tokenizer = gguf_tokenizer(self.spec, self.cache_dir, progress)
+        self.weights = resolve_weights(self.spec, self.requested_weights)
         path = weights_file(self.spec, self.cache_dir, self.weights, self.threads, progress)
         self.weights_file = path
         progress(f"loading {path.name} on llama.cpp")
@@ -348,6 +387,15 @@ class LlamaCppCore(HFTokenizerCore):
         heapq.heappush(self._free, kv.slot)
         kv.slot, kv.length = -1, 0
 
+    def _activations(self) -> str | None:
+        """What the weight products multiply: f16 activations on f16 weights, 16-bit ones on
+        the file's weights with the patch, 8-bit ones without it."""
+        if self.model is None:
+            return None
+        if self.weights == "f16":
+            return "f16"
+        return "16-bit" if a16_kernels() else "8-bit"
+
     def info(self) -> dict[str, Any]:
         return {
             "name": self.name,
@@ -358,6 +406,8 @@ class LlamaCppCore(HFTokenizerCore):
             "slots": self.slots,
             "slots_free": len(self._free),
             "weights": self.weights,
+            "gguf_weights": self.requested_weights,
+            "activations": self._activations(),
             "weights_file": str(self.weights_file) if self.weights_file else None,
             "dtype": "float16" if self.weights == "f16" else "gguf",
             "device": "cpu",

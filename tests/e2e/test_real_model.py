@@ -22,8 +22,11 @@ def smol(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Mount]:
 def test_capital_of_france_through_the_mount(smol: Mount) -> None:
     model = smol.json("sys/models/smollm2")
     assert model["loaded"] is True
-    # the default core for a GGUF model, on the weights that keep its answers (llamacpp.py)
-    assert (model["core"], model["weights"]) == ("llamacpp", "f16")
+    # the default core for a GGUF model: the file's own Q4_1 weights, multiplied by 16-bit
+    # activations (scripts/llama-cpp/aiosfs-a16.patch), which keep its answers (llamacpp.py)
+    assert (model["core"], model["weights"]) == ("llamacpp", "native")
+    assert model["activations"] == "16-bit"
+    assert model["gguf_weights"] == "auto"
     answer = smol.sh(
         "mkdir agents/geo && echo 'What is the capital of France?' > agents/geo/syscall "
         "&& cat agents/geo/out",

@@ -84,3 +84,26 @@ def test_the_cache_keys_a_conversion_by_its_source_bytes_and_drops_stale_ones(tm
     assert old_folder.exists()  # not an f16 entry
     prune_stale(kept[1])
     assert not old_folder.exists() and kept[1].exists()
+
+
+@needs_llama
+def test_auto_weights_take_the_file_only_where_its_products_keep_16_bit_activations(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    from kernel.llm import llamacpp
+    from kernel.llm.models import resolve_model
+
+    spec = resolve_model("smollm2")
+    # make install builds llama.cpp with the patch, and SmolLM2's file is Q4_1 with a Q8_0
+    # embedding: every tensor is of a type the 16-bit kernels cover
+    assert llamacpp.a16_kernels()
+    assert llamacpp.tensor_types(llamacpp.gguf_path(spec)) <= llamacpp.A16_TYPES
+    assert llamacpp.resolve_weights(spec, "auto") == "native"
+    # an explicit choice is kept as it is
+    assert llamacpp.resolve_weights(spec, "f16") == "f16"
+    # a stock llama.cpp (8-bit activations) or a type the patch does not cover: f16
+    monkeypatch.setattr(llamacpp, "tensor_types", lambda _path: frozenset({"Q4_K", "F32"}))
+    assert llamacpp.resolve_weights(spec, "auto") == "f16"
+    monkeypatch.undo()
+    monkeypatch.setattr(llamacpp, "a16_kernels", lambda: False)
+    assert llamacpp.resolve_weights(spec, "auto") == "f16"
