@@ -120,6 +120,16 @@ def tensor_types(path: Path) -> frozenset[str]:
     return frozenset(t.tensor_type.name for t in GGUFReader(path).tensors)
 
 
+def activations(path: Path) -> str:
+    """What the weight products of a GGUF file multiply on the loaded library: ``f16`` when
+    no tensor is quantised, ``16-bit`` when every quantised one is of a type the patch covers,
+    else ``8-bit`` (stock ggml's, for some products at least)."""
+    quantised = tensor_types(path) - {"F32", "F16", "BF16"}
+    if not quantised:
+        return "f16"
+    return "16-bit" if a16_kernels() and quantised <= A16_TYPES else "8-bit"
+
+
 def resolve_weights(spec: ModelSpec, weights: str) -> str:
     """``auto`` made concrete: the file as it is where its products keep 16-bit activations,
     else f16 (see the module docstring)."""
@@ -137,9 +147,10 @@ def weights_file(
     threads: int = 0,
     progress: Progress = lambda _msg: None,
 ) -> Path:
-    """The GGUF file the core runs for ``spec``: the model's own (``native``), or its weights
-    dequantised to f16 (every tensor the file quantises), written once into the cache. The
-    benchmark gives llama-server this same file."""
+    """The GGUF file the core runs for ``spec``: the model's own (``native``, and ``auto``
+    where :func:`resolve_weights` says so), or its weights dequantised to f16 (every tensor the
+    file quantises), written once into the cache. The benchmark gives llama-server this same
+    file."""
     source = gguf_path(spec)
     if resolve_weights(spec, weights) == "native":
         return source
@@ -208,6 +219,7 @@ class LlamaCppCore(HFTokenizerCore):
         self.load_seconds: float | None = None
         self.params = 0
         self.weights_file: Path | None = None
+        self.activations: str | None = None  # what its weight products multiply, once loaded
         self._lib: Any = None
         self.model: Any = None
         self.ctx: Any = None
@@ -229,6 +241,7 @@ class LlamaCppCore(HFTokenizerCore):
         self.weights = resolve_weights(self.spec, self.requested_weights)
         path = weights_file(self.spec, self.cache_dir, self.weights, self.threads, progress)
         self.weights_file = path
+        self.activations = activations(path)
         progress(f"loading {path.name} on llama.cpp")
         model = lib.llama_model_load_from_file(str(path).encode(), lib.llama_model_default_params())
         if not model:
@@ -387,15 +400,6 @@ class LlamaCppCore(HFTokenizerCore):
         heapq.heappush(self._free, kv.slot)
         kv.slot, kv.length = -1, 0
 
-    def _activations(self) -> str | None:
-        """What the weight products multiply: f16 activations on f16 weights, 16-bit ones on
-        the file's weights with the patch, 8-bit ones without it."""
-        if self.model is None:
-            return None
-        if self.weights == "f16":
-            return "f16"
-        return "16-bit" if a16_kernels() else "8-bit"
-
     def info(self) -> dict[str, Any]:
         return {
             "name": self.name,
@@ -407,7 +411,7 @@ class LlamaCppCore(HFTokenizerCore):
             "slots_free": len(self._free),
             "weights": self.weights,
             "gguf_weights": self.requested_weights,
-            "activations": self._activations(),
+            "activations": self.activations,
             "weights_file": str(self.weights_file) if self.weights_file else None,
             "dtype": "float16" if self.weights == "f16" else "gguf",
             "device": "cpu",

@@ -99,6 +99,7 @@ def test_auto_weights_take_the_file_only_where_its_products_keep_16_bit_activati
     assert llamacpp.a16_kernels()
     assert llamacpp.tensor_types(llamacpp.gguf_path(spec)) <= llamacpp.A16_TYPES
     assert llamacpp.resolve_weights(spec, "auto") == "native"
+    assert llamacpp.activations(llamacpp.gguf_path(spec)) == "16-bit"
     # an explicit choice is kept as it is
     assert llamacpp.resolve_weights(spec, "f16") == "f16"
     # a stock llama.cpp (8-bit activations) or a type the patch does not cover: f16
