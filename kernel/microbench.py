@@ -193,7 +193,8 @@ async def _answers(config: KernelConfig, prompts: tuple[str, ...], tokens: int) 
 def agreement(model: str, threads: int, tokens: int) -> dict[str, object]:
     """How many of the fifty prompts get the same greedy answer on the llama.cpp core (f16 and
     native weights) as on the transformers core (fp32), each run alone."""
-    from kernel.llm.llamacpp import a16_kernels
+    from kernel.llm.llamacpp import activations
+    from kernel.llm.models import gguf_path, resolve_model
 
     results: dict[str, object] = {"model": model, "prompts": len(AGREEMENT_PROMPTS)}
     answers: dict[str, list[str]] = {}
@@ -211,7 +212,7 @@ def agreement(model: str, threads: int, tokens: int) -> dict[str, object]:
             answers[label] = trio.run(_answers, config, AGREEMENT_PROMPTS, tokens)
     base = answers["transformers"]
     # what "native" multiplied: 16-bit activations with aiosfs's llama.cpp patch, else 8-bit
-    results["native_activations"] = "16-bit" if a16_kernels() else "8-bit"
+    results["native_activations"] = activations(gguf_path(resolve_model(model)))
     for label in ("llamacpp-f16", "llamacpp-native"):
         same = [a == b for a, b in zip(answers[label], base, strict=True)]
         results[label] = {

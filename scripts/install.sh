@@ -39,6 +39,8 @@ install_llama_cpp() {
     if ! ls "$wheels"/*.whl >/dev/null 2>&1; then
         say "building $LLAMA_CPP with aiosfs's patch (first time: compiles llama.cpp, about 6 minutes on 2 cores)"
         work=$(mktemp -d)
+        # the unpacked sdist and its build go however this ends (expanded now: work is local)
+        trap "rm -rf '$work'" EXIT
         "$VENV/bin/python" -m pip download -q --no-deps --no-binary :all: -d "$work" "$LLAMA_CPP"
         tar -xzf "$work/llama_cpp_python-$version.tar.gz" -C "$work"
         src="$work/llama_cpp_python-$version"
@@ -54,7 +56,6 @@ install_llama_cpp() {
             /^(ERROR|error:)/ { print > "/dev/stderr" }'
         ls "$wheels.tmp"/*.whl >/dev/null 2>&1 || { say "llama-cpp-python did not build"; exit 1; }
         rm -rf "$wheels" && mv "$wheels.tmp" "$wheels"
-        rm -rf "$work"
     fi
     "$VENV/bin/python" -m pip install -q --no-deps --force-reinstall "$wheels"/*.whl
     "$VENV/bin/python" -c "import llama_cpp" || { say "llama-cpp-python did not install"; exit 1; }

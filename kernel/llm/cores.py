@@ -21,7 +21,7 @@ if TYPE_CHECKING:
 
 CORES = ("auto", "llamacpp", "transformers")
 GGUF_KINDS = ("smollm2", "gguf")
-GGUF_WEIGHTS = ("auto", "native", "f16")  # the llama.cpp core: as filed, or dequantised once to f16
+GGUF_WEIGHTS = ("auto", "native", "f16")  # llama.cpp core: chosen per file, as filed, or f16
 MAX_SLOTS = 256  # llama.cpp's LLAMA_MAX_SEQ: the sequences one llama.cpp context can hold
 
 
